@@ -1,0 +1,42 @@
+"""gmmjax: Gaussian mixture models in JAX.
+
+Pure functional EM (jitted, vmapped over restarts and datasets) with a scikit-learn-style
+estimator on top. See ``README.md`` for examples.
+"""
+
+from gmmjax._covariance import precision_cholesky
+from gmmjax._density import component_log_prob, log_prob, responsibilities
+from gmmjax._em import FitResult, fit_em
+from gmmjax._estimator import ConvergenceWarning, GaussianMixtureModel
+from gmmjax._init import INIT_METHODS, kmeans, kmeans_plusplus
+from gmmjax._params import COVARIANCE_TYPES, GMMParams
+from gmmjax._sampling import generate_gmm_data, sample
+from gmmjax._selection import aic, bic, num_parameters
+from gmmjax._stats import SufficientStats, e_step, em_step, m_step
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "COVARIANCE_TYPES",
+    "ConvergenceWarning",
+    "FitResult",
+    "GMMParams",
+    "GaussianMixtureModel",
+    "INIT_METHODS",
+    "SufficientStats",
+    "aic",
+    "bic",
+    "component_log_prob",
+    "e_step",
+    "em_step",
+    "fit_em",
+    "generate_gmm_data",
+    "kmeans",
+    "kmeans_plusplus",
+    "log_prob",
+    "m_step",
+    "num_parameters",
+    "precision_cholesky",
+    "responsibilities",
+    "sample",
+]

@@ -1,0 +1,185 @@
+"""Covariance maths, one small set of functions per covariance type.
+
+Shapes follow scikit-learn: ``full`` ``(K, D, D)``, ``tied`` ``(D, D)``, ``diag`` ``(K, D)``,
+``spherical`` ``(K,)``. A *precision Cholesky* factor ``P`` satisfies ``precision = P Pᵀ``
+(upper triangular for the matrix types, ``1/sqrt(variance)`` for the others), so the
+whitened residual of ``x`` under component ``k`` is ``(x - μ_k) P_k``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import solve_triangular
+
+# A component whose covariance still cannot be factorised after ``reg_covar`` is added gets
+# this many machine epsilons of its own scale added to the diagonal (see regularize_covariances).
+_JITTER_EPS = 1e3
+
+
+def _eye_like(matrix: jax.Array) -> jax.Array:
+    return jnp.eye(matrix.shape[-1], dtype=matrix.dtype)
+
+
+def cholesky_factor(covariances: jax.Array, covariance_type: str) -> jax.Array:
+    """Lower Cholesky factor ``L`` of each covariance (``cov = L Lᵀ``); square root for diag types."""
+    if covariance_type in ("full", "tied"):
+        return jnp.linalg.cholesky(covariances)
+    return jnp.sqrt(covariances)
+
+
+def precision_cholesky(covariances: jax.Array, covariance_type: str) -> jax.Array:
+    """Precision Cholesky factor of ``covariances``, same shape (scikit-learn's ``precisions_cholesky_``)."""
+    if covariance_type in ("full", "tied"):
+        lower = jnp.linalg.cholesky(covariances)
+        eye = jnp.broadcast_to(_eye_like(covariances), covariances.shape)
+        return jnp.swapaxes(solve_triangular(lower, eye, lower=True), -1, -2)
+    return jax.lax.rsqrt(covariances)
+
+
+def covariances_from_precisions(precisions: jax.Array, covariance_type: str) -> jax.Array:
+    """Inverts precision matrices (or precisions) given in scikit-learn's ``precisions_init`` shapes."""
+    if covariance_type in ("full", "tied"):
+        lower = jnp.linalg.cholesky(precisions)
+        eye = jnp.broadcast_to(_eye_like(precisions), precisions.shape)
+        inv_lower = solve_triangular(lower, eye, lower=True)
+        cov = jnp.swapaxes(inv_lower, -1, -2) @ inv_lower
+        return 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
+    return 1.0 / precisions
+
+
+def precisions_from_precision_cholesky(prec_chol: jax.Array, covariance_type: str) -> jax.Array:
+    """``P Pᵀ`` (or ``P²``): scikit-learn's ``precisions_`` from ``precisions_cholesky_``."""
+    if covariance_type in ("full", "tied"):
+        return prec_chol @ jnp.swapaxes(prec_chol, -1, -2)
+    return prec_chol**2
+
+
+def log_det_precision_cholesky(prec_chol: jax.Array, covariance_type: str, num_features: int) -> jax.Array:
+    """``log det P`` per component: ``(K,)``, or ``()`` for tied."""
+    if covariance_type in ("full", "tied"):
+        return jnp.sum(jnp.log(jnp.diagonal(prec_chol, axis1=-2, axis2=-1)), axis=-1)
+    if covariance_type == "diag":
+        return jnp.sum(jnp.log(prec_chol), axis=-1)
+    return num_features * jnp.log(prec_chol)
+
+
+def whitened_squared_norms(residuals: jax.Array, prec_chol: jax.Array, covariance_type: str) -> jax.Array:
+    """``‖(x_n - μ_k) P_k‖²`` for residuals ``(K, N, D)``; returns ``(K, N)``.
+
+    The residual is formed before whitening (rather than ``x P - μ P``) so that data far
+    from the origin, or components far apart, lose no digits in float32.
+    """
+    if covariance_type == "full":
+        whitened = jnp.matmul(residuals, prec_chol)  # (K,N,D) @ (K,D,D): one batched GEMM
+    elif covariance_type == "tied":
+        whitened = jnp.matmul(residuals, prec_chol)
+    elif covariance_type == "diag":
+        whitened = residuals * prec_chol[:, None, :]
+    else:
+        return jnp.sum(residuals * residuals, axis=-1) * (prec_chol**2)[:, None]
+    return jnp.sum(whitened * whitened, axis=-1)
+
+
+def log_gaussian_density(residuals: jax.Array, prec_chol: jax.Array, covariance_type: str) -> jax.Array:
+    """Component log-densities ``log N(x_n | μ_k, Σ_k)`` from residuals ``(K, N, D)``; returns ``(K, N)``."""
+    num_features = residuals.shape[-1]
+    log_det = log_det_precision_cholesky(prec_chol, covariance_type, num_features)
+    sq = whitened_squared_norms(residuals, prec_chol, covariance_type)
+    log_norm = num_features * math.log(2.0 * math.pi)
+    return -0.5 * (log_norm + sq) + jnp.reshape(log_det, (-1, 1))
+
+
+def scatter(residuals: jax.Array, weighted_resp: jax.Array, covariance_type: str) -> jax.Array:
+    """Weighted second moments of residuals ``(K, N, D)`` with weights ``(K, N)``.
+
+    Returns ``(K, D, D)`` for full/tied (one batched GEMM) and ``(K, D)`` for diag/spherical.
+    """
+    if covariance_type in ("full", "tied"):
+        return jnp.matmul(jnp.swapaxes(residuals * weighted_resp[..., None], -1, -2), residuals)
+    return jnp.einsum("kn,knd->kd", weighted_resp, residuals * residuals)
+
+
+def covariances_from_moments(
+    second_moments: jax.Array, counts: jax.Array, mean_offsets: jax.Array, covariance_type: str
+) -> jax.Array:
+    """Unregularised covariances from moments about a per-component shift.
+
+    Args:
+      second_moments: ``Σ_n r_nk (x_n - c_k)(x_n - c_k)ᵀ``: ``(K, D, D)`` (full/tied) or its
+        diagonal ``(K, D)`` (diag/spherical).
+      counts: ``(K,)`` effective counts ``N_k`` (already bounded away from zero).
+      mean_offsets: ``(K, D)`` ``μ_k - c_k``, small because the shift is the previous mean.
+      covariance_type: the covariance type.
+    """
+    if covariance_type == "full":
+        cov = second_moments / counts[:, None, None] - mean_offsets[:, :, None] * mean_offsets[:, None, :]
+        return 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
+    if covariance_type == "tied":
+        within = second_moments - counts[:, None, None] * mean_offsets[:, :, None] * mean_offsets[:, None, :]
+        cov = jnp.sum(within, axis=0) / jnp.sum(counts)
+        return 0.5 * (cov + cov.T)
+    variances = second_moments / counts[:, None] - mean_offsets**2
+    if covariance_type == "diag":
+        return variances
+    return jnp.mean(variances, axis=-1)
+
+
+def regularize_covariances(covariances: jax.Array, reg_covar: jax.Array, covariance_type: str):
+    """Adds ``reg_covar`` to the diagonal and guarantees a usable (positive definite) result.
+
+    A covariance that is still not positive definite in the working precision (a component
+    collapsed onto one point with ``reg_covar=0``, exactly collinear features in float32)
+    gets ``1e3·eps`` times its own scale added to the diagonal, inside the jitted loop.
+
+    Returns:
+      ``(covariances, repaired)``: the regularised covariances and a boolean per covariance
+      (``(K,)``, or ``()`` for tied) that is true where the extra jitter was needed.
+    """
+    eps = jnp.finfo(covariances.dtype).eps
+    if covariance_type in ("full", "tied"):
+        eye = _eye_like(covariances)
+        cov = covariances + reg_covar * eye
+        diag = jnp.diagonal(cov, axis1=-2, axis2=-1)
+        scale = jnp.mean(jnp.abs(diag), axis=-1)
+        scale = jnp.where(scale > 0, scale, 1.0)
+        lower = jnp.linalg.cholesky(cov)
+        ok = jnp.all(jnp.isfinite(lower), axis=(-2, -1)) & jnp.all(
+            jnp.diagonal(lower, axis1=-2, axis2=-1) > 0, axis=-1
+        )
+        jitter = (_JITTER_EPS * eps * scale)[..., None, None] * eye
+        # Last resort (non-finite input moments): an isotropic covariance of the same scale.
+        fallback = jnp.where(jnp.isfinite(scale), scale, 1.0)[..., None, None] * eye
+        repaired = cov + jitter
+        repaired_ok = jnp.all(jnp.isfinite(jnp.linalg.cholesky(repaired)), axis=(-2, -1))
+        repaired = jnp.where(repaired_ok[..., None, None], repaired, fallback)
+        return jnp.where(ok[..., None, None], cov, repaired), ~ok
+    # Diagonal types only need positive variances; the floor is relative to the largest
+    # variance of the same feature across components (so feature scales stay independent).
+    cov = covariances + reg_covar
+    finite = jnp.isfinite(cov)
+    ok = finite & (cov > 0)
+    largest = jnp.max(jnp.where(finite, jnp.abs(cov), 0.0), axis=0, keepdims=cov.ndim > 1)
+    floor = _JITTER_EPS * eps * jnp.where(largest > 0, largest, 1.0)
+    repaired = jnp.where(ok, cov, floor)
+    ok_per_component = ok if covariance_type == "spherical" else jnp.all(ok, axis=-1)
+    return repaired, ~ok_per_component
+
+
+def num_covariance_parameters(num_components: int, num_features: int, covariance_type: str) -> int:
+    """Free parameters in the covariances, as scikit-learn counts them."""
+    k, d = num_components, num_features
+    return {
+        "full": k * d * (d + 1) // 2,
+        "tied": d * (d + 1) // 2,
+        "diag": k * d,
+        "spherical": k,
+    }[covariance_type]
+
+
+def covariance_shape(num_components: int, num_features: int, covariance_type: str) -> tuple:
+    """scikit-learn's covariance shape for the type."""
+    k, d = num_components, num_features
+    return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]

@@ -1,0 +1,225 @@
+"""The EM fit loop and its front door, :func:`fit_em`."""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gmmjax import _validation as v
+from gmmjax._init import check_init_params, initialize
+from gmmjax._params import GMMParams, check_covariance_type
+from gmmjax._stats import _em_step_with_diagnostics
+
+
+class FitResult(NamedTuple):
+    """Result of :func:`fit_em` (``R`` restarts, ``K`` components, ``T`` = ``max_iter``).
+
+    Attributes:
+      params: :class:`GMMParams` of the best restart (highest ``lower_bound``).
+      lower_bound: ``()`` mean log-likelihood of the best restart (scikit-learn's
+        ``lower_bound_``: that of the parameters before the last M-step).
+      n_iter: ``()`` EM iterations run by the best restart.
+      converged: ``()`` whether the best restart met ``tol`` before ``max_iter``.
+      best_restart: ``()`` index of the best restart.
+      restart_params: :class:`GMMParams` with a leading ``(R,)`` axis on every leaf.
+      restart_lower_bounds: ``(R,)``.
+      restart_n_iter: ``(R,)`` int.
+      restart_converged: ``(R,)`` bool.
+      lower_bound_history: ``(R, T)`` mean log-likelihood at each iteration; entries after
+        a restart's last iteration are NaN.
+      collapsed_components: ``(R, K)`` bool: the component was empty or its covariance needed
+        extra regularisation at some iteration (it stays finite either way).
+    """
+
+    params: GMMParams
+    lower_bound: jax.Array
+    n_iter: jax.Array
+    converged: jax.Array
+    best_restart: jax.Array
+    restart_params: GMMParams
+    restart_lower_bounds: jax.Array
+    restart_n_iter: jax.Array
+    restart_converged: jax.Array
+    lower_bound_history: jax.Array
+    collapsed_components: jax.Array
+
+
+class _LoopState(NamedTuple):
+    params: GMMParams
+    lower_bound: jax.Array
+    n_iter: jax.Array
+    converged: jax.Array
+    history: jax.Array
+    collapsed: jax.Array
+
+
+def run_em(params: GMMParams, X, sample_weight, *, max_iter: int, tol, reg_covar, collapsed=None) -> _LoopState:
+    """EM from ``params`` until the mean log-likelihood changes by less than ``tol`` or
+    ``max_iter`` iterations have run, as one ``lax.while_loop`` on the device."""
+    dtype = X.dtype
+    if collapsed is None:
+        collapsed = jnp.zeros(params.num_components, bool)
+
+    def keep_going(state: _LoopState):
+        return (state.n_iter < max_iter) & ~state.converged
+
+    def step(state: _LoopState) -> _LoopState:
+        new_params, new_collapsed, lower_bound = _em_step_with_diagnostics(state.params, X, sample_weight, reg_covar)
+        converged = jnp.abs(lower_bound - state.lower_bound) < tol
+        return _LoopState(
+            params=new_params,
+            lower_bound=lower_bound,
+            n_iter=state.n_iter + 1,
+            converged=converged,
+            history=state.history.at[state.n_iter].set(lower_bound),
+            collapsed=state.collapsed | new_collapsed,
+        )
+
+    initial = _LoopState(
+        params=params,
+        lower_bound=jnp.array(-jnp.inf, dtype),
+        n_iter=jnp.array(0, jnp.int32),
+        converged=jnp.array(False),
+        history=jnp.full((max_iter,), jnp.nan, dtype),
+        collapsed=collapsed,
+    )
+    return jax.lax.while_loop(keep_going, step, initial)
+
+
+def restart_keys(key: jax.Array, n_init: int) -> jax.Array:
+    """Keys of the ``n_init`` restarts: ``key`` itself for one restart, else ``split(key, n_init)``,
+    so restart ``r`` of a batched fit equals a single fit with ``split(key, n_init)[r]``."""
+    return key[None] if n_init == 1 else jax.random.split(key, n_init)
+
+
+def select_best(state: _LoopState) -> FitResult:
+    """Chooses the restart with the highest lower bound (NaN counts as worst), on device."""
+    score = jnp.where(jnp.isnan(state.lower_bound), -jnp.inf, state.lower_bound)
+    best = jnp.argmax(score)
+    return FitResult(
+        params=jax.tree_util.tree_map(lambda leaf: leaf[best], state.params),
+        lower_bound=state.lower_bound[best],
+        n_iter=state.n_iter[best],
+        converged=state.converged[best],
+        best_restart=best,
+        restart_params=state.params,
+        restart_lower_bounds=state.lower_bound,
+        restart_n_iter=state.n_iter,
+        restart_converged=state.converged,
+        lower_bound_history=state.history,
+        collapsed_components=state.collapsed,
+    )
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("num_components", "covariance_type", "max_iter", "n_init", "init_params"),
+)
+def _fit_em(key, X, sample_weight, tol, reg_covar, weights_init, means_init, precisions_init, *,
+            num_components, covariance_type, max_iter, n_init, init_params):
+    def one_restart(restart_key):
+        params, collapsed = initialize(
+            restart_key, X, num_components,
+            covariance_type=covariance_type, init_params=init_params, sample_weight=sample_weight,
+            reg_covar=reg_covar, weights_init=weights_init, means_init=means_init,
+            precisions_init=precisions_init,
+        )
+        return run_em(params, X, sample_weight, max_iter=max_iter, tol=tol, reg_covar=reg_covar,
+                      collapsed=collapsed)
+
+    return select_best(jax.vmap(one_restart)(restart_keys(key, n_init)))
+
+
+def resolve_max_iter(max_iter, num_iters) -> int:
+    """``num_iters`` (the seed's name) and ``max_iter`` (scikit-learn's) are the same limit."""
+    if num_iters is not None:
+        if max_iter is not None and max_iter != num_iters:
+            raise ValueError(f"num_iters={num_iters} and max_iter={max_iter} disagree: give only one of them.")
+        max_iter = num_iters
+    return v.check_int("max_iter (num_iters)", 100 if max_iter is None else max_iter, 1)
+
+
+def check_initial_parameters(weights_init, means_init, precisions_init, num_components, num_features,
+                             covariance_type):
+    """Validates user-given starting parameters (scikit-learn's ``*_init`` shapes)."""
+    if weights_init is not None:
+        v.check_weights("weights_init", weights_init, num_components)
+    if means_init is not None:
+        v.check_means("means_init", means_init, num_components, num_features)
+    if precisions_init is not None:
+        v.check_covariance_like("precisions_init", precisions_init, num_components, num_features,
+                                covariance_type, kind="precision")
+
+
+def fit_em(
+    key: jax.Array,
+    X: jax.typing.ArrayLike,
+    num_components: int,
+    *,
+    covariance_type: str = "full",
+    max_iter: int | None = None,
+    tol: float = 1e-3,
+    reg_covar: float = 1e-6,
+    n_init: int = 1,
+    init_params: str = "kmeans",
+    sample_weight: jax.typing.ArrayLike | None = None,
+    weights_init=None,
+    means_init=None,
+    precisions_init=None,
+    num_iters: int | None = None,
+) -> FitResult:
+    """Fits a Gaussian mixture by EM, ``n_init`` restarts in one vmapped, jitted call.
+
+    Each restart is initialised from its own key and runs one ``lax.while_loop`` until the
+    mean log-likelihood changes by less than ``tol`` or ``max_iter`` iterations have run;
+    the best restart (highest lower bound) is chosen on the device. Works under ``jit``
+    (mark ``num_components`` and the other configuration static) and ``vmap`` (e.g. over a
+    batch of equally shaped datasets).
+
+    Args:
+      key: ``jax.random`` key.
+      X: ``(N, D)`` data; float64 is kept when ``jax_enable_x64`` is on, else float32.
+      num_components: ``K``, the number of mixture components.
+      covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+      max_iter: iteration limit (default 100); ``num_iters`` is accepted as an alias.
+      tol: convergence threshold on the change of the mean log-likelihood.
+      reg_covar: non-negative value added to covariance diagonals.
+      n_init: number of restarts.
+      init_params: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"random_from_data"``.
+      sample_weight: optional ``(N,)`` non-negative sample weights.
+      weights_init, means_init, precisions_init: optional starting parameters in
+        scikit-learn's shapes (precisions, not covariances).
+      num_iters: alias of ``max_iter`` (the original example's name).
+
+    Returns:
+      A :class:`FitResult`.
+
+    Example:
+      >>> import jax, gmmjax as gj
+      >>> X, _ = gj.sample(jax.random.key(0), gj.GMMParams(
+      ...     jax.numpy.array([0.5, 0.5]), jax.numpy.array([[0.0], [5.0]]),
+      ...     jax.numpy.ones((2, 1, 1))), 500)
+      >>> result = gj.fit_em(jax.random.key(1), X, 2, n_init=4)
+      >>> sorted(round(float(m), 0) for m in result.params.means[:, 0])
+      [0.0, 5.0]
+    """
+    covariance_type = check_covariance_type(covariance_type)
+    init_params = check_init_params(init_params)
+    num_components = v.check_int("num_components", num_components, 1)
+    n_init = v.check_int("n_init", n_init, 1)
+    max_iter = resolve_max_iter(max_iter, num_iters)
+    tol = v.check_nonnegative_float("tol", tol)
+    reg_covar = v.check_nonnegative_float("reg_covar", reg_covar)
+    X = v.check_data(X, "X", min_samples=num_components)
+    check_initial_parameters(weights_init, means_init, precisions_init, num_components, X.shape[1],
+                             covariance_type)
+    sample_weight = v.check_sample_weight(sample_weight, X.shape[0], X.dtype)
+    return _fit_em(
+        key, X, sample_weight, jnp.asarray(tol, X.dtype), jnp.asarray(reg_covar, X.dtype),
+        weights_init, means_init, precisions_init,
+        num_components=num_components, covariance_type=covariance_type, max_iter=max_iter,
+        n_init=n_init, init_params=init_params,
+    )

@@ -1,0 +1,2 @@
+class ConvergenceWarning(UserWarning): pass
+class GaussianMixtureModel: pass

@@ -1,0 +1,162 @@
+"""Initialisation in JAX (jit/vmap-compatible, no scikit-learn at run time)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from gmmjax._covariance import covariances_from_precisions
+from gmmjax._params import GMMParams
+from gmmjax._stats import m_step_with_diagnostics, stats_from_responsibilities
+
+INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
+
+# Lloyd iterations after k-means++ seeding for init_params="kmeans"; stops earlier once the
+# assignment no longer changes.
+KMEANS_MAX_STEPS = 30
+
+
+def check_init_params(init_params) -> str:
+    if init_params not in INIT_METHODS:
+        raise ValueError(f"init_params must be one of {INIT_METHODS}, got {init_params!r}.")
+    return init_params
+
+
+def _squared_distances(X: jax.Array, centers: jax.Array) -> jax.Array:
+    """``‖x_n − c_k‖²`` as ``(N, K)``, from explicit residuals (no ``x² − 2xc + c²`` cancellation)."""
+    residuals = X[:, None, :] - centers[None, :, :]
+    return jnp.sum(residuals * residuals, axis=-1)
+
+
+def _log_of(weights: jax.Array) -> jax.Array:
+    return jnp.where(weights > 0, jnp.log(jnp.where(weights > 0, weights, 1.0)), -jnp.inf)
+
+
+def kmeans_plusplus(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax.Array) -> jax.Array:
+    """k-means++ seeding: ``(K, D)`` centers drawn from the data (weighted by ``sample_weight``).
+
+    Each further center is drawn with probability proportional to the weighted squared
+    distance to the nearest center already chosen; when every point coincides with a
+    center (duplicated data), it falls back to drawing by weight alone.
+    """
+    keys = jax.random.split(key, num_components)
+    log_weight = _log_of(sample_weight)
+    first = jax.random.categorical(keys[0], log_weight)
+    centers = jnp.zeros((num_components, X.shape[1]), X.dtype).at[0].set(X[first])
+    min_sq = jnp.sum((X - X[first]) ** 2, axis=-1)
+
+    def add_center(k, carry):
+        centers, min_sq = carry
+        score = sample_weight * min_sq
+        logits = jnp.where(jnp.sum(score) > 0, _log_of(score), log_weight)
+        index = jax.random.categorical(keys[k], logits)
+        centers = centers.at[k].set(X[index])
+        min_sq = jnp.minimum(min_sq, jnp.sum((X - X[index]) ** 2, axis=-1))
+        return centers, min_sq
+
+    centers, _ = jax.lax.fori_loop(1, num_components, add_center, (centers, min_sq))
+    return centers
+
+
+def kmeans(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax.Array,
+           max_steps: int = KMEANS_MAX_STEPS) -> jax.Array:
+    """k-means++ seeding followed by weighted Lloyd steps; returns ``(K, D)`` centers.
+
+    A cluster that loses all its points keeps its previous center.
+    """
+    centers = kmeans_plusplus(key, X, num_components, sample_weight)
+
+    def lloyd(state):
+        centers, _, step = state
+        labels = jnp.argmin(_squared_distances(X, centers), axis=1)
+        onehot = jax.nn.one_hot(labels, num_components, dtype=X.dtype) * sample_weight[:, None]
+        counts = jnp.sum(onehot, axis=0)
+        # Means about the old centers: precise for data far from the origin.
+        shifted = jnp.einsum("nk,nkd->kd", onehot, X[:, None, :] - centers[None, :, :])
+        new_centers = centers + shifted / jnp.where(counts > 0, counts, 1.0)[:, None]
+        new_centers = jnp.where((counts > 0)[:, None], new_centers, centers)
+        return new_centers, jnp.any(new_centers != centers), step + 1
+
+    def keep_going(state):
+        _, moved, step = state
+        return moved & (step < max_steps)
+
+    centers, _, _ = jax.lax.while_loop(keep_going, lloyd, (centers, jnp.array(True), jnp.array(0)))
+    return centers
+
+
+def _nearest_center_responsibilities(X, centers):
+    labels = jnp.argmin(_squared_distances(X, centers), axis=1)
+    return jax.nn.one_hot(labels, centers.shape[0], dtype=X.dtype)
+
+
+def initial_responsibilities(key, X, num_components, sample_weight, init_params):
+    """``(N, K)`` starting responsibilities for one of :data:`INIT_METHODS`.
+
+    ``"kmeans"`` and ``"k-means++"`` and ``"random_from_data"`` assign each point to its
+    nearest starting center (hard responsibilities); ``"random"`` draws uniform
+    responsibilities and normalises them, as scikit-learn does.
+    """
+    if init_params == "random":
+        resp = jax.random.uniform(key, (X.shape[0], num_components), dtype=X.dtype)
+        return resp / jnp.sum(resp, axis=1, keepdims=True)
+    if init_params == "random_from_data":
+        probs = sample_weight / jnp.sum(sample_weight)
+        index = jax.random.choice(key, X.shape[0], (num_components,), replace=False, p=probs)
+        centers = X[index]
+    elif init_params == "k-means++":
+        centers = kmeans_plusplus(key, X, num_components, sample_weight)
+    else:
+        centers = kmeans(key, X, num_components, sample_weight)
+    return _nearest_center_responsibilities(X, centers)
+
+
+def initialize(
+    key: jax.Array,
+    X: jax.Array,
+    num_components: int,
+    *,
+    covariance_type: str,
+    init_params: str,
+    sample_weight: jax.Array,
+    reg_covar,
+    weights_init=None,
+    means_init=None,
+    precisions_init=None,
+):
+    """Starting parameters: from ``init_params`` and then any user-given ``*_init`` arrays.
+
+    When all three ``*_init`` are given they are used as they are; otherwise the missing
+    ones come from an M-step on the initial responsibilities (as in scikit-learn).
+
+    Returns:
+      ``(params, collapsed)``: :class:`GMMParams` and a ``(K,)`` boolean array of
+      components that started empty or needed extra regularisation.
+    """
+    dtype = X.dtype
+    if weights_init is not None and means_init is not None and precisions_init is not None:
+        params = GMMParams(
+            jnp.asarray(weights_init, dtype),
+            jnp.asarray(means_init, dtype),
+            covariances_from_precisions(jnp.asarray(precisions_init, dtype), covariance_type),
+            covariance_type,
+        )
+        return params, jnp.zeros(num_components, bool)
+    resp = initial_responsibilities(key, X, num_components, sample_weight, init_params)
+    # Shift: each component's weighted mean under ``resp`` (computed about the data mean),
+    # so that the second moments below are taken about the means and lose no digits.
+    center = jnp.sum(X * sample_weight[:, None], axis=0) / jnp.sum(sample_weight)
+    weighted_resp = resp * sample_weight[:, None]
+    counts = jnp.sum(weighted_resp, axis=0) + 10 * jnp.finfo(dtype).eps
+    shift = center + (weighted_resp.T @ (X - center)) / counts[:, None]
+    stats = stats_from_responsibilities(X, resp, shift, covariance_type, sample_weight)
+    params, collapsed = m_step_with_diagnostics(stats, shift, reg_covar)
+    if weights_init is not None:
+        params = params.replace(weights=jnp.asarray(weights_init, dtype))
+    if means_init is not None:
+        params = params.replace(means=jnp.asarray(means_init, dtype))
+    if precisions_init is not None:
+        params = params.replace(
+            covariances=covariances_from_precisions(jnp.asarray(precisions_init, dtype), covariance_type)
+        )
+    return params, collapsed

@@ -1,0 +1,167 @@
+"""Input checks at the public boundary: clear ``ValueError``s instead of NaN or JAX tracebacks.
+
+Checks on values (finiteness, positive definiteness) run only on concrete arrays; under
+``jit``/``vmap`` the shape checks still run and the value checks are the caller's business.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gmmjax._covariance import covariance_shape
+from gmmjax._params import check_covariance_type
+
+
+def is_traced(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def working_dtype(dtype) -> np.dtype:
+    """Float dtype to compute in: float64 input stays float64 when ``jax_enable_x64`` is on;
+    float32 stays float32; integers and half precision use JAX's default float."""
+    dtype = np.dtype(dtype)
+    default = jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
+    if dtype == np.float64:
+        return default
+    if dtype == np.float32:
+        return np.dtype(np.float32)
+    return default
+
+
+def check_data(X, name: str = "X", *, num_features: int | None = None, min_samples: int = 1):
+    """Returns ``X`` as a 2-D float JAX array after checking shape and values.
+
+    Raises:
+      ValueError: naming what is wrong and how to fix it.
+    """
+    if is_traced(X):
+        arr = X
+    else:
+        if isinstance(X, (jax.Array, np.ndarray)):
+            arr = X
+        else:
+            try:
+                arr = np.asarray(X)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{name} must be a 2-D array of numbers: {exc}") from None
+        if arr.dtype == object or not (
+            np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
+        ):
+            raise ValueError(f"{name} must be a 2-D array of numbers, got dtype {arr.dtype}.")
+        if np.issubdtype(arr.dtype, np.complexfloating):
+            raise ValueError(f"{name} must be real-valued, got dtype {arr.dtype}.")
+    if arr.ndim != 2:
+        hint = " Reshape a single feature with X.reshape(-1, 1), a single sample with X.reshape(1, -1)."
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {tuple(arr.shape)}.{hint}")
+    n, d = arr.shape
+    if n == 0 or d == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(arr.shape)}): it needs at least one sample and one feature.")
+    if num_features is not None and d != num_features:
+        raise ValueError(
+            f"{name} has {d} features, but the model was fitted with {num_features} features."
+        )
+    if n < min_samples:
+        raise ValueError(
+            f"{name} has {n} samples, fewer than num_components={min_samples}: "
+            "provide more samples or decrease num_components."
+        )
+    dtype = working_dtype(arr.dtype)
+    arr = jnp.asarray(arr, dtype=dtype)
+    if not is_traced(arr) and not bool(jnp.all(jnp.isfinite(arr))):
+        raise ValueError(
+            f"{name} contains NaN or infinity: remove or impute those entries before fitting or predicting."
+        )
+    return arr
+
+
+def check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}.")
+    return int(value)
+
+
+def check_nonnegative_float(name: str, value) -> float:
+    if is_traced(value):
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) and not (
+        np.ndim(value) == 0 and np.issubdtype(np.asarray(value).dtype, np.number)
+    ):
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
+    value = float(value)
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a non-negative finite number, got {value}.")
+    return value
+
+
+def check_sample_weight(sample_weight, num_samples: int, dtype):
+    """``(N,)`` non-negative finite weights with a positive sum, or ones when ``None``."""
+    if sample_weight is None:
+        return jnp.ones(num_samples, dtype=dtype)
+    if not is_traced(sample_weight):
+        sw = np.asarray(sample_weight, dtype=np.float64)
+        if sw.ndim == 0:
+            sw = np.full(num_samples, float(sw))
+        if sw.shape != (num_samples,):
+            raise ValueError(f"sample_weight must have shape ({num_samples},), got {sw.shape}.")
+        if not np.all(np.isfinite(sw)) or np.any(sw < 0):
+            raise ValueError("sample_weight must be finite and non-negative.")
+        if not sw.sum() > 0:
+            raise ValueError("sample_weight must have a positive sum.")
+        return jnp.asarray(sw, dtype=dtype)
+    return jnp.broadcast_to(jnp.asarray(sample_weight, dtype), (num_samples,))
+
+
+def _concrete(name, value, shape):
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {arr.shape}.")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinity.")
+    return arr
+
+
+def check_weights(name: str, weights, num_components: int, atol: float = 1e-6):
+    if is_traced(weights):
+        return weights
+    w = _concrete(name, weights, (num_components,))
+    if np.any(w < 0):
+        raise ValueError(f"{name} must be non-negative, got {w}.")
+    if abs(w.sum() - 1.0) > atol:
+        raise ValueError(f"{name} must sum to 1, got sum {w.sum():.8g}: divide by the sum to normalise.")
+    return weights
+
+
+def check_means(name: str, means, num_components: int, num_features: int):
+    if is_traced(means):
+        return means
+    _concrete(name, means, (num_components, num_features))
+    return means
+
+
+def check_covariance_like(name: str, value, num_components: int, num_features: int, covariance_type: str,
+                          kind: str = "covariance"):
+    """Checks a covariance (or precision) array in scikit-learn's shape for ``covariance_type``:
+    symmetric and positive definite for the matrix types, positive otherwise."""
+    check_covariance_type(covariance_type)
+    if is_traced(value):
+        return value
+    arr = _concrete(name, value, covariance_shape(num_components, num_features, covariance_type))
+    if covariance_type in ("full", "tied"):
+        mats = arr.reshape((-1, num_features, num_features))
+        for k, mat in enumerate(mats):
+            where = f" (component {k})" if covariance_type == "full" else ""
+            if not np.allclose(mat, mat.T, rtol=1e-5, atol=1e-8 * max(1.0, np.abs(mat).max())):
+                raise ValueError(f"{name}{where} must be a symmetric matrix.")
+            try:
+                np.linalg.cholesky(mat)
+            except np.linalg.LinAlgError:
+                raise ValueError(f"{name}{where} must be positive definite.") from None
+    elif np.any(arr <= 0):
+        raise ValueError(f"{name} must be positive ({kind}s of '{covariance_type}' components).")
+    return value
