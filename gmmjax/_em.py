@@ -203,8 +203,8 @@ def fit_em(
       ...     jax.numpy.array([0.5, 0.5]), jax.numpy.array([[0.0], [5.0]]),
       ...     jax.numpy.ones((2, 1, 1))), 500)
       >>> result = gj.fit_em(jax.random.key(1), X, 2, n_init=4)
-      >>> sorted(round(float(m), 0) for m in result.params.means[:, 0])
-      [0.0, 5.0]
+      >>> sorted(int(round(float(m))) for m in result.params.means[:, 0])
+      [0, 5]
     """
     covariance_type = check_covariance_type(covariance_type)
     init_params = check_init_params(init_params)

@@ -1,2 +1,303 @@
-class ConvergenceWarning(UserWarning): pass
-class GaussianMixtureModel: pass
+"""``GaussianMixtureModel``: a scikit-learn-style estimator over the functional core.
+
+It validates input, converts arrays, calls :func:`gmmjax.fit_em` and stores the results;
+it contains no mixture maths of its own. It imports without scikit-learn.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gmmjax import _validation as v
+from gmmjax._covariance import precision_cholesky, precisions_from_precision_cholesky
+from gmmjax._density import log_prob, responsibilities
+from gmmjax._em import fit_em
+from gmmjax._params import GMMParams
+from gmmjax._sampling import sample as _sample
+from gmmjax._selection import aic as _aic
+from gmmjax._selection import bic as _bic
+
+
+class ConvergenceWarning(UserWarning):
+    """A fit stopped at its iteration limit before meeting ``tol``."""
+
+
+class NotFittedError(ValueError, AttributeError):
+    """A method that needs a fitted model was called before ``fit``."""
+
+
+_log_prob = jax.jit(log_prob)
+_responsibilities = jax.jit(responsibilities)
+_sample_jit = jax.jit(_sample, static_argnums=2)
+_bic_jit = jax.jit(_bic)
+_aic_jit = jax.jit(_aic)
+
+
+def _resolve_alias(primary_name, primary, alias_name, alias, default):
+    if primary is not None and alias is not None and primary != alias:
+        raise ValueError(f"{primary_name}={primary!r} and {alias_name}={alias!r} disagree: give only one of them.")
+    if primary is not None:
+        return primary
+    return default if alias is None else alias
+
+
+def _key_from_seed(seed) -> jax.Array:
+    if seed is None:
+        seed = 0
+    if isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
+        return seed
+    if isinstance(seed, (jax.Array, np.ndarray)) and seed.dtype == np.uint32 and seed.shape == (2,):
+        return jax.random.wrap_key_data(jnp.asarray(seed))  # a legacy jax.random.PRNGKey
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        return jax.random.key(int(seed))
+    raise ValueError(f"seed (random_state) must be an int, None or a jax.random key, got {seed!r}.")
+
+
+class GaussianMixtureModel:
+    """Gaussian mixture fitted by EM, with scikit-learn's interface and the original names.
+
+    Args:
+      num_components: number of components ``K`` (alias ``n_components``; default 1).
+      num_iters: EM iteration limit (alias ``max_iter``; default 100).
+      covariance_type: ``"full"`` (default), ``"tied"``, ``"diag"`` or ``"spherical"``.
+      tol: convergence threshold on the change of the mean log-likelihood (default 1e-3).
+      reg_covar: non-negative value added to covariance diagonals (default 1e-6).
+      n_init: number of restarts, run as one vmapped batch; the best is kept.
+      init_params: ``"kmeans"`` (default), ``"k-means++"``, ``"random"``, ``"random_from_data"``.
+      weights_init, means_init, precisions_init: optional starting parameters
+        (scikit-learn's shapes).
+      warm_start: when true, a second ``fit`` starts from the previous solution (one restart).
+      seed: int or ``jax.random.key`` (alias ``random_state``). ``None`` means 0, so fits are
+        reproducible by default.
+      n_components, max_iter, random_state: scikit-learn's names for the above.
+
+    Fitted attributes: ``weights_``, ``means_``, ``covariances_``, ``precisions_``,
+    ``precisions_cholesky_``, ``converged_``, ``n_iter_``, ``lower_bound_``,
+    ``lower_bounds_`` (history of the best restart), ``collapsed_components_``,
+    ``n_features_in_``, ``params`` (a :class:`GMMParams`), ``fit_result_``; and the original
+    names ``weights``, ``means``, ``covariances``.
+
+    Example:
+      >>> import numpy as np, gmmjax as gj
+      >>> X = gj.generate_gmm_data(500, np.array([0.5, 0.5]), np.array([[0.0, 0.0], [4.0, 4.0]]),
+      ...                          np.stack([np.eye(2)] * 2))
+      >>> model = gj.GaussianMixtureModel(num_components=2, num_iters=100).fit(X)
+      >>> bool(model.converged_)
+      True
+    """
+
+    def __init__(
+        self,
+        num_components=None,
+        num_iters=None,
+        *,
+        n_components=None,
+        max_iter=None,
+        covariance_type="full",
+        tol=1e-3,
+        reg_covar=1e-6,
+        n_init=1,
+        init_params="kmeans",
+        weights_init=None,
+        means_init=None,
+        precisions_init=None,
+        warm_start=False,
+        seed=None,
+        random_state=None,
+    ):
+        self.num_components = num_components
+        self.num_iters = num_iters
+        self.n_components = n_components
+        self.max_iter = max_iter
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.n_init = n_init
+        self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
+        self.warm_start = warm_start
+        self.seed = seed
+        self.random_state = random_state
+
+    # -- scikit-learn's parameter protocol -------------------------------------------------
+    @classmethod
+    def _param_names(cls):
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def get_params(self, deep=True):
+        """Constructor arguments as a dict (scikit-learn protocol)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params):
+        """Sets constructor arguments (scikit-learn protocol); returns ``self``."""
+        valid = self._param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"Invalid parameter {name!r} for GaussianMixtureModel; valid ones: {valid}.")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self):
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        changed = [f"{k}={v!r}" for k, v in self.get_params().items()
+                   if not (v is defaults[k] or (isinstance(v, (int, float, str)) and v == defaults[k]))]
+        return f"GaussianMixtureModel({', '.join(changed)})"
+
+    # -- resolved configuration --------------------------------------------------------------
+    def _resolved_num_components(self) -> int:
+        k = _resolve_alias("num_components", self.num_components, "n_components", self.n_components, 1)
+        return v.check_int("num_components (n_components)", k, 1)
+
+    def _resolved_max_iter(self) -> int:
+        n = _resolve_alias("num_iters", self.num_iters, "max_iter", self.max_iter, 100)
+        return v.check_int("num_iters (max_iter)", n, 1)
+
+    def _resolved_seed(self):
+        return _resolve_alias("seed", self.seed, "random_state", self.random_state, None)
+
+    # -- fitting ---------------------------------------------------------------------------
+    def fit(self, X, y=None, sample_weight=None):
+        """Fits the mixture to ``X`` ``(N, D)``; ``sample_weight`` ``(N,)`` optional. Returns ``self``."""
+        num_components = self._resolved_num_components()
+        max_iter = self._resolved_max_iter()
+        key = _key_from_seed(self._resolved_seed())
+        X = v.check_data(X, "X", min_samples=num_components)
+        init = dict(weights_init=self.weights_init, means_init=self.means_init,
+                    precisions_init=self.precisions_init)
+        n_init = self.n_init
+        if self.warm_start and hasattr(self, "params"):
+            if self.params.covariance_type != self.covariance_type or self.means_.shape != (num_components, X.shape[1]):
+                raise ValueError("warm_start needs the same num_components, covariance_type and number of "
+                                 "features as the previous fit: set warm_start=False to start afresh.")
+            init = dict(weights_init=self.weights_, means_init=self.means_, precisions_init=self.precisions_)
+            n_init = 1
+        result = fit_em(
+            key, X, num_components, covariance_type=self.covariance_type, max_iter=max_iter, tol=self.tol,
+            reg_covar=self.reg_covar, n_init=n_init, init_params=self.init_params,
+            sample_weight=sample_weight, **init,
+        )
+        self._store(result, X.shape[1])
+        if not self.converged_:
+            warnings.warn(
+                f"EM did not converge within {max_iter} iterations (tol={self.tol}): increase num_iters "
+                "(max_iter) or tol, try more restarts (n_init), or check for degenerate data.",
+                ConvergenceWarning, stacklevel=2,
+            )
+        if self.collapsed_components_.any():
+            warnings.warn(
+                f"Components {np.flatnonzero(self.collapsed_components_).tolist()} became empty or singular "
+                "during the fit and were regularised: decrease num_components, increase reg_covar, or scale "
+                "the data.", UserWarning, stacklevel=2,
+            )
+        return self
+
+    def _store(self, result, num_features):
+        self.fit_result_ = result
+        self.params = result.params
+        self._set_params_attributes(result.params)
+        best = int(result.best_restart)
+        self.converged_ = bool(result.converged)
+        self.n_iter_ = int(result.n_iter)
+        self.lower_bound_ = float(result.lower_bound)
+        self.lower_bounds_ = np.asarray(result.lower_bound_history[best, : self.n_iter_])
+        self.collapsed_components_ = np.asarray(result.collapsed_components[best])
+        self.n_features_in_ = num_features
+
+    def _set_params_attributes(self, params: GMMParams):
+        self.params = params
+        self.weights_ = np.asarray(params.weights)
+        self.means_ = np.asarray(params.means)
+        self.covariances_ = np.asarray(params.covariances)
+        prec_chol = precision_cholesky(params.covariances, params.covariance_type)
+        self.precisions_cholesky_ = np.asarray(prec_chol)
+        self.precisions_ = np.asarray(precisions_from_precision_cholesky(prec_chol, params.covariance_type))
+
+    # The original example's attribute names.
+    weights = property(lambda self: self._fitted("weights_"), doc="Mixing weights ``(K,)`` (= ``weights_``).")
+    means = property(lambda self: self._fitted("means_"), doc="Means ``(K, D)`` (= ``means_``).")
+    covariances = property(lambda self: self._fitted("covariances_"), doc="Covariances (= ``covariances_``).")
+
+    def _fitted(self, name):
+        if name not in self.__dict__:
+            raise NotFittedError(
+                f"This GaussianMixtureModel is not fitted yet: call fit(X) before using {name.rstrip('_')}."
+            )
+        return self.__dict__[name]
+
+    def _check_input(self, X, method):
+        params = self._fitted_params(method)
+        X = v.check_data(X, "X", num_features=params.num_features)
+        return params, X.astype(params.means.dtype)
+
+    def _fitted_params(self, method):
+        if "params" not in self.__dict__:
+            raise NotFittedError(f"This GaussianMixtureModel is not fitted yet: call fit(X) before {method}().")
+        return self.params
+
+    # -- inference -------------------------------------------------------------------------
+    def fit_predict(self, X, y=None, sample_weight=None):
+        """Fits and returns the component of each sample (same as ``fit(X).predict(X)``)."""
+        return self.fit(X, sample_weight=sample_weight).predict(X)
+
+    def predict_proba(self, X):
+        """Posterior probability of each component: ``(N, K)``."""
+        params, X = self._check_input(X, "predict_proba")
+        return np.asarray(_responsibilities(params, X))
+
+    def predict(self, X):
+        """Most probable component of each sample: ``(N,)`` int."""
+        params, X = self._check_input(X, "predict")
+        return np.argmax(np.asarray(_responsibilities(params, X)), axis=1)
+
+    def score_samples(self, X):
+        """Log-density of each sample: ``(N,)``."""
+        params, X = self._check_input(X, "score_samples")
+        return np.asarray(_log_prob(params, X))
+
+    def score(self, X, y=None):
+        """Mean log-likelihood of ``X``."""
+        return float(np.mean(self.score_samples(X)))
+
+    def bic(self, X):
+        """Bayesian information criterion on ``X`` (lower is better)."""
+        params, X = self._check_input(X, "bic")
+        return float(_bic_jit(params, X))
+
+    def aic(self, X):
+        """Akaike information criterion on ``X`` (lower is better)."""
+        params, X = self._check_input(X, "aic")
+        return float(_aic_jit(params, X))
+
+    def sample(self, n_samples=1, key=None):
+        """Draws ``n_samples`` points; returns ``(X, labels)`` as NumPy arrays.
+
+        Without ``key``, a key derived from ``seed`` is used (same samples on each call).
+        """
+        params = self._fitted_params("sample")
+        n_samples = v.check_int("n_samples", n_samples, 1)
+        if key is None:
+            key = jax.random.fold_in(_key_from_seed(self._resolved_seed()), 1)
+        X, labels = _sample_jit(key, params, n_samples)
+        return np.asarray(X), np.asarray(labels)
+
+    # -- persistence -----------------------------------------------------------------------
+    def save(self, path):
+        """Saves the fitted model to a ``.npz`` file (see :mod:`gmmjax._io` for the format; no pickle)."""
+        from gmmjax._io import save_model
+
+        self._fitted_params("save")
+        save_model(self, path)
+
+    @classmethod
+    def load(cls, path) -> "GaussianMixtureModel":
+        """Loads a model written by :meth:`save`."""
+        from gmmjax._io import load_model
+
+        return load_model(cls, path)

@@ -1,0 +1,3 @@
+from gmmjax._cli import main
+
+raise SystemExit(main())
