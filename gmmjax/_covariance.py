@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
-# A component whose covariance still cannot be factorised after ``reg_covar`` is added gets
-# this many machine epsilons of its own scale added to the diagonal (see regularize_covariances).
+# A covariance that still cannot be factorised after ``reg_covar`` is added gets this many
+# machine epsilons of each feature's variance added to its diagonal (see regularize_covariances).
 _JITTER_EPS = 1e3
 
 
@@ -127,42 +127,66 @@ def covariances_from_moments(
     return jnp.mean(variances, axis=-1)
 
 
-def regularize_covariances(covariances: jax.Array, reg_covar: jax.Array, covariance_type: str):
-    """Adds ``reg_covar`` to the diagonal and guarantees a usable (positive definite) result.
+def _variances(covariances: jax.Array, covariance_type: str) -> jax.Array:
+    """Per-feature variances: ``(K, D)`` (full, diag), ``(D,)`` (tied), ``(K,)`` (spherical)."""
+    if covariance_type in ("full", "tied"):
+        return jnp.diagonal(covariances, axis1=-2, axis2=-1)
+    return covariances
 
-    A covariance that is still not positive definite in the working precision (a component
-    collapsed onto one point with ``reg_covar=0``, exactly collinear features in float32)
-    gets ``1e3·eps`` times its own scale added to the diagonal, inside the jitted loop.
+
+def regularize_covariances(covariances: jax.Array, reg_covar: jax.Array, covariance_type: str,
+                           means: jax.Array):
+    """Adds ``reg_covar`` to the diagonal and guarantees a factorisable covariance.
+
+    Two things can still break the Cholesky factor in the working precision: a feature
+    that is a linear combination of the others within round-off (collinear data, a
+    component collapsed onto a point or a line with ``reg_covar=0``), and a variance so
+    small that its precision overflows. Such a covariance gets ``1e3·eps`` of each feature's
+    own variance added to its diagonal (scale-invariant), and no variance may fall below
+    ``10·eps²`` times the spread of the fit in that feature (the largest variance plus the
+    squared range of the means), which keeps every whitened residual finite. This runs
+    inside the jitted loop; healthy covariances are returned unchanged.
+
+    Args:
+      covariances: unregularised covariances in scikit-learn's shape for the type.
+      reg_covar: scalar added to the diagonal.
+      covariance_type: the covariance type.
+      means: ``(K, D)`` the component means (they set the spread of the fit).
 
     Returns:
       ``(covariances, repaired)``: the regularised covariances and a boolean per covariance
-      (``(K,)``, or ``()`` for tied) that is true where the extra jitter was needed.
+      (``(K,)``, or ``()`` for tied) that is true where the repair was needed.
     """
     eps = jnp.finfo(covariances.dtype).eps
+    cov = covariances + reg_covar * _eye_like(covariances) if covariance_type in ("full", "tied") \
+        else covariances + reg_covar
+
+    def finite_max(a, axis):
+        return jnp.max(jnp.where(jnp.isfinite(a), jnp.abs(a), 0.0), axis=axis)
+
+    variances = _variances(cov, covariance_type)
+    largest = finite_max(variances, axis=0) if covariance_type != "tied" else finite_max(variances, axis=None)
+    if covariance_type == "spherical":
+        largest = jnp.max(largest)
+        mean_range = jnp.max(jnp.ptp(means, axis=0))
+    else:
+        mean_range = jnp.ptp(means, axis=0)  # (D,)
+    spread = largest + jnp.where(jnp.isfinite(mean_range), mean_range, 0.0) ** 2
+    floor = 10 * eps**2 * jnp.where(spread > 0, spread, 1.0)
+
     if covariance_type in ("full", "tied"):
-        eye = _eye_like(covariances)
-        cov = covariances + reg_covar * eye
-        diag = jnp.diagonal(cov, axis1=-2, axis2=-1)
-        scale = jnp.mean(jnp.abs(diag), axis=-1)
-        scale = jnp.where(scale > 0, scale, 1.0)
+        reference = jnp.maximum(jnp.where(jnp.isfinite(variances), variances, 0.0), floor)
         lower = jnp.linalg.cholesky(cov)
-        ok = jnp.all(jnp.isfinite(lower), axis=(-2, -1)) & jnp.all(
-            jnp.diagonal(lower, axis1=-2, axis2=-1) > 0, axis=-1
-        )
-        jitter = (_JITTER_EPS * eps * scale)[..., None, None] * eye
-        # Last resort (non-finite input moments): an isotropic covariance of the same scale.
-        fallback = jnp.where(jnp.isfinite(scale), scale, 1.0)[..., None, None] * eye
-        repaired = cov + jitter
+        pivots = jnp.diagonal(lower, axis1=-2, axis2=-1) ** 2  # variance not explained by earlier features
+        ok = jnp.all(jnp.isfinite(lower), axis=(-2, -1)) & jnp.all(pivots > 10 * eps * reference, axis=-1)
+        eye = _eye_like(cov)
+        repaired = cov + (_JITTER_EPS * eps * reference)[..., None, :] * eye
+        # Last resort (non-finite moments): independent features at the reference variances.
+        fallback = reference[..., None, :] * eye
         repaired_ok = jnp.all(jnp.isfinite(jnp.linalg.cholesky(repaired)), axis=(-2, -1))
         repaired = jnp.where(repaired_ok[..., None, None], repaired, fallback)
         return jnp.where(ok[..., None, None], cov, repaired), ~ok
-    # Diagonal types only need positive variances; the floor is relative to the largest
-    # variance of the same feature across components (so feature scales stay independent).
-    cov = covariances + reg_covar
-    finite = jnp.isfinite(cov)
-    ok = finite & (cov > 0)
-    largest = jnp.max(jnp.where(finite, jnp.abs(cov), 0.0), axis=0, keepdims=cov.ndim > 1)
-    floor = _JITTER_EPS * eps * jnp.where(largest > 0, largest, 1.0)
+    ok = jnp.isfinite(cov) & (cov > floor)
     repaired = jnp.where(ok, cov, floor)
     ok_per_component = ok if covariance_type == "spherical" else jnp.all(ok, axis=-1)
     return repaired, ~ok_per_component

@@ -263,6 +263,7 @@ class GaussianMixtureModel:
 
     def score(self, X, y=None):
         """Mean log-likelihood of ``X``."""
+        self._fitted_params("score")  # so that the not-fitted message names score(), not score_samples()
         return float(np.mean(self.score_samples(X)))
 
     def bic(self, X):

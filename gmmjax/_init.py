@@ -32,12 +32,14 @@ def _log_of(weights: jax.Array) -> jax.Array:
     return jnp.where(weights > 0, jnp.log(jnp.where(weights > 0, weights, 1.0)), -jnp.inf)
 
 
-def kmeans_plusplus(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax.Array) -> jax.Array:
-    """k-means++ seeding: ``(K, D)`` centers drawn from the data (weighted by ``sample_weight``).
+def _sequential_seeding(key, X, num_components, sample_weight, distance_weighted: bool):
+    """Draws ``K`` centers from the data one at a time.
 
-    Each further center is drawn with probability proportional to the weighted squared
-    distance to the nearest center already chosen; when every point coincides with a
-    center (duplicated data), it falls back to drawing by weight alone.
+    Each next center is drawn with probability proportional to the sample weight times the
+    squared distance to the nearest center so far (``distance_weighted``, k-means++) or
+    times an indicator that it differs from every center so far (distinct random points).
+    When every point coincides with a center (fewer distinct points than components), it
+    falls back to drawing by weight alone.
     """
     keys = jax.random.split(key, num_components)
     log_weight = _log_of(sample_weight)
@@ -47,7 +49,7 @@ def kmeans_plusplus(key: jax.Array, X: jax.Array, num_components: int, sample_we
 
     def add_center(k, carry):
         centers, min_sq = carry
-        score = sample_weight * min_sq
+        score = sample_weight * (min_sq if distance_weighted else (min_sq > 0).astype(X.dtype))
         logits = jnp.where(jnp.sum(score) > 0, _log_of(score), log_weight)
         index = jax.random.categorical(keys[k], logits)
         centers = centers.at[k].set(X[index])
@@ -56,6 +58,15 @@ def kmeans_plusplus(key: jax.Array, X: jax.Array, num_components: int, sample_we
 
     centers, _ = jax.lax.fori_loop(1, num_components, add_center, (centers, min_sq))
     return centers
+
+
+def kmeans_plusplus(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax.Array) -> jax.Array:
+    """k-means++ seeding: ``(K, D)`` centers drawn from the data ``(N, D)``.
+
+    Each further center is drawn with probability proportional to the weighted squared
+    distance to the nearest center already chosen.
+    """
+    return _sequential_seeding(key, X, num_components, sample_weight, distance_weighted=True)
 
 
 def kmeans(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax.Array,
@@ -93,17 +104,16 @@ def _nearest_center_responsibilities(X, centers):
 def initial_responsibilities(key, X, num_components, sample_weight, init_params):
     """``(N, K)`` starting responsibilities for one of :data:`INIT_METHODS`.
 
-    ``"kmeans"`` and ``"k-means++"`` and ``"random_from_data"`` assign each point to its
-    nearest starting center (hard responsibilities); ``"random"`` draws uniform
-    responsibilities and normalises them, as scikit-learn does.
+    ``"kmeans"``, ``"k-means++"`` and ``"random_from_data"`` (distinct data points drawn at
+    random by weight) assign each point to its nearest starting center (hard
+    responsibilities); ``"random"`` draws uniform responsibilities and normalises them, as
+    scikit-learn does.
     """
     if init_params == "random":
         resp = jax.random.uniform(key, (X.shape[0], num_components), dtype=X.dtype)
         return resp / jnp.sum(resp, axis=1, keepdims=True)
     if init_params == "random_from_data":
-        probs = sample_weight / jnp.sum(sample_weight)
-        index = jax.random.choice(key, X.shape[0], (num_components,), replace=False, p=probs)
-        centers = X[index]
+        centers = _sequential_seeding(key, X, num_components, sample_weight, distance_weighted=False)
     elif init_params == "k-means++":
         centers = kmeans_plusplus(key, X, num_components, sample_weight)
     else:

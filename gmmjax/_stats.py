@@ -109,10 +109,12 @@ def m_step_with_diagnostics(stats: SufficientStats, shift: jax.Array, reg_covar)
     counts = stats.counts + 10 * eps
     offsets = stats.first_moments / counts[:, None]
     raw_cov = covariances_from_moments(stats.second_moments, counts, offsets, stats.covariance_type)
-    covariances, repaired = regularize_covariances(raw_cov, jnp.asarray(reg_covar, dtype), stats.covariance_type)
+    means = shift + offsets
+    covariances, repaired = regularize_covariances(raw_cov, jnp.asarray(reg_covar, dtype), stats.covariance_type,
+                                                   means)
     params = GMMParams(
         weights=counts / jnp.sum(counts),
-        means=shift + offsets,
+        means=means,
         covariances=covariances,
         covariance_type=stats.covariance_type,
     )
