@@ -1,0 +1,131 @@
+"""Shared pytest configuration for the gmmjax test suite.
+
+* registers the ``slow`` marker (deselect with ``-m "not slow"``);
+* runs the float64 checks (``_x64_parity_script.py``) in a background subprocess, started
+  at collection when a selected test needs them (fixtures ``x64_results`` / ``x64_check``);
+* makes the helper modules in this directory (``_oracles``) importable whatever pytest's
+  import mode;
+* provides small, deterministic datasets as fixtures.
+
+float64 (``jax_enable_x64``) is deliberately NOT enabled here: it is global state, so the
+float64 checks run in a subprocess (see ``_x64_parity_script.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+_TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+if _TESTS_DIR not in sys.path:
+    sys.path.insert(0, _TESTS_DIR)
+
+from _oracles import make_blobs  # noqa: E402
+
+# Run as a subprocess by the x64_results fixture; never import it here (it would switch this
+# process to float64), e.g. through --doctest-modules.
+collect_ignore = ["_x64_parity_script.py"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: heavier test (several seconds or more); deselect with -m 'not slow'"
+    )
+
+
+@pytest.fixture
+def rng():
+    """A fresh, seeded NumPy generator per test."""
+    return np.random.default_rng(12345)
+
+
+@pytest.fixture
+def blobs():
+    """Factory for small Gaussian-blob datasets: ``blobs(n=..., d=..., k=..., seed=..., ...)``.
+
+    Returns ``(X, labels, centers)`` as float64 NumPy arrays (cast in the test as needed).
+    """
+    return make_blobs
+
+
+@pytest.fixture
+def small_data():
+    """A fixed small 2-D, 3-cluster float32 dataset ``(300, 2)`` with mild overlap."""
+    X, _, _ = make_blobs(n=300, d=2, k=3, seed=0, spread=4.0)
+    return X.astype(np.float32)
+
+
+_REPO_ROOT = os.path.dirname(_TESTS_DIR)
+_X64_SCRIPT = os.path.join(_TESTS_DIR, "_x64_parity_script.py")
+
+
+_X64_PROCESS = None
+
+
+def _start_x64_subprocess():
+    """Starts the float64 checks in the background (once); returns the Popen handle."""
+    global _X64_PROCESS
+    if _X64_PROCESS is None:
+        import subprocess
+        import tempfile
+
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, env.get("PYTHONPATH")) if p)
+        # Files, not pipes: a full pipe would block the child while nobody reads it.
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        _X64_PROCESS = subprocess.Popen([sys.executable, _X64_SCRIPT], stdout=out, stderr=err, env=env,
+                                        cwd=_REPO_ROOT)
+        _X64_PROCESS.output_files = (out, err)
+    return _X64_PROCESS
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection
+def pytest_collection_modifyitems(session, config, items):
+    # The float64 subprocess takes ~15 s, mostly single-threaded XLA compilation: start it as
+    # soon as we know a selected test needs it, so it overlaps with the tests that run first.
+    if any("x64_results" in getattr(item, "fixturenames", ()) for item in items):
+        _start_x64_subprocess()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _X64_PROCESS is not None:
+        if _X64_PROCESS.poll() is None:
+            _X64_PROCESS.kill()
+            _X64_PROCESS.wait()
+        for f in _X64_PROCESS.output_files:
+            f.close()
+
+
+@pytest.fixture(scope="session")
+def x64_results():
+    """Results of ``_x64_parity_script.py``, run once per session in a float64 subprocess.
+
+    Returns ``(returncode, {check_name: "ok" | traceback}, stderr)``.
+    """
+    import json
+
+    proc = _start_x64_subprocess()
+    proc.wait(timeout=600)
+    stdout, stderr = ((f.seek(0), f.read())[1] for f in proc.output_files)
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("X64_RESULTS ")]
+    if not lines:
+        pytest.fail(
+            f"float64 subprocess produced no results (exit {proc.returncode}).\n"
+            f"stdout:\n{stdout[-4000:]}\nstderr:\n{stderr[-4000:]}"
+        )
+    return proc.returncode, json.loads(lines[-1][len("X64_RESULTS "):]), stderr
+
+
+@pytest.fixture
+def x64_check(x64_results):
+    """``x64_check(name)`` fails the calling test with the subprocess traceback unless check ``name`` passed."""
+
+    def assert_ok(name):
+        _, results, _ = x64_results
+        assert name in results, f"float64 check {name!r} did not run; ran: {sorted(results)}"
+        assert results[name] == "ok", f"float64 check {name!r} failed in the subprocess:\n{results[name]}"
+
+    return assert_ok
