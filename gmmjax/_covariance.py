@@ -144,7 +144,8 @@ def regularize_covariances(covariances: jax.Array, reg_covar: jax.Array, covaria
     small that its precision overflows. Such a covariance gets ``1e3·eps`` of each feature's
     own variance added to its diagonal (scale-invariant), and no variance may fall below
     ``10·eps²`` times the spread of the fit in that feature (the largest variance plus the
-    squared range of the means), which keeps every whitened residual finite. This runs
+    squared range of the means) nor below ``sqrt(tiny)``, which keeps every whitened
+    residual finite. This runs
     inside the jitted loop; healthy covariances are returned unchanged.
 
     Args:
@@ -172,7 +173,9 @@ def regularize_covariances(covariances: jax.Array, reg_covar: jax.Array, covaria
     else:
         mean_range = jnp.ptp(means, axis=0)  # (D,)
     spread = largest + jnp.where(jnp.isfinite(mean_range), mean_range, 0.0) ** 2
-    floor = 10 * eps**2 * jnp.where(spread > 0, spread, 1.0)
+    # sqrt(tiny) keeps the floor a normal number (XLA flushes subnormals to zero) whose
+    # reciprocal cannot overflow, for data whose spread is zero or itself tiny.
+    floor = jnp.maximum(10 * eps**2 * spread, jnp.sqrt(jnp.finfo(cov.dtype).tiny))
 
     if covariance_type in ("full", "tied"):
         reference = jnp.maximum(jnp.where(jnp.isfinite(variances), variances, 0.0), floor)

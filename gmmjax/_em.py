@@ -206,6 +206,7 @@ def fit_em(
       >>> sorted(int(round(float(m))) for m in result.params.means[:, 0])
       [0, 5]
     """
+    key = v.check_key(key)
     covariance_type = check_covariance_type(covariance_type)
     init_params = check_init_params(init_params)
     num_components = v.check_int("num_components", num_components, 1)

@@ -78,6 +78,16 @@ def check_data(X, name: str = "X", *, num_features: int | None = None, min_sampl
     return arr
 
 
+def check_key(key, name: str = "key"):
+    """Accepts a typed ``jax.random.key`` or a legacy ``jax.random.PRNGKey`` (uint32 ``(2,)``)."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) and jnp.ndim(key) == 0:
+        return key
+    if dtype is not None and dtype == np.uint32 and jnp.shape(key) == (2,):
+        return key
+    raise ValueError(f"{name} must be a single jax.random key, e.g. jax.random.key(0); got {key!r}.")
+
+
 def check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")

@@ -97,6 +97,25 @@ def precision_cholesky(covariances, covariance_type):
     return 1.0 / np.sqrt(c)
 
 
+def random_mixture(covariance_type, k, d, seed):
+    """Random valid mixture parameters ``(weights, means, covariances)`` as float64 NumPy arrays."""
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(0.2, 1.0, size=k)
+    w /= w.sum()
+    m = rng.normal(scale=2.0, size=(k, d))
+    if covariance_type == "full":
+        A = rng.normal(size=(k, d, d))
+        c = A @ np.swapaxes(A, -1, -2) + 0.5 * np.eye(d)
+    elif covariance_type == "tied":
+        A = rng.normal(size=(d, d))
+        c = A @ A.T + 0.5 * np.eye(d)
+    elif covariance_type == "diag":
+        c = rng.uniform(0.3, 2.0, size=(k, d))
+    else:
+        c = rng.uniform(0.3, 2.0, size=k)
+    return w, m, c
+
+
 def sklearn_model(weights, means, covariances, covariance_type):
     """A 'fitted' scikit-learn GaussianMixture holding the given parameters (float64)."""
     from sklearn.mixture import GaussianMixture

@@ -88,27 +88,9 @@ def _parity_one(covariance_type, reg_covar):
     O.assert_rel_close(gj.aic(params, X), sk.aic(X), 1e-10, "aic")
 
 
-def _random_params(covariance_type, k, d, seed):
-    rng = np.random.default_rng(seed)
-    w = rng.uniform(0.2, 1.0, size=k)
-    w /= w.sum()
-    m = rng.normal(scale=2.0, size=(k, d))
-    if covariance_type == "full":
-        A = rng.normal(size=(k, d, d))
-        c = A @ np.swapaxes(A, -1, -2) + 0.5 * np.eye(d)
-    elif covariance_type == "tied":
-        A = rng.normal(size=(d, d))
-        c = A @ A.T + 0.5 * np.eye(d)
-    elif covariance_type == "diag":
-        c = rng.uniform(0.3, 2.0, size=(k, d))
-    else:
-        c = rng.uniform(0.3, 2.0, size=k)
-    return w, m, c
-
-
 def _log_prob(covariance_type):
     k, d = 3, 4
-    w, m, c = _random_params(covariance_type, k, d, seed=3)
+    w, m, c = O.random_mixture(covariance_type, k, d, seed=3)
     X = np.random.default_rng(4).normal(scale=3.0, size=(50, d))
     params = gj.GMMParams(jnp.asarray(w), jnp.asarray(m), jnp.asarray(c), covariance_type)
     lp = gj.log_prob(params, X)
@@ -131,7 +113,7 @@ def _central_difference(f, x, h):
 
 def _grad(covariance_type):
     k, d = 2, 3
-    w, m, c = _random_params(covariance_type, k, d, seed=5)
+    w, m, c = O.random_mixture(covariance_type, k, d, seed=5)
     X = np.random.default_rng(6).normal(scale=2.0, size=(6, d))
     base = gj.GMMParams(jnp.asarray(w), jnp.asarray(m), jnp.asarray(c), covariance_type)
 
@@ -179,7 +161,7 @@ def _mclust_iris():
 def _dtype_float64():
     """float64 in -> float64 out (fit_em's dtype is checked in the parity checks)."""
     X = jnp.asarray(_parity_data()[:60])
-    w, m, c = _random_params("diag", 2, 3, seed=7)
+    w, m, c = O.random_mixture("diag", 2, 3, seed=7)
     p = gj.GMMParams(jnp.asarray(w), jnp.asarray(m), jnp.asarray(c), "diag")
     assert jax.jit(gj.log_prob)(p, X).dtype == jnp.float64
     Y, labels = jax.jit(gj.sample, static_argnums=2)(jax.random.key(2), p, 10)

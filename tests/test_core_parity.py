@@ -58,27 +58,9 @@ def test_em_parity_float32_with_sklearn(parity_data, covariance_type, reg_covar)
 # --------------------------------------------------------------------------- densities, factors, criteria
 
 
-def _random_params(covariance_type, k, d, seed):
-    rng = np.random.default_rng(seed)
-    w = rng.uniform(0.2, 1.0, size=k)
-    w /= w.sum()
-    m = rng.normal(scale=2.0, size=(k, d))
-    if covariance_type == "full":
-        A = rng.normal(size=(k, d, d))
-        c = A @ np.swapaxes(A, -1, -2) + 0.5 * np.eye(d)
-    elif covariance_type == "tied":
-        A = rng.normal(size=(d, d))
-        c = A @ A.T + 0.5 * np.eye(d)
-    elif covariance_type == "diag":
-        c = rng.uniform(0.3, 2.0, size=(k, d))
-    else:
-        c = rng.uniform(0.3, 2.0, size=k)
-    return w, m, c
-
-
 @pytest.mark.parametrize("covariance_type", COV_TYPES)
 def test_log_prob_float32_vs_scipy(covariance_type):
-    w, m, c = _random_params(covariance_type, 3, 4, seed=11)
+    w, m, c = O.random_mixture(covariance_type, 3, 4, seed=11)
     X = np.random.default_rng(12).normal(scale=3.0, size=(64, 4))
     params = gj.GMMParams(jnp.asarray(w, jnp.float32), jnp.asarray(m, jnp.float32),
                           jnp.asarray(c, jnp.float32), covariance_type)

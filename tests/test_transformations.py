@@ -29,20 +29,7 @@ def data():
 
 
 def _random_params(covariance_type, k=3, d=2, seed=0, dtype=np.float32):
-    rng = np.random.default_rng(seed)
-    w = rng.uniform(0.2, 1.0, size=k)
-    w /= w.sum()
-    m = rng.normal(scale=2.0, size=(k, d))
-    if covariance_type == "full":
-        A = rng.normal(size=(k, d, d))
-        c = A @ np.swapaxes(A, -1, -2) + 0.5 * np.eye(d)
-    elif covariance_type == "tied":
-        A = rng.normal(size=(d, d))
-        c = A @ A.T + 0.5 * np.eye(d)
-    elif covariance_type == "diag":
-        c = rng.uniform(0.3, 2.0, size=(k, d))
-    else:
-        c = rng.uniform(0.3, 2.0, size=k)
+    w, m, c = O.random_mixture(covariance_type, k, d, seed)
     return gj.GMMParams(jnp.asarray(w, dtype), jnp.asarray(m, dtype), jnp.asarray(c, dtype), covariance_type)
 
 

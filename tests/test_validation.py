@@ -300,3 +300,10 @@ def test_no_warnings_from_valid_inputs(model, X):
         warnings.simplefilter("error")
         model.predict(X)
         model.score(X)
+
+
+@pytest.mark.parametrize("bad_key", [0, None, "seed", np.zeros(3, np.uint32)])
+def test_fit_em_rejects_a_bad_key(bad_key):
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    with pytest.raises(ValueError, match="key must be a single jax.random key"):
+        gj.fit_em(bad_key, X, 2)
