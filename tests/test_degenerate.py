@@ -11,7 +11,6 @@ import jax
 import numpy as np
 import pytest
 
-import gmmjax as gj
 from gmmjax import GaussianMixtureModel
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # ConvergenceWarning / collapse warnings
