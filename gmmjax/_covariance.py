@@ -19,8 +19,9 @@ from jax.scipy.linalg import solve_triangular
 _JITTER_EPS = 1e3
 
 
-def _eye_like(matrix: jax.Array) -> jax.Array:
-    return jnp.eye(matrix.shape[-1], dtype=matrix.dtype)
+def _eye_like(matrices: jax.Array) -> jax.Array:
+    """Identity matrices of the same shape (and batch shape) as ``matrices``."""
+    return jnp.broadcast_to(jnp.eye(matrices.shape[-1], dtype=matrices.dtype), matrices.shape)
 
 
 def cholesky_factor(covariances: jax.Array, covariance_type: str) -> jax.Array:
@@ -34,8 +35,7 @@ def precision_cholesky(covariances: jax.Array, covariance_type: str) -> jax.Arra
     """Precision Cholesky factor of ``covariances``, same shape (scikit-learn's ``precisions_cholesky_``)."""
     if covariance_type in ("full", "tied"):
         lower = jnp.linalg.cholesky(covariances)
-        eye = jnp.broadcast_to(_eye_like(covariances), covariances.shape)
-        return jnp.swapaxes(solve_triangular(lower, eye, lower=True), -1, -2)
+        return jnp.swapaxes(solve_triangular(lower, _eye_like(covariances), lower=True), -1, -2)
     return jax.lax.rsqrt(covariances)
 
 
@@ -43,8 +43,7 @@ def covariances_from_precisions(precisions: jax.Array, covariance_type: str) -> 
     """Inverts precision matrices (or precisions) given in scikit-learn's ``precisions_init`` shapes."""
     if covariance_type in ("full", "tied"):
         lower = jnp.linalg.cholesky(precisions)
-        eye = jnp.broadcast_to(_eye_like(precisions), precisions.shape)
-        inv_lower = solve_triangular(lower, eye, lower=True)
+        inv_lower = solve_triangular(lower, _eye_like(precisions), lower=True)
         cov = jnp.swapaxes(inv_lower, -1, -2) @ inv_lower
         return 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
     return 1.0 / precisions
@@ -162,23 +161,22 @@ def regularize_covariances(covariances: jax.Array, reg_covar: jax.Array, covaria
     cov = covariances + reg_covar * _eye_like(covariances) if covariance_type in ("full", "tied") \
         else covariances + reg_covar
 
-    def finite_max(a, axis):
-        return jnp.max(jnp.where(jnp.isfinite(a), jnp.abs(a), 0.0), axis=axis)
-
     variances = _variances(cov, covariance_type)
-    largest = finite_max(variances, axis=0) if covariance_type != "tied" else finite_max(variances, axis=None)
-    if covariance_type == "spherical":
-        largest = jnp.max(largest)
-        mean_range = jnp.max(jnp.ptp(means, axis=0))
-    else:
-        mean_range = jnp.ptp(means, axis=0)  # (D,)
+    finite_variances = jnp.where(jnp.isfinite(variances), variances, 0.0)
+    mean_range = jnp.ptp(means, axis=0, keepdims=True)  # (1, D)
+    if covariance_type == "spherical":  # one variance per component: one spread for all features
+        largest, mean_range = jnp.max(finite_variances), jnp.max(mean_range)
+    elif covariance_type == "tied":  # (D,) variances shared by all components
+        largest, mean_range = finite_variances, mean_range[0]
+    else:  # (K, D): per feature, across components
+        largest = jnp.max(finite_variances, axis=0, keepdims=True)
     spread = largest + jnp.where(jnp.isfinite(mean_range), mean_range, 0.0) ** 2
     # sqrt(tiny) keeps the floor a normal number (XLA flushes subnormals to zero) whose
     # reciprocal cannot overflow, for data whose spread is zero or itself tiny.
     floor = jnp.maximum(10 * eps**2 * spread, jnp.sqrt(jnp.finfo(cov.dtype).tiny))
 
     if covariance_type in ("full", "tied"):
-        reference = jnp.maximum(jnp.where(jnp.isfinite(variances), variances, 0.0), floor)
+        reference = jnp.maximum(finite_variances, floor)
         lower = jnp.linalg.cholesky(cov)
         pivots = jnp.diagonal(lower, axis1=-2, axis2=-1) ** 2  # variance not explained by earlier features
         ok = jnp.all(jnp.isfinite(lower), axis=(-2, -1)) & jnp.all(pivots > 10 * eps * reference, axis=-1)

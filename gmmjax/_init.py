@@ -45,7 +45,7 @@ def _sequential_seeding(key, X, num_components, sample_weight, distance_weighted
     log_weight = _log_of(sample_weight)
     first = jax.random.categorical(keys[0], log_weight)
     centers = jnp.zeros((num_components, X.shape[1]), X.dtype).at[0].set(X[first])
-    min_sq = jnp.sum((X - X[first]) ** 2, axis=-1)
+    min_sq = jnp.sum((X - X[first][None, :]) ** 2, axis=-1)
 
     def add_center(k, carry):
         centers, min_sq = carry
@@ -53,7 +53,7 @@ def _sequential_seeding(key, X, num_components, sample_weight, distance_weighted
         logits = jnp.where(jnp.sum(score) > 0, _log_of(score), log_weight)
         index = jax.random.categorical(keys[k], logits)
         centers = centers.at[k].set(X[index])
-        min_sq = jnp.minimum(min_sq, jnp.sum((X - X[index]) ** 2, axis=-1))
+        min_sq = jnp.minimum(min_sq, jnp.sum((X - X[index][None, :]) ** 2, axis=-1))
         return centers, min_sq
 
     centers, _ = jax.lax.fori_loop(1, num_components, add_center, (centers, min_sq))
@@ -155,7 +155,7 @@ def initialize(
     resp = initial_responsibilities(key, X, num_components, sample_weight, init_params)
     # Shift: each component's weighted mean under ``resp`` (computed about the data mean),
     # so that the second moments below are taken about the means and lose no digits.
-    center = jnp.sum(X * sample_weight[:, None], axis=0) / jnp.sum(sample_weight)
+    center = jnp.sum(X * sample_weight[:, None], axis=0, keepdims=True) / jnp.sum(sample_weight)
     weighted_resp = resp * sample_weight[:, None]
     counts = jnp.sum(weighted_resp, axis=0) + 10 * jnp.finfo(dtype).eps
     shift = center + (weighted_resp.T @ (X - center)) / counts[:, None]

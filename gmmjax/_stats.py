@@ -78,8 +78,8 @@ def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = No
     residuals = residuals_about(X, params.means)
     log_joint = weighted_log_density_from_residuals(params, residuals)  # (K, N)
     log_norm = logsumexp(log_joint, axis=0)
-    resp = jnp.exp(log_joint - log_norm)
-    stats = _moments(residuals, resp * weight, params.covariance_type)
+    resp = jnp.exp(log_joint - log_norm[None, :])
+    stats = _moments(residuals, resp * weight[None, :], params.covariance_type)
     return stats, jnp.sum(weight * log_norm)
 
 

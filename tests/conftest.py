@@ -25,6 +25,12 @@ if _TESTS_DIR not in sys.path:
 
 from _oracles import make_blobs  # noqa: E402
 
+import jax  # noqa: E402
+
+# Implicit rank promotion (e.g. (K, N) - (N,)) hides broadcasting bugs: the library must
+# spell out every broadcast, so the tests run with it turned into an error.
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
 # Run as a subprocess by the x64_results fixture; never import it here (it would switch this
 # process to float64), e.g. through --doctest-modules.
 collect_ignore = ["_x64_parity_script.py"]
