@@ -168,12 +168,14 @@ class GaussianMixtureModel:
         num_components = self._resolved_num_components()
         max_iter = self._resolved_max_iter()
         key = _key_from_seed(self._resolved_seed())
-        X = v.check_data(X, "X", min_samples=num_components)
         init = dict(weights_init=self.weights_init, means_init=self.means_init,
                     precisions_init=self.precisions_init)
         n_init = self.n_init
         if self.warm_start and hasattr(self, "params"):
-            if self.params.covariance_type != self.covariance_type or self.means_.shape != (num_components, X.shape[1]):
+            # X itself is validated once, by fit_em; only its width matters here.
+            num_features = np.shape(X)[-1] if np.ndim(X) == 2 else self.n_features_in_
+            if self.params.covariance_type != self.covariance_type or self.means_.shape != (num_components,
+                                                                                            num_features):
                 raise ValueError("warm_start needs the same num_components, covariance_type and number of "
                                  "features as the previous fit: set warm_start=False to start afresh.")
             init = dict(weights_init=self.weights_, means_init=self.means_, precisions_init=self.precisions_)
@@ -183,7 +185,7 @@ class GaussianMixtureModel:
             reg_covar=self.reg_covar, n_init=n_init, init_params=self.init_params,
             sample_weight=sample_weight, **init,
         )
-        self._store(result, X.shape[1])
+        self._store(result, result.params.num_features)
         if not self.converged_:
             warnings.warn(
                 f"EM did not converge within {max_iter} iterations (tol={self.tol}): increase num_iters "
