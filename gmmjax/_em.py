@@ -134,12 +134,8 @@ def _fit_em(key, X, sample_weight, tol, reg_covar, weights_init, means_init, pre
 
 
 def resolve_max_iter(max_iter, num_iters) -> int:
-    """``num_iters`` (the seed's name) and ``max_iter`` (scikit-learn's) are the same limit."""
-    if num_iters is not None:
-        if max_iter is not None and max_iter != num_iters:
-            raise ValueError(f"num_iters={num_iters} and max_iter={max_iter} disagree: give only one of them.")
-        max_iter = num_iters
-    return v.check_int("max_iter (num_iters)", 100 if max_iter is None else max_iter, 1)
+    """``num_iters`` (the seed's name) and ``max_iter`` (scikit-learn's) are the same limit (default 100)."""
+    return v.check_int("num_iters (max_iter)", v.resolve_alias("num_iters", num_iters, "max_iter", max_iter, 100), 1)
 
 
 def check_initial_parameters(weights_init, means_init, precisions_init, num_components, num_features,

@@ -16,9 +16,9 @@ import numpy as np
 from gmmjax import _validation as v
 from gmmjax._covariance import precision_cholesky, precisions_from_precision_cholesky
 from gmmjax._density import log_prob, responsibilities
-from gmmjax._em import fit_em
+from gmmjax._em import fit_em, resolve_max_iter
 from gmmjax._params import GMMParams
-from gmmjax._sampling import sample as _sample
+from gmmjax._sampling import _sample_jit
 from gmmjax._selection import aic as _aic
 from gmmjax._selection import bic as _bic
 
@@ -33,17 +33,8 @@ class NotFittedError(ValueError, AttributeError):
 
 _log_prob = jax.jit(log_prob)
 _responsibilities = jax.jit(responsibilities)
-_sample_jit = jax.jit(_sample, static_argnums=2)
 _bic_jit = jax.jit(_bic)
 _aic_jit = jax.jit(_aic)
-
-
-def _resolve_alias(primary_name, primary, alias_name, alias, default):
-    if primary is not None and alias is not None and primary != alias:
-        raise ValueError(f"{primary_name}={primary!r} and {alias_name}={alias!r} disagree: give only one of them.")
-    if primary is not None:
-        return primary
-    return default if alias is None else alias
 
 
 def _key_from_seed(seed) -> jax.Array:
@@ -152,15 +143,14 @@ class GaussianMixtureModel:
 
     # -- resolved configuration --------------------------------------------------------------
     def _resolved_num_components(self) -> int:
-        k = _resolve_alias("num_components", self.num_components, "n_components", self.n_components, 1)
+        k = v.resolve_alias("num_components", self.num_components, "n_components", self.n_components, 1)
         return v.check_int("num_components (n_components)", k, 1)
 
     def _resolved_max_iter(self) -> int:
-        n = _resolve_alias("num_iters", self.num_iters, "max_iter", self.max_iter, 100)
-        return v.check_int("num_iters (max_iter)", n, 1)
+        return resolve_max_iter(self.max_iter, self.num_iters)
 
     def _resolved_seed(self):
-        return _resolve_alias("seed", self.seed, "random_state", self.random_state, None)
+        return v.resolve_alias("seed", self.seed, "random_state", self.random_state, None)
 
     # -- fitting ---------------------------------------------------------------------------
     def fit(self, X, y=None, sample_weight=None):

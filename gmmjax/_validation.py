@@ -88,6 +88,15 @@ def check_key(key, name: str = "key"):
     raise ValueError(f"{name} must be a single jax.random key, e.g. jax.random.key(0); got {key!r}.")
 
 
+def resolve_alias(primary_name: str, primary, alias_name: str, alias, default):
+    """One value for a parameter that has two accepted names (e.g. ``num_iters``/``max_iter``)."""
+    if primary is not None and alias is not None and primary != alias:
+        raise ValueError(f"{primary_name}={primary!r} and {alias_name}={alias!r} disagree: give only one of them.")
+    if primary is not None:
+        return primary
+    return default if alias is None else alias
+
+
 def check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")

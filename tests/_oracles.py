@@ -187,6 +187,28 @@ def fit_sklearn_from(X, k, covariance_type, weights, means, covariances, max_ite
     return gm
 
 
+def central_difference(f, x, h):
+    """Central finite-difference gradient of the scalar function ``f`` at ``x`` (float64)."""
+    x = np.asarray(x, np.float64)
+    g = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[idx] += h
+        xm[idx] -= h
+        g[idx] = (f(xp) - f(xm)) / (2 * h)
+    return g
+
+
+def assert_matches_sklearn_fit(result, sk, rtol):
+    """Best params, lower bound and its history of a gmmjax ``FitResult`` vs a fitted sklearn model."""
+    p = result.params
+    assert_rel_close(p.weights, sk.weights_, rtol, "weights")
+    assert_rel_close(p.means, sk.means_, rtol, "means")
+    assert_rel_close(p.covariances, sk.covariances_, rtol, "covariances")
+    assert_rel_close(result.lower_bound, sk.lower_bound_, rtol, "lower_bound")
+    assert_rel_close(result.lower_bound_history[0], np.asarray(sk.lower_bounds_), rtol, "lower_bound history")
+
+
 def assert_rel_close(actual, desired, rtol, name="", floor=1e-2):
     """Elementwise ``|a - d| <= rtol * |d| + floor * rtol * max|d|``: relative, with a small
     absolute floor (a fraction of the array's scale) for entries near zero."""

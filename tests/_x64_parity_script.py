@@ -71,11 +71,7 @@ def _parity_one(covariance_type, reg_covar):
     # sanity: the 5 iterations really moved the parameters (else the comparison is vacuous)
     assert np.max(np.abs(sk.means_ - m0)) > 1e-2
     rtol = 1e-6
-    O.assert_rel_close(p.weights, sk.weights_, rtol, "weights")
-    O.assert_rel_close(p.means, sk.means_, rtol, "means")
-    O.assert_rel_close(p.covariances, sk.covariances_, rtol, "covariances")
-    O.assert_rel_close(res.lower_bound, sk.lower_bound_, rtol, "lower_bound")
-    O.assert_rel_close(res.lower_bound_history[0], np.asarray(sk.lower_bounds_), rtol, "history")
+    O.assert_matches_sklearn_fit(res, sk, rtol)
     hist = np.asarray(res.lower_bound_history[0])
     assert np.all(np.diff(hist) >= -1e-12 * np.abs(hist[1:])), hist
     # precision Cholesky factor of scikit-learn's covariances vs its own precisions_cholesky_
@@ -100,17 +96,6 @@ def _log_prob(covariance_type):
                        "responsibilities", floor=1e-3)
 
 
-def _central_difference(f, x, h):
-    x = np.asarray(x, np.float64)
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[idx] += h
-        xm[idx] -= h
-        g[idx] = (f(xp) - f(xm)) / (2 * h)
-    return g
-
-
 def _grad(covariance_type):
     k, d = 2, 3
     w, m, c = O.random_mixture(covariance_type, k, d, seed=5)
@@ -123,9 +108,9 @@ def _grad(covariance_type):
 
     g_m, g_c, g_x = jax.grad(total, argnums=(0, 1, 2))(base.means, base.covariances, jnp.asarray(X))
     h = 1e-5
-    fd_m = _central_difference(lambda v: float(total(jnp.asarray(v), base.covariances, X)), m, h)
-    fd_c = _central_difference(lambda v: float(total(base.means, jnp.asarray(v), X)), c, h)
-    fd_x = _central_difference(lambda v: float(total(base.means, base.covariances, jnp.asarray(v))), X, h)
+    fd_m = O.central_difference(lambda v: float(total(jnp.asarray(v), base.covariances, X)), m, h)
+    fd_c = O.central_difference(lambda v: float(total(base.means, jnp.asarray(v), X)), c, h)
+    fd_x = O.central_difference(lambda v: float(total(base.means, base.covariances, jnp.asarray(v))), X, h)
     O.assert_rel_close(g_m, fd_m, 1e-6, "d/dmeans", floor=1e-2)
     O.assert_rel_close(g_c, fd_c, 1e-6, "d/dcovariances", floor=1e-2)
     O.assert_rel_close(g_x, fd_x, 1e-6, "d/dX", floor=1e-2)

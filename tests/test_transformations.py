@@ -143,23 +143,14 @@ def test_grad_float32_vs_float64_oracle(covariance_type):
     g_m, g_c, g_x = jax.grad(total, argnums=(0, 1, 2))(params.means, params.covariances,
                                                         jnp.asarray(X, jnp.float32))
 
-    def fd(f, x, h=1e-6):
-        g = np.zeros_like(x)
-        for idx in np.ndindex(x.shape):
-            xp, xm = x.copy(), x.copy()
-            xp[idx] += h
-            xm[idx] -= h
-            g[idx] = (f(xp) - f(xm)) / (2 * h)
-        return g
-
     def oracle(mm, cc, xx):
         if covariance_type in ("full", "tied"):  # gmmjax reads symmetric matrices: (C + Cᵀ)/2
             cc = 0.5 * (cc + np.swapaxes(cc, -1, -2))
         return O.mixture_log_prob(w, mm, cc, covariance_type, xx).sum()
 
-    O.assert_rel_close(g_m, fd(lambda v: oracle(v, c, X), m), 1e-3, "d/dmeans", floor=1e-1)
-    O.assert_rel_close(g_c, fd(lambda v: oracle(m, v, X), c), 1e-3, "d/dcovariances", floor=1e-1)
-    O.assert_rel_close(g_x, fd(lambda v: oracle(m, c, v), X), 1e-3, "d/dX", floor=1e-1)
+    O.assert_rel_close(g_m, O.central_difference(lambda v: oracle(v, c, X), m, 1e-6), 1e-3, "d/dmeans", floor=1e-1)
+    O.assert_rel_close(g_c, O.central_difference(lambda v: oracle(m, v, X), c, 1e-6), 1e-3, "d/dcovariances", floor=1e-1)
+    O.assert_rel_close(g_x, O.central_difference(lambda v: oracle(m, c, v), X, 1e-6), 1e-3, "d/dX", floor=1e-1)
     # closed form: d/dx_n = -sum_k r_nk Sigma_k^-1 (x_n - mu_k)
     r = O.responsibilities(w, m, c, covariance_type, X)
     covs = O.full_covariances(c, covariance_type, K, D)
