@@ -4,6 +4,8 @@ Pure functional EM (jitted, vmapped over restarts and datasets) with a scikit-le
 estimator on top. See ``README.md`` for examples.
 """
 
+from gmmjax._cache import enable_compilation_cache
+from gmmjax._chunks import auto_chunk_size
 from gmmjax._covariance import precision_cholesky
 from gmmjax._density import component_log_prob, log_prob, responsibilities
 from gmmjax._em import FitResult, fit_em
@@ -25,10 +27,12 @@ __all__ = [
     "INIT_METHODS",
     "SufficientStats",
     "aic",
+    "auto_chunk_size",
     "bic",
     "component_log_prob",
     "e_step",
     "em_step",
+    "enable_compilation_cache",
     "fit_em",
     "generate_gmm_data",
     "kmeans",

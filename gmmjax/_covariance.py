@@ -8,8 +8,6 @@ whitened residual of ``x`` under component ``k`` is ``(x - μ_k) P_k``.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
@@ -17,6 +15,15 @@ from jax.scipy.linalg import solve_triangular
 # A covariance that still cannot be factorised after ``reg_covar`` is added gets this many
 # machine epsilons of each feature's variance added to its diagonal (see regularize_covariances).
 _JITTER_EPS = 1e3
+
+# Up to this many features, whitening and the scatter are written feature by feature as
+# fused elementwise products and reductions over the samples: XLA runs batched products of
+# such tiny matrices as loops of tiny GEMMs, 1.5–3× slower (benchmarks/NOTES.md).
+SMALL_FEATURES = 4
+
+
+def _feature_columns(residuals: jax.Array) -> list:
+    return [residuals[..., d] for d in range(residuals.shape[-1])]
 
 
 def _eye_like(matrices: jax.Array) -> jax.Array:
@@ -71,6 +78,15 @@ def whitened_squared_norms(residuals: jax.Array, prec_chol: jax.Array, covarianc
     The residual is formed before whitening (rather than ``x P - μ P``) so that data far
     from the origin, or components far apart, lose no digits in float32.
     """
+    num_features = residuals.shape[-1]
+    if covariance_type in ("full", "tied") and num_features <= SMALL_FEATURES:
+        columns = _feature_columns(residuals)  # D × (K, N)
+        factor = prec_chol if covariance_type == "full" else jnp.broadcast_to(prec_chol, (1,) + prec_chol.shape)
+        total = 0.0
+        for e in range(num_features):  # P is upper triangular: column e mixes features d <= e
+            whitened_e = sum(columns[d] * factor[:, d, e][:, None] for d in range(e + 1))
+            total = total + whitened_e * whitened_e
+        return total
     if covariance_type == "full":
         whitened = jnp.matmul(residuals, prec_chol)  # (K,N,D) @ (K,D,D): one batched GEMM
     elif covariance_type == "tied":
@@ -82,23 +98,29 @@ def whitened_squared_norms(residuals: jax.Array, prec_chol: jax.Array, covarianc
     return jnp.sum(whitened * whitened, axis=-1)
 
 
-def log_gaussian_density(residuals: jax.Array, prec_chol: jax.Array, covariance_type: str) -> jax.Array:
-    """Component log-densities ``log N(x_n | μ_k, Σ_k)`` from residuals ``(K, N, D)``; returns ``(K, N)``."""
-    num_features = residuals.shape[-1]
-    log_det = log_det_precision_cholesky(prec_chol, covariance_type, num_features)
-    sq = whitened_squared_norms(residuals, prec_chol, covariance_type)
-    log_norm = num_features * math.log(2.0 * math.pi)
-    return -0.5 * (log_norm + sq) + jnp.reshape(log_det, (-1, 1))
-
-
 def scatter(residuals: jax.Array, weighted_resp: jax.Array, covariance_type: str) -> jax.Array:
     """Weighted second moments of residuals ``(K, N, D)`` with weights ``(K, N)``.
 
     Returns ``(K, D, D)`` for full/tied (one batched GEMM) and ``(K, D)`` for diag/spherical.
     """
+    num_features = residuals.shape[-1]
+    if covariance_type in ("full", "tied") and num_features <= SMALL_FEATURES:
+        columns = _feature_columns(residuals)
+        weighted = [column * weighted_resp for column in columns]
+        entries = {(d, e): jnp.sum(weighted[d] * columns[e], axis=-1)
+                   for d in range(num_features) for e in range(d, num_features)}
+        return jnp.stack([jnp.stack([entries[min(d, e), max(d, e)] for e in range(num_features)], axis=-1)
+                          for d in range(num_features)], axis=-2)
     if covariance_type in ("full", "tied"):
         return jnp.matmul(jnp.swapaxes(residuals * weighted_resp[..., None], -1, -2), residuals)
     return jnp.einsum("kn,knd->kd", weighted_resp, residuals * residuals)
+
+
+def weighted_sums(residuals: jax.Array, weighted_resp: jax.Array) -> jax.Array:
+    """``Σ_n r_kn (x_n − c_k)`` for residuals ``(K, N, D)`` and weights ``(K, N)``: ``(K, D)``."""
+    if residuals.shape[-1] <= SMALL_FEATURES:
+        return jnp.stack([jnp.sum(column * weighted_resp, axis=-1) for column in _feature_columns(residuals)], axis=-1)
+    return jnp.einsum("kn,knd->kd", weighted_resp, residuals)
 
 
 def covariances_from_moments(

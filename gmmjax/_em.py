@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from gmmjax import _validation as v
+from gmmjax._chunks import resolve_chunk_size
 from gmmjax._init import check_init_params, initialize
 from gmmjax._params import GMMParams, check_covariance_type
 from gmmjax._stats import _em_step_with_diagnostics
@@ -56,9 +57,11 @@ class _LoopState(NamedTuple):
     collapsed: jax.Array
 
 
-def run_em(params: GMMParams, X, sample_weight, *, max_iter: int, tol, reg_covar, collapsed=None) -> _LoopState:
+def run_em(params: GMMParams, X, sample_weight, *, max_iter: int, tol, reg_covar, collapsed=None,
+           chunk_size: int | None = None) -> _LoopState:
     """EM from ``params`` until the mean log-likelihood changes by less than ``tol`` or
-    ``max_iter`` iterations have run, as one ``lax.while_loop`` on the device."""
+    ``max_iter`` iterations have run, as one ``lax.while_loop`` on the device (each
+    iteration one chunked pass over ``X``; no host round trip until the loop ends)."""
     dtype = X.dtype
     if collapsed is None:
         collapsed = jnp.zeros(params.num_components, bool)
@@ -67,7 +70,8 @@ def run_em(params: GMMParams, X, sample_weight, *, max_iter: int, tol, reg_covar
         return (state.n_iter < max_iter) & ~state.converged
 
     def step(state: _LoopState) -> _LoopState:
-        new_params, new_collapsed, lower_bound = _em_step_with_diagnostics(state.params, X, sample_weight, reg_covar)
+        new_params, new_collapsed, lower_bound = _em_step_with_diagnostics(state.params, X, sample_weight, reg_covar,
+                                                                               chunk_size)
         converged = jnp.abs(lower_bound - state.lower_bound) < tol
         return _LoopState(
             params=new_params,
@@ -116,21 +120,44 @@ def select_best(state: _LoopState) -> FitResult:
 
 @functools.partial(
     jax.jit,
-    static_argnames=("num_components", "covariance_type", "max_iter", "n_init", "init_params"),
+    static_argnames=("num_components", "covariance_type", "max_iter", "n_init", "init_params", "chunk_size",
+                     "restart_batch_size"),
 )
 def _fit_em(key, X, sample_weight, tol, reg_covar, weights_init, means_init, precisions_init, *,
-            num_components, covariance_type, max_iter, n_init, init_params):
+            num_components, covariance_type, max_iter, n_init, init_params, chunk_size, restart_batch_size):
     def one_restart(restart_key):
         params, collapsed = initialize(
             restart_key, X, num_components,
             covariance_type=covariance_type, init_params=init_params, sample_weight=sample_weight,
             reg_covar=reg_covar, weights_init=weights_init, means_init=means_init,
-            precisions_init=precisions_init,
+            precisions_init=precisions_init, chunk_size=chunk_size,
         )
         return run_em(params, X, sample_weight, max_iter=max_iter, tol=tol, reg_covar=reg_covar,
-                      collapsed=collapsed)
+                      collapsed=collapsed, chunk_size=chunk_size)
 
-    return select_best(jax.vmap(one_restart)(restart_keys(key, n_init)))
+    keys = restart_keys(key, n_init)
+    if n_init == 1:  # no batch axis of size one: XLA picks worse layouts for it
+        states = jax.tree_util.tree_map(lambda leaf: leaf[None], one_restart(keys[0]))
+    elif restart_batch_size >= n_init:
+        states = jax.vmap(one_restart)(keys)
+    else:  # batches one after another in the same program; each batch stops when it converges
+        states = jax.lax.map(one_restart, keys, batch_size=restart_batch_size)
+    return select_best(states)
+
+
+def resolve_restart_batch_size(restart_batch_size, n_init: int) -> int:
+    """Restarts run together (vmapped): ``restart_batch_size`` if given, else all of them.
+
+    A batch size that does not divide ``n_init`` is lowered to the largest divisor below it,
+    so that every batch has the same shape (one compiled loop body).
+    """
+    if restart_batch_size is None:
+        return n_init
+    size = v.check_int("restart_batch_size", restart_batch_size, 1)
+    size = min(size, n_init)
+    while n_init % size:
+        size -= 1
+    return size
 
 
 def resolve_max_iter(max_iter, num_iters) -> int:
@@ -166,6 +193,8 @@ def fit_em(
     means_init=None,
     precisions_init=None,
     num_iters: int | None = None,
+    chunk_size: int | None = None,
+    restart_batch_size: int | None = None,
 ) -> FitResult:
     """Fits a Gaussian mixture by EM, ``n_init`` restarts in one vmapped, jitted call.
 
@@ -189,6 +218,13 @@ def fit_em(
       weights_init, means_init, precisions_init: optional starting parameters in
         scikit-learn's shapes (precisions, not covariances).
       num_iters: alias of ``max_iter`` (the original example's name).
+      chunk_size: rows of ``X`` per chunk in every pass over the data; memory beyond the
+        data is ``O(restart_batch_size · chunk_size · K · D + K · D²)``. ``None`` sizes
+        chunks so that one ``(restarts, K, chunk, D)`` temporary is about 8 MiB
+        (:data:`gmmjax._chunks.CHUNK_TARGET_BYTES`). Results do not depend on it beyond
+        floating-point summation order.
+      restart_batch_size: how many restarts run together (vmapped); batches run one after
+        another inside the same compiled program. ``None``: all ``n_init`` at once.
 
     Returns:
       A :class:`FitResult`.
@@ -213,10 +249,16 @@ def fit_em(
     X = v.check_data(X, "X", min_samples=num_components)
     check_initial_parameters(weights_init, means_init, precisions_init, num_components, X.shape[1],
                              covariance_type)
-    sample_weight = v.check_sample_weight(sample_weight, X.shape[0], X.dtype)
+    if sample_weight is not None:  # None stays None: no (N,) array of ones in the loop
+        sample_weight = v.check_sample_weight(sample_weight, X.shape[0], X.dtype)
+    restart_batch_size = resolve_restart_batch_size(restart_batch_size, n_init)
+    if chunk_size is not None:
+        chunk_size = v.check_int("chunk_size", chunk_size, 1)
+    chunk_size = resolve_chunk_size(chunk_size, X.shape[0], num_components, X.shape[1], X.dtype,
+                                    batch=restart_batch_size)
     return _fit_em(
         key, X, sample_weight, jnp.asarray(tol, X.dtype), jnp.asarray(reg_covar, X.dtype),
         weights_init, means_init, precisions_init,
         num_components=num_components, covariance_type=covariance_type, max_iter=max_iter,
-        n_init=n_init, init_params=init_params,
+        n_init=n_init, init_params=init_params, chunk_size=chunk_size, restart_batch_size=restart_batch_size,
     )

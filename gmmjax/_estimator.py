@@ -31,8 +31,8 @@ class NotFittedError(ValueError, AttributeError):
     """A method that needs a fitted model was called before ``fit``."""
 
 
-_log_prob = jax.jit(log_prob)
-_responsibilities = jax.jit(responsibilities)
+_log_prob = jax.jit(log_prob, static_argnames="chunk_size")
+_responsibilities = jax.jit(responsibilities, static_argnames="chunk_size")
 _bic_jit = jax.jit(_bic)
 _aic_jit = jax.jit(_aic)
 
@@ -65,6 +65,9 @@ class GaussianMixtureModel:
       warm_start: when true, a second ``fit`` starts from the previous solution (one restart).
       seed: int or ``jax.random.key`` (alias ``random_state``). ``None`` means 0, so fits are
         reproducible by default.
+      chunk_size: rows per chunk in every pass over the data (bounds memory to
+        ``O(chunk_size · K · D)`` beyond the data); ``None`` chooses automatically.
+      restart_batch_size: restarts run together (vmapped); ``None``: all ``n_init``.
       n_components, max_iter, random_state: scikit-learn's names for the above.
 
     Fitted attributes: ``weights_``, ``means_``, ``covariances_``, ``precisions_``,
@@ -100,6 +103,8 @@ class GaussianMixtureModel:
         warm_start=False,
         seed=None,
         random_state=None,
+        chunk_size=None,
+        restart_batch_size=None,
     ):
         self.num_components = num_components
         self.num_iters = num_iters
@@ -116,6 +121,8 @@ class GaussianMixtureModel:
         self.warm_start = warm_start
         self.seed = seed
         self.random_state = random_state
+        self.chunk_size = chunk_size
+        self.restart_batch_size = restart_batch_size
 
     # -- scikit-learn's parameter protocol -------------------------------------------------
     @classmethod
@@ -149,6 +156,9 @@ class GaussianMixtureModel:
     def _resolved_max_iter(self) -> int:
         return resolve_max_iter(self.max_iter, self.num_iters)
 
+    def _chunk_size(self):
+        return None if self.chunk_size is None else v.check_int("chunk_size", self.chunk_size, 1)
+
     def _resolved_seed(self):
         return v.resolve_alias("seed", self.seed, "random_state", self.random_state, None)
 
@@ -173,7 +183,8 @@ class GaussianMixtureModel:
         result = fit_em(
             key, X, num_components, covariance_type=self.covariance_type, max_iter=max_iter, tol=self.tol,
             reg_covar=self.reg_covar, n_init=n_init, init_params=self.init_params,
-            sample_weight=sample_weight, **init,
+            sample_weight=sample_weight, chunk_size=self.chunk_size, restart_batch_size=self.restart_batch_size,
+            **init,
         )
         self._store(result, result.params.num_features)
         if not self.converged_:
@@ -241,17 +252,17 @@ class GaussianMixtureModel:
     def predict_proba(self, X):
         """Posterior probability of each component: ``(N, K)``."""
         params, X = self._check_input(X, "predict_proba")
-        return np.asarray(_responsibilities(params, X))
+        return np.asarray(_responsibilities(params, X, chunk_size=self._chunk_size()))
 
     def predict(self, X):
         """Most probable component of each sample: ``(N,)`` int."""
         params, X = self._check_input(X, "predict")
-        return np.argmax(np.asarray(_responsibilities(params, X)), axis=1)
+        return np.argmax(np.asarray(_responsibilities(params, X, chunk_size=self._chunk_size())), axis=1)
 
     def score_samples(self, X):
         """Log-density of each sample: ``(N,)``."""
         params, X = self._check_input(X, "score_samples")
-        return np.asarray(_log_prob(params, X))
+        return np.asarray(_log_prob(params, X, chunk_size=self._chunk_size()))
 
     def score(self, X, y=None):
         """Mean log-likelihood of ``X``."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gmmjax._covariance import covariances_from_precisions
+from gmmjax._chunks import resolve_chunk_size, sum_over_chunks
+from gmmjax._covariance import covariances_from_precisions, weighted_sums
+from gmmjax._density import residuals_about
 from gmmjax._params import GMMParams
 from gmmjax._stats import m_step_with_diagnostics, stats_from_responsibilities
 
@@ -14,6 +16,9 @@ INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 # Lloyd iterations after k-means++ seeding for init_params="kmeans"; stops earlier once the
 # assignment no longer changes.
 KMEANS_MAX_STEPS = 30
+
+# Seeding and Lloyd's steps run on at most max(INIT_SAMPLE_SIZE, 64·K) rows (see seeding_sample).
+INIT_SAMPLE_SIZE = 2**14
 
 
 def check_init_params(init_params) -> str:
@@ -26,6 +31,29 @@ def _squared_distances(X: jax.Array, centers: jax.Array) -> jax.Array:
     """``‖x_n − c_k‖²`` as ``(N, K)``, from explicit residuals (no ``x² − 2xc + c²`` cancellation)."""
     residuals = X[:, None, :] - centers[None, :, :]
     return jnp.sum(residuals * residuals, axis=-1)
+
+
+def _nearest_center_responsibilities(X: jax.Array, centers: jax.Array) -> jax.Array:
+    labels = jnp.argmin(_squared_distances(X, centers), axis=1)
+    return jax.nn.one_hot(labels, centers.shape[0], dtype=X.dtype)
+
+
+def seeding_sample(key, X, sample_weight, num_components):
+    """The rows that seeding and Lloyd's steps run on: all of them when ``N`` is at most
+    ``max(INIT_SAMPLE_SIZE, 64·K)``, else that many rows drawn with replacement in
+    proportion to the sample weights (which then become ones).
+
+    Seeding needs ``K`` passes and every Lloyd step one pass over these rows, so a bounded
+    sample keeps initialisation cheap next to EM on large data.
+    """
+    size = max(INIT_SAMPLE_SIZE, 64 * num_components)
+    if X.shape[0] <= size:
+        return X, jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
+    if sample_weight is None:  # no (N,) temporaries for unweighted data
+        rows = jax.random.randint(key, (size,), 0, X.shape[0])
+    else:
+        rows = jax.random.choice(key, X.shape[0], (size,), replace=True, p=sample_weight / jnp.sum(sample_weight))
+    return X[rows], jnp.ones(size, X.dtype)
 
 
 def _log_of(weights: jax.Array) -> jax.Array:
@@ -70,20 +98,26 @@ def kmeans_plusplus(key: jax.Array, X: jax.Array, num_components: int, sample_we
 
 
 def kmeans(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax.Array,
-           max_steps: int = KMEANS_MAX_STEPS) -> jax.Array:
+           max_steps: int = KMEANS_MAX_STEPS, *, chunk_size: int | None = None) -> jax.Array:
     """k-means++ seeding followed by weighted Lloyd steps; returns ``(K, D)`` centers.
 
-    A cluster that loses all its points keeps its previous center.
+    A cluster that loses all its points keeps its previous center. Each Lloyd step is one
+    chunked pass over ``X`` (memory ``O(chunk_size · K · D)``).
     """
     centers = kmeans_plusplus(key, X, num_components, sample_weight)
+    chunk = resolve_chunk_size(chunk_size, X.shape[0], num_components, X.shape[1], X.dtype)
 
     def lloyd(state):
         centers, _, step = state
-        labels = jnp.argmin(_squared_distances(X, centers), axis=1)
-        onehot = jax.nn.one_hot(labels, num_components, dtype=X.dtype) * sample_weight[:, None]
-        counts = jnp.sum(onehot, axis=0)
-        # Means about the old centers: precise for data far from the origin.
-        shifted = jnp.einsum("nk,nkd->kd", onehot, X[:, None, :] - centers[None, :, :])
+
+        def chunk_sums(X_chunk, w_chunk, _):
+            # Sums about the old centers: precise for data far from the origin.
+            residuals = residuals_about(X_chunk, centers)  # (K, c, D)
+            labels = jnp.argmin(jnp.sum(residuals * residuals, axis=-1), axis=0)
+            onehot = (labels[None, :] == jnp.arange(num_components)[:, None]).astype(X.dtype) * w_chunk[None, :]
+            return jnp.sum(onehot, axis=1), weighted_sums(residuals, onehot)
+
+        counts, shifted = sum_over_chunks(chunk_sums, X, sample_weight, chunk)
         new_centers = centers + shifted / jnp.where(counts > 0, counts, 1.0)[:, None]
         new_centers = jnp.where((counts > 0)[:, None], new_centers, centers)
         return new_centers, jnp.any(new_centers != centers), step + 1
@@ -96,29 +130,38 @@ def kmeans(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax
     return centers
 
 
-def _nearest_center_responsibilities(X, centers):
-    labels = jnp.argmin(_squared_distances(X, centers), axis=1)
-    return jax.nn.one_hot(labels, centers.shape[0], dtype=X.dtype)
-
-
-def initial_responsibilities(key, X, num_components, sample_weight, init_params):
-    """``(N, K)`` starting responsibilities for one of :data:`INIT_METHODS`.
+def initial_responsibility_fn(key, X, num_components, sample_weight, init_params, chunk_size=None):
+    """Starting responsibilities for one of :data:`INIT_METHODS`, as a function of a chunk.
 
     ``"kmeans"``, ``"k-means++"`` and ``"random_from_data"`` (distinct data points drawn at
-    random by weight) assign each point to its nearest starting center (hard
-    responsibilities); ``"random"`` draws uniform responsibilities and normalises them, as
-    scikit-learn does.
+    random by weight) find ``K`` centers on :func:`seeding_sample` and assign each point to
+    its nearest center (hard responsibilities); ``"random"`` draws uniform
+    responsibilities per row (keyed by the row's index, so independent of chunking) and
+    normalises them, as scikit-learn does.
+
+    Returns:
+      ``(resp_fn, shift)``: ``resp_fn(X_chunk (c, D), row_offset) -> (c, K)`` and a
+      ``(K, D)`` shift near the components' means (the centers, or the weighted data mean
+      for ``"random"``) for accumulating their moments.
     """
     if init_params == "random":
-        resp = jax.random.uniform(key, (X.shape[0], num_components), dtype=X.dtype)
-        return resp / jnp.sum(resp, axis=1, keepdims=True)
+        def random_resp(X_chunk, row_offset):
+            rows = row_offset + jnp.arange(X_chunk.shape[0])
+            draw = lambda row: jax.random.uniform(jax.random.fold_in(key, row), (num_components,), X.dtype)
+            resp = jax.vmap(draw)(rows)
+            return resp / jnp.sum(resp, axis=1, keepdims=True)
+
+        center = jnp.mean(X, axis=0) if sample_weight is None else (sample_weight @ X) / jnp.sum(sample_weight)
+        return random_resp, jnp.broadcast_to(center, (num_components, X.shape[1]))
+    sample_key, seed_key = jax.random.split(key)
+    X_seed, w_seed = seeding_sample(sample_key, X, sample_weight, num_components)
     if init_params == "random_from_data":
-        centers = _sequential_seeding(key, X, num_components, sample_weight, distance_weighted=False)
+        centers = _sequential_seeding(seed_key, X_seed, num_components, w_seed, distance_weighted=False)
     elif init_params == "k-means++":
-        centers = kmeans_plusplus(key, X, num_components, sample_weight)
+        centers = kmeans_plusplus(seed_key, X_seed, num_components, w_seed)
     else:
-        centers = kmeans(key, X, num_components, sample_weight)
-    return _nearest_center_responsibilities(X, centers)
+        centers = kmeans(seed_key, X_seed, num_components, w_seed, chunk_size=chunk_size)
+    return (lambda X_chunk, _: _nearest_center_responsibilities(X_chunk, centers)), centers
 
 
 def initialize(
@@ -128,11 +171,12 @@ def initialize(
     *,
     covariance_type: str,
     init_params: str,
-    sample_weight: jax.Array,
+    sample_weight: jax.Array | None,
     reg_covar,
     weights_init=None,
     means_init=None,
     precisions_init=None,
+    chunk_size: int | None = None,
 ):
     """Starting parameters: from ``init_params`` and then any user-given ``*_init`` arrays.
 
@@ -152,14 +196,8 @@ def initialize(
             covariance_type,
         )
         return params, jnp.zeros(num_components, bool)
-    resp = initial_responsibilities(key, X, num_components, sample_weight, init_params)
-    # Shift: each component's weighted mean under ``resp`` (computed about the data mean),
-    # so that the second moments below are taken about the means and lose no digits.
-    center = jnp.sum(X * sample_weight[:, None], axis=0, keepdims=True) / jnp.sum(sample_weight)
-    weighted_resp = resp * sample_weight[:, None]
-    counts = jnp.sum(weighted_resp, axis=0) + 10 * jnp.finfo(dtype).eps
-    shift = center + (weighted_resp.T @ (X - center)) / counts[:, None]
-    stats = stats_from_responsibilities(X, resp, shift, covariance_type, sample_weight)
+    resp_fn, shift = initial_responsibility_fn(key, X, num_components, sample_weight, init_params, chunk_size)
+    stats = stats_from_responsibilities(X, resp_fn, shift, covariance_type, sample_weight, chunk_size=chunk_size)
     params, collapsed = m_step_with_diagnostics(stats, shift, reg_covar)
     if weights_init is not None:
         params = params.replace(weights=jnp.asarray(weights_init, dtype))

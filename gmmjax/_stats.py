@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
-from gmmjax._covariance import covariances_from_moments, regularize_covariances, scatter
-from gmmjax._density import residuals_about, weighted_log_density_from_residuals
+from gmmjax._covariance import covariances_from_moments, regularize_covariances, scatter, weighted_sums
+from gmmjax._chunks import resolve_chunk_size, sum_over_chunks
+from gmmjax._density import ComponentTerms, component_terms, log_joint_from_residuals, residuals_about
 from gmmjax._params import GMMParams
 
 
@@ -46,53 +47,177 @@ jax.tree_util.register_dataclass(
 )
 
 
-def _ones_like_samples(X: jax.Array, sample_weight) -> jax.Array:
-    if sample_weight is None:
-        return jnp.ones(X.shape[0], dtype=X.dtype)
-    return jnp.asarray(sample_weight, dtype=X.dtype)
-
-
 def _moments(residuals: jax.Array, weighted_resp: jax.Array, covariance_type: str) -> SufficientStats:
     """Statistics from residuals ``(K, N, D)`` and weighted responsibilities ``(K, N)``."""
     return SufficientStats(
         counts=jnp.sum(weighted_resp, axis=1),
-        first_moments=jnp.einsum("kn,knd->kd", weighted_resp, residuals),
+        first_moments=weighted_sums(residuals, weighted_resp),
         second_moments=scatter(residuals, weighted_resp, covariance_type),
         covariance_type=covariance_type,
     )
 
 
-def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = None):
+def _chunk_e_step(terms: ComponentTerms, X_chunk: jax.Array, weight: jax.Array):
+    """E-step on one chunk: statistics about ``terms.means`` and ``Σ_n s_n log p(x_n)``."""
+    residuals = residuals_about(X_chunk, terms.means)  # (K, c, D), reused by the scatter
+    log_joint = log_joint_from_residuals(terms, residuals)  # (K, c)
+    log_norm = logsumexp(log_joint, axis=0)
+    resp = jnp.exp(log_joint - log_norm[None, :])
+    stats = _moments(residuals, resp * weight[None, :], terms.covariance_type)
+    # Rows of weight zero (masked rows of the last chunk) must not turn a -inf into NaN.
+    return stats, jnp.sum(jnp.where(weight > 0, weight * log_norm, 0.0))
+
+
+# The expanded (matrix-product) E-step for diag/spherical covariances is used while every
+# component mean lies within sqrt(_EXPANDED_LIMIT / eps) of its own standard deviations from
+# the pass's shift (≈ 90σ in float32), where its cancellation costs < _EXPANDED_LIMIT in the
+# whitened squared norms; otherwise the exact residual form runs.
+_EXPANDED_LIMIT = 1e-3
+
+# The components with the largest such error (up to this many) are computed exactly, from
+# explicit residuals, inside the expanded pass: a few tight, far-away components (a small
+# distant cluster, a component collapsing on a point) do not push the whole pass onto the
+# slow exact form.
+_EXACT_SLOTS = 4
+
+
+def _diagonal_precisions(terms: ComponentTerms, num_features: int) -> jax.Array:
+    """``(K, D)`` precisions ``1/σ²_kd`` of diag or spherical components."""
+    squared = terms.prec_chol**2
+    if terms.covariance_type == "spherical":
+        return jnp.broadcast_to(squared[:, None], (squared.shape[0], num_features))
+    return squared
+
+
+def _expanded_e_step(terms: ComponentTerms, center: jax.Array, exact: jax.Array, X, sample_weight, chunk: int):
+    """E-step for diag/spherical covariances as four matrix products per chunk.
+
+    With ``x̃ = x − g`` and ``m_k = μ_k − g`` for a shift ``g`` fixed for the pass,
+    ``Σ_d p_kd (x̃_d − m_kd)² = x̃² pᵀ − 2 x̃ (m p)ᵀ + Σ_d p_kd m_kd²`` and the statistics about
+    ``g`` are ``rᵀ x̃`` and ``rᵀ x̃²``; they are moved to the means once per pass. Exact in
+    exact arithmetic; in floating point component ``k`` loses ``eps · Σ_d p_kd m_kd²`` (see
+    ``_EXPANDED_LIMIT``). The components ``exact`` (``(S,)`` indices) are computed from
+    explicit residuals instead: their squared norms and statistics are exact.
+    """
+    precisions = _diagonal_precisions(terms, X.shape[1])
+    offsets = terms.means - center[None, :]
+    constant = jnp.sum(offsets * offsets * precisions, axis=1)
+    linear = offsets * precisions
+    exact_means, exact_precisions = terms.means[exact], precisions[exact]
+
+    def chunk_stats(X_chunk, w_chunk, _):
+        centred = X_chunk - center[None, :]
+        squares = centred * centred
+        sq_norms = squares @ precisions.T - 2.0 * (centred @ linear.T) + constant[None, :]  # (c, K)
+        residuals = residuals_about(X_chunk, exact_means)  # (S, c, D)
+        exact_sq = jnp.sum(residuals * residuals * exact_precisions[:, None, :], axis=-1)
+        sq_norms = sq_norms.at[:, exact].set(exact_sq.T)
+        log_joint = terms.log_scale[None, :] - 0.5 * jnp.maximum(sq_norms, 0.0)
+        log_norm = logsumexp(log_joint, axis=1)
+        weighted_resp = jnp.exp(log_joint - log_norm[:, None]) * w_chunk[:, None]
+        log_likelihood = jnp.sum(jnp.where(w_chunk > 0, w_chunk * log_norm, 0.0))
+        exact_moments = _moments(residuals, weighted_resp[:, exact].T, terms.covariance_type)
+        return (jnp.sum(weighted_resp, axis=0), weighted_resp.T @ centred, weighted_resp.T @ squares,
+                log_likelihood, exact_moments.first_moments, exact_moments.second_moments)
+
+    counts, first_about_center, second_about_center, log_likelihood, exact_first, exact_second = \
+        sum_over_chunks(chunk_stats, X, sample_weight, chunk)
+    first = first_about_center - counts[:, None] * offsets
+    second = second_about_center - 2.0 * offsets * first_about_center + counts[:, None] * offsets * offsets
+    stats = SufficientStats(
+        counts=counts,
+        first_moments=first.at[exact].set(exact_first),
+        second_moments=second.at[exact].set(exact_second),
+        covariance_type=terms.covariance_type,
+    )
+    return stats, log_likelihood
+
+
+def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = None, *,
+           chunk_size: int | None = None):
     """E-step: statistics about ``params.means`` and the total log-likelihood.
+
+    The data is visited ``chunk_size`` rows at a time inside one compiled loop, so the
+    memory used is ``O(chunk_size · K · D + K · D²)`` beyond the data itself; the result
+    does not depend on the chunk size (up to floating-point summation order).
+
+    Full and tied covariances whiten explicit residuals ``x − μ_k`` with one batched
+    matrix product per chunk and accumulate the scatter with another. Diagonal and
+    spherical ones (with more than four components) use four plain matrix products per
+    chunk about the weighted mean of the means, computing the four components farthest from
+    it (in their own standard deviations) exactly from residuals, while that is accurate
+    for all others (each within ≈90 of its own standard deviations in float32); otherwise
+    the exact residual form runs for all (chosen per pass with ``lax.cond``; under ``vmap``
+    both run).
 
     Args:
       params: current parameters.
       X: ``(N, D)`` data (a chunk is fine: results add up across chunks).
       sample_weight: optional ``(N,)`` non-negative weights (default: ones).
+      chunk_size: rows per chunk; ``None`` picks one automatically
+        (see :func:`gmmjax._chunks.auto_chunk_size`).
 
     Returns:
       ``(stats, log_likelihood)``: :class:`SufficientStats` about ``params.means`` and the
       scalar ``Σ_n s_n log p(x_n)``.
     """
-    weight = _ones_like_samples(X, sample_weight)
-    residuals = residuals_about(X, params.means)
-    log_joint = weighted_log_density_from_residuals(params, residuals)  # (K, N)
-    log_norm = logsumexp(log_joint, axis=0)
-    resp = jnp.exp(log_joint - log_norm[None, :])
-    stats = _moments(residuals, resp * weight[None, :], params.covariance_type)
-    return stats, jnp.sum(weight * log_norm)
+    terms = component_terms(params)
+    chunk = resolve_chunk_size(chunk_size, X.shape[0], params.num_components, params.num_features, X.dtype)
+
+    def residual_pass():
+        return sum_over_chunks(lambda X_chunk, w_chunk, _: _chunk_e_step(terms, X_chunk, w_chunk),
+                               X, sample_weight, chunk)
+
+    num_components, num_features = params.num_components, params.num_features
+    if params.covariance_type in ("full", "tied"):
+        return residual_pass()
+    weights = params.weights / jnp.sum(params.weights)
+    center = weights @ params.means
+    offsets = params.means - center[None, :]
+    severity = jnp.sum(offsets * offsets * _diagonal_precisions(terms, num_features), axis=1)
+    slots = min(_EXACT_SLOTS, num_components - 1)
+    worst, worst_components = jax.lax.top_k(severity, slots + 1)
+    limit = _EXPANDED_LIMIT / jnp.finfo(X.dtype).eps
+    # 0: the expanded form is accurate for every component; 1: for all but the `slots`
+    # worst, which are computed exactly; 2: neither, the exact residual form for all.
+    branch = jnp.where(worst[0] <= limit, 0, jnp.where(worst[slots] <= limit, 1, 2))
+
+    def expanded(exact):
+        # Temporaries (c, 2D + K + S·D) rather than (K, c, D): the same memory holds more rows.
+        width = 2 * num_features + num_components + exact.shape[0] * num_features
+        wide_chunk = min(X.shape[0], chunk * max(1, num_components * num_features // width))
+        return lambda: _expanded_e_step(terms, center, exact, X, sample_weight, wide_chunk)
+
+    return jax.lax.switch(branch, [expanded(worst_components[:0]), expanded(worst_components[:slots]),
+                                   residual_pass])
 
 
 def stats_from_responsibilities(
     X: jax.Array,
-    resp: jax.Array,
+    resp_fn,
     shift: jax.Array,
     covariance_type: str,
     sample_weight: jax.Array | None = None,
+    *,
+    chunk_size: int | None = None,
 ) -> SufficientStats:
-    """Statistics for given responsibilities ``(N, K)`` about ``shift`` ``(K, D)`` (used at initialisation)."""
-    weight = _ones_like_samples(X, sample_weight)
-    return _moments(residuals_about(X, shift), (resp * weight[:, None]).T, covariance_type)
+    """Statistics about ``shift`` ``(K, D)`` for responsibilities given chunk by chunk.
+
+    Args:
+      X: ``(N, D)`` data.
+      resp_fn: ``(X_chunk (c, D), row_offset) -> (c, K)`` responsibilities of those rows.
+      shift: ``(K, D)``.
+      covariance_type: the covariance type.
+      sample_weight: optional ``(N,)`` weights.
+      chunk_size: rows per chunk (``None``: automatic).
+    """
+    chunk = resolve_chunk_size(chunk_size, X.shape[0], shift.shape[0], shift.shape[1], X.dtype)
+
+    def chunk_stats(X_chunk, w_chunk, row_offset):
+        weighted_resp = resp_fn(X_chunk, row_offset).T * w_chunk[None, :]
+        return _moments(residuals_about(X_chunk, shift), weighted_resp, covariance_type)
+
+    return sum_over_chunks(chunk_stats, X, sample_weight, chunk)
 
 
 def m_step_with_diagnostics(stats: SufficientStats, shift: jax.Array, reg_covar):
@@ -139,19 +264,26 @@ def m_step(stats: SufficientStats, shift: jax.Array, reg_covar=1e-6) -> GMMParam
     return m_step_with_diagnostics(stats, shift, reg_covar)[0]
 
 
-def em_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = None, reg_covar=1e-6):
-    """One EM iteration.
+def em_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = None, reg_covar=1e-6, *,
+            chunk_size: int | None = None):
+    """One EM iteration (E-step in chunks of ``chunk_size`` rows, see :func:`e_step`).
 
     Returns:
       ``(new_params, mean_log_likelihood)``, where the log-likelihood (per unit weight) is
       that of the *input* parameters, as scikit-learn's ``lower_bound_``.
     """
-    new_params, _, mean_ll = _em_step_with_diagnostics(params, X, sample_weight, reg_covar)
+    new_params, _, mean_ll = _em_step_with_diagnostics(params, X, sample_weight, reg_covar, chunk_size)
     return new_params, mean_ll
 
 
-def _em_step_with_diagnostics(params, X, sample_weight, reg_covar):
-    weight = _ones_like_samples(X, sample_weight)
-    stats, log_likelihood = e_step(params, X, weight)
+def total_weight(X: jax.Array, sample_weight: jax.Array | None) -> jax.Array:
+    """``Σ_n s_n`` (``N`` without weights) in the data's dtype."""
+    if sample_weight is None:
+        return jnp.asarray(X.shape[0], X.dtype)
+    return jnp.sum(sample_weight)
+
+
+def _em_step_with_diagnostics(params, X, sample_weight, reg_covar, chunk_size=None):
+    stats, log_likelihood = e_step(params, X, sample_weight, chunk_size=chunk_size)
     new_params, collapsed = m_step_with_diagnostics(stats, params.means, reg_covar)
-    return new_params, collapsed, log_likelihood / jnp.sum(weight)
+    return new_params, collapsed, log_likelihood / total_weight(X, sample_weight)

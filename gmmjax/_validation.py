@@ -16,6 +16,11 @@ from gmmjax._covariance import covariance_shape
 from gmmjax._params import check_covariance_type
 
 
+# One fused max-reduction (NaN propagates through max; ±inf fails the comparison);
+# ``all(isfinite(a))`` would materialise an (N, D) boolean temporary.
+_all_finite = jax.jit(lambda a: jnp.max(jnp.abs(a)) < jnp.inf)
+
+
 def is_traced(x) -> bool:
     return isinstance(x, jax.core.Tracer)
 
@@ -71,7 +76,7 @@ def check_data(X, name: str = "X", *, num_features: int | None = None, min_sampl
         )
     dtype = working_dtype(arr.dtype)
     arr = jnp.asarray(arr, dtype=dtype)
-    if not is_traced(arr) and not bool(jnp.all(jnp.isfinite(arr))):
+    if not is_traced(arr) and not bool(_all_finite(arr)):
         raise ValueError(
             f"{name} contains NaN or infinity: remove or impute those entries before fitting or predicting."
         )

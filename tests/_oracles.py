@@ -217,3 +217,18 @@ def assert_rel_close(actual, desired, rtol, name="", floor=1e-2):
     assert actual.shape == desired.shape, (name, actual.shape, desired.shape)
     floor = floor * rtol * max(float(np.max(np.abs(desired))), 1e-300)
     np.testing.assert_allclose(actual, desired, rtol=rtol, atol=floor, err_msg=name)
+
+
+def e_step_statistics(params, covariance_type, X, sample_weight):
+    """float64 counts, first and second moments about the means, and the weighted log-likelihood."""
+    w, m, c = (np.asarray(a, np.float64) for a in (params.weights, params.means, params.covariances))
+    X = np.asarray(X, np.float64)
+    r = responsibilities(w, m, c, covariance_type, X) * sample_weight[:, None]
+    counts = r.sum(0)
+    first = np.stack([(r[:, j:j + 1] * (X - m[j])).sum(0) for j in range(len(w))])
+    if covariance_type in ("full", "tied"):
+        second = np.stack([(X - m[j]).T @ (r[:, j:j + 1] * (X - m[j])) for j in range(len(w))])
+    else:
+        second = np.stack([(r[:, j:j + 1] * (X - m[j]) ** 2).sum(0) for j in range(len(w))])
+    ll = (sample_weight * mixture_log_prob(w, m, c, covariance_type, X)).sum()
+    return counts, first, second, ll

@@ -145,20 +145,6 @@ def test_dtype_follows_float32_input(small_data):
 # --------------------------------------------------------------------------- sufficient statistics
 
 
-def _oracle_stats(params, covariance_type, X, sample_weight):
-    w, m, c = (np.asarray(a, np.float64) for a in (params.weights, params.means, params.covariances))
-    X = np.asarray(X, np.float64)
-    r = O.responsibilities(w, m, c, covariance_type, X) * sample_weight[:, None]
-    counts = r.sum(0)
-    first = np.stack([(r[:, j:j + 1] * (X - m[j])).sum(0) for j in range(len(w))])
-    if covariance_type in ("full", "tied"):
-        second = np.stack([(X - m[j]).T @ (r[:, j:j + 1] * (X - m[j])) for j in range(len(w))])
-    else:
-        second = np.stack([(r[:, j:j + 1] * (X - m[j]) ** 2).sum(0) for j in range(len(w))])
-    ll = (sample_weight * O.mixture_log_prob(w, m, c, covariance_type, X)).sum()
-    return counts, first, second, ll
-
-
 def _params_for(X, covariance_type, seed):
     w, m, c = O.initial_parameters(X, 3, covariance_type, seed=seed)
     return gj.GMMParams(jnp.asarray(w, jnp.float32), jnp.asarray(m, jnp.float32), jnp.asarray(c, jnp.float32),
@@ -172,7 +158,7 @@ def test_e_step_statistics_match_oracle_and_are_additive(small_data, covariance_
     sw = np.random.default_rng(9).uniform(0.0, 2.0, len(X)).astype(np.float32)
     e_step = jax.jit(gj.e_step)
     stats, ll = e_step(params, jnp.asarray(X), jnp.asarray(sw))
-    counts, first, second, ll_o = _oracle_stats(params, covariance_type, X, sw.astype(np.float64))
+    counts, first, second, ll_o = O.e_step_statistics(params, covariance_type, X, sw.astype(np.float64))
     O.assert_rel_close(stats.counts, counts, 1e-4, "counts")
     O.assert_rel_close(stats.first_moments, first, 1e-4, "first_moments")
     O.assert_rel_close(stats.second_moments, second, 1e-4, "second_moments")

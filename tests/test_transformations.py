@@ -186,11 +186,16 @@ def test_fit_em_compiles_once_per_configuration(data):
     assert first - before <= 1
     other = (data * 1.5 + 2.0).astype(np.float32)
     gj.fit_em(jax.random.key(1), other, K, tol=1e-5, reg_covar=1e-4, **kwargs)
+    assert fit._cache_size() == first, "fit_em recompiled for new key/tol/reg_covar/data values"
+    # weighted fits are one more program (unweighted ones carry no (N,) array of ones) ...
     gj.fit_em(jax.random.key(2), other, K, tol=0.0, sample_weight=np.full(N, 2.0), **kwargs)
-    assert fit._cache_size() == first, "fit_em recompiled for new key/tol/reg_covar/data/sample_weight values"
+    assert fit._cache_size() == first + 1
+    # ... compiled once for all weight values
+    gj.fit_em(jax.random.key(3), data, K, tol=0.0, sample_weight=np.linspace(0.5, 1.5, N), **kwargs)
+    assert fit._cache_size() == first + 1, "fit_em recompiled for new sample_weight values"
     # a different static configuration is a new entry (so the counter does count)
     gj.fit_em(jax.random.key(0), data, K, tol=1e-3, covariance_type="diag", max_iter=18, n_init=2)
-    assert fit._cache_size() == first + 1
+    assert fit._cache_size() == first + 2
 
 
 def test_generate_gmm_data_compiles_once_per_shape():

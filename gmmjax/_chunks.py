@@ -1,0 +1,126 @@
+"""Passes over the data in fixed-size chunks: bounded memory, one compiled loop body.
+
+Every pass over the samples (E-step, initialisation, scoring) goes through
+:func:`sum_over_chunks` or :func:`map_over_chunks`. A chunk is ``chunk_size`` consecutive
+rows read with ``lax.dynamic_slice``, which clamps the last chunk to end at the last row;
+rows that an earlier chunk already covered get weight zero (sums) or are written again
+with the same values (maps). So the data is never padded or copied, every chunk has the
+same static shape, and the peak memory of a pass is the data plus the temporaries of one
+chunk (``O(chunk_size · K · D)``), whatever ``N`` is.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+# Bytes of one (K, chunk, D) temporary that the automatic chunk size aims at: small enough
+# that the handful of such temporaries of the E-step stay in the last-level cache of a CPU,
+# large enough that every matrix product is big (measured in benchmarks/RESULTS.md: per-
+# iteration time is flat within ~20% between 2 and 16 MiB on the CPU, and rises sharply
+# when whole-data temporaries leave the cache).
+CHUNK_TARGET_BYTES = 8 * 2**20
+
+# Chunks are a multiple of this many rows (SIMD- and GPU-friendly shapes).
+_ROW_MULTIPLE = 8
+
+
+def auto_chunk_size(num_samples: int, num_components: int, num_features: int, dtype,
+                    batch: int = 1) -> int:
+    """Rows per chunk so that one ``(batch, K, chunk, D)`` temporary is ≈ ``CHUNK_TARGET_BYTES``.
+
+    Args:
+      num_samples: ``N``; the result never exceeds it.
+      num_components: ``K``.
+      num_features: ``D``.
+      dtype: working dtype of the data.
+      batch: how many fits share the pass (vmapped restarts or datasets).
+
+    Returns:
+      A positive int ``≤ N``.
+    """
+    row_bytes = max(1, batch * num_components * num_features) * jnp.dtype(dtype).itemsize
+    rows = max(_ROW_MULTIPLE, (CHUNK_TARGET_BYTES // row_bytes) // _ROW_MULTIPLE * _ROW_MULTIPLE)
+    return int(min(rows, num_samples))
+
+
+def resolve_chunk_size(chunk_size, num_samples: int, num_components: int, num_features: int, dtype,
+                       batch: int = 1) -> int:
+    """``chunk_size`` clipped to ``N``, or the automatic size when it is ``None``."""
+    if chunk_size is None:
+        return auto_chunk_size(num_samples, num_components, num_features, dtype, batch)
+    return int(min(chunk_size, num_samples))
+
+
+def _chunk_rows(X, weight, start: jax.Array, chunk: int):
+    """Rows ``[start, start + chunk)`` (clamped to the end) and their weights; rows before
+    ``start`` (re-read because of the clamp) get weight zero."""
+    num_samples = X.shape[0]
+    X_chunk = jax.lax.dynamic_slice_in_dim(X, start, chunk, axis=0)
+    clamped = jnp.minimum(start, num_samples - chunk)
+    fresh = (clamped + jnp.arange(chunk)) >= start
+    if weight is None:
+        w_chunk = fresh.astype(X.dtype)
+    else:
+        w_chunk = jnp.where(fresh, jax.lax.dynamic_slice_in_dim(weight, start, chunk, axis=0), 0)
+    return X_chunk, w_chunk, clamped
+
+
+def sum_over_chunks(fn: Callable, X: jax.Array, weight: jax.Array | None, chunk_size: int):
+    """``Σ_chunks fn(X_chunk, weight_chunk, row_offset)`` for a pytree-valued ``fn``.
+
+    Args:
+      fn: ``(X_chunk (c, D), weight_chunk (c,), row_offset ()) -> pytree``, linear in the
+        weights (rows of weight zero must contribute nothing).
+      X: ``(N, D)`` data.
+      weight: ``(N,)`` sample weights, or ``None`` for ones.
+      chunk_size: ``c``, at most ``N`` (see :func:`resolve_chunk_size`).
+
+    Returns:
+      The summed pytree. With one chunk this is exactly ``fn(X, weight, 0)``.
+    """
+    num_samples = X.shape[0]
+    chunk = min(chunk_size, num_samples)
+    if chunk == num_samples:
+        w = jnp.ones(num_samples, X.dtype) if weight is None else weight
+        return fn(X, w, jnp.zeros((), jnp.int32))
+    num_chunks = math.ceil(num_samples / chunk)
+
+    def add_chunk(i, total):
+        X_chunk, w_chunk, offset = _chunk_rows(X, weight, i * chunk, chunk)
+        return jax.tree_util.tree_map(jnp.add, total, fn(X_chunk, w_chunk, offset))
+
+    shapes = jax.eval_shape(fn, X[:chunk], jnp.ones(chunk, X.dtype), jnp.zeros((), jnp.int32))
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    return jax.lax.fori_loop(0, num_chunks, add_chunk, zeros)
+
+
+def map_over_chunks(fn: Callable, X: jax.Array, chunk_size: int):
+    """``fn`` applied row-block-wise: ``fn(X)`` computed ``chunk_size`` rows at a time.
+
+    Args:
+      fn: ``(X_chunk (c, D)) -> array (c, ...)``, row-wise (row ``i`` of the output depends
+        on row ``i`` of the input only).
+      X: ``(N, D)`` data.
+      chunk_size: rows per chunk.
+
+    Returns:
+      ``(N, ...)``, equal to ``fn(X)``.
+    """
+    num_samples = X.shape[0]
+    chunk = min(chunk_size, num_samples)
+    if chunk == num_samples:
+        return fn(X)
+    num_chunks = math.ceil(num_samples / chunk)
+    out_shape = jax.eval_shape(fn, X[:chunk])
+    out = jnp.zeros((num_samples,) + out_shape.shape[1:], out_shape.dtype)
+
+    def write_chunk(i, out):
+        start = jnp.minimum(i * chunk, num_samples - chunk)
+        rows = fn(jax.lax.dynamic_slice_in_dim(X, start, chunk, axis=0))
+        return jax.lax.dynamic_update_slice_in_dim(out, rows, start, axis=0)
+
+    return jax.lax.fori_loop(0, num_chunks, write_chunk, out)
