@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from gmmjax import _validation as v
 from gmmjax._chunks import resolve_chunk_size
+from gmmjax._loops import compacting_while_loop
 from gmmjax._init import check_init_params, initialize
 from gmmjax._params import GMMParams, check_covariance_type
 from gmmjax._stats import _em_step_with_diagnostics
@@ -61,15 +62,17 @@ def run_em(params: GMMParams, X, sample_weight, *, max_iter: int, tol, reg_covar
            chunk_size: int | None = None) -> _LoopState:
     """EM from ``params`` until the mean log-likelihood changes by less than ``tol`` or
     ``max_iter`` iterations have run, as one ``lax.while_loop`` on the device (each
-    iteration one chunked pass over ``X``; no host round trip until the loop ends)."""
+    iteration one chunked pass over ``X``; no host round trip until the loop ends; under
+    ``vmap``, fits that have stopped no longer cost work: :mod:`gmmjax._loops`)."""
     dtype = X.dtype
     if collapsed is None:
         collapsed = jnp.zeros(params.num_components, bool)
 
-    def keep_going(state: _LoopState):
+    def keep_going(state: _LoopState, operands):
         return (state.n_iter < max_iter) & ~state.converged
 
-    def step(state: _LoopState) -> _LoopState:
+    def step(state: _LoopState, operands) -> _LoopState:
+        X, sample_weight, tol, reg_covar = operands
         new_params, new_collapsed, lower_bound = _em_step_with_diagnostics(state.params, X, sample_weight, reg_covar,
                                                                                chunk_size)
         converged = jnp.abs(lower_bound - state.lower_bound) < tol
@@ -90,7 +93,9 @@ def run_em(params: GMMParams, X, sample_weight, *, max_iter: int, tol, reg_covar
         history=jnp.full((max_iter,), jnp.nan, dtype),
         collapsed=collapsed,
     )
-    return jax.lax.while_loop(keep_going, step, initial)
+    # Under vmap (restarts, datasets) finished fits stop costing work (see _loops).
+    operands = (X, sample_weight, jnp.asarray(tol, dtype), jnp.asarray(reg_covar, dtype))
+    return compacting_while_loop(keep_going, step, initial, operands)
 
 
 def restart_keys(key: jax.Array, n_init: int) -> jax.Array:

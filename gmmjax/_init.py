@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from gmmjax._chunks import resolve_chunk_size, sum_over_chunks
 from gmmjax._covariance import covariances_from_precisions, weighted_sums
 from gmmjax._density import residuals_about
+from gmmjax._loops import compacting_while_loop
 from gmmjax._params import GMMParams
 from gmmjax._stats import m_step_with_diagnostics, stats_from_responsibilities
 
@@ -16,6 +17,7 @@ INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 # Lloyd iterations after k-means++ seeding for init_params="kmeans"; stops earlier once the
 # assignment no longer changes.
 KMEANS_MAX_STEPS = 30
+_LLOYD_ULPS = 64
 
 # Seeding and Lloyd's steps run on at most max(INIT_SAMPLE_SIZE, 64·K) rows (see seeding_sample).
 INIT_SAMPLE_SIZE = 2**14
@@ -107,26 +109,32 @@ def kmeans(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax
     centers = kmeans_plusplus(key, X, num_components, sample_weight)
     chunk = resolve_chunk_size(chunk_size, X.shape[0], num_components, X.shape[1], X.dtype)
 
-    def lloyd(state):
+    def lloyd(state, operands):
         centers, _, step = state
+        X, sample_weight = operands
 
         def chunk_sums(X_chunk, w_chunk, _):
             # Sums about the old centers: precise for data far from the origin.
             residuals = residuals_about(X_chunk, centers)  # (K, c, D)
             labels = jnp.argmin(jnp.sum(residuals * residuals, axis=-1), axis=0)
             onehot = (labels[None, :] == jnp.arange(num_components)[:, None]).astype(X.dtype) * w_chunk[None, :]
-            return jnp.sum(onehot, axis=1), weighted_sums(residuals, onehot)
+            return jnp.sum(onehot, axis=1), weighted_sums(residuals, onehot), weighted_sums(jnp.abs(residuals), onehot)
 
-        counts, shifted = sum_over_chunks(chunk_sums, X, sample_weight, chunk)
-        new_centers = centers + shifted / jnp.where(counts > 0, counts, 1.0)[:, None]
-        new_centers = jnp.where((counts > 0)[:, None], new_centers, centers)
-        return new_centers, jnp.any(new_centers != centers), step + 1
+        counts, shifted, deviations = sum_over_chunks(chunk_sums, X, sample_weight, chunk)
+        safe_counts = jnp.where(counts > 0, counts, 1.0)[:, None]
+        new_centers = jnp.where((counts > 0)[:, None], centers + shifted / safe_counts, centers)
+        # Unchanged assignments still move a center by rounding (it is re-derived from the
+        # old one); a move below a few dozen ulps of its size and its cluster's spread is that.
+        noise = _LLOYD_ULPS * jnp.finfo(X.dtype).eps * (jnp.abs(centers) + deviations / safe_counts)
+        return new_centers, jnp.any(jnp.abs(new_centers - centers) > noise), step + 1
 
-    def keep_going(state):
+    def keep_going(state, operands):
         _, moved, step = state
         return moved & (step < max_steps)
 
-    centers, _, _ = jax.lax.while_loop(keep_going, lloyd, (centers, jnp.array(True), jnp.array(0)))
+    # Under vmap, k-means runs that have stopped no longer cost work (see _loops).
+    centers, _, _ = compacting_while_loop(keep_going, lloyd, (centers, jnp.array(True), jnp.array(0)),
+                                          (X, sample_weight))
     return centers
 
 
