@@ -450,8 +450,6 @@ print(json.dumps(dict(import_and_data_s=t_import, first_fit_s=times[0],
 
 def worker_example(args):
     """W7: the original example (600 samples, 2 components, 100 iterations) in a fresh process."""
-    import numpy as np  # noqa: F401
-
     if args.library == "gmmjax":
         code = W7_SCRIPT.format(
             imports="import gmmjax as gj",

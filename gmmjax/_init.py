@@ -29,15 +29,11 @@ def check_init_params(init_params) -> str:
     return init_params
 
 
-def _squared_distances(X: jax.Array, centers: jax.Array) -> jax.Array:
-    """``‖x_n − c_k‖²`` as ``(N, K)``, from explicit residuals (no ``x² − 2xc + c²`` cancellation)."""
-    residuals = X[:, None, :] - centers[None, :, :]
-    return jnp.sum(residuals * residuals, axis=-1)
-
-
-def _nearest_center_responsibilities(X: jax.Array, centers: jax.Array) -> jax.Array:
-    labels = jnp.argmin(_squared_distances(X, centers), axis=1)
-    return jax.nn.one_hot(labels, centers.shape[0], dtype=X.dtype)
+def _nearest_center_onehot(residuals: jax.Array) -> jax.Array:
+    """``(K, c)`` one-hot of each point's nearest center, from residuals ``(K, c, D)`` about
+    the centers (explicit residuals: no ``x² − 2xc + c²`` cancellation)."""
+    labels = jnp.argmin(jnp.sum(residuals * residuals, axis=-1), axis=0)
+    return (labels[None, :] == jnp.arange(residuals.shape[0])[:, None]).astype(residuals.dtype)
 
 
 def seeding_sample(key, X, sample_weight, num_components):
@@ -116,8 +112,7 @@ def kmeans(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax
         def chunk_sums(X_chunk, w_chunk, _):
             # Sums about the old centers: precise for data far from the origin.
             residuals = residuals_about(X_chunk, centers)  # (K, c, D)
-            labels = jnp.argmin(jnp.sum(residuals * residuals, axis=-1), axis=0)
-            onehot = (labels[None, :] == jnp.arange(num_components)[:, None]).astype(X.dtype) * w_chunk[None, :]
+            onehot = _nearest_center_onehot(residuals) * w_chunk[None, :]
             return jnp.sum(onehot, axis=1), weighted_sums(residuals, onehot), weighted_sums(jnp.abs(residuals), onehot)
 
         counts, shifted, deviations = sum_over_chunks(chunk_sums, X, sample_weight, chunk)
@@ -169,7 +164,7 @@ def initial_responsibility_fn(key, X, num_components, sample_weight, init_params
         centers = kmeans_plusplus(seed_key, X_seed, num_components, w_seed)
     else:
         centers = kmeans(seed_key, X_seed, num_components, w_seed, chunk_size=chunk_size)
-    return (lambda X_chunk, _: _nearest_center_responsibilities(X_chunk, centers)), centers
+    return (lambda X_chunk, _: _nearest_center_onehot(residuals_about(X_chunk, centers)).T), centers
 
 
 def initialize(

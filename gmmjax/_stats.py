@@ -57,15 +57,23 @@ def _moments(residuals: jax.Array, weighted_resp: jax.Array, covariance_type: st
     )
 
 
+def _weighted_posteriors(log_joint: jax.Array, weight: jax.Array, component_axis: int):
+    """Responsibilities times sample weights, and ``Σ_n s_n log p(x_n)``, from joint
+    log-densities with components along ``component_axis`` (0: ``(K, c)``, 1: ``(c, K)``)."""
+    log_norm = logsumexp(log_joint, axis=component_axis, keepdims=True)
+    row_weight = jnp.expand_dims(weight, component_axis)
+    weighted_resp = jnp.exp(log_joint - log_norm) * row_weight
+    # Rows of weight zero (masked rows of the last chunk) must not turn a -inf into NaN.
+    log_likelihood = jnp.sum(jnp.where(row_weight > 0, row_weight * log_norm, 0.0))
+    return weighted_resp, log_likelihood
+
+
 def _chunk_e_step(terms: ComponentTerms, X_chunk: jax.Array, weight: jax.Array):
     """E-step on one chunk: statistics about ``terms.means`` and ``Σ_n s_n log p(x_n)``."""
     residuals = residuals_about(X_chunk, terms.means)  # (K, c, D), reused by the scatter
     log_joint = log_joint_from_residuals(terms, residuals)  # (K, c)
-    log_norm = logsumexp(log_joint, axis=0)
-    resp = jnp.exp(log_joint - log_norm[None, :])
-    stats = _moments(residuals, resp * weight[None, :], terms.covariance_type)
-    # Rows of weight zero (masked rows of the last chunk) must not turn a -inf into NaN.
-    return stats, jnp.sum(jnp.where(weight > 0, weight * log_norm, 0.0))
+    weighted_resp, log_likelihood = _weighted_posteriors(log_joint, weight, component_axis=0)
+    return _moments(residuals, weighted_resp, terms.covariance_type), log_likelihood
 
 
 # The expanded (matrix-product) E-step for diag/spherical covariances is used while every
@@ -113,9 +121,7 @@ def _expanded_e_step(terms: ComponentTerms, center: jax.Array, exact: jax.Array,
         exact_sq = jnp.sum(residuals * residuals * exact_precisions[:, None, :], axis=-1)
         sq_norms = sq_norms.at[:, exact].set(exact_sq.T)
         log_joint = terms.log_scale[None, :] - 0.5 * jnp.maximum(sq_norms, 0.0)
-        log_norm = logsumexp(log_joint, axis=1)
-        weighted_resp = jnp.exp(log_joint - log_norm[:, None]) * w_chunk[:, None]
-        log_likelihood = jnp.sum(jnp.where(w_chunk > 0, w_chunk * log_norm, 0.0))
+        weighted_resp, log_likelihood = _weighted_posteriors(log_joint, w_chunk, component_axis=1)
         exact_moments = _moments(residuals, weighted_resp[:, exact].T, terms.covariance_type)
         return (jnp.sum(weighted_resp, axis=0), weighted_resp.T @ centred, weighted_resp.T @ squares,
                 log_likelihood, exact_moments.first_moments, exact_moments.second_moments)
