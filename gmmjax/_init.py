@@ -36,6 +36,14 @@ def _nearest_center_onehot(residuals: jax.Array) -> jax.Array:
     return (labels[None, :] == jnp.arange(residuals.shape[0])[:, None]).astype(residuals.dtype)
 
 
+def seeding_sample_size(num_components: int) -> int:
+    return max(INIT_SAMPLE_SIZE, 64 * num_components)
+
+
+def needs_seeding_sample(X, num_components: int) -> bool:
+    return X.shape[0] > seeding_sample_size(num_components)
+
+
 def seeding_sample(key, X, sample_weight, num_components):
     """The rows that seeding and Lloyd's steps run on: all of them when ``N`` is at most
     ``max(INIT_SAMPLE_SIZE, 64·K)``, else that many rows drawn with replacement in
@@ -44,8 +52,8 @@ def seeding_sample(key, X, sample_weight, num_components):
     Seeding needs ``K`` passes and every Lloyd step one pass over these rows, so a bounded
     sample keeps initialisation cheap next to EM on large data.
     """
-    size = max(INIT_SAMPLE_SIZE, 64 * num_components)
-    if X.shape[0] <= size:
+    size = seeding_sample_size(num_components)
+    if not needs_seeding_sample(X, num_components):
         return X, jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
     if sample_weight is None:  # no (N,) temporaries for unweighted data
         rows = jax.random.randint(key, (size,), 0, X.shape[0])
@@ -54,8 +62,15 @@ def seeding_sample(key, X, sample_weight, num_components):
     return X[rows], jnp.ones(size, X.dtype)
 
 
-def _log_of(weights: jax.Array) -> jax.Array:
-    return jnp.where(weights > 0, jnp.log(jnp.where(weights > 0, weights, 1.0)), -jnp.inf)
+def _draw_index(score: jax.Array, uniform: jax.Array) -> jax.Array:
+    """Index ``i`` drawn with probability ``score_i / Σ score`` (scores ``(N,)``, not all zero)
+    from one uniform ``u ∈ [0, 1)``, by inverting the cumulative sum: the first ``i`` whose
+    cumulative score exceeds ``u · Σ score``. A row of score zero never is that first one."""
+    cumulative = jnp.cumsum(score)
+    index = jnp.sum(cumulative <= uniform * cumulative[-1])
+    # u·Σ can round up to Σ itself: then the last row with a positive score.
+    last_positive = score.shape[0] - 1 - jnp.argmax(score[::-1] > 0)
+    return jnp.minimum(index, last_positive)
 
 
 def _sequential_seeding(key, X, num_components, sample_weight, distance_weighted: bool):
@@ -66,18 +81,20 @@ def _sequential_seeding(key, X, num_components, sample_weight, distance_weighted
     times an indicator that it differs from every center so far (distinct random points).
     When every point coincides with a center (fewer distinct points than components), it
     falls back to drawing by weight alone.
+
+    All the randomness is one uniform per center, drawn together and turned into indices by
+    :func:`_draw_index`: a single random-number call keeps the compiled program small
+    (each call site of the counter-based generator is a sizeable kernel to compile).
     """
-    keys = jax.random.split(key, num_components)
-    log_weight = _log_of(sample_weight)
-    first = jax.random.categorical(keys[0], log_weight)
+    uniforms = jax.random.uniform(key, (num_components,), X.dtype)
+    first = _draw_index(sample_weight, uniforms[0])
     centers = jnp.zeros((num_components, X.shape[1]), X.dtype).at[0].set(X[first])
     min_sq = jnp.sum((X - X[first][None, :]) ** 2, axis=-1)
 
     def add_center(k, carry):
         centers, min_sq = carry
         score = sample_weight * (min_sq if distance_weighted else (min_sq > 0).astype(X.dtype))
-        logits = jnp.where(jnp.sum(score) > 0, _log_of(score), log_weight)
-        index = jax.random.categorical(keys[k], logits)
+        index = _draw_index(jnp.where(jnp.sum(score) > 0, score, sample_weight), uniforms[k])
         centers = centers.at[k].set(X[index])
         min_sq = jnp.minimum(min_sq, jnp.sum((X - X[index][None, :]) ** 2, axis=-1))
         return centers, min_sq
@@ -156,7 +173,9 @@ def initial_responsibility_fn(key, X, num_components, sample_weight, init_params
 
         center = jnp.mean(X, axis=0) if sample_weight is None else (sample_weight @ X) / jnp.sum(sample_weight)
         return random_resp, jnp.broadcast_to(center, (num_components, X.shape[1]))
-    sample_key, seed_key = jax.random.split(key)
+    # Small data (the usual case) needs no sample: then the seeding's draw is the only
+    # random-number call of the initialisation.
+    sample_key, seed_key = jax.random.split(key) if needs_seeding_sample(X, num_components) else (key, key)
     X_seed, w_seed = seeding_sample(sample_key, X, sample_weight, num_components)
     if init_params == "random_from_data":
         centers = _sequential_seeding(seed_key, X_seed, num_components, w_seed, distance_weighted=False)

@@ -3,11 +3,13 @@
 ``jax.vmap`` of ``lax.while_loop`` runs the body for every lane until the *last* lane is
 done, so a batch of fits (restarts, or many datasets) costs as many iterations as its
 slowest member times the batch size. :func:`compacting_while_loop` computes the same
-per-lane results, but its batching rule runs all lanes for a few steps and then gathers
-the lanes still running into groups of a fixed size, running one group at a time to the
-end (static shapes throughout: a ``while_loop`` over ``ceil(active / group)`` groups, each
-a gather, a vmapped loop and a scatter back) — unless more than half of the lanes still
-run, when one batch is faster. Unbatched, it is ``lax.while_loop``.
+per-lane results, but its batching rule keeps a fixed-size *group* of lanes busy: each
+round gathers up to ``group`` lanes that are still running, advances them by one step and
+scatters them back, so a lane that has finished is never stepped again and its slot goes
+to one that still runs. The work is then the total number of steps the lanes need, not
+the batch size times the longest run; shapes stay static (one gather, one vmapped body of
+``group`` lanes and one scatter per round) and the body is compiled once. Unbatched, it is
+``lax.while_loop``.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-# Steps every lane runs before the lanes still running are compacted, and the group size
-# as a fraction of the batch (measured on 1000 vmapped fits: EM 153 ms → 52 ms).
-WARMUP_STEPS = 6
+# Lanes stepped together per round, as a fraction of the batch (measured on 1000 vmapped
+# small fits, benchmarks/NOTES.md). Smaller groups waste fewer steps at the tail but pay
+# the per-round gather more often.
 GROUP_FRACTION = 8
-# Below this batch size compaction does not pay for its gathers.
+# Below this batch size a plain vmapped loop is as fast as regrouping.
 MIN_BATCH = 16
 
 
@@ -60,40 +62,32 @@ def compacting_while_loop(cond_fun: Callable, body_fun: Callable, init_val, oper
         op_flags = jax.tree_util.tree_leaves(ops_batched)
         ops_axes = op_tree.unflatten([0 if flag else None for flag in op_flags])
         out_batched = jax.tree_util.tree_map(lambda _: True, state)
-        plain = jax.vmap(lambda s, o: jax.lax.while_loop(lambda t: cond_fun(t, o), lambda t: body_fun(t, o), s),
-                         in_axes=(0, ops_axes))
         if axis_size < MIN_BATCH:
+            plain = jax.vmap(lambda s, o: jax.lax.while_loop(lambda t: cond_fun(t, o), lambda t: body_fun(t, o), s),
+                             in_axes=(0, ops_axes))
             return plain(state, ops), out_batched
 
-        def warm(s, o):
-            def cond(counted):
-                step, inner = counted
-                return (step < WARMUP_STEPS) & cond_fun(inner, o)
+        group = math.ceil(axis_size / GROUP_FRACTION)
+        step = jax.vmap(body_fun, in_axes=(0, ops_axes))
+        going = jax.vmap(cond_fun, in_axes=(0, ops_axes))
 
-            return jax.lax.while_loop(cond, lambda c: (c[0] + 1, body_fun(c[1], o)), (jnp.array(0), s))[1]
-
-        state = jax.vmap(warm, in_axes=(0, ops_axes))(state, ops)
-        running = jax.vmap(cond_fun, in_axes=(0, ops_axes))(state, ops)
-        order = jnp.argsort(~running, stable=True)  # running lanes first
-        group = max(1, math.ceil(axis_size / GROUP_FRACTION))
-        num_groups = (jnp.sum(running) + group - 1) // group
-
-        def run_group(carry):
-            index, state = carry
-            # dynamic_slice clamps the last group to end at the batch's end: lanes it re-reads
-            # are finished already, so running them again changes nothing.
-            lanes = jax.lax.dynamic_slice_in_dim(order, index * group, group)
+        def round_(carry):
+            state, running = carry
+            # The running lanes first (stable: lowest index first); a round with fewer than
+            # `group` running lanes also takes finished ones, which it leaves unchanged.
+            lanes = jnp.argsort(~running, stable=True)[:group]
+            active = running[lanes]
             take = lambda leaf: leaf[lanes]
-            group_ops = op_tree.unflatten([leaf[lanes] if flag else leaf for leaf, flag in zip(op_leaves, op_flags)])
-            finished = plain(jax.tree_util.tree_map(take, state), group_ops)
-            state = jax.tree_util.tree_map(lambda leaf, new: leaf.at[lanes].set(new), state, finished)
-            return index + 1, state
+            lane_state = jax.tree_util.tree_map(take, state)
+            lane_ops = op_tree.unflatten([leaf[lanes] if flag else leaf for leaf, flag in zip(op_leaves, op_flags)])
+            stepped = step(lane_state, lane_ops)
+            keep = lambda new, old: jnp.where(jnp.reshape(active, active.shape + (1,) * (new.ndim - 1)), new, old)
+            stepped = jax.tree_util.tree_map(keep, stepped, lane_state)
+            state = jax.tree_util.tree_map(lambda leaf, new: leaf.at[lanes].set(new), state, stepped)
+            running = running.at[lanes].set(active & going(stepped, lane_ops))
+            return state, running
 
-        def grouped(state):
-            return jax.lax.while_loop(lambda carry: carry[0] < num_groups, run_group, (jnp.array(0), state))[1]
-
-        # Groups pay off once most lanes have finished; while most still run, one batch is faster.
-        state = jax.lax.cond(2 * jnp.sum(running) > axis_size, lambda s: plain(s, ops), grouped, state)
+        state, _ = jax.lax.while_loop(lambda carry: jnp.any(carry[1]), round_, (state, going(state, ops)))
         return state, out_batched
 
     return loop(init_val, operands)
