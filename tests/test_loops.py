@@ -28,8 +28,9 @@ def _collatz_steps(start, limit, offset):
 
 @pytest.mark.parametrize("batch, mostly_short", [(5, False), (MIN_BATCH, False), (97, False), (97, True)])
 def test_vmapped_compacting_loop_equals_plain_loop(batch, mostly_short):
-    """Mostly long lanes take the one-batch path after the warm-up, mostly short ones the
-    grouped path (every 10th lane starts at 27: 111 steps; the others finish in ≤ 5)."""
+    """Lanes of very different lengths, mostly long or mostly short (every 10th lane starts
+    at 27: 111 steps; the others finish in ≤ 5), so that rounds mix running and finished
+    lanes and the last rounds hold fewer running lanes than the group."""
     lanes = jnp.arange(batch)
     if mostly_short:
         starts = jnp.where(lanes % 10 == 0, 27, 2 ** (lanes % 6))
@@ -51,7 +52,7 @@ def test_vmapped_compacting_loop_equals_plain_loop(batch, mostly_short):
     for a, b in zip(got, want):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert len(set(np.asarray(want[1]).tolist())) >= min(batch, 6)  # lanes stop at different steps
-    assert (np.mean(np.asarray(want[1]) > 6) < 0.5) == mostly_short  # which path the rule takes
+    assert (np.mean(np.asarray(want[1]) > 6) < 0.5) == mostly_short
     # unbatched, it is the plain loop
     single = compacting(starts[3], offsets[3])
     for a, b in zip(single, plain(starts[3], offsets[3])):
