@@ -184,18 +184,30 @@ def _check_features(model, X, data_path, model_path):
                        f"{model.n_features_in_}")
 
 
+ARRAY_EXTENSIONS = (".npy",) + TEXT_EXTENSIONS
+
+
+def check_output(path, extensions=ARRAY_EXTENSIONS) -> None:
+    """Fails fast (before any work) on an output name with an unknown format or in a missing folder."""
+    if path is None:
+        return
+    ext = _extension(path)
+    if ext not in extensions:
+        raise CLIError(f"{path}: unknown output format {ext or '(no extension)'!r}: use "
+                       f"{' or '.join(e for e in extensions if e)}")
+    folder = os.path.dirname(os.fspath(path))
+    if folder and not os.path.isdir(folder):
+        raise CLIError(f"{path}: the folder {folder} does not exist")
+
+
 def write_array(path, array, *, fmt: str) -> None:
     """Writes ``array`` to ``path`` (``.npy``, or a comma-separated text table), or to stdout if ``None``."""
     if path is None:
         np.savetxt(sys.stdout, array, fmt=fmt, delimiter=",")
-        return
-    ext = _extension(path)
-    if ext == ".npy":
+    elif _extension(path) == ".npy":
         np.save(path, array)
-    elif ext in TEXT_EXTENSIONS:
-        np.savetxt(path, array, fmt=fmt, delimiter="\t" if ext == ".tsv" else ",")
     else:
-        raise CLIError(f"{path}: unknown output format {ext or '(no extension)'!r}: use .npy or .csv")
+        np.savetxt(path, array, fmt=fmt, delimiter="\t" if _extension(path) == ".tsv" else ",")
 
 
 def _one_line(message) -> str:
@@ -248,8 +260,8 @@ def _format_vector(values) -> str:
 
 
 def _run_fit(args) -> int:
-    if args.output is not None and _extension(args.output) not in (".npz", ""):
-        raise CLIError(f"-o {args.output}: models are saved as .npz")
+    check_output(args.output, (".npz", ""))  # np.savez adds .npz to a name without it
+    check_output(args.plot, (".png", ".pdf", ".svg", ".jpg"))
     plot = _plot_module() if args.plot else None
     X = load_data(args.data, args.key)
     if args.num_components > X.shape[0]:
@@ -315,6 +327,7 @@ def _add_predict(commands):
 
 
 def _run_predict(args) -> int:
+    check_output(args.output)
     model, X = _load_model_and_data(args)
     if args.proba:
         write_array(args.output, model.predict_proba(X), fmt="%.9g")
@@ -335,6 +348,7 @@ def _add_score(commands):
 
 
 def _run_score(args) -> int:
+    check_output(args.per_sample)
     model, X = _load_model_and_data(args)
     log_density = model.score_samples(X)
     if args.per_sample is not None:
@@ -360,10 +374,8 @@ def _add_sample(commands):
 def _run_sample(args) -> int:
     import jax
 
-    for path in (args.output, args.labels):  # before drawing: a bad name fails fast
-        if path is not None and _extension(path) not in TEXT_EXTENSIONS + (".npy",):
-            raise CLIError(f"{path}: unknown output format {_extension(path) or '(no extension)'!r}: "
-                           "use .npy or .csv")
+    check_output(args.output)
+    check_output(args.labels)
     model = load_model(args.model)
     X, labels = model.sample(args.num_samples, key=jax.random.key(args.seed))
     write_array(args.output, X, fmt="%.9g")

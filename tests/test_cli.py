@@ -279,7 +279,9 @@ BAD_INPUTS = [  # (arguments, exit code, what stderr says); {d}: the test direct
     ("fit {d}/data.csv --key b -k 2", 1, "--key selects an array inside an .npz file"),
     ("fit {m} -k 2", 1, "is a gmmjax model file, not data"),
     ("fit {d}/three.csv -k 4", 1, "three.csv has 3 samples, fewer than -k 4"),
-    ("fit {d}/data.csv -k 2 -o {d}/model.pkl", 1, "models are saved as .npz"),
+    ("fit {d}/data.csv -k 2 -o {d}/model.pkl", 1, "unknown output format '.pkl': use .npz"),
+    ("fit {d}/data.csv -k 2 -o {d}/no/such/dir/model.npz", 1, "the folder {d}/no/such/dir does not exist"),
+    ("fit {d}/data.csv -k 2 --plot {d}/fit.gif", 1, "unknown output format '.gif': use .png or .pdf"),
     ("fit {d}/data.csv -k 0", 2, "argument -k/--num-components: must be at least 1, got 0"),
     ("fit {d}/data.csv -k two", 2, "expected an integer, got 'two'"),
     ("fit {d}/data.csv", 2, "the following arguments are required: -k/--num-components"),
@@ -290,10 +292,13 @@ BAD_INPUTS = [  # (arguments, exit code, what stderr says); {d}: the test direct
     ("predict {m} {d}/wide.npy", 1, "wide.npy has 3 features, but the model"),
     ("predict {d}/data.npy {d}/data.csv", 1, "is not a gmmjax model file"),
     ("predict {d}/missing.npz {d}/data.csv", 1, "missing.npz: no such file"),
-    ("predict {m} {d}/data.csv -o {d}/no/such/dir/labels.csv", 1, "No such file or directory"),
+    ("predict {m} {d}/data.csv -o {d}/no/such/dir/labels.csv", 1, "the folder {d}/no/such/dir does not exist"),
+    ("predict {m} {d}/data.csv -o {d}/labels.parquet", 1, "unknown output format '.parquet'"),
+    ("score {m} {d}/data.csv --per-sample {d}/logp.json", 1, "unknown output format '.json'"),
     ("score {m} {d}/nan.csv", 1, "NaN or infinite"),
     ("sample {m} -n 0", 2, "--num-samples: must be at least 1"),
-    ("sample {m} -o {d}/samples.bin", 1, "unknown output format '.bin'"),
+    ("sample {m} -o {d}/samples.bin", 1, "unknown output format '.bin': use .npy or .csv or .txt or .tsv"),
+    ("sample {m} --labels {d}/labels", 1, "unknown output format '(no extension)'"),
 ]
 
 
@@ -304,7 +309,7 @@ def test_bad_input_fails_with_one_line(work, args, expected_code, message):
     assert code == expected_code, (code, err)
     assert len(err.splitlines()) == 1, err
     assert err.startswith((f"gmmjax {argv[0]}: error: ", "gmmjax: error: ")), err
-    assert message in err, err
+    assert message.format(d=work.dir) in err, err
     assert "Traceback" not in err and out == ""
 
 
