@@ -1,19 +1,390 @@
-"""Command line: ``gmmjax demo`` (also ``python -m gmmjax demo``)."""
+"""Command line: ``gmmjax fit | predict | score | sample | demo`` (also ``python -m gmmjax ...``).
+
+Each command is one ``_add_<name>`` function (its arguments) and one ``_run_<name>``
+function (the work); :data:`_COMMANDS` lists the adders. Every user error, from a bad
+option to a data file with NaN, ends the program with a non-zero exit code and ONE line on
+stderr (``gmmjax fit: error: ...``), never a traceback: argparse errors exit with 2, errors
+in the data, model files or values (:class:`CLIError`, the library's ``ValueError``\\ s,
+unwritable files) with 1.
+
+Data files: ``.npy`` (one array), ``.npz`` (the single array inside, or ``--key NAME``),
+``.csv`` / ``.txt`` / ``.tsv`` (numbers separated by commas, semicolons, tabs or spaces; a
+header line is detected and skipped; ``#`` starts a comment). A 1-D array is one feature.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+import warnings
 
 import numpy as np
+
+from gmmjax._init import INIT_METHODS
+from gmmjax._params import COVARIANCE_TYPES
 
 # The original example's mixture.
 DEMO_WEIGHTS = np.array([0.6, 0.4])
 DEMO_MEANS = np.array([[0, 0], [3, 3]])
 DEMO_COVARIANCES = np.array([[[1, 0.5], [0.5, 1]], [[1, 0.5], [0.5, 1]]])
 
+TEXT_EXTENSIONS = (".csv", ".txt", ".tsv")
 
+
+class CLIError(Exception):
+    """A user error the command line reports as one line (exit code 1)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``gmmjax fit: error: ... (see gmmjax fit --help)``."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# -- argument types ------------------------------------------------------------------------------
+def _int_at_least(minimum):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _nonnegative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative finite number, got {text}")
+    return value
+
+
+# -- shared input and output ---------------------------------------------------------------------
+def _extension(path) -> str:
+    return os.path.splitext(os.fspath(path))[1].lower()
+
+
+def _split(line: str, delimiter):
+    return [field.strip() for field in line.split("#", 1)[0].split(delimiter)]
+
+
+def _is_number(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_text_table(path) -> np.ndarray:
+    with open(path, encoding="utf-8-sig") as f:
+        lines = f.read().splitlines()
+    content = [i for i, line in enumerate(lines) if line.split("#", 1)[0].strip()]
+    if not content:
+        raise CLIError(f"{path}: no data (the file is empty)")
+    first = lines[content[0]]
+    delimiter = next((d for d in (",", ";", "\t") if d in first), None)  # None: runs of whitespace
+    header = any(field and not _is_number(field) for field in _split(first, delimiter))
+    rows = content[1:] if header else content
+    if not rows:
+        raise CLIError(f"{path}: no data rows after the header")
+    try:  # numpy's C reader; on failure the slow loop below finds the line to blame
+        return np.loadtxt([lines[i] for i in rows], delimiter=delimiter, ndmin=2, dtype=np.float64, comments="#")
+    except ValueError:
+        pass
+    width = None
+    for i in rows:
+        fields = _split(lines[i], delimiter)
+        for field in fields:
+            if not _is_number(field):
+                what = "an empty field" if not field else f"{field!r}"
+                raise CLIError(f"{path}, line {i + 1}: cannot read {what} as a number")
+        if width is None:
+            width, width_line = len(fields), i + 1
+        elif len(fields) != width:
+            raise CLIError(f"{path}, line {i + 1}: {len(fields)} values, but line {width_line} has {width}")
+    raise CLIError(f"{path}: cannot read it as a table of numbers")
+
+
+def load_data(path, key: str | None = None) -> np.ndarray:
+    """Reads an ``(N, D)`` float array from ``.npy``, ``.npz`` or a text table; checks it is finite.
+
+    Raises:
+      CLIError: naming the file and what is wrong with it.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CLIError(f"{path}: no such file" if not os.path.exists(path) else f"{path}: not a file")
+    ext = _extension(path)
+    if key is not None and ext != ".npz":
+        raise CLIError(f"--key selects an array inside an .npz file; {path} is not one")
+    try:
+        if ext in TEXT_EXTENSIONS:
+            X = _read_text_table(path)
+        elif ext == ".npy":
+            X = np.load(path, allow_pickle=False)
+        elif ext == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                names = archive.files
+                if "format" in names and "weights" in names:
+                    raise CLIError(f"{path} is a gmmjax model file, not data")
+                if key is None:
+                    if len(names) != 1:
+                        raise CLIError(f"{path} holds {len(names)} arrays {names}: choose one with --key NAME")
+                    key = names[0]
+                elif key not in names:
+                    raise CLIError(f"{path} has no array {key!r}; it holds {names}")
+                X = archive[key]
+        else:
+            raise CLIError(f"{path}: unknown data format {ext or '(no extension)'!r}: "
+                           f"use .npy, .npz or {', '.join(TEXT_EXTENSIONS)}")
+    except (OSError, ValueError, EOFError) as exc:
+        if "pickle" in str(exc):  # np.load's guess for a file that is neither .npy nor .npz
+            raise CLIError(f"{path}: not a NumPy {ext} file of numbers") from None
+        raise CLIError(f"{path}: cannot read it as {ext[1:]}: {exc}") from None
+    if not (np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.bool_)) or np.iscomplexobj(X):
+        raise CLIError(f"{path}: expected real numbers, got an array of dtype {X.dtype}")
+    if X.ndim == 1:
+        X = X[:, None]  # one feature
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise CLIError(f"{path}: expected a 2-D array (samples × features), got shape {X.shape}")
+    bad = ~np.isfinite(X)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise CLIError(f"{path} contains {int(bad.sum())} NaN or infinite value(s) (the first in data row {row + 1}, "
+                       f"column {col + 1}): remove or impute them")
+    return X
+
+
+def load_model(path):
+    """Reads a model written by ``gmmjax fit -o`` / :meth:`GaussianMixtureModel.save`."""
+    from gmmjax import GaussianMixtureModel
+
+    path = os.fspath(path)
+    if not os.path.exists(path) and not os.path.exists(path + ".npz"):
+        raise CLIError(f"{path}: no such file")
+    try:
+        return GaussianMixtureModel.load(path)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _check_features(model, X, data_path, model_path):
+    if X.shape[1] != model.n_features_in_:
+        raise CLIError(f"{data_path} has {X.shape[1]} features, but the model {model_path} was fitted on "
+                       f"{model.n_features_in_}")
+
+
+ARRAY_EXTENSIONS = (".npy",) + TEXT_EXTENSIONS
+
+
+def check_output(path, extensions=ARRAY_EXTENSIONS) -> None:
+    """Fails fast (before any work) on an output name with an unknown format or in a missing folder."""
+    if path is None:
+        return
+    ext = _extension(path)
+    if ext not in extensions:
+        raise CLIError(f"{path}: unknown output format {ext or '(no extension)'!r}: use "
+                       f"{' or '.join(e for e in extensions if e)}")
+    folder = os.path.dirname(os.fspath(path))
+    if folder and not os.path.isdir(folder):
+        raise CLIError(f"{path}: the folder {folder} does not exist")
+
+
+def write_array(path, array, *, fmt: str) -> None:
+    """Writes ``array`` to ``path`` (``.npy``, or a comma-separated text table), or to stdout if ``None``."""
+    if path is None:
+        np.savetxt(sys.stdout, array, fmt=fmt, delimiter=",")
+    elif _extension(path) == ".npy":
+        np.save(path, array)
+    else:
+        np.savetxt(path, array, fmt=fmt, delimiter="\t" if _extension(path) == ".tsv" else ",")
+
+
+def _one_line(message) -> str:
+    return " ".join(str(message).split())
+
+
+# -- fit ---------------------------------------------------------------------------------------------
+def _add_fit(commands):
+    p = commands.add_parser(
+        "fit", help="fit a mixture to a data file and print it",
+        description="Fit a Gaussian mixture by EM to DATA (.npy, .npz, .csv) and print the weights, means, "
+                    "mean log-likelihood, BIC/AIC, iterations and convergence.")
+    p.add_argument("data", metavar="DATA", help="data file: .npy, .npz (see --key) or .csv/.txt/.tsv")
+    p.add_argument("-k", "--num-components", type=_int_at_least(1), required=True, metavar="K",
+                   help="number of components")
+    p.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full", help="(default full)")
+    p.add_argument("--n-init", type=_int_at_least(1), default=1, help="restarts, run as one batch (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--max-iter", type=_int_at_least(1), default=100, help="EM iteration limit (default 100)")
+    p.add_argument("--tol", type=_nonnegative_float, default=1e-3,
+                   help="stop when the mean log-likelihood changes by less (default 1e-3)")
+    p.add_argument("--reg-covar", type=_nonnegative_float, default=1e-6,
+                   help="added to covariance diagonals (default 1e-6)")
+    p.add_argument("--init-params", choices=INIT_METHODS, default="kmeans", help="initialisation (default kmeans)")
+    p.add_argument("--key", metavar="NAME", help="array to read from an .npz DATA file")
+    p.add_argument("-o", "--output", metavar="MODEL.npz", help="save the fitted model (.npz)")
+    p.add_argument("--plot", metavar="FIG.png", help="save a picture of the data and the fitted components")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the fit's progress on stderr")
+    p.add_argument("--verbose-interval", type=_int_at_least(1), default=10, metavar="N",
+                   help="iterations between progress reports (default 10)")
+    p.set_defaults(run=_run_fit)
+
+
+def _plot_module():
+    """``gmmjax.plot`` and matplotlib, checked before a long fit rather than after it."""
+    try:
+        import matplotlib  # noqa: F401
+
+        from gmmjax import plot
+    except ImportError as exc:
+        raise CLIError(f"--plot needs matplotlib and gmmjax.plot ({_one_line(exc)}): "
+                       "pip install 'gmmjax[plots]'") from None
+    return plot
+
+
+def _format_vector(values) -> str:
+    # Wide data: the first and last few features, so that a row stays on one line.
+    return np.array2string(np.asarray(values, dtype=np.float64), precision=4, suppress_small=True,
+                           threshold=8, edgeitems=3, max_line_width=10_000)
+
+
+def _run_fit(args) -> int:
+    check_output(args.output, (".npz", ""))  # np.savez adds .npz to a name without it
+    check_output(args.plot, (".png", ".pdf", ".svg", ".jpg"))
+    plot = _plot_module() if args.plot else None
+    X = load_data(args.data, args.key)
+    if args.num_components > X.shape[0]:
+        raise CLIError(f"{args.data} has {X.shape[0]} samples, fewer than -k {args.num_components}: "
+                       "use fewer components or more data")
+    from gmmjax import GaussianMixtureModel
+
+    model = GaussianMixtureModel(
+        num_components=args.num_components, num_iters=args.max_iter, covariance_type=args.covariance_type,
+        tol=args.tol, reg_covar=args.reg_covar, n_init=args.n_init, init_params=args.init_params, seed=args.seed,
+        verbose=args.verbose, verbose_interval=args.verbose_interval)
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(X)
+    elapsed = time.perf_counter() - start
+    for warning in caught:  # one line each, after the progress output
+        print(f"gmmjax fit: warning: {_one_line(warning.message)}", file=sys.stderr)
+
+    print(f"gmmjax fit {args.data}: {X.shape[0]} samples × {X.shape[1]} features, K={args.num_components}, "
+          f"covariance {args.covariance_type}, {args.n_init} restart{'s' * (args.n_init > 1)}, seed {args.seed}")
+    print(f"{'component':>9}  {'weight':>7}  mean")
+    for k, (weight, mean) in enumerate(zip(model.weights_, model.means_)):
+        print(f"{k:>9}  {weight:7.4f}  {_format_vector(mean)}")
+    print(f"mean log-likelihood  {model.score(X):.6f}")
+    print(f"BIC  {model.bic(X):.4f}   AIC  {model.aic(X):.4f}")
+    print(f"iterations {model.n_iter_}   converged {model.converged_}")
+    print(f"time (including compilation) {elapsed:.2f} s")
+    if args.output is not None:
+        model.save(args.output)
+        print(f"model saved to {args.output if _extension(args.output) else args.output + '.npz'}")
+    if plot is not None:
+        ax = plot.plot_mixture(model, X)
+        ax.set_title(f"{os.path.basename(args.data)}: {args.num_components} components ({args.covariance_type})")
+        ax.figure.savefig(args.plot, dpi=120, bbox_inches="tight")
+        print(f"picture saved to {args.plot}")
+    return 0
+
+
+# -- predict ------------------------------------------------------------------------------------------
+def _add_model_and_data(p):
+    p.add_argument("model", metavar="MODEL", help="model file written by gmmjax fit -o")
+    p.add_argument("data", metavar="DATA", help="data file: .npy, .npz (see --key) or .csv/.txt/.tsv")
+    p.add_argument("--key", metavar="NAME", help="array to read from an .npz DATA file")
+
+
+def _load_model_and_data(args):
+    model = load_model(args.model)
+    X = load_data(args.data, args.key)
+    _check_features(model, X, args.data, args.model)
+    return model, X
+
+
+def _add_predict(commands):
+    p = commands.add_parser(
+        "predict", help="most probable component of each sample",
+        description="Write the most probable component (0..K-1) of each sample of DATA, one per line, or with "
+                    "--proba the (N, K) posterior probabilities, to stdout or to -o FILE (.csv or .npy).")
+    _add_model_and_data(p)
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (.csv, .txt, .tsv or .npy), not stdout")
+    p.add_argument("--proba", action="store_true", help="write the (N, K) component probabilities instead")
+    p.set_defaults(run=_run_predict)
+
+
+def _run_predict(args) -> int:
+    check_output(args.output)
+    model, X = _load_model_and_data(args)
+    if args.proba:
+        write_array(args.output, model.predict_proba(X), fmt="%.9g")
+    else:
+        write_array(args.output, model.predict(X), fmt="%d")
+    return 0
+
+
+# -- score --------------------------------------------------------------------------------------------
+def _add_score(commands):
+    p = commands.add_parser(
+        "score", help="mean log-likelihood of data under a model",
+        description="Print the mean log-likelihood of DATA under MODEL (the log-density averaged over samples); "
+                    "--per-sample FILE also writes each sample's log-density.")
+    _add_model_and_data(p)
+    p.add_argument("--per-sample", metavar="FILE", help="write each sample's log-density (.csv or .npy)")
+    p.set_defaults(run=_run_score)
+
+
+def _run_score(args) -> int:
+    check_output(args.per_sample)
+    model, X = _load_model_and_data(args)
+    log_density = model.score_samples(X)
+    if args.per_sample is not None:
+        write_array(args.per_sample, log_density, fmt="%.9g")
+    # The same number as GaussianMixtureModel.score (the mean of score_samples).
+    print(f"mean log-likelihood {float(np.mean(log_density)):.9g} ({X.shape[0]} samples)")
+    return 0
+
+
+# -- sample -------------------------------------------------------------------------------------------
+def _add_sample(commands):
+    p = commands.add_parser(
+        "sample", help="draw samples from a model",
+        description="Draw N samples from MODEL and write them (N, D) to -o FILE (.npy or .csv) or to stdout.")
+    p.add_argument("model", metavar="MODEL", help="model file written by gmmjax fit -o")
+    p.add_argument("-n", "--num-samples", type=_int_at_least(1), default=1000, help="(default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (.npy, .csv, .txt, .tsv), not stdout")
+    p.add_argument("--labels", metavar="FILE", help="also write each sample's component (.csv or .npy)")
+    p.set_defaults(run=_run_sample)
+
+
+def _run_sample(args) -> int:
+    import jax
+
+    check_output(args.output)
+    check_output(args.labels)
+    model = load_model(args.model)
+    X, labels = model.sample(args.num_samples, key=jax.random.key(args.seed))
+    write_array(args.output, X, fmt="%.9g")
+    if args.labels is not None:
+        write_array(args.labels, labels, fmt="%d")
+    return 0
+
+
+# -- demo ---------------------------------------------------------------------------------------------
 def _match_components(true_means, fitted_means):
     """Order of the fitted components that best matches the true ones (fewest squared errors)."""
     from itertools import permutations
@@ -58,21 +429,46 @@ def run_demo(num_samples: int = 600, seed: int = 0, out=None) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="gmmjax", description="Gaussian mixture models in JAX.")
+def _add_demo(commands):
+    p = commands.add_parser("demo", help="fit the original 2-component example and print the result",
+                            description="Fit the original 2-component example and print true vs "
+                                        "estimated parameters, log-likelihood, iterations and time.")
+    p.add_argument("-n", "--num-samples", type=_int_at_least(2), default=600, help="number of samples (default 600)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(run=lambda args: run_demo(args.num_samples, args.seed))
+
+
+# -- main ---------------------------------------------------------------------------------------------
+# One adder per command (arguments + ``set_defaults(run=...)``): a new command is one more entry.
+_COMMANDS = (_add_fit, _add_predict, _add_score, _add_sample, _add_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gmmjax", description="Gaussian mixture models in JAX.",
+                     epilog="Run 'gmmjax COMMAND --help' for a command's options.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = commands.add_parser("demo", help="fit the original 2-component example and print the result",
-                               description="Fit the original 2-component example and print true vs "
-                                           "estimated parameters, log-likelihood, iterations and time.")
-    demo.add_argument("-n", "--num-samples", type=int, default=600, help="number of samples (default 600)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    for add in _COMMANDS:
+        add(commands)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Runs the command line; returns the exit code (argparse's own errors and ``--help`` exit directly)."""
+    parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        if args.num_samples < 2:
-            parser.error("--num-samples must be at least 2")
-        return run_demo(args.num_samples, args.seed)
-    parser.print_help()
-    return 2
+    if getattr(args, "run", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args)
+    except (CLIError, ValueError, OSError) as exc:
+        # User errors (the library's ValueErrors say what to do; OSError: e.g. an unwritable output).
+        message = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.filename else exc
+        print(f"gmmjax {args.command}: error: {_one_line(message)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"gmmjax {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

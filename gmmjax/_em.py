@@ -13,6 +13,7 @@ from gmmjax._chunks import resolve_chunk_size
 from gmmjax._loops import compacting_while_loop
 from gmmjax._init import check_init_params, initialize
 from gmmjax._params import GMMParams, check_covariance_type
+from gmmjax._progress import DEFAULT_VERBOSE_INTERVAL, check_verbose, report_em_step, reporting
 from gmmjax._stats import _em_step_with_diagnostics
 
 
@@ -59,11 +60,14 @@ class _LoopState(NamedTuple):
 
 
 def run_em(params: GMMParams, X, sample_weight, *, max_iter: int, tol, reg_covar, collapsed=None,
-           chunk_size: int | None = None) -> _LoopState:
+           chunk_size: int | None = None, report_every: int = 0, restart=None) -> _LoopState:
     """EM from ``params`` until the mean log-likelihood changes by less than ``tol`` or
     ``max_iter`` iterations have run, as one ``lax.while_loop`` on the device (each
     iteration one chunked pass over ``X``; no host round trip until the loop ends; under
-    ``vmap``, fits that have stopped no longer cost work: :mod:`gmmjax._loops`)."""
+    ``vmap``, fits that have stopped no longer cost work: :mod:`gmmjax._loops`).
+
+    ``report_every`` (static; 0: off) sends progress to the host every that many
+    iterations, tagged with the ``()`` int ``restart`` index (:mod:`gmmjax._progress`)."""
     dtype = X.dtype
     if collapsed is None:
         collapsed = jnp.zeros(params.num_components, bool)
@@ -72,11 +76,11 @@ def run_em(params: GMMParams, X, sample_weight, *, max_iter: int, tol, reg_covar
         return (state.n_iter < max_iter) & ~state.converged
 
     def step(state: _LoopState, operands) -> _LoopState:
-        X, sample_weight, tol, reg_covar = operands
+        X, sample_weight, tol, reg_covar = operands[:4]
         new_params, new_collapsed, lower_bound = _em_step_with_diagnostics(state.params, X, sample_weight, reg_covar,
                                                                                chunk_size)
         converged = jnp.abs(lower_bound - state.lower_bound) < tol
-        return _LoopState(
+        new_state = _LoopState(
             params=new_params,
             lower_bound=lower_bound,
             n_iter=state.n_iter + 1,
@@ -84,6 +88,10 @@ def run_em(params: GMMParams, X, sample_weight, *, max_iter: int, tol, reg_covar
             history=state.history.at[state.n_iter].set(lower_bound),
             collapsed=state.collapsed | new_collapsed,
         )
+        if report_every:  # progress (static switch: when off the loop has no callback at all)
+            report_em_step(operands[4], keep_going(state, operands), new_state.n_iter, new_state.lower_bound,
+                           new_state.converged, keep_going(new_state, operands), report_every)
+        return new_state
 
     initial = _LoopState(
         params=params,
@@ -95,6 +103,8 @@ def run_em(params: GMMParams, X, sample_weight, *, max_iter: int, tol, reg_covar
     )
     # Under vmap (restarts, datasets) finished fits stop costing work (see _loops).
     operands = (X, sample_weight, jnp.asarray(tol, dtype), jnp.asarray(reg_covar, dtype))
+    if report_every:  # the restart index travels with its lane (compacting_while_loop regroups lanes)
+        operands += (jnp.asarray(restart, jnp.int32),)
     return compacting_while_loop(keep_going, step, initial, operands)
 
 
@@ -126,11 +136,12 @@ def select_best(state: _LoopState) -> FitResult:
 @functools.partial(
     jax.jit,
     static_argnames=("num_components", "covariance_type", "max_iter", "n_init", "init_params", "chunk_size",
-                     "restart_batch_size"),
+                     "restart_batch_size", "report_every"),
 )
 def _fit_em(key, X, sample_weight, tol, reg_covar, weights_init, means_init, precisions_init, *,
-            num_components, covariance_type, max_iter, n_init, init_params, chunk_size, restart_batch_size):
-    def one_restart(restart_key):
+            num_components, covariance_type, max_iter, n_init, init_params, chunk_size, restart_batch_size,
+            report_every=0):
+    def one_restart(restart_key, restart_index=None):
         params, collapsed = initialize(
             restart_key, X, num_components,
             covariance_type=covariance_type, init_params=init_params, sample_weight=sample_weight,
@@ -138,15 +149,17 @@ def _fit_em(key, X, sample_weight, tol, reg_covar, weights_init, means_init, pre
             precisions_init=precisions_init, chunk_size=chunk_size,
         )
         return run_em(params, X, sample_weight, max_iter=max_iter, tol=tol, reg_covar=reg_covar,
-                      collapsed=collapsed, chunk_size=chunk_size)
+                      collapsed=collapsed, chunk_size=chunk_size, report_every=report_every, restart=restart_index)
 
     keys = restart_keys(key, n_init)
+    # With progress on, each restart also carries its index (for the host-side reporter).
+    restarts = (keys, jnp.arange(n_init, dtype=jnp.int32)) if report_every else (keys,)
     if n_init == 1:  # no batch axis of size one: XLA picks worse layouts for it
-        states = jax.tree_util.tree_map(lambda leaf: leaf[None], one_restart(keys[0]))
+        states = jax.tree_util.tree_map(lambda leaf: leaf[None], one_restart(*(r[0] for r in restarts)))
     elif restart_batch_size >= n_init:
-        states = jax.vmap(one_restart)(keys)
+        states = jax.vmap(one_restart)(*restarts)
     else:  # batches one after another in the same program; each batch stops when it converges
-        states = jax.lax.map(one_restart, keys, batch_size=restart_batch_size)
+        states = jax.lax.map(lambda r: one_restart(*r), restarts, batch_size=restart_batch_size)
     return select_best(states)
 
 
@@ -200,6 +213,8 @@ def fit_em(
     num_iters: int | None = None,
     chunk_size: int | None = None,
     restart_batch_size: int | None = None,
+    verbose: bool | int = False,
+    verbose_interval: int = DEFAULT_VERBOSE_INTERVAL,
 ) -> FitResult:
     """Fits a Gaussian mixture by EM, ``n_init`` restarts in one vmapped, jitted call.
 
@@ -230,6 +245,12 @@ def fit_em(
         floating-point summation order.
       restart_batch_size: how many restarts run together (vmapped); batches run one after
         another inside the same compiled program. ``None``: all ``n_init`` at once.
+      verbose: show progress on stderr (a ``tqdm`` bar if installed, else lines): iteration,
+        best lower bound, restarts converged, elapsed time. The call then waits for the fit to
+        finish. Off, the compiled loop has no host callback. Not available under the caller's
+        ``jit``/``vmap``.
+      verbose_interval: iterations between progress reports (each restart also reports its
+        last iteration).
 
     Returns:
       A :class:`FitResult`.
@@ -261,9 +282,15 @@ def fit_em(
         chunk_size = v.check_int("chunk_size", chunk_size, 1)
     chunk_size = resolve_chunk_size(chunk_size, X.shape[0], num_components, X.shape[1], X.dtype,
                                     batch=restart_batch_size)
-    return _fit_em(
+    report_every = check_verbose(verbose, verbose_interval, key, X)
+    fit = functools.partial(
+        _fit_em,
         key, X, sample_weight, jnp.asarray(tol, X.dtype), jnp.asarray(reg_covar, X.dtype),
         weights_init, means_init, precisions_init,
         num_components=num_components, covariance_type=covariance_type, max_iter=max_iter,
         n_init=n_init, init_params=init_params, chunk_size=chunk_size, restart_batch_size=restart_batch_size,
     )
+    if not report_every:
+        return fit()
+    with reporting(n_init, max_iter):
+        return jax.block_until_ready(fit(report_every=report_every))

@@ -68,6 +68,8 @@ class GaussianMixtureModel:
       chunk_size: rows per chunk in every pass over the data (bounds memory to
         ``O(chunk_size · K · D)`` beyond the data); ``None`` chooses automatically.
       restart_batch_size: restarts run together (vmapped); ``None``: all ``n_init``.
+      verbose: show the fit's progress on stderr (see :func:`gmmjax.fit_em`); default off.
+      verbose_interval: iterations between progress reports (default 10).
       n_components, max_iter, random_state: scikit-learn's names for the above.
 
     Fitted attributes: ``weights_``, ``means_``, ``covariances_``, ``precisions_``,
@@ -105,6 +107,8 @@ class GaussianMixtureModel:
         random_state=None,
         chunk_size=None,
         restart_batch_size=None,
+        verbose=0,
+        verbose_interval=10,
     ):
         self.num_components = num_components
         self.num_iters = num_iters
@@ -123,6 +127,8 @@ class GaussianMixtureModel:
         self.random_state = random_state
         self.chunk_size = chunk_size
         self.restart_batch_size = restart_batch_size
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
 
     # -- scikit-learn's parameter protocol -------------------------------------------------
     @classmethod
@@ -184,7 +190,7 @@ class GaussianMixtureModel:
             key, X, num_components, covariance_type=self.covariance_type, max_iter=max_iter, tol=self.tol,
             reg_covar=self.reg_covar, n_init=n_init, init_params=self.init_params,
             sample_weight=sample_weight, chunk_size=self.chunk_size, restart_batch_size=self.restart_batch_size,
-            **init,
+            verbose=self.verbose, verbose_interval=self.verbose_interval, **init,
         )
         self._store(result, result.params.num_features)
         if not self.converged_:

@@ -1,0 +1,196 @@
+"""Progress of EM fits (``verbose=True``): a static switch in the jitted loop, a host-side reporter.
+
+Off (the default), the fit loop contains no callback at all: the compiled program is the one
+without this module. On, the loop calls back to the host every ``verbose_interval``
+iterations and at each restart's last one, carrying ``(restart, n_iter, lower_bound,
+converged)``. Under ``vmap`` (restarts, and the groups of restarts that
+:func:`gmmjax._loops.compacting_while_loop` runs) the lanes are gathered into **one**
+callback per step, not one per lane, and the callback is skipped (a ``lax.cond`` on the
+device) when no lane has something to report.
+
+On the host, :class:`ProgressReporter` aggregates the restarts and draws a ``tqdm`` bar on
+stderr when ``tqdm`` is installed (``pip install "gmmjax[progress]"``), plain lines
+otherwise. The compiled program does not know the reporter: it calls
+:func:`_deliver`, which forwards to the reporter of the fit running now
+(:func:`reporting`), so one compilation serves every call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gmmjax import _validation as v
+
+DEFAULT_VERBOSE_INTERVAL = 10
+# Shown until the first report: a configuration's first fit compiles it (seconds).
+STARTING = "compiling and initialising"
+
+# Reporters of the fits running now (innermost last); the compiled callback forwards to the last.
+_ACTIVE: list["ProgressReporter"] = []
+_ACTIVE_LOCK = threading.Lock()
+
+
+# -- on the device ---------------------------------------------------------------------------
+def _deliver(restart, n_iter, lower_bound, converged, report):
+    """Host side of the callback: arrays of any (equal) shape, one entry per lane."""
+    with _ACTIVE_LOCK:
+        reporter = _ACTIVE[-1] if _ACTIVE else None
+    if reporter is None:  # a compiled fit run outside reporting(): nobody is listening
+        return
+    mask = np.ravel(np.asarray(report))
+    reporter.update(np.ravel(np.asarray(restart))[mask], np.ravel(np.asarray(n_iter))[mask],
+                    np.ravel(np.asarray(lower_bound))[mask], np.ravel(np.asarray(converged))[mask])
+
+
+@jax.custom_batching.custom_vmap
+def _send(restart, n_iter, lower_bound, converged, report):
+    # Under vmap the rule below hands the whole batch to this function: one host call per step.
+    jax.lax.cond(jnp.any(report),
+                 lambda: jax.debug.callback(_deliver, restart, n_iter, lower_bound, converged, report),
+                 lambda: None)
+    return jnp.zeros((), jnp.int32)  # custom_vmap needs an output; the effect keeps the call alive
+
+
+@_send.def_vmap
+def _send_batched(axis_size, in_batched, *args):
+    args = [arg if batched else jnp.broadcast_to(arg, (axis_size,) + jnp.shape(arg))
+            for arg, batched in zip(args, in_batched)]
+    _send(*args)  # unbatched call on (axis_size, ...) arrays; nested vmaps add axes here
+    return jnp.zeros((), jnp.int32), False
+
+
+def report_em_step(restart, was_running, n_iter, lower_bound, converged, still_running, interval: int) -> None:
+    """Traced, inside the EM loop body: reports this step to the host when it is due.
+
+    Args:
+      restart: ``()`` int32 index of the restart.
+      was_running: ``()`` bool, whether the loop condition held before this step. Under
+        ``vmap`` finished lanes still run the body (its result is discarded); they report nothing.
+      n_iter, lower_bound, converged: ``()`` state after the step.
+      still_running: ``()`` bool, the loop condition after the step (``False``: last step).
+      interval: static; report every ``interval`` iterations and at the last one.
+    """
+    due = was_running & ((n_iter % interval == 0) | ~still_running)
+    _send(restart, n_iter, lower_bound, converged, due)
+
+
+# -- on the host -----------------------------------------------------------------------------
+def _load_tqdm():
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm
+
+
+class ProgressReporter:
+    """Aggregates the restarts of one fit and shows their progress on ``file`` (stderr).
+
+    Progress counts EM iterations over all restarts; a finished restart counts as
+    ``max_iter`` (so the bar ends full when every restart has stopped). Shown: the
+    furthest iteration reached, the best lower bound so far, how many restarts have
+    converged (and stopped), and the elapsed time.
+
+    Args:
+      n_init: number of restarts ``R``.
+      max_iter: iteration limit.
+      file: text stream; ``None``: ``sys.stderr`` at construction.
+    """
+
+    def __init__(self, n_init: int, max_iter: int, *, file=None):
+        self.n_init, self.max_iter = n_init, max_iter
+        self.file = sys.stderr if file is None else file
+        self.n_iter = np.zeros(n_init, np.int64)
+        self.lower_bound = np.full(n_init, np.nan)
+        self.converged = np.zeros(n_init, bool)
+        self.finished = np.zeros(n_init, bool)
+        self._lock = threading.Lock()
+        self._start = time.perf_counter()
+        tqdm = _load_tqdm()
+        self._bar = None if tqdm is None else tqdm(total=n_init * max_iter, desc="EM", unit="it",
+                                                   file=self.file, dynamic_ncols=True, leave=True)
+        if self._bar is not None:
+            self._bar.set_postfix_str(STARTING)
+        else:
+            self._print(STARTING)
+
+    def update(self, restart, n_iter, lower_bound, converged) -> None:
+        """Takes one callback's reports (1-D arrays, one entry per reporting restart)."""
+        with self._lock:
+            for r, it, lb, conv in zip(restart.tolist(), n_iter.tolist(), lower_bound.tolist(), converged.tolist()):
+                if it < self.n_iter[r]:  # a late, stale report: keep the newest state
+                    continue
+                self.n_iter[r], self.lower_bound[r], self.converged[r] = it, lb, conv
+                self.finished[r] = conv or it >= self.max_iter
+            self._show()
+
+    @property
+    def work_done(self) -> int:
+        """Iterations run over all restarts, a finished restart counting as ``max_iter``."""
+        return int(np.where(self.finished, self.max_iter, self.n_iter).sum())
+
+    def summary(self) -> str:
+        best = np.nanmax(self.lower_bound) if not np.all(np.isnan(self.lower_bound)) else np.nan
+        return (f"iteration {int(self.n_iter.max())}/{self.max_iter}, lower bound {best:.6g}, "
+                f"restarts converged {int(self.converged.sum())}/{self.n_init} "
+                f"(stopped {int(self.finished.sum())})")
+
+    def _show(self) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix_str(self.summary(), refresh=False)
+            self._bar.update(self.work_done - self._bar.n)  # redraws at most every tqdm.mininterval
+        else:
+            self._print(self.summary())
+
+    def _print(self, message: str) -> None:
+        print(f"EM: {message}, {time.perf_counter() - self._start:.1f} s", file=self.file, flush=True)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._bar is not None:
+                self._bar.close()
+            else:
+                self._print("done")
+
+
+def check_verbose(verbose, verbose_interval, *inputs) -> int:
+    """Validates ``verbose`` / ``verbose_interval``; returns the static report interval (0: off).
+
+    Progress is reported by a concrete :func:`gmmjax.fit_em` call; under the caller's own
+    ``jit``/``vmap`` (traced inputs) there is no call to report to.
+    """
+    if not isinstance(verbose, (bool, int, np.integer)) or verbose < 0:
+        raise ValueError(f"verbose must be a bool or a non-negative int, got {verbose!r}.")
+    interval = v.check_int("verbose_interval", verbose_interval, 1)
+    if not verbose:
+        return 0
+    if any(v.is_traced(x) for x in inputs):
+        raise ValueError("verbose=True reports the progress of a direct fit_em call; it cannot be used under "
+                         "jit/vmap of fit_em (traced inputs): call fit_em directly or set verbose=False.")
+    return interval
+
+
+@contextlib.contextmanager
+def reporting(n_init: int, max_iter: int):
+    """Shows the progress of the fit run inside the ``with`` block; waits for its callbacks.
+
+    The block must leave its result computed (e.g. ``jax.block_until_ready``) so that every
+    callback has arrived before the reporter closes.
+    """
+    reporter = ProgressReporter(n_init, max_iter)
+    with _ACTIVE_LOCK:
+        _ACTIVE.append(reporter)
+    try:
+        yield reporter
+        jax.effects_barrier()
+    finally:
+        with _ACTIVE_LOCK:
+            _ACTIVE.remove(reporter)
+        reporter.close()
