@@ -11,6 +11,7 @@ from gmmjax._density import component_log_prob, log_prob, responsibilities
 from gmmjax._em import FitResult, fit_em
 from gmmjax._estimator import ConvergenceWarning, GaussianMixtureModel
 from gmmjax._init import INIT_METHODS, kmeans, kmeans_plusplus
+from gmmjax._interop import params_from_sklearn, params_to_sklearn, to_distrax, to_numpyro
 from gmmjax._params import COVARIANCE_TYPES, GMMParams
 from gmmjax._sampling import generate_gmm_data, sample
 from gmmjax._selection import aic, bic, num_parameters
@@ -40,7 +41,11 @@ __all__ = [
     "log_prob",
     "m_step",
     "num_parameters",
+    "params_from_sklearn",
+    "params_to_sklearn",
     "precision_cholesky",
     "responsibilities",
     "sample",
+    "to_distrax",
+    "to_numpyro",
 ]

@@ -7,6 +7,7 @@ it contains no mixture maths of its own. It imports without scikit-learn.
 from __future__ import annotations
 
 import inspect
+import sys
 import warnings
 
 import jax
@@ -28,7 +29,22 @@ class ConvergenceWarning(UserWarning):
 
 
 class NotFittedError(ValueError, AttributeError):
-    """A method that needs a fitted model was called before ``fit``."""
+    """A method that needs a fitted model was called before ``fit``.
+
+    Once scikit-learn is imported, the error raised is also a
+    ``sklearn.exceptions.NotFittedError`` (see :func:`_not_fitted_error`).
+    """
+
+
+def _not_fitted_error(message: str) -> NotFittedError:
+    """A :class:`NotFittedError`; when scikit-learn is loaded, one that is also scikit-learn's
+    ``NotFittedError``, so that scikit-learn's tools and ``except`` clauses recognise it.
+    (Code that catches scikit-learn's class has imported scikit-learn; gmmjax never does.)"""
+    if "sklearn" not in sys.modules:
+        return NotFittedError(message)
+    from gmmjax._interop import sklearn_not_fitted_error_type
+
+    return sklearn_not_fitted_error_type(NotFittedError, _not_fitted_error)(message)
 
 
 _log_prob = jax.jit(log_prob, static_argnames="chunk_size")
@@ -46,7 +62,13 @@ def _key_from_seed(seed) -> jax.Array:
         return jax.random.wrap_key_data(jnp.asarray(seed))  # a legacy jax.random.PRNGKey
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
         return jax.random.key(int(seed))
-    raise ValueError(f"seed (random_state) must be an int, None or a jax.random key, got {seed!r}.")
+    # scikit-learn's semantics for a NumPy generator: each fit draws from it (and advances it).
+    if isinstance(seed, np.random.RandomState):
+        return jax.random.key(int(seed.randint(np.iinfo(np.int32).max)))
+    if isinstance(seed, np.random.Generator):
+        return jax.random.key(int(seed.integers(np.iinfo(np.int32).max)))
+    raise ValueError(f"seed (random_state) must be an int, None or a jax.random key (or a NumPy RandomState or "
+                     f"Generator), got {seed!r}.")
 
 
 class GaussianMixtureModel:
@@ -64,7 +86,8 @@ class GaussianMixtureModel:
         (scikit-learn's shapes).
       warm_start: when true, a second ``fit`` starts from the previous solution (one restart).
       seed: int or ``jax.random.key`` (alias ``random_state``). ``None`` means 0, so fits are
-        reproducible by default.
+        reproducible by default. A NumPy ``RandomState``/``Generator`` is drawn from at each
+        fit (scikit-learn's semantics).
       chunk_size: rows per chunk in every pass over the data (bounds memory to
         ``O(chunk_size · K · D)`` beyond the data); ``None`` chooses automatically.
       restart_batch_size: restarts run together (vmapped); ``None``: all ``n_init``.
@@ -75,8 +98,12 @@ class GaussianMixtureModel:
     Fitted attributes: ``weights_``, ``means_``, ``covariances_``, ``precisions_``,
     ``precisions_cholesky_``, ``converged_``, ``n_iter_``, ``lower_bound_``,
     ``lower_bounds_`` (history of the best restart), ``collapsed_components_``,
-    ``n_features_in_``, ``params`` (a :class:`GMMParams`), ``fit_result_``; and the original
-    names ``weights``, ``means``, ``covariances``.
+    ``n_features_in_``, ``params_`` (a :class:`GMMParams`, also ``params``), ``fit_result_``;
+    and the original names ``weights``, ``means``, ``covariances``.
+
+    scikit-learn: the estimator follows its protocol without inheriting from it (so it imports
+    without scikit-learn): ``clone``, ``Pipeline``, ``GridSearchCV`` and ``check_estimator``
+    work; ``to_sklearn()``/``from_sklearn()`` convert to and from ``GaussianMixture``.
 
     Example:
       >>> import numpy as np, gmmjax as gj
@@ -148,6 +175,16 @@ class GaussianMixtureModel:
             setattr(self, name, value)
         return self
 
+    def __sklearn_tags__(self):
+        """scikit-learn's estimator tags (called by scikit-learn only, so it may import it)."""
+        from gmmjax._interop import sklearn_tags
+
+        return sklearn_tags()
+
+    def __sklearn_is_fitted__(self) -> bool:
+        """Whether ``fit`` has run (scikit-learn's ``check_is_fitted`` protocol)."""
+        return "params_" in self.__dict__
+
     def __repr__(self):
         defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
         changed = [f"{k}={v!r}" for k, v in self.get_params().items()
@@ -209,7 +246,6 @@ class GaussianMixtureModel:
 
     def _store(self, result, num_features):
         self.fit_result_ = result
-        self.params = result.params
         self._set_params_attributes(result.params)
         best = int(result.best_restart)
         self.converged_ = bool(result.converged)
@@ -220,7 +256,7 @@ class GaussianMixtureModel:
         self.n_features_in_ = num_features
 
     def _set_params_attributes(self, params: GMMParams):
-        self.params = params
+        self.params_ = params
         self.weights_ = np.asarray(params.weights)
         self.means_ = np.asarray(params.means)
         self.covariances_ = np.asarray(params.covariances)
@@ -228,6 +264,9 @@ class GaussianMixtureModel:
         self.precisions_cholesky_ = np.asarray(prec_chol)
         self.precisions_ = np.asarray(precisions_from_precision_cholesky(prec_chol, params.covariance_type))
 
+    # The parameter pytree; a property over ``params_`` because scikit-learn requires that fit
+    # add only attributes ending in "_".
+    params = property(lambda self: self._fitted("params_"), doc="The fitted :class:`GMMParams` (= ``params_``).")
     # The original example's attribute names.
     weights = property(lambda self: self._fitted("weights_"), doc="Mixing weights ``(K,)`` (= ``weights_``).")
     means = property(lambda self: self._fitted("means_"), doc="Means ``(K, D)`` (= ``means_``).")
@@ -235,7 +274,7 @@ class GaussianMixtureModel:
 
     def _fitted(self, name):
         if name not in self.__dict__:
-            raise NotFittedError(
+            raise _not_fitted_error(
                 f"This GaussianMixtureModel is not fitted yet: call fit(X) before using {name.rstrip('_')}."
             )
         return self.__dict__[name]
@@ -246,9 +285,9 @@ class GaussianMixtureModel:
         return params, X.astype(params.means.dtype)
 
     def _fitted_params(self, method):
-        if "params" not in self.__dict__:
-            raise NotFittedError(f"This GaussianMixtureModel is not fitted yet: call fit(X) before {method}().")
-        return self.params
+        if "params_" not in self.__dict__:
+            raise _not_fitted_error(f"This GaussianMixtureModel is not fitted yet: call fit(X) before {method}().")
+        return self.params_
 
     # -- inference -------------------------------------------------------------------------
     def fit_predict(self, X, y=None, sample_weight=None):
@@ -296,6 +335,37 @@ class GaussianMixtureModel:
             key = jax.random.fold_in(_key_from_seed(self._resolved_seed()), 1)
         X, labels = _sample_jit(key, params, n_samples)
         return np.asarray(X), np.asarray(labels)
+
+    # -- interoperability (gmmjax/_interop.py; each library imported only when used) -------
+    def to_sklearn(self):
+        """A fitted ``sklearn.mixture.GaussianMixture`` with this model's parameters, shared
+        hyperparameters and fit diagnostics; its predictions equal this model's (float64).
+
+        Raises:
+          ImportError: scikit-learn is not installed.
+        """
+        from gmmjax._interop import model_to_sklearn
+
+        return model_to_sklearn(self)
+
+    @classmethod
+    def from_sklearn(cls, gaussian_mixture) -> "GaussianMixtureModel":
+        """A fitted model from a fitted ``sklearn.mixture.GaussianMixture`` (same predictions)."""
+        from gmmjax._interop import model_from_sklearn
+
+        return model_from_sklearn(cls, gaussian_mixture)
+
+    def to_numpyro(self):
+        """The fitted mixture as a ``numpyro.distributions.MixtureSameFamily`` (see :func:`gmmjax.to_numpyro`)."""
+        from gmmjax._interop import to_numpyro
+
+        return to_numpyro(self._fitted_params("to_numpyro"))
+
+    def to_distrax(self):
+        """The fitted mixture as a ``distrax.MixtureSameFamily`` (see :func:`gmmjax.to_distrax`)."""
+        from gmmjax._interop import to_distrax
+
+        return to_distrax(self._fitted_params("to_distrax"))
 
     # -- persistence -----------------------------------------------------------------------
     def save(self, path):

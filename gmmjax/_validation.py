@@ -42,10 +42,15 @@ def check_data(X, name: str = "X", *, num_features: int | None = None, min_sampl
 
     Raises:
       ValueError: naming what is wrong and how to fix it.
+      TypeError: an object array holds an entry that is not a number (as ``np.asarray`` does).
     """
+    # Wording of the messages below follows scikit-learn's where it has one (its estimator
+    # checks match them), so both libraries' users recognise them.
     if is_traced(X):
         arr = X
     else:
+        if type(X).__module__.startswith("scipy.sparse"):
+            raise ValueError(f"{name} is a sparse matrix, but gmmjax needs dense data: pass {name}.toarray().")
         if isinstance(X, (jax.Array, np.ndarray)):
             arr = X
         else:
@@ -53,21 +58,29 @@ def check_data(X, name: str = "X", *, num_features: int | None = None, min_sampl
                 arr = np.asarray(X)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"{name} must be a 2-D array of numbers: {exc}") from None
-        if arr.dtype == object or not (
-            np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
-        ):
+        if arr.dtype == object:  # numbers stored as Python objects, e.g. X.astype(object)
+            try:
+                arr = arr.astype(np.float64)
+            except TypeError as exc:  # an entry that is no number at all (e.g. a dict)
+                raise TypeError(f"{name} must be a 2-D array of numbers: {exc}") from None
+            except ValueError as exc:  # e.g. a string that is no number
+                raise ValueError(f"{name} must be a 2-D array of numbers: {exc}") from None
+        if not (np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)):
             raise ValueError(f"{name} must be a 2-D array of numbers, got dtype {arr.dtype}.")
         if np.issubdtype(arr.dtype, np.complexfloating):
-            raise ValueError(f"{name} must be real-valued, got dtype {arr.dtype}.")
+            raise ValueError(f"{name} must be real-valued: Complex data not supported (got dtype {arr.dtype}).")
     if arr.ndim != 2:
-        hint = " Reshape a single feature with X.reshape(-1, 1), a single sample with X.reshape(1, -1)."
+        hint = " Reshape your data: X.reshape(-1, 1) for a single feature, X.reshape(1, -1) for a single sample."
         raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {tuple(arr.shape)}.{hint}")
     n, d = arr.shape
     if n == 0 or d == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(arr.shape)}): it needs at least one sample and one feature.")
+        what = "sample" if n == 0 else "feature"
+        raise ValueError(f"{name} has 0 {what}(s) (shape={tuple(arr.shape)}) while a minimum of 1 is required: "
+                         "it needs at least one sample and one feature.")
     if num_features is not None and d != num_features:
         raise ValueError(
-            f"{name} has {d} features, but the model was fitted with {num_features} features."
+            f"{name} has {d} features, but GaussianMixtureModel is expecting {num_features} features as input: "
+            "pass data with the features it was fitted on."
         )
     if n < min_samples:
         raise ValueError(
@@ -136,7 +149,8 @@ def check_sample_weight(sample_weight, num_samples: int, dtype):
         if not np.all(np.isfinite(sw)) or np.any(sw < 0):
             raise ValueError("sample_weight must be finite and non-negative.")
         if not sw.sum() > 0:
-            raise ValueError("sample_weight must have a positive sum.")
+            raise ValueError("sample_weight must have a positive sum, but all weights are zero: give at least one "
+                             "sample a positive weight.")
         return jnp.asarray(sw, dtype=dtype)
     return jnp.broadcast_to(jnp.asarray(sample_weight, dtype), (num_samples,))
 

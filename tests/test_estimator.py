@@ -429,6 +429,18 @@ def test_estimator_imports_and_fits_without_sklearn():
         assert np.all(np.isfinite(m.means_)), m.means_
         np.testing.assert_allclose(m.means_[0], X.mean(axis=0), rtol=1e-4, atol=1e-5)
         m.predict(X); m.score_samples(X); m.sample(3)
+        # the scikit-learn protocol needs no scikit-learn; converting to it says how to install it
+        assert m.__sklearn_is_fitted__() and m.get_params()["num_components"] == 1
+        try:
+            m.to_sklearn()
+        except ImportError as exc:
+            assert "pip install 'gmmjax[sklearn]'" in str(exc), exc
+        else:
+            sys.exit("to_sklearn() worked without scikit-learn")
+        try:
+            gmmjax.GaussianMixtureModel().predict(X)
+        except gmmjax._estimator.NotFittedError as exc:
+            assert type(exc) is gmmjax._estimator.NotFittedError  # not the scikit-learn flavour
         assert not any(name.split(".")[0] == "sklearn" for name in sys.modules)
         print("fitted without sklearn")
     """)

@@ -42,8 +42,8 @@ BAD_FIT_INPUTS = {
     "-inf": ({}, lambda X: _with(X, 5, 0, -np.inf), r"X contains NaN or infinity"),
     "1-D": ({}, lambda X: X[:, 0], r"X must be 2-D \(n_samples, n_features\), got shape \(600,\)\. Reshape"),
     "3-D": ({}, lambda X: X.reshape(300, 2, 2), r"X must be 2-D .* got shape \(300, 2, 2\)"),
-    "no samples": ({}, lambda X: X[:0], r"X is empty \(shape \(0, 2\)\)"),
-    "no features": ({}, lambda X: X[:, :0], r"X is empty \(shape \(600, 0\)\)"),
+    "no samples": ({}, lambda X: X[:0], r"X has 0 sample\(s\) \(shape=\(0, 2\)\) while a minimum of 1 is required"),
+    "no features": ({}, lambda X: X[:, :0], r"X has 0 feature\(s\) \(shape=\(600, 0\)\) while a minimum of 1 is required"),
     "strings": ({}, lambda X: np.array([["a", "b"], ["c", "d"]]), r"X must be a 2-D array of numbers, got dtype"),
     "ragged": ({}, lambda X: [[1.0, 2.0], [3.0]], r"X must be a 2-D array of numbers"),
     "complex": ({}, lambda X: X + 1j, r"X must be real-valued"),
@@ -144,9 +144,9 @@ METHODS = ["predict", "predict_proba", "score_samples", "score", "bic", "aic"]
 
 @pytest.mark.parametrize("method", METHODS)
 def test_wrong_number_of_features(model, X, method):
-    with pytest.raises(ValueError, match=r"X has 3 features, but the model was fitted with 2 features"):
+    with pytest.raises(ValueError, match=r"X has 3 features, but GaussianMixtureModel is expecting 2 features as input"):
         getattr(model, method)(np.c_[X[:10], X[:10, :1]])
-    with pytest.raises(ValueError, match=r"X has 1 features, but the model was fitted with 2 features"):
+    with pytest.raises(ValueError, match=r"X has 1 features, but GaussianMixtureModel is expecting 2 features as input"):
         getattr(model, method)(X[:10, :1])
 
 
