@@ -26,6 +26,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 
 import matplotlib.lines as mlines
 import matplotlib.patches as mpatches
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 from gmmjax import _validation as v
@@ -312,13 +313,15 @@ def plot_lower_bounds(result_or_model, ax=None, *, figsize=(6.4, 4.2)):
     ax.set_xlabel("EM iteration")
     ax.set_ylabel("mean log-likelihood (lower bound)")
     ax.set_title(f"Lower bound of {num_restarts} restart{'s' if num_restarts != 1 else ''}")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     handles = [mlines.Line2D([], [], color="C3", linewidth=2.2, label=f"best restart ({best})")]
     if num_restarts > 1:
         handles.append(mlines.Line2D([], [], color="0.55", linewidth=1.0, label="other restarts"))
-    handles += [mlines.Line2D([], [], color="0.3", marker="o", linestyle="", label="converged"),
-                mlines.Line2D([], [], color="0.3", marker="x", linestyle="", label="stopped at the iteration limit")]
+    ended = {bool(converged[r]) for r in range(num_restarts) if np.isfinite(history[r, 0])}
+    handles += [mlines.Line2D([], [], color="0.3", marker=marker, linestyle="", label=label)
+                for flag, marker, label in ((True, "o", "converged"), (False, "x", "stopped at the iteration limit"))
+                if flag in ended]
     ax.legend(handles=handles, loc="lower right", fontsize="small")
     return ax
 
