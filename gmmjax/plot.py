@@ -26,6 +26,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 
 import matplotlib.lines as mlines
 import matplotlib.patches as mpatches
+import matplotlib.patheffects as patheffects
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 
@@ -222,17 +223,23 @@ def plot_mixture(model_or_params, X=None, ax=None, labels=None, *, n_std: Sequen
         num_label_colors = max(num_components, int(labels.max()) + 1) if labels.size else num_components
         label_colors = _component_colors(num_label_colors)
         point_colors = [label_colors[int(label) % len(label_colors)] for label in labels]
-        size = float(np.clip(3000.0 / max(len(points), 1), 2.0, 20.0))  # smaller dots for more points
-        ax.scatter(points[:, 0], points[:, 1], s=size, c=point_colors, alpha=0.5, linewidths=0,
+        # Smaller, fainter dots for more points, so that dense regions do not saturate.
+        size = float(np.clip(3000.0 / max(len(points), 1), 2.0, 20.0))
+        alpha = float(np.clip(1000.0 / max(len(points), 1), 0.15, 0.6))
+        ax.scatter(points[:, 0], points[:, 1], s=size, c=point_colors, alpha=alpha, linewidths=0,
                    gid="gmmjax-data", zorder=1)
     for k in range(num_components):
         for level_index, level in enumerate(levels):
             width, height, angle = ellipse_geometry(covariances_2d[k], level)
-            ax.add_patch(mpatches.Ellipse(
-                means_2d[k], width, height, angle=angle, fill=False, edgecolor=colors[k],
-                linewidth=2.0 if level_index == 0 else 1.4, linestyle=_LEVEL_STYLES[level_index % len(_LEVEL_STYLES)],
-                gid="gmmjax-ellipse", zorder=3,
-            ))
+            linewidth = 2.0 if level_index == 0 else 1.4
+            ellipse = mpatches.Ellipse(
+                means_2d[k], width, height, angle=angle, fill=False, edgecolor=colors[k], linewidth=linewidth,
+                linestyle=_LEVEL_STYLES[level_index % len(_LEVEL_STYLES)], gid="gmmjax-ellipse", zorder=3,
+            )
+            # A white halo keeps the ellipse visible over points of its own colour.
+            ellipse.set_path_effects([patheffects.Stroke(linewidth=linewidth + 1.6, foreground="white", alpha=0.8),
+                                      patheffects.Normal()])
+            ax.add_patch(ellipse)
     ax.scatter(means_2d[:, 0], means_2d[:, 1], s=90, c=colors, marker="X", edgecolors="black", linewidths=1.0,
                gid="gmmjax-mean", zorder=4)
     ax.autoscale_view()
@@ -252,8 +259,11 @@ def plot_mixture(model_or_params, X=None, ax=None, labels=None, *, n_std: Sequen
                     for i, level in enumerate(levels)]
         handles.append(mlines.Line2D([], [], color="white", marker="X", markeredgecolor="black", markersize=9,
                                      linestyle="", label="means"))
-        ax.legend(handles=handles, loc="best", fontsize="small", framealpha=0.85,
-                  ncol=1 if num_components <= 6 else 2)
+        if num_components <= 6:
+            ax.legend(handles=handles, loc="best", fontsize="small", framealpha=0.85)
+        else:  # a long legend would hide the data: beside the plot instead
+            ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+                      fontsize="small", ncol=1 if num_components <= 16 else 2)
     return ax
 
 
@@ -314,6 +324,7 @@ def plot_lower_bounds(result_or_model, ax=None, *, figsize=(6.4, 4.2)):
     ax.set_ylabel("mean log-likelihood (lower bound)")
     ax.set_title(f"Lower bound of {num_restarts} restart{'s' if num_restarts != 1 else ''}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.ticklabel_format(axis="y", useOffset=False)  # flat histories: plain values, not "1e-7 + -5.99"
     ax.grid(alpha=0.3)
     handles = [mlines.Line2D([], [], color="C3", linewidth=2.2, label=f"best restart ({best})")]
     if num_restarts > 1:
@@ -322,7 +333,7 @@ def plot_lower_bounds(result_or_model, ax=None, *, figsize=(6.4, 4.2)):
     handles += [mlines.Line2D([], [], color="0.3", marker=marker, linestyle="", label=label)
                 for flag, marker, label in ((True, "o", "converged"), (False, "x", "stopped at the iteration limit"))
                 if flag in ended]
-    ax.legend(handles=handles, loc="lower right", fontsize="small")
+    ax.legend(handles=handles, loc="best", fontsize="small")
     return ax
 
 
