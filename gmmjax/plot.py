@@ -77,7 +77,7 @@ def _mixture_params(model_or_params) -> GMMParams:
     return params
 
 
-def full_covariance_matrices(params: GMMParams) -> np.ndarray:
+def _full_covariances(params: GMMParams) -> np.ndarray:
     """The covariance of every component as a ``(K, D, D)`` float64 NumPy array, whatever the type."""
     k, d = params.num_components, params.num_features
     cov = np.asarray(params.covariances, np.float64)
@@ -140,8 +140,9 @@ def plot_mixture(model_or_params, X=None, ax=None, labels=None, *, n_std: Sequen
         (any covariance type) of one mixture.
       X: optional ``(N, D)`` data to scatter.
       ax: matplotlib Axes to draw on; ``None`` makes a new figure.
-      labels: optional ``(N,)`` integer labels colouring the points (e.g. the true components);
-        by default each point gets its most probable component (the model's ``predict``).
+      labels: optional ``(N,)`` integer labels colouring the points (e.g. the true components;
+        label ``k`` gets component ``k``'s colour); by default each point gets the colour of its
+        most probable component (the model's ``predict``).
       n_std: Mahalanobis radii of the ellipses drawn per component (1 and 2 standard
         deviations by default: about 39% and 86% of a 2-D Gaussian's mass).
       max_points: at most this many points are drawn (a fixed random subset, so the picture
@@ -177,7 +178,7 @@ def plot_mixture(model_or_params, X=None, ax=None, labels=None, *, n_std: Sequen
 
     weights = np.asarray(params.weights, np.float64)
     means = np.asarray(params.means, np.float64)
-    covariances = full_covariance_matrices(params)
+    covariances = _full_covariances(params)
 
     data = None
     if X is not None:
