@@ -10,7 +10,7 @@ from gmmjax._covariance import covariances_from_precisions, weighted_sums
 from gmmjax._density import residuals_about
 from gmmjax._loops import compacting_while_loop
 from gmmjax._params import GMMParams
-from gmmjax._stats import m_step_with_diagnostics, stats_from_responsibilities
+from gmmjax._stats import active_mask, m_step_with_diagnostics, stats_from_responsibilities
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 
@@ -29,10 +29,14 @@ def check_init_params(init_params) -> str:
     return init_params
 
 
-def _nearest_center_onehot(residuals: jax.Array) -> jax.Array:
+def _nearest_center_onehot(residuals: jax.Array, active: jax.Array | None = None) -> jax.Array:
     """``(K, c)`` one-hot of each point's nearest center, from residuals ``(K, c, D)`` about
-    the centers (explicit residuals: no ``x² − 2xc + c²`` cancellation)."""
-    labels = jnp.argmin(jnp.sum(residuals * residuals, axis=-1), axis=0)
+    the centers (explicit residuals: no ``x² − 2xc + c²`` cancellation); only the centers
+    that ``active`` (``(K,)`` bool, or ``None`` for all) marks are candidates."""
+    squared_distances = jnp.sum(residuals * residuals, axis=-1)
+    if active is not None:
+        squared_distances = jnp.where(active[:, None], squared_distances, jnp.inf)
+    labels = jnp.argmin(squared_distances, axis=0)
     return (labels[None, :] == jnp.arange(residuals.shape[0])[:, None]).astype(residuals.dtype)
 
 
@@ -58,7 +62,7 @@ def _log_of(weights: jax.Array) -> jax.Array:
     return jnp.where(weights > 0, jnp.log(jnp.where(weights > 0, weights, 1.0)), -jnp.inf)
 
 
-def _sequential_seeding(key, X, num_components, sample_weight, distance_weighted: bool):
+def _sequential_seeding(key, X, num_components, sample_weight, distance_weighted: bool, num_active=None):
     """Draws ``K`` centers from the data one at a time.
 
     Each next center is drawn with probability proportional to the sample weight times the
@@ -66,53 +70,66 @@ def _sequential_seeding(key, X, num_components, sample_weight, distance_weighted
     times an indicator that it differs from every center so far (distinct random points).
     When every point coincides with a center (fewer distinct points than components), it
     falls back to drawing by weight alone.
+
+    Center ``k`` is drawn with ``fold_in(key, k)``, a key that does not depend on ``K``: the
+    first ``K`` centers of a seeding of ``K' > K`` centers are those of ``K`` centers. With
+    ``num_active``, only the first ``num_active`` centers are drawn; the others repeat
+    center 0.
     """
-    keys = jax.random.split(key, num_components)
     log_weight = _log_of(sample_weight)
-    first = jax.random.categorical(keys[0], log_weight)
-    centers = jnp.zeros((num_components, X.shape[1]), X.dtype).at[0].set(X[first])
+    first = jax.random.categorical(jax.random.fold_in(key, 0), log_weight)
+    centers = jnp.broadcast_to(X[first][None, :], (num_components, X.shape[1]))
     min_sq = jnp.sum((X - X[first][None, :]) ** 2, axis=-1)
 
     def add_center(k, carry):
         centers, min_sq = carry
         score = sample_weight * (min_sq if distance_weighted else (min_sq > 0).astype(X.dtype))
         logits = jnp.where(jnp.sum(score) > 0, _log_of(score), log_weight)
-        index = jax.random.categorical(keys[k], logits)
-        centers = centers.at[k].set(X[index])
-        min_sq = jnp.minimum(min_sq, jnp.sum((X - X[index][None, :]) ** 2, axis=-1))
-        return centers, min_sq
+        index = jax.random.categorical(jax.random.fold_in(key, k), logits)
+        new_min_sq = jnp.minimum(min_sq, jnp.sum((X - X[index][None, :]) ** 2, axis=-1))
+        if num_active is None:
+            return centers.at[k].set(X[index]), new_min_sq
+        drawn = k < num_active
+        return (centers.at[k].set(jnp.where(drawn, X[index], centers[k])),
+                jnp.where(drawn, new_min_sq, min_sq))
 
     centers, _ = jax.lax.fori_loop(1, num_components, add_center, (centers, min_sq))
     return centers
 
 
-def kmeans_plusplus(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax.Array) -> jax.Array:
+def kmeans_plusplus(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax.Array, *,
+                    num_active=None) -> jax.Array:
     """k-means++ seeding: ``(K, D)`` centers drawn from the data ``(N, D)``.
 
     Each further center is drawn with probability proportional to the weighted squared
-    distance to the nearest center already chosen.
+    distance to the nearest center already chosen. With ``num_active`` (an int, may be
+    traced), only the first ``num_active`` centers are drawn, the same as
+    ``kmeans_plusplus(key, X, num_active, ...)`` draws; the others repeat center 0.
     """
-    return _sequential_seeding(key, X, num_components, sample_weight, distance_weighted=True)
+    return _sequential_seeding(key, X, num_components, sample_weight, distance_weighted=True,
+                               num_active=num_active)
 
 
 def kmeans(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax.Array,
-           max_steps: int = KMEANS_MAX_STEPS, *, chunk_size: int | None = None) -> jax.Array:
+           max_steps: int = KMEANS_MAX_STEPS, *, chunk_size: int | None = None, num_active=None) -> jax.Array:
     """k-means++ seeding followed by weighted Lloyd steps; returns ``(K, D)`` centers.
 
     A cluster that loses all its points keeps its previous center. Each Lloyd step is one
-    chunked pass over ``X`` (memory ``O(chunk_size · K · D)``).
+    chunked pass over ``X`` (memory ``O(chunk_size · K · D)``). With ``num_active`` (an int,
+    may be traced), only the first ``num_active`` centers are seeded and receive points (as
+    ``kmeans(key, X, num_active, ...)``); the others stay at center 0's seed.
     """
-    centers = kmeans_plusplus(key, X, num_components, sample_weight)
+    centers = kmeans_plusplus(key, X, num_components, sample_weight, num_active=num_active)
     chunk = resolve_chunk_size(chunk_size, X.shape[0], num_components, X.shape[1], X.dtype)
 
     def lloyd(state, operands):
         centers, _, step = state
-        X, sample_weight = operands
+        X, sample_weight, active = operands  # (the loop's rule under vmap needs no batched closures)
 
         def chunk_sums(X_chunk, w_chunk, _):
             # Sums about the old centers: precise for data far from the origin.
             residuals = residuals_about(X_chunk, centers)  # (K, c, D)
-            onehot = _nearest_center_onehot(residuals) * w_chunk[None, :]
+            onehot = _nearest_center_onehot(residuals, active) * w_chunk[None, :]
             return jnp.sum(onehot, axis=1), weighted_sums(residuals, onehot), weighted_sums(jnp.abs(residuals), onehot)
 
         counts, shifted, deviations = sum_over_chunks(chunk_sums, X, sample_weight, chunk)
@@ -129,29 +146,40 @@ def kmeans(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax
 
     # Under vmap, k-means runs that have stopped no longer cost work (see _loops).
     centers, _, _ = compacting_while_loop(keep_going, lloyd, (centers, jnp.array(True), jnp.array(0)),
-                                          (X, sample_weight))
+                                          (X, sample_weight, active_mask(num_components, num_active)))
     return centers
 
 
-def initial_responsibility_fn(key, X, num_components, sample_weight, init_params, chunk_size=None):
+def initial_responsibility_fn(key, X, num_components, sample_weight, init_params, chunk_size=None,
+                              num_active=None):
     """Starting responsibilities for one of :data:`INIT_METHODS`, as a function of a chunk.
 
     ``"kmeans"``, ``"k-means++"`` and ``"random_from_data"`` (distinct data points drawn at
     random by weight) find ``K`` centers on :func:`seeding_sample` and assign each point to
     its nearest center (hard responsibilities); ``"random"`` draws uniform
-    responsibilities per row (keyed by the row's index, so independent of chunking) and
-    normalises them, as scikit-learn does.
+    responsibilities (component ``k`` of row ``n`` with ``fold_in(fold_in(key, n), k)``, so
+    independent of chunking and of ``K``) and normalises them, as scikit-learn does.
+
+    With ``num_active``, only the first ``num_active`` components get responsibility, and
+    they get what ``K = num_active`` would give them (the seeding sample is sized for ``K``
+    though: for ``K > 256`` on more than ``2**14`` rows it is larger than for ``num_active``).
 
     Returns:
       ``(resp_fn, shift)``: ``resp_fn(X_chunk (c, D), row_offset) -> (c, K)`` and a
       ``(K, D)`` shift near the components' means (the centers, or the weighted data mean
       for ``"random"``) for accumulating their moments.
     """
+    active = active_mask(num_components, num_active)
     if init_params == "random":
+        def draw(row):
+            row_key = jax.random.fold_in(key, row)
+            return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(row_key, k), (), X.dtype))(
+                jnp.arange(num_components))
+
         def random_resp(X_chunk, row_offset):
-            rows = row_offset + jnp.arange(X_chunk.shape[0])
-            draw = lambda row: jax.random.uniform(jax.random.fold_in(key, row), (num_components,), X.dtype)
-            resp = jax.vmap(draw)(rows)
+            resp = jax.vmap(draw)(row_offset + jnp.arange(X_chunk.shape[0]))
+            if active is not None:
+                resp = jnp.where(active[None, :], resp, 0.0)
             return resp / jnp.sum(resp, axis=1, keepdims=True)
 
         center = jnp.mean(X, axis=0) if sample_weight is None else (sample_weight @ X) / jnp.sum(sample_weight)
@@ -159,12 +187,13 @@ def initial_responsibility_fn(key, X, num_components, sample_weight, init_params
     sample_key, seed_key = jax.random.split(key)
     X_seed, w_seed = seeding_sample(sample_key, X, sample_weight, num_components)
     if init_params == "random_from_data":
-        centers = _sequential_seeding(seed_key, X_seed, num_components, w_seed, distance_weighted=False)
+        centers = _sequential_seeding(seed_key, X_seed, num_components, w_seed, distance_weighted=False,
+                                      num_active=num_active)
     elif init_params == "k-means++":
-        centers = kmeans_plusplus(seed_key, X_seed, num_components, w_seed)
+        centers = kmeans_plusplus(seed_key, X_seed, num_components, w_seed, num_active=num_active)
     else:
-        centers = kmeans(seed_key, X_seed, num_components, w_seed, chunk_size=chunk_size)
-    return (lambda X_chunk, _: _nearest_center_onehot(residuals_about(X_chunk, centers)).T), centers
+        centers = kmeans(seed_key, X_seed, num_components, w_seed, chunk_size=chunk_size, num_active=num_active)
+    return (lambda X_chunk, _: _nearest_center_onehot(residuals_about(X_chunk, centers), active).T), centers
 
 
 def initialize(
@@ -180,17 +209,22 @@ def initialize(
     means_init=None,
     precisions_init=None,
     chunk_size: int | None = None,
+    num_active=None,
 ):
     """Starting parameters: from ``init_params`` and then any user-given ``*_init`` arrays.
 
     When all three ``*_init`` are given they are used as they are; otherwise the missing
     ones come from an M-step on the initial responsibilities (as in scikit-learn).
+    ``num_active`` (an int, may be traced; not with ``*_init``) starts only the first
+    ``num_active`` components, as ``K = num_active`` would; the others get weight 0.
 
     Returns:
       ``(params, collapsed)``: :class:`GMMParams` and a ``(K,)`` boolean array of
       components that started empty or needed extra regularisation.
     """
     dtype = X.dtype
+    if num_active is not None and not (weights_init is None and means_init is None and precisions_init is None):
+        raise ValueError("num_active cannot be combined with weights_init, means_init or precisions_init.")
     if weights_init is not None and means_init is not None and precisions_init is not None:
         params = GMMParams(
             jnp.asarray(weights_init, dtype),
@@ -199,9 +233,10 @@ def initialize(
             covariance_type,
         )
         return params, jnp.zeros(num_components, bool)
-    resp_fn, shift = initial_responsibility_fn(key, X, num_components, sample_weight, init_params, chunk_size)
+    resp_fn, shift = initial_responsibility_fn(key, X, num_components, sample_weight, init_params, chunk_size,
+                                               num_active)
     stats = stats_from_responsibilities(X, resp_fn, shift, covariance_type, sample_weight, chunk_size=chunk_size)
-    params, collapsed = m_step_with_diagnostics(stats, shift, reg_covar)
+    params, collapsed = m_step_with_diagnostics(stats, shift, reg_covar, num_active)
     if weights_init is not None:
         params = params.replace(weights=jnp.asarray(weights_init, dtype))
     if means_init is not None:
