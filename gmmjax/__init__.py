@@ -11,9 +11,10 @@ from gmmjax._density import component_log_prob, log_prob, responsibilities
 from gmmjax._em import FitResult, fit_em
 from gmmjax._estimator import ConvergenceWarning, GaussianMixtureModel
 from gmmjax._init import INIT_METHODS, kmeans, kmeans_plusplus
+from gmmjax._model_selection import SelectionResult, select_num_components
 from gmmjax._params import COVARIANCE_TYPES, GMMParams
 from gmmjax._sampling import generate_gmm_data, sample
-from gmmjax._selection import aic, bic, num_parameters
+from gmmjax._selection import aic, bic, icl, num_parameters
 from gmmjax._stats import SufficientStats, e_step, em_step, m_step
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "FitResult",
     "GMMParams",
     "GaussianMixtureModel",
+    "SelectionResult",
     "INIT_METHODS",
     "SufficientStats",
     "aic",
@@ -35,6 +37,7 @@ __all__ = [
     "enable_compilation_cache",
     "fit_em",
     "generate_gmm_data",
+    "icl",
     "kmeans",
     "kmeans_plusplus",
     "log_prob",
@@ -43,4 +46,5 @@ __all__ = [
     "precision_cholesky",
     "responsibilities",
     "sample",
+    "select_num_components",
 ]
