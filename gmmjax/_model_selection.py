@@ -140,11 +140,13 @@ def _first_components(params: GMMParams, num_components: int) -> GMMParams:
 
 @functools.partial(
     jax.jit,
-    static_argnames=("max_components", "covariance_types", "criterion", "max_iter", "n_init", "init_params",
-                     "chunk_size", "restart_batch_size"),
+    static_argnames=("max_components", "covariance_types", "max_iter", "n_init", "init_params", "chunk_size",
+                     "restart_batch_size"),
 )
-def _select(key, X, sample_weight, candidates, tol, reg_covar, *, max_components, covariance_types, criterion,
-            max_iter, n_init, init_params, chunk_size, restart_batch_size) -> SelectionResult:
+def _select(key, X, sample_weight, candidates, tol, reg_covar, criterion_index, *, max_components,
+            covariance_types, max_iter, n_init, init_params, chunk_size, restart_batch_size) -> dict:
+    """The compiled program; the criterion is data (an index into CRITERIA), so that changing
+    it does not compile again."""
     fits, tables = [], []
     for covariance_type in covariance_types:  # different shapes: one vmapped batch per type
 
@@ -162,9 +164,9 @@ def _select(key, X, sample_weight, candidates, tol, reg_covar, *, max_components
         fits.append(fit)
         tables.append(scores)
     table = lambda name: jnp.stack([getattr(scores, name) for scores in tables])
-    chosen = table(criterion)
+    chosen = jnp.stack([table(name) for name in CRITERIA])[criterion_index]
     best = jnp.argmin(jnp.where(jnp.isnan(chosen), jnp.inf, chosen))  # first of ties: smallest K of the first type
-    return SelectionResult(
+    return dict(
         num_components=candidates,
         bic=table("bic"),
         aic=table("aic"),
@@ -175,8 +177,6 @@ def _select(key, X, sample_weight, candidates, tol, reg_covar, *, max_components
         fits=tuple(fits),
         best_type_index=best // candidates.shape[0],
         best_index=best % candidates.shape[0],
-        covariance_types=covariance_types,
-        criterion=criterion,
     )
 
 
@@ -258,8 +258,9 @@ def select_num_components(
     (type, ``K``) equals ``fit_em(key, X, K, covariance_type=type, ...)`` with the same
     arguments (same ``n_iter``, same parameters up to floating-point rounding), and its BIC
     and AIC equal :func:`gmmjax.bic` / :func:`gmmjax.aic` of those parameters. Works under
-    ``jit`` (mark ``num_components`` and ``covariance_types`` static) and ``vmap`` (e.g.
-    over equally shaped datasets).
+    ``jit`` (mark ``num_components`` and the other configuration static) and ``vmap`` (e.g.
+    over equally shaped datasets). Changing ``criterion`` or ``tol``/``reg_covar`` reuses the
+    compiled program.
 
     Args:
       key: ``jax.random`` key, used as :func:`gmmjax.fit_em` uses it for every (type, ``K``).
@@ -309,10 +310,10 @@ def select_num_components(
     # All J fits share each pass over a chunk: size chunks for the whole batch.
     chunk_size = resolve_chunk_size(chunk_size, X.shape[0], max_components, X.shape[1], X.dtype,
                                     batch=len(candidates) * restart_batch_size)
-    return _select(
+    fields = _select(
         key, X, sample_weight, jnp.asarray(candidates, jnp.int32), jnp.asarray(tol, X.dtype),
-        jnp.asarray(reg_covar, X.dtype),
-        max_components=max_components, covariance_types=covariance_types, criterion=criterion,
-        max_iter=max_iter, n_init=n_init, init_params=init_params, chunk_size=chunk_size,
-        restart_batch_size=restart_batch_size,
+        jnp.asarray(reg_covar, X.dtype), jnp.asarray(CRITERIA.index(criterion), jnp.int32),
+        max_components=max_components, covariance_types=covariance_types, max_iter=max_iter, n_init=n_init,
+        init_params=init_params, chunk_size=chunk_size, restart_batch_size=restart_batch_size,
     )
+    return SelectionResult(**fields, covariance_types=covariance_types, criterion=criterion)

@@ -191,6 +191,20 @@ def test_criteria_match_sklearn_and_best_model_matches_sklearn(data, selection):
     assert best.num_components == 3 and best.covariance_type == "full"
 
 
+def test_best_model_minimises_the_chosen_criterion():
+    # Two overlapping blobs (same shape as the fixture: no new compilation) on which BIC, AIC and
+    # ICL each prefer a different (type, K).
+    X = O.make_blobs(n=N, d=D, k=2, seed=2, spread=2.5)[0].astype(np.float32)
+    best = {}
+    for criterion in ("bic", "aic", "icl"):
+        result = gj.select_num_components(KEY, X, K_MAX, covariance_types=TYPES, criterion=criterion)
+        table = np.asarray(getattr(result, criterion))
+        assert result.criterion == criterion and result.scores is getattr(result, criterion)
+        best[criterion] = (int(result.best_type_index), int(result.best_index))
+        assert best[criterion] == np.unravel_index(np.argmin(table), table.shape)
+    assert len(set(best.values())) == 3, best
+
+
 # --------------------------------------------------------------------------- transformations
 
 
