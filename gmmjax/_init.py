@@ -157,12 +157,15 @@ def initial_responsibility_fn(key, X, num_components, sample_weight, init_params
     ``"kmeans"``, ``"k-means++"`` and ``"random_from_data"`` (distinct data points drawn at
     random by weight) find ``K`` centers on :func:`seeding_sample` and assign each point to
     its nearest center (hard responsibilities); ``"random"`` draws uniform
-    responsibilities (component ``k`` of row ``n`` with ``fold_in(fold_in(key, n), k)``, so
-    independent of chunking and of ``K``) and normalises them, as scikit-learn does.
+    responsibilities per row (keyed by the row's index, so independent of chunking) and
+    normalises them, as scikit-learn does.
 
     With ``num_active``, only the first ``num_active`` components get responsibility, and
-    they get what ``K = num_active`` would give them (the seeding sample is sized for ``K``
-    though: for ``K > 256`` on more than ``2**14`` rows it is larger than for ``num_active``).
+    they get what ``K = num_active`` would give them: the centers are drawn with keys that do
+    not depend on ``K``, and a row's ``(K,)`` uniform draw begins with its ``(num_active,)``
+    draw (JAX's default ``jax_threefry_partitionable`` random bits depend on the element's
+    index alone; ``test_model_selection`` checks it). The seeding sample is sized for ``K``
+    though: for ``K > 256`` on more than ``2**14`` rows it is larger than for ``num_active``.
 
     Returns:
       ``(resp_fn, shift)``: ``resp_fn(X_chunk (c, D), row_offset) -> (c, K)`` and a
@@ -171,13 +174,10 @@ def initial_responsibility_fn(key, X, num_components, sample_weight, init_params
     """
     active = active_mask(num_components, num_active)
     if init_params == "random":
-        def draw(row):
-            row_key = jax.random.fold_in(key, row)
-            return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(row_key, k), (), X.dtype))(
-                jnp.arange(num_components))
-
         def random_resp(X_chunk, row_offset):
-            resp = jax.vmap(draw)(row_offset + jnp.arange(X_chunk.shape[0]))
+            rows = row_offset + jnp.arange(X_chunk.shape[0])
+            draw = lambda row: jax.random.uniform(jax.random.fold_in(key, row), (num_components,), X.dtype)
+            resp = jax.vmap(draw)(rows)
             if active is not None:
                 resp = jnp.where(active[None, :], resp, 0.0)
             return resp / jnp.sum(resp, axis=1, keepdims=True)

@@ -134,6 +134,14 @@ def test_m_step_with_inactive_components_equals_smaller_m_step():
         covariances = masked.covariances if covariance_type == "tied" else masked.covariances[:2]
         _assert_close(covariances, expected.covariances, name=covariance_type)
 
+def test_uniform_draws_of_k_components_begin_with_those_of_fewer():
+    """init_params="random" relies on it: a row's (K,) draw starts with its (k,) draw (JAX's
+    default jax_threefry_partitionable). If JAX's default changes, this says why a fit moved."""
+    key = jax.random.fold_in(jax.random.key(0), 17)
+    np.testing.assert_array_equal(np.asarray(jax.random.uniform(key, (5,))[:3]),
+                                  np.asarray(jax.random.uniform(key, (3,))))
+
+
 @pytest.mark.slow  # (the equality with separate fits above depends on it too)
 def test_seeding_with_inactive_components_draws_the_same_centers(data):
     X, w = jnp.asarray(data), jnp.ones(N, jnp.float32)
