@@ -12,9 +12,10 @@ from gmmjax._em import FitResult, fit_em
 from gmmjax._estimator import ConvergenceWarning, GaussianMixtureModel
 from gmmjax._init import INIT_METHODS, kmeans, kmeans_plusplus
 from gmmjax._interop import params_from_sklearn, params_to_sklearn, to_distrax, to_numpyro
+from gmmjax._model_selection import SelectionResult, select_num_components
 from gmmjax._params import COVARIANCE_TYPES, GMMParams
 from gmmjax._sampling import generate_gmm_data, sample
-from gmmjax._selection import aic, bic, num_parameters
+from gmmjax._selection import aic, bic, icl, num_parameters
 from gmmjax._stats import SufficientStats, e_step, em_step, m_step
 
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ __all__ = [
     "GMMParams",
     "GaussianMixtureModel",
     "INIT_METHODS",
+    "SelectionResult",
     "SufficientStats",
     "aic",
     "auto_chunk_size",
@@ -36,6 +38,7 @@ __all__ = [
     "enable_compilation_cache",
     "fit_em",
     "generate_gmm_data",
+    "icl",
     "kmeans",
     "kmeans_plusplus",
     "log_prob",
@@ -46,6 +49,7 @@ __all__ = [
     "precision_cholesky",
     "responsibilities",
     "sample",
+    "select_num_components",
     "to_distrax",
     "to_numpyro",
 ]

@@ -60,11 +60,13 @@ class _LoopState(NamedTuple):
 
 
 def run_em(params: GMMParams, X, sample_weight, *, max_iter: int, tol, reg_covar, collapsed=None,
-           chunk_size: int | None = None, report_every: int = 0, restart=None) -> _LoopState:
+           chunk_size: int | None = None, num_active=None, report_every: int = 0, restart=None) -> _LoopState:
     """EM from ``params`` until the mean log-likelihood changes by less than ``tol`` or
     ``max_iter`` iterations have run, as one ``lax.while_loop`` on the device (each
     iteration one chunked pass over ``X``; no host round trip until the loop ends; under
     ``vmap``, fits that have stopped no longer cost work: :mod:`gmmjax._loops`).
+    With ``num_active``, only the first ``num_active`` components are fitted (see
+    :func:`gmmjax._stats.m_step_with_diagnostics`).
 
     ``report_every`` (static; 0: off) sends progress to the host every that many
     iterations, tagged with the ``()`` int ``restart`` index (:mod:`gmmjax._progress`)."""
@@ -76,9 +78,9 @@ def run_em(params: GMMParams, X, sample_weight, *, max_iter: int, tol, reg_covar
         return (state.n_iter < max_iter) & ~state.converged
 
     def step(state: _LoopState, operands) -> _LoopState:
-        X, sample_weight, tol, reg_covar = operands[:4]
+        X, sample_weight, tol, reg_covar, num_active = operands[:5]
         new_params, new_collapsed, lower_bound = _em_step_with_diagnostics(state.params, X, sample_weight, reg_covar,
-                                                                               chunk_size)
+                                                                               chunk_size, num_active)
         converged = jnp.abs(lower_bound - state.lower_bound) < tol
         new_state = _LoopState(
             params=new_params,
@@ -89,7 +91,7 @@ def run_em(params: GMMParams, X, sample_weight, *, max_iter: int, tol, reg_covar
             collapsed=state.collapsed | new_collapsed,
         )
         if report_every:  # progress (static switch: when off the loop has no callback at all)
-            report_em_step(operands[4], keep_going(state, operands), new_state.n_iter, new_state.lower_bound,
+            report_em_step(operands[5], keep_going(state, operands), new_state.n_iter, new_state.lower_bound,
                            new_state.converged, keep_going(new_state, operands), report_every)
         return new_state
 
@@ -102,7 +104,8 @@ def run_em(params: GMMParams, X, sample_weight, *, max_iter: int, tol, reg_covar
         collapsed=collapsed,
     )
     # Under vmap (restarts, datasets) finished fits stop costing work (see _loops).
-    operands = (X, sample_weight, jnp.asarray(tol, dtype), jnp.asarray(reg_covar, dtype))
+    # (num_active travels with the operands: the loop's rule under vmap takes no batched closures)
+    operands = (X, sample_weight, jnp.asarray(tol, dtype), jnp.asarray(reg_covar, dtype), num_active)
     if report_every:  # the restart index travels with its lane (compacting_while_loop regroups lanes)
         operands += (jnp.asarray(restart, jnp.int32),)
     return compacting_while_loop(keep_going, step, initial, operands)
@@ -133,23 +136,24 @@ def select_best(state: _LoopState) -> FitResult:
     )
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("num_components", "covariance_type", "max_iter", "n_init", "init_params", "chunk_size",
-                     "restart_batch_size", "report_every"),
-)
-def _fit_em(key, X, sample_weight, tol, reg_covar, weights_init, means_init, precisions_init, *,
-            num_components, covariance_type, max_iter, n_init, init_params, chunk_size, restart_batch_size,
-            report_every=0):
+def fit_restarts(key, X, sample_weight, tol, reg_covar, weights_init, means_init, precisions_init, *,
+                 num_components, covariance_type, max_iter, n_init, init_params, chunk_size, restart_batch_size,
+                 num_active=None, report_every=0) -> FitResult:
+    """The body of :func:`fit_em` (arguments validated). With ``num_active`` (an int, may be
+    traced, e.g. vmapped over), ``num_components`` is a maximum: only the first
+    ``num_active`` components are fitted and the result equals that of
+    ``num_components=num_active`` padded with weight-0 components (see
+    :mod:`gmmjax._model_selection`). ``report_every``: progress (see :func:`run_em`)."""
     def one_restart(restart_key, restart_index=None):
         params, collapsed = initialize(
             restart_key, X, num_components,
             covariance_type=covariance_type, init_params=init_params, sample_weight=sample_weight,
             reg_covar=reg_covar, weights_init=weights_init, means_init=means_init,
-            precisions_init=precisions_init, chunk_size=chunk_size,
+            precisions_init=precisions_init, chunk_size=chunk_size, num_active=num_active,
         )
         return run_em(params, X, sample_weight, max_iter=max_iter, tol=tol, reg_covar=reg_covar,
-                      collapsed=collapsed, chunk_size=chunk_size, report_every=report_every, restart=restart_index)
+                      collapsed=collapsed, chunk_size=chunk_size, num_active=num_active, report_every=report_every,
+                      restart=restart_index)
 
     keys = restart_keys(key, n_init)
     # With progress on, each restart also carries its index (for the host-side reporter).
@@ -161,6 +165,11 @@ def _fit_em(key, X, sample_weight, tol, reg_covar, weights_init, means_init, pre
     else:  # batches one after another in the same program; each batch stops when it converges
         states = jax.lax.map(lambda r: one_restart(*r), restarts, batch_size=restart_batch_size)
     return select_best(states)
+
+
+_fit_em = jax.jit(fit_restarts, static_argnames=("num_components", "covariance_type", "max_iter", "n_init",
+                                                 "init_params", "chunk_size", "restart_batch_size",
+                                                 "report_every"))
 
 
 def resolve_restart_batch_size(restart_batch_size, n_init: int) -> int:

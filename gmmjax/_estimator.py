@@ -367,6 +367,52 @@ class GaussianMixtureModel:
 
         return to_distrax(self._fitted_params("to_distrax"))
 
+    # -- model selection ---------------------------------------------------------------------
+    @classmethod
+    def select(cls, X, num_components, *, covariance_types="full", criterion="bic", sample_weight=None,
+               **estimator_kwargs) -> "GaussianMixtureModel":
+        """Fits every number of components (and covariance type) in one compiled program
+        (:func:`gmmjax.select_num_components`) and returns the best model, fitted.
+
+        Args:
+          X: ``(N, D)`` data.
+          num_components: an int ``K_max`` (tries ``1..K_max``) or a sequence of ints.
+          covariance_types: a covariance type, a sequence of them, or ``"all"``.
+          criterion: ``"bic"`` (default), ``"aic"`` or ``"icl"`` (lower is better).
+          sample_weight: optional ``(N,)`` weights.
+          **estimator_kwargs: other constructor arguments (``n_init``, ``max_iter``, ``tol``,
+            ``reg_covar``, ``init_params``, ``seed``, ``chunk_size``, ...), used for every fit.
+
+        Returns:
+          A fitted estimator of the winning type and ``K`` (as ``fit`` would give it with the
+          same seed), with ``selection_`` holding the :class:`gmmjax.SelectionResult` table.
+        """
+        from gmmjax._model_selection import select_num_components
+
+        chosen_elsewhere = {"num_components", "n_components", "covariance_type", "weights_init", "means_init",
+                            "precisions_init", "warm_start"} & set(estimator_kwargs)
+        if chosen_elsewhere:
+            raise ValueError(f"select() chooses or does not use {sorted(chosen_elsewhere)}: pass num_components "
+                             "(the values to try) and covariance_types instead.")
+        model = cls(**estimator_kwargs)
+        selection = select_num_components(
+            _key_from_seed(model._resolved_seed()), X, num_components, covariance_types=covariance_types,
+            criterion=criterion, n_init=model.n_init, max_iter=model._resolved_max_iter(), tol=model.tol,
+            reg_covar=model.reg_covar, init_params=model.init_params, sample_weight=sample_weight,
+            chunk_size=model.chunk_size, restart_batch_size=model.restart_batch_size,
+        )
+        best = selection.best_fit()
+        model.set_params(num_components=best.params.num_components, n_components=None,
+                         covariance_type=selection.best_covariance_type)
+        model._store(best, best.params.num_features)
+        model.selection_ = selection
+        if not model.converged_:
+            warnings.warn(f"EM did not converge within {model._resolved_max_iter()} iterations for the selected "
+                          f"model (K={best.params.num_components}, "
+                          f"{selection.best_covariance_type}): increase max_iter or tol.",
+                          ConvergenceWarning, stacklevel=2)
+        return model
+
     # -- persistence -----------------------------------------------------------------------
     def save(self, path):
         """Saves the fitted model to a ``.npz`` file (see :mod:`gmmjax._io` for the format; no pickle)."""

@@ -10,7 +10,7 @@ from gmmjax._covariance import covariances_from_precisions, weighted_sums
 from gmmjax._density import residuals_about
 from gmmjax._loops import compacting_while_loop
 from gmmjax._params import GMMParams
-from gmmjax._stats import m_step_with_diagnostics, stats_from_responsibilities
+from gmmjax._stats import active_mask, m_step_with_diagnostics, stats_from_responsibilities
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 
@@ -29,10 +29,14 @@ def check_init_params(init_params) -> str:
     return init_params
 
 
-def _nearest_center_onehot(residuals: jax.Array) -> jax.Array:
+def _nearest_center_onehot(residuals: jax.Array, active: jax.Array | None = None) -> jax.Array:
     """``(K, c)`` one-hot of each point's nearest center, from residuals ``(K, c, D)`` about
-    the centers (explicit residuals: no ``x² − 2xc + c²`` cancellation)."""
-    labels = jnp.argmin(jnp.sum(residuals * residuals, axis=-1), axis=0)
+    the centers (explicit residuals: no ``x² − 2xc + c²`` cancellation); only the centers
+    that ``active`` (``(K,)`` bool, or ``None`` for all) marks are candidates."""
+    squared_distances = jnp.sum(residuals * residuals, axis=-1)
+    if active is not None:
+        squared_distances = jnp.where(active[:, None], squared_distances, jnp.inf)
+    labels = jnp.argmin(squared_distances, axis=0)
     return (labels[None, :] == jnp.arange(residuals.shape[0])[:, None]).astype(residuals.dtype)
 
 
@@ -73,7 +77,7 @@ def _draw_index(score: jax.Array, uniform: jax.Array) -> jax.Array:
     return jnp.minimum(index, last_positive)
 
 
-def _sequential_seeding(key, X, num_components, sample_weight, distance_weighted: bool):
+def _sequential_seeding(key, X, num_components, sample_weight, distance_weighted: bool, num_active=None):
     """Draws ``K`` centers from the data one at a time.
 
     Each next center is drawn with probability proportional to the sample weight times the
@@ -82,54 +86,67 @@ def _sequential_seeding(key, X, num_components, sample_weight, distance_weighted
     When every point coincides with a center (fewer distinct points than components), it
     falls back to drawing by weight alone.
 
-    All the randomness is one uniform per center, drawn together and turned into indices by
-    :func:`_draw_index`: a single random-number call keeps the compiled program small
-    (each call site of the counter-based generator is a sizeable kernel to compile).
+    Center ``k`` is drawn from uniform ``k`` of one draw of ``K`` uniforms, turned into an
+    index by :func:`_draw_index`. With JAX's default counter-based generator
+    (``jax_threefry_partitionable``) the first ``K`` of ``K' > K`` uniforms are those of ``K``,
+    so the first ``K`` centers of a seeding of ``K'`` are those of ``K`` (model selection relies
+    on it). One random-number call keeps the compiled program small: each call site of the
+    generator is a sizeable kernel to compile. With ``num_active``, only the first
+    ``num_active`` centers are drawn; the others repeat center 0.
     """
     uniforms = jax.random.uniform(key, (num_components,), X.dtype)
     first = _draw_index(sample_weight, uniforms[0])
-    centers = jnp.zeros((num_components, X.shape[1]), X.dtype).at[0].set(X[first])
+    centers = jnp.broadcast_to(X[first][None, :], (num_components, X.shape[1]))
     min_sq = jnp.sum((X - X[first][None, :]) ** 2, axis=-1)
 
     def add_center(k, carry):
         centers, min_sq = carry
         score = sample_weight * (min_sq if distance_weighted else (min_sq > 0).astype(X.dtype))
         index = _draw_index(jnp.where(jnp.sum(score) > 0, score, sample_weight), uniforms[k])
-        centers = centers.at[k].set(X[index])
-        min_sq = jnp.minimum(min_sq, jnp.sum((X - X[index][None, :]) ** 2, axis=-1))
-        return centers, min_sq
+        new_min_sq = jnp.minimum(min_sq, jnp.sum((X - X[index][None, :]) ** 2, axis=-1))
+        if num_active is None:
+            return centers.at[k].set(X[index]), new_min_sq
+        drawn = k < num_active
+        return (centers.at[k].set(jnp.where(drawn, X[index], centers[k])),
+                jnp.where(drawn, new_min_sq, min_sq))
 
     centers, _ = jax.lax.fori_loop(1, num_components, add_center, (centers, min_sq))
     return centers
 
 
-def kmeans_plusplus(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax.Array) -> jax.Array:
+def kmeans_plusplus(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax.Array, *,
+                    num_active=None) -> jax.Array:
     """k-means++ seeding: ``(K, D)`` centers drawn from the data ``(N, D)``.
 
     Each further center is drawn with probability proportional to the weighted squared
-    distance to the nearest center already chosen.
+    distance to the nearest center already chosen. With ``num_active`` (an int, may be
+    traced), only the first ``num_active`` centers are drawn, the same as
+    ``kmeans_plusplus(key, X, num_active, ...)`` draws; the others repeat center 0.
     """
-    return _sequential_seeding(key, X, num_components, sample_weight, distance_weighted=True)
+    return _sequential_seeding(key, X, num_components, sample_weight, distance_weighted=True,
+                               num_active=num_active)
 
 
 def kmeans(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax.Array,
-           max_steps: int = KMEANS_MAX_STEPS, *, chunk_size: int | None = None) -> jax.Array:
+           max_steps: int = KMEANS_MAX_STEPS, *, chunk_size: int | None = None, num_active=None) -> jax.Array:
     """k-means++ seeding followed by weighted Lloyd steps; returns ``(K, D)`` centers.
 
     A cluster that loses all its points keeps its previous center. Each Lloyd step is one
-    chunked pass over ``X`` (memory ``O(chunk_size · K · D)``).
+    chunked pass over ``X`` (memory ``O(chunk_size · K · D)``). With ``num_active`` (an int,
+    may be traced), only the first ``num_active`` centers are seeded and receive points (as
+    ``kmeans(key, X, num_active, ...)``); the others stay at center 0's seed.
     """
-    centers = kmeans_plusplus(key, X, num_components, sample_weight)
+    centers = kmeans_plusplus(key, X, num_components, sample_weight, num_active=num_active)
     chunk = resolve_chunk_size(chunk_size, X.shape[0], num_components, X.shape[1], X.dtype)
 
     def lloyd(state, operands):
         centers, _, step = state
-        X, sample_weight = operands
+        X, sample_weight, active = operands  # (the loop's rule under vmap needs no batched closures)
 
         def chunk_sums(X_chunk, w_chunk, _):
             # Sums about the old centers: precise for data far from the origin.
             residuals = residuals_about(X_chunk, centers)  # (K, c, D)
-            onehot = _nearest_center_onehot(residuals) * w_chunk[None, :]
+            onehot = _nearest_center_onehot(residuals, active) * w_chunk[None, :]
             return jnp.sum(onehot, axis=1), weighted_sums(residuals, onehot), weighted_sums(jnp.abs(residuals), onehot)
 
         counts, shifted, deviations = sum_over_chunks(chunk_sums, X, sample_weight, chunk)
@@ -146,11 +163,12 @@ def kmeans(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax
 
     # Under vmap, k-means runs that have stopped no longer cost work (see _loops).
     centers, _, _ = compacting_while_loop(keep_going, lloyd, (centers, jnp.array(True), jnp.array(0)),
-                                          (X, sample_weight))
+                                          (X, sample_weight, active_mask(num_components, num_active)))
     return centers
 
 
-def initial_responsibility_fn(key, X, num_components, sample_weight, init_params, chunk_size=None):
+def initial_responsibility_fn(key, X, num_components, sample_weight, init_params, chunk_size=None,
+                              num_active=None):
     """Starting responsibilities for one of :data:`INIT_METHODS`, as a function of a chunk.
 
     ``"kmeans"``, ``"k-means++"`` and ``"random_from_data"`` (distinct data points drawn at
@@ -159,16 +177,26 @@ def initial_responsibility_fn(key, X, num_components, sample_weight, init_params
     responsibilities per row (keyed by the row's index, so independent of chunking) and
     normalises them, as scikit-learn does.
 
+    With ``num_active``, only the first ``num_active`` components get responsibility, and
+    they get what ``K = num_active`` would give them: the centers are drawn with keys that do
+    not depend on ``K``, and a row's ``(K,)`` uniform draw begins with its ``(num_active,)``
+    draw (JAX's default ``jax_threefry_partitionable`` random bits depend on the element's
+    index alone; ``test_model_selection`` checks it). The seeding sample is sized for ``K``
+    though: for ``K > 256`` on more than ``2**14`` rows it is larger than for ``num_active``.
+
     Returns:
       ``(resp_fn, shift)``: ``resp_fn(X_chunk (c, D), row_offset) -> (c, K)`` and a
       ``(K, D)`` shift near the components' means (the centers, or the weighted data mean
       for ``"random"``) for accumulating their moments.
     """
+    active = active_mask(num_components, num_active)
     if init_params == "random":
         def random_resp(X_chunk, row_offset):
             rows = row_offset + jnp.arange(X_chunk.shape[0])
             draw = lambda row: jax.random.uniform(jax.random.fold_in(key, row), (num_components,), X.dtype)
             resp = jax.vmap(draw)(rows)
+            if active is not None:
+                resp = jnp.where(active[None, :], resp, 0.0)
             return resp / jnp.sum(resp, axis=1, keepdims=True)
 
         center = jnp.mean(X, axis=0) if sample_weight is None else (sample_weight @ X) / jnp.sum(sample_weight)
@@ -178,12 +206,13 @@ def initial_responsibility_fn(key, X, num_components, sample_weight, init_params
     sample_key, seed_key = jax.random.split(key) if needs_seeding_sample(X, num_components) else (key, key)
     X_seed, w_seed = seeding_sample(sample_key, X, sample_weight, num_components)
     if init_params == "random_from_data":
-        centers = _sequential_seeding(seed_key, X_seed, num_components, w_seed, distance_weighted=False)
+        centers = _sequential_seeding(seed_key, X_seed, num_components, w_seed, distance_weighted=False,
+                                      num_active=num_active)
     elif init_params == "k-means++":
-        centers = kmeans_plusplus(seed_key, X_seed, num_components, w_seed)
+        centers = kmeans_plusplus(seed_key, X_seed, num_components, w_seed, num_active=num_active)
     else:
-        centers = kmeans(seed_key, X_seed, num_components, w_seed, chunk_size=chunk_size)
-    return (lambda X_chunk, _: _nearest_center_onehot(residuals_about(X_chunk, centers)).T), centers
+        centers = kmeans(seed_key, X_seed, num_components, w_seed, chunk_size=chunk_size, num_active=num_active)
+    return (lambda X_chunk, _: _nearest_center_onehot(residuals_about(X_chunk, centers), active).T), centers
 
 
 def initialize(
@@ -199,17 +228,22 @@ def initialize(
     means_init=None,
     precisions_init=None,
     chunk_size: int | None = None,
+    num_active=None,
 ):
     """Starting parameters: from ``init_params`` and then any user-given ``*_init`` arrays.
 
     When all three ``*_init`` are given they are used as they are; otherwise the missing
     ones come from an M-step on the initial responsibilities (as in scikit-learn).
+    ``num_active`` (an int, may be traced; not with ``*_init``) starts only the first
+    ``num_active`` components, as ``K = num_active`` would; the others get weight 0.
 
     Returns:
       ``(params, collapsed)``: :class:`GMMParams` and a ``(K,)`` boolean array of
       components that started empty or needed extra regularisation.
     """
     dtype = X.dtype
+    if num_active is not None and not (weights_init is None and means_init is None and precisions_init is None):
+        raise ValueError("num_active cannot be combined with weights_init, means_init or precisions_init.")
     if weights_init is not None and means_init is not None and precisions_init is not None:
         params = GMMParams(
             jnp.asarray(weights_init, dtype),
@@ -218,9 +252,10 @@ def initialize(
             covariance_type,
         )
         return params, jnp.zeros(num_components, bool)
-    resp_fn, shift = initial_responsibility_fn(key, X, num_components, sample_weight, init_params, chunk_size)
+    resp_fn, shift = initial_responsibility_fn(key, X, num_components, sample_weight, init_params, chunk_size,
+                                               num_active)
     stats = stats_from_responsibilities(X, resp_fn, shift, covariance_type, sample_weight, chunk_size=chunk_size)
-    params, collapsed = m_step_with_diagnostics(stats, shift, reg_covar)
+    params, collapsed = m_step_with_diagnostics(stats, shift, reg_covar, num_active)
     if weights_init is not None:
         params = params.replace(weights=jnp.asarray(weights_init, dtype))
     if means_init is not None:

@@ -181,6 +181,8 @@ def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = No
     center = weights @ params.means
     offsets = params.means - center[None, :]
     severity = jnp.sum(offsets * offsets * _diagonal_precisions(terms, num_features), axis=1)
+    # A component of weight zero (inactive, see m_step) has no responsibility: no exact slot.
+    severity = jnp.where(params.weights > 0, severity, -jnp.inf)
     slots = min(_EXACT_SLOTS, num_components - 1)
     worst, worst_components = jax.lax.top_k(severity, slots + 1)
     limit = _EXPANDED_LIMIT / jnp.finfo(X.dtype).eps
@@ -226,11 +228,31 @@ def stats_from_responsibilities(
     return sum_over_chunks(chunk_stats, X, sample_weight, chunk)
 
 
-def m_step_with_diagnostics(stats: SufficientStats, shift: jax.Array, reg_covar):
+def active_mask(num_components: int, num_active) -> jax.Array | None:
+    """``(K,)`` bool: which of ``K`` components are active when only the first ``num_active``
+    are (``None``, meaning all, when ``num_active`` is ``None``)."""
+    if num_active is None:
+        return None
+    return jnp.arange(num_components) < num_active
+
+
+def _where_active(active: jax.Array, values: jax.Array) -> jax.Array:
+    """``values`` ``(K, ...)`` with the rows of inactive components replaced by row 0's."""
+    mask = active.reshape(active.shape + (1,) * (values.ndim - 1))
+    return jnp.where(mask, values, values[:1])
+
+
+def m_step_with_diagnostics(stats: SufficientStats, shift: jax.Array, reg_covar, num_active=None):
     """M-step that also reports components that were empty or needed extra regularisation.
 
+    With ``num_active`` (a traced int scalar is fine), only the first ``num_active``
+    components are fitted: the others get weight exactly 0 and, as finite placeholders,
+    component 0's mean and covariance, so that the active components come out as an M-step
+    with ``num_active`` components would give them (see :func:`m_step`).
+
     Returns:
-      ``(params, collapsed)`` with ``collapsed`` a ``(K,)`` boolean array.
+      ``(params, collapsed)`` with ``collapsed`` a ``(K,)`` boolean array (never true for
+      an inactive component).
     """
     dtype = stats.first_moments.dtype
     eps = jnp.finfo(dtype).eps
@@ -241,6 +263,14 @@ def m_step_with_diagnostics(stats: SufficientStats, shift: jax.Array, reg_covar)
     offsets = stats.first_moments / counts[:, None]
     raw_cov = covariances_from_moments(stats.second_moments, counts, offsets, stats.covariance_type)
     means = shift + offsets
+    active = active_mask(stats.counts.shape[0], num_active)
+    if active is not None:
+        # Copies of component 0 leave the regularisation's spread (largest variance, range of
+        # the means) as it is without them; a weight of exactly 0 keeps them out of E-steps.
+        counts = jnp.where(active, counts, 0.0)
+        means = _where_active(active, means)
+        if stats.covariance_type != "tied":
+            raw_cov = _where_active(active, raw_cov)
     covariances, repaired = regularize_covariances(raw_cov, jnp.asarray(reg_covar, dtype), stats.covariance_type,
                                                    means)
     params = GMMParams(
@@ -251,10 +281,12 @@ def m_step_with_diagnostics(stats: SufficientStats, shift: jax.Array, reg_covar)
     )
     empty = stats.counts <= eps * total
     collapsed = empty | jnp.broadcast_to(repaired, empty.shape)
+    if active is not None:
+        collapsed = collapsed & active
     return params, collapsed
 
 
-def m_step(stats: SufficientStats, shift: jax.Array, reg_covar=1e-6) -> GMMParams:
+def m_step(stats: SufficientStats, shift: jax.Array, reg_covar=1e-6, *, num_active=None) -> GMMParams:
     """M-step: maximum-likelihood parameters from summed statistics about ``shift``.
 
     Args:
@@ -262,12 +294,15 @@ def m_step(stats: SufficientStats, shift: jax.Array, reg_covar=1e-6) -> GMMParam
       shift: ``(K, D)`` the shift the statistics were accumulated about (for statistics
         from :func:`e_step`, the means of the parameters that produced them).
       reg_covar: non-negative value added to the covariance diagonals.
+      num_active: optional int (may be traced) in ``1..K``: only the first ``num_active``
+        components are fitted; the others get weight exactly 0 (so an E-step gives them no
+        responsibility) and component 0's mean and covariance as placeholders.
 
     Returns:
       New :class:`GMMParams`. Covariances are always positive definite (see
       ``regularize_covariances``); weights are normalised.
     """
-    return m_step_with_diagnostics(stats, shift, reg_covar)[0]
+    return m_step_with_diagnostics(stats, shift, reg_covar, num_active)[0]
 
 
 def em_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = None, reg_covar=1e-6, *,
@@ -289,7 +324,7 @@ def total_weight(X: jax.Array, sample_weight: jax.Array | None) -> jax.Array:
     return jnp.sum(sample_weight)
 
 
-def _em_step_with_diagnostics(params, X, sample_weight, reg_covar, chunk_size=None):
+def _em_step_with_diagnostics(params, X, sample_weight, reg_covar, chunk_size=None, num_active=None):
     stats, log_likelihood = e_step(params, X, sample_weight, chunk_size=chunk_size)
-    new_params, collapsed = m_step_with_diagnostics(stats, params.means, reg_covar)
+    new_params, collapsed = m_step_with_diagnostics(stats, params.means, reg_covar, num_active)
     return new_params, collapsed, log_likelihood / total_weight(X, sample_weight)

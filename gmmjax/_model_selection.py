@@ -1,0 +1,319 @@
+"""Model selection in one compiled program: every number of components (and covariance type)
+fitted as one vmapped batch, scored by BIC, AIC and ICL.
+
+A fit with ``K_max`` components of which only the first ``K`` are active (``num_active``,
+traced) equals the fit with ``K`` components padded with components of weight 0: inactive
+components are never seeded, never receive responsibility, and the random draws for
+component ``k`` do not depend on how many components there are (see :mod:`gmmjax._init`).
+So ``K = 1…K_max`` is one fit vmapped over ``num_active``, and each of its members equals
+``fit_em(key, X, K)`` from the same key (up to floating-point summation order). The
+covariance types have different shapes: they are a Python loop inside the same program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gmmjax import _validation as v
+from gmmjax._chunks import resolve_chunk_size
+from gmmjax._em import FitResult, fit_restarts, resolve_max_iter, resolve_restart_batch_size
+from gmmjax._init import check_init_params
+from gmmjax._params import COVARIANCE_TYPES, GMMParams, check_covariance_type
+from gmmjax._selection import information_criteria
+
+CRITERIA = ("bic", "aic", "icl")
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionResult:
+    """Result of :func:`select_num_components` (``T`` covariance types, ``J`` values of ``K``).
+
+    A pytree: the arrays are leaves (under ``vmap`` over datasets each gains a leading
+    axis); ``covariance_types`` and ``criterion`` are static metadata.
+
+    Attributes:
+      num_components: ``(J,)`` int, the numbers of components tried, increasing.
+      bic, aic, icl: ``(T, J)`` criteria of the fitted mixture for each (type, ``K``); lower
+        is better (see :func:`gmmjax.icl`).
+      mean_log_likelihood: ``(T, J)`` ``log L / n`` of the fitted mixture (the one the
+        criteria score; a fit's ``lower_bound`` is that of the parameters one M-step before).
+      n_iter: ``(T, J)`` int, EM iterations of the best restart.
+      converged: ``(T, J)`` bool.
+      fits: one :class:`gmmjax.FitResult` per covariance type, each leaf with a leading
+        ``(J,)`` axis and ``K_max = max(num_components)`` components, of which those beyond
+        ``num_components[j]`` have weight exactly 0 (their means and covariances repeat
+        component 0's, as placeholders).
+      best_type_index: ``()`` int, index into ``covariance_types`` of the best model.
+      best_index: ``()`` int, index into ``num_components`` of the best model.
+      covariance_types: the covariance types tried (static).
+      criterion: ``"bic"``, ``"aic"`` or ``"icl"``: what "best" minimises (static).
+    """
+
+    num_components: jax.Array
+    bic: jax.Array
+    aic: jax.Array
+    icl: jax.Array
+    mean_log_likelihood: jax.Array
+    n_iter: jax.Array
+    converged: jax.Array
+    fits: tuple
+    best_type_index: jax.Array
+    best_index: jax.Array
+    covariance_types: tuple = ("full",)
+    criterion: str = "bic"
+
+    @property
+    def scores(self) -> jax.Array:
+        """``(T, J)`` the table of the selection criterion."""
+        return getattr(self, self.criterion)
+
+    @property
+    def params(self) -> tuple:
+        """One :class:`GMMParams` per covariance type, leaves with a leading ``(J,)`` axis."""
+        return tuple(fit.params for fit in self.fits)
+
+    @property
+    def best_num_components(self) -> jax.Array:
+        """``()`` the number of components of the best model."""
+        return self.num_components[self.best_index]
+
+    # The helpers below index with concrete values: call them outside jit, on an unbatched result.
+    @property
+    def best_covariance_type(self) -> str:
+        """The covariance type of the best model."""
+        return self.covariance_types[int(self.best_type_index)]
+
+    def fit_for(self, covariance_type: str, num_components: int) -> FitResult:
+        """The :class:`gmmjax.FitResult` of one (type, ``K``), trimmed to its ``K`` components:
+        what ``fit_em(key, X, K, covariance_type=...)`` returns (up to rounding)."""
+        if covariance_type not in self.covariance_types:
+            raise ValueError(f"covariance_type {covariance_type!r} was not tried; tried: {self.covariance_types}.")
+        tried = np.asarray(self.num_components).tolist()
+        if num_components not in tried:
+            raise ValueError(f"num_components={num_components!r} was not tried; tried: {tried}.")
+        fit = self.fits[self.covariance_types.index(covariance_type)]
+        index = tried.index(num_components)
+        # Indexed and trimmed on the host: no small programs compiled for each leaf's shape.
+        fit = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf)[index], fit)
+        fit = fit._replace(
+            params=_first_components(fit.params, num_components),
+            restart_params=_first_components(fit.restart_params, num_components),
+            collapsed_components=fit.collapsed_components[..., :num_components],
+        )
+        return jax.tree_util.tree_map(jnp.asarray, fit)
+
+    def best_fit(self) -> FitResult:
+        """The :class:`gmmjax.FitResult` of the best model, trimmed to its components."""
+        return self.fit_for(self.best_covariance_type, int(self.best_num_components))
+
+    def best_params(self) -> GMMParams:
+        """The :class:`GMMParams` of the best model, trimmed to its components."""
+        return self.best_fit().params
+
+
+jax.tree_util.register_dataclass(
+    SelectionResult,
+    data_fields=["num_components", "bic", "aic", "icl", "mean_log_likelihood", "n_iter", "converged", "fits",
+                 "best_type_index", "best_index"],
+    meta_fields=["covariance_types", "criterion"],
+)
+
+
+def _first_components(params: GMMParams, num_components: int) -> GMMParams:
+    """The first ``num_components`` components of (possibly batched) parameters."""
+    k = num_components
+    covariances = params.covariances
+    if params.covariance_type == "full":
+        covariances = covariances[..., :k, :, :]
+    elif params.covariance_type == "diag":
+        covariances = covariances[..., :k, :]
+    elif params.covariance_type == "spherical":
+        covariances = covariances[..., :k]
+    return params.replace(weights=params.weights[..., :k], means=params.means[..., :k, :], covariances=covariances)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("max_components", "covariance_types", "max_iter", "n_init", "init_params", "chunk_size",
+                     "restart_batch_size"),
+)
+def _select(key, X, sample_weight, candidates, tol, reg_covar, criterion_index, *, max_components,
+            covariance_types, max_iter, n_init, init_params, chunk_size, restart_batch_size) -> dict:
+    """The compiled program; the criterion is data (an index into CRITERIA), so that changing
+    it does not compile again."""
+    fits, tables = [], []
+    for covariance_type in covariance_types:  # different shapes: one vmapped batch per type
+
+        def fit_and_score(num_active):
+            fit = fit_restarts(
+                key, X, sample_weight, tol, reg_covar, None, None, None,
+                num_components=max_components, covariance_type=covariance_type, max_iter=max_iter,
+                n_init=n_init, init_params=init_params, chunk_size=chunk_size,
+                restart_batch_size=restart_batch_size, num_active=num_active,
+            )
+            return fit, information_criteria(fit.params, X, sample_weight, num_active=num_active,
+                                             chunk_size=chunk_size)
+
+        fit, scores = jax.vmap(fit_and_score)(candidates)
+        fits.append(fit)
+        tables.append(scores)
+    table = lambda name: jnp.stack([getattr(scores, name) for scores in tables])
+    chosen = jnp.stack([table(name) for name in CRITERIA])[criterion_index]
+    best = jnp.argmin(jnp.where(jnp.isnan(chosen), jnp.inf, chosen))  # first of ties: smallest K of the first type
+    return dict(
+        num_components=candidates,
+        bic=table("bic"),
+        aic=table("aic"),
+        icl=table("icl"),
+        mean_log_likelihood=table("log_likelihood") / table("num_samples"),
+        n_iter=jnp.stack([fit.n_iter for fit in fits]),
+        converged=jnp.stack([fit.converged for fit in fits]),
+        fits=tuple(fits),
+        best_type_index=best // candidates.shape[0],
+        best_index=best % candidates.shape[0],
+    )
+
+
+def check_num_components_range(num_components, num_samples: int) -> tuple:
+    """The numbers of components to try, as an increasing tuple of ints in ``1..num_samples``."""
+    if isinstance(num_components, numbers.Integral) and not isinstance(num_components, bool):
+        candidates = tuple(range(1, int(num_components) + 1))
+        if num_components < 1:
+            raise ValueError(f"num_components must be at least 1 (it means trying K = 1..num_components), "
+                             f"got {num_components}.")
+    else:
+        try:
+            candidates = tuple(num_components)
+        except TypeError:
+            raise ValueError("num_components must be an int K_max (to try K = 1..K_max) or a sequence of ints, "
+                             f"e.g. range(2, 9); got {num_components!r}.") from None
+        if not candidates or not all(isinstance(k, numbers.Integral) and not isinstance(k, bool)
+                                     for k in candidates):
+            raise ValueError("num_components must be an int K_max (to try K = 1..K_max) or a non-empty sequence "
+                             f"of ints, e.g. range(2, 9); got {num_components!r}.")
+        candidates = tuple(int(k) for k in candidates)
+        if len(set(candidates)) != len(candidates):
+            raise ValueError(f"num_components lists a value more than once: {list(candidates)}.")
+        candidates = tuple(sorted(candidates))
+    if candidates[0] < 1 or candidates[-1] > num_samples:
+        raise ValueError(f"numbers of components must lie within 1..{num_samples} (the number of samples); "
+                         f"got {list(candidates)}: decrease num_components or provide more samples.")
+    return candidates
+
+
+def check_covariance_types(covariance_types) -> tuple:
+    """A covariance type, ``"all"`` or a sequence of types, as a tuple of distinct names."""
+    if isinstance(covariance_types, str):
+        types = COVARIANCE_TYPES if covariance_types == "all" else (covariance_types,)
+    else:
+        try:
+            types = tuple(covariance_types)
+        except TypeError:
+            types = (covariance_types,)
+    if not types:
+        raise ValueError(f"covariance_types must name at least one of {COVARIANCE_TYPES} (or be 'all').")
+    for covariance_type in types:
+        if covariance_type not in COVARIANCE_TYPES:
+            raise ValueError(f"covariance_types must be 'all', one of {COVARIANCE_TYPES} or a sequence of them; "
+                             f"got {covariance_type!r}.")
+    if len(set(types)) != len(types):
+        raise ValueError(f"covariance_types lists a type more than once: {list(types)}.")
+    return tuple(check_covariance_type(t) for t in types)
+
+
+def check_criterion(criterion) -> str:
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}.")
+    return criterion
+
+
+def select_num_components(
+    key: jax.Array,
+    X: jax.typing.ArrayLike,
+    num_components,
+    *,
+    covariance_types="full",
+    criterion: str = "bic",
+    n_init: int = 1,
+    max_iter: int | None = None,
+    tol: float = 1e-3,
+    reg_covar: float = 1e-6,
+    init_params: str = "kmeans",
+    sample_weight: jax.typing.ArrayLike | None = None,
+    chunk_size: int | None = None,
+    restart_batch_size: int | None = None,
+) -> SelectionResult:
+    """Fits every number of components (and covariance type) in one compiled program and
+    scores each fit by BIC, AIC and ICL.
+
+    All values of ``K`` run as one batch vmapped over the number of active components of a
+    ``K_max``-component fit (unused components masked out with weight exactly 0); the
+    covariance types run one after another inside the same program. The fit for each
+    (type, ``K``) equals ``fit_em(key, X, K, covariance_type=type, ...)`` with the same
+    arguments (same ``n_iter``, same parameters up to floating-point rounding), and its BIC
+    and AIC equal :func:`gmmjax.bic` / :func:`gmmjax.aic` of those parameters. Works under
+    ``jit`` (mark ``num_components`` and the other configuration static) and ``vmap`` (e.g.
+    over equally shaped datasets). Changing ``criterion`` or ``tol``/``reg_covar`` reuses the
+    compiled program.
+
+    Args:
+      key: ``jax.random`` key, used as :func:`gmmjax.fit_em` uses it for every (type, ``K``).
+      X: ``(N, D)`` data.
+      num_components: an int ``K_max`` (tries ``K = 1..K_max``) or a sequence of ints
+        (e.g. ``range(2, 9)``), each within ``1..N``.
+      covariance_types: one of ``"full"``, ``"tied"``, ``"diag"``, ``"spherical"``, a
+        sequence of them, or ``"all"``.
+      criterion: ``"bic"`` (default), ``"aic"`` or ``"icl"``; the best model minimises it
+        (ties: the first type, then the smallest ``K``).
+      n_init, max_iter, tol, reg_covar, init_params, chunk_size, restart_batch_size: as in
+        :func:`gmmjax.fit_em` (``chunk_size`` bounds the memory of each pass, which holds
+        all ``J`` fits' temporaries at once).
+      sample_weight: optional ``(N,)`` non-negative weights; the criteria count them as
+        repetitions (``log L`` weighted, ``n = Σ_n s_n``).
+
+    Returns:
+      A :class:`SelectionResult`; ``result.best_params()`` / ``result.best_fit()`` give
+      the winner trimmed to its components.
+
+    Example:
+      >>> import jax, numpy as np, gmmjax as gj
+      >>> means = np.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]])   # three round clusters
+      >>> X = gj.generate_gmm_data(150, np.ones(3) / 3, means, np.stack([np.eye(2)] * 3))
+      >>> result = gj.select_num_components(jax.random.key(0), X, 3, covariance_types=("full", "diag"))
+      >>> result.bic.shape                                          # (types, K = 1..3)
+      (2, 3)
+      >>> int(result.best_num_components), result.best_covariance_type
+      (3, 'diag')
+    """
+    key = v.check_key(key)
+    covariance_types = check_covariance_types(covariance_types)
+    criterion = check_criterion(criterion)
+    init_params = check_init_params(init_params)
+    n_init = v.check_int("n_init", n_init, 1)
+    max_iter = resolve_max_iter(max_iter, None)
+    tol = v.check_nonnegative_float("tol", tol)
+    reg_covar = v.check_nonnegative_float("reg_covar", reg_covar)
+    X = v.check_data(X, "X")
+    candidates = check_num_components_range(num_components, X.shape[0])
+    if sample_weight is not None:  # None stays None: no (N,) array of ones in the loop
+        sample_weight = v.check_sample_weight(sample_weight, X.shape[0], X.dtype)
+    restart_batch_size = resolve_restart_batch_size(restart_batch_size, n_init)
+    if chunk_size is not None:
+        chunk_size = v.check_int("chunk_size", chunk_size, 1)
+    max_components = candidates[-1]
+    # All J fits share each pass over a chunk: size chunks for the whole batch.
+    chunk_size = resolve_chunk_size(chunk_size, X.shape[0], max_components, X.shape[1], X.dtype,
+                                    batch=len(candidates) * restart_batch_size)
+    fields = _select(
+        key, X, sample_weight, jnp.asarray(candidates, jnp.int32), jnp.asarray(tol, X.dtype),
+        jnp.asarray(reg_covar, X.dtype), jnp.asarray(CRITERIA.index(criterion), jnp.int32),
+        max_components=max_components, covariance_types=covariance_types, max_iter=max_iter, n_init=n_init,
+        init_params=init_params, chunk_size=chunk_size, restart_batch_size=restart_batch_size,
+    )
+    return SelectionResult(**fields, covariance_types=covariance_types, criterion=criterion)
