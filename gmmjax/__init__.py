@@ -10,11 +10,13 @@ from gmmjax._covariance import precision_cholesky
 from gmmjax._density import component_log_prob, log_prob, responsibilities
 from gmmjax._em import FitResult, fit_em
 from gmmjax._estimator import ConvergenceWarning, GaussianMixtureModel
+from gmmjax._gradient import fit_gradient
 from gmmjax._init import INIT_METHODS, kmeans, kmeans_plusplus
 from gmmjax._params import COVARIANCE_TYPES, GMMParams
 from gmmjax._sampling import generate_gmm_data, sample
 from gmmjax._selection import aic, bic, num_parameters
 from gmmjax._stats import SufficientStats, e_step, em_step, m_step
+from gmmjax._unconstrained import UnconstrainedParams, from_unconstrained, to_unconstrained, unconstrained_log_prob
 
 __version__ = "0.1.0"
 
@@ -26,6 +28,7 @@ __all__ = [
     "GaussianMixtureModel",
     "INIT_METHODS",
     "SufficientStats",
+    "UnconstrainedParams",
     "aic",
     "auto_chunk_size",
     "bic",
@@ -34,6 +37,8 @@ __all__ = [
     "em_step",
     "enable_compilation_cache",
     "fit_em",
+    "fit_gradient",
+    "from_unconstrained",
     "generate_gmm_data",
     "kmeans",
     "kmeans_plusplus",
@@ -43,4 +48,6 @@ __all__ = [
     "precision_cholesky",
     "responsibilities",
     "sample",
+    "to_unconstrained",
+    "unconstrained_log_prob",
 ]
