@@ -17,10 +17,14 @@ Why the *precision* factor with a *log* diagonal:
 
 Stored diagonal entries are clipped to ``±B`` with ``B = −log(tiny)/4`` of the dtype (21.8
 in float32, 177 in float64): ``P``'s diagonal stays within ``[tiny^¼, tiny^-¼]``, so
-conditional variances stay within ``[√tiny, 1/√tiny]`` (the bounds
-``regularize_covariances`` keeps EM within) and every unconstrained point maps to a finite,
-positive-definite covariance. :func:`to_unconstrained` and :func:`from_unconstrained` are
-inverse to rounding error for every mixture whose variances lie within those bounds.
+conditional variances stay within ``[√tiny, 1/√tiny]`` (``√tiny`` is also the floor
+``regularize_covariances`` keeps EM's variances above). So every unconstrained point is a
+valid mixture: diag and spherical variances are finite and positive; full and tied
+covariances are ``P⁻ᵀ P⁻¹``, positive definite by construction (``P⁻ᵀ`` is their Cholesky
+factor, with a positive diagonal), in floating point as long as their condition number is
+representable in the dtype. The density never forms them: it uses ``P``.
+:func:`to_unconstrained` and :func:`from_unconstrained` are inverse to rounding error for
+every mixture whose conditional variances lie within those bounds.
 """
 
 from __future__ import annotations

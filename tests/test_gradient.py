@@ -92,26 +92,6 @@ def test_variance_floor_is_reg_covar(X):
     _assert_valid(result.params)
 
 
-def test_jit_and_vmap_over_datasets_and_restarts_equal_single_fits(X):
-    """Restart ``r`` of a fit is the single fit with ``split(key, n_init)[r]`` (restarts are
-    vmapped inside), and a jitted vmap over datasets equals fitting each dataset alone."""
-    datasets = np.stack([X, X[::-1] * 2.0 + 1.0])
-    keys = jax.random.split(jax.random.key(5), 2)
-    fit = jax.jit(jax.vmap(lambda key, data: gj.fit_gradient(key, data, 2, num_steps=STEPS, n_init=2)))
-    batched = fit(keys, datasets)
-    assert batched.restart_lower_bounds.shape == (2, 2) and batched.lower_bound_history.shape == (2, 2, STEPS)
-    for i in range(2):
-        for r, restart_key in enumerate(jax.random.split(keys[i], 2)):
-            single = gj.fit_gradient(restart_key, datasets[i], 2, num_steps=STEPS)
-            np.testing.assert_allclose(batched.restart_params.means[i, r], single.params.means, rtol=1e-4,
-                                       atol=1e-4)
-            np.testing.assert_allclose(batched.lower_bound_history[i, r], single.lower_bound_history[0],
-                                       rtol=1e-4)
-        best = int(np.argmax(np.asarray(batched.restart_lower_bounds[i])))
-        assert int(batched.best_restart[i]) == best
-        np.testing.assert_array_equal(batched.params.means[i], batched.restart_params.means[i, best])
-
-
 def _user_start(X):
     w0, m0, c0 = O.initial_parameters(X, 2, "full", seed=1)
     return (w0, m0, c0), dict(weights_init=w0, means_init=m0, precisions_init=O.precisions_from_covariances(c0, "full"))
@@ -132,6 +112,30 @@ def test_minibatches_are_keyed_and_reach_em(X, fitted):
     assert float(first.lower_bound) == pytest.approx(float(np.mean(final)), abs=1e-4)
     # it reaches EM's maximum (EM from k-means; both find the same one on these data)
     assert float(first.lower_bound) >= float(em_fit.lower_bound) - 0.01 * abs(float(em_fit.lower_bound))
+
+
+def test_jit_and_vmap_over_datasets_and_restarts_equal_single_fits(X):
+    """Restart ``r`` of a fit is the single fit with ``split(key, n_init)[r]`` (restarts are
+    vmapped inside; here they differ by their minibatches), and a jitted vmap over datasets
+    equals fitting each dataset alone (the single fits are the minibatch test's)."""
+    _, start = _user_start(X)
+    datasets = np.stack([X, X[::-1]])
+    keys = jax.random.split(jax.random.key(5), 2)
+    fit = jax.jit(jax.vmap(lambda key, data: gj.fit_gradient(key, data, 2, num_steps=STEPS, n_init=2, batch_size=64,
+                                                             **start)))
+    batched = fit(keys, datasets)
+    assert batched.restart_lower_bounds.shape == (2, 2) and batched.lower_bound_history.shape == (2, 2, STEPS)
+    for i in range(2):
+        for r, restart_key in enumerate(jax.random.split(keys[i], 2)):
+            single = gj.fit_gradient(restart_key, datasets[i], 2, num_steps=STEPS, batch_size=64, **start)
+            np.testing.assert_allclose(batched.restart_params.means[i, r], single.params.means, rtol=1e-4,
+                                       atol=1e-4)
+            np.testing.assert_allclose(batched.lower_bound_history[i, r], single.lower_bound_history[0],
+                                       rtol=1e-4)
+        assert not np.allclose(batched.lower_bound_history[i, 0], batched.lower_bound_history[i, 1])
+        best = int(np.argmax(np.asarray(batched.restart_lower_bounds[i])))
+        assert int(batched.best_restart[i]) == best
+        np.testing.assert_array_equal(batched.params.means[i], batched.restart_params.means[i, best])
 
 
 def test_weighted_objective_user_start_and_tol(X):
@@ -175,11 +179,6 @@ def test_high_dimension_large_learning_rate_stays_finite_for_ten_thousand_steps(
     _assert_valid(result.params)
 
 
-def test_gradient_through_the_fit_matches_finite_differences_in_float64():
-    result = x64.results()["fd_fit_gradient"]
-    assert result == "ok", result
-
-
 # --------------------------------------------------------------------------- validation
 
 
@@ -216,8 +215,12 @@ def test_estimator_gradient_fit_is_fit_gradient(X, fitted, tmp_path):
     assert model.lower_bound_ == float(grad_fit.lower_bound) and model.n_iter_ == STEPS and not model.converged_
     assert model.lower_bounds_.shape == (STEPS,)
     assert model.get_params()["fit_method"] == "gradient" and model.get_params()["num_steps"] == STEPS
-    # save/load: an optimizer object cannot go into the JSON hyperparameters; it is stored as None
+    # an optimizer object survives scikit-learn's clone (static configuration: the copy is equal)
+    from sklearn.base import clone
+
     model.set_params(optimizer=FAST_ADAM)
+    assert clone(model).get_params()["optimizer"] == FAST_ADAM
+    # save/load: an optimizer object cannot go into the JSON hyperparameters; it is stored as None
     with pytest.warns(UserWarning, match="optimizer object is not saved"):
         model.save(tmp_path / "m.npz")
     loaded = GaussianMixtureModel.load(tmp_path / "m.npz")
@@ -241,3 +244,13 @@ def test_estimator_gradient_fit_is_fit_gradient(X, fitted, tmp_path):
 def test_estimator_validates_fit_method(X, kwargs, match):
     with pytest.raises(ValueError, match=match):
         GaussianMixtureModel(2, **kwargs).fit(X)
+
+
+# --------------------------------------------------------------------------- float64 (subprocess; last, so it
+# has run in the background meanwhile)
+
+
+def test_gradient_through_the_fit_matches_finite_differences_in_float64():
+    """jax.grad of the fitted lower bound with respect to the data, through five Adam steps."""
+    result = x64.results()["fd_fit_gradient"]
+    assert result == "ok", result

@@ -154,6 +154,19 @@ def test_covariance_cholesky_factor_is_the_inverse_transpose_of_the_precision_fa
                                rtol=1e-4, atol=1e-5)
 
 
+@jax.jit
+def _gradients(params, u, X):
+    """Gradients of the mean log-density: in ``u`` and ``X`` directly, in ``u`` through
+    ``log_prob(from_unconstrained(u))``, and in ``params`` through ``to_unconstrained``."""
+    def mean_log_density(u, X):
+        return jnp.mean(gj.unconstrained_log_prob(u, X))
+
+    value, (grad_u, grad_x) = jax.value_and_grad(mean_log_density, argnums=(0, 1))(u, X)
+    grad_u_via_params = jax.grad(lambda u: jnp.mean(gj.log_prob(gj.from_unconstrained(u), X)))(u)
+    grad_params = jax.grad(lambda p: mean_log_density(gj.to_unconstrained(p), X))(params)
+    return value, grad_u, grad_x, grad_u_via_params, grad_params, gj.from_unconstrained(u)
+
+
 @pytest.mark.parametrize("covariance_type", ["full", "diag"])
 def test_gradients_are_finite_at_extreme_valid_points(covariance_type):
     """Weights near zero, variances 1e-6 … 1e6, strong correlation, data 1e4 σ away."""
@@ -165,22 +178,11 @@ def test_gradients_are_finite_at_extreme_valid_points(covariance_type):
         cov = np.stack([scales**2, np.ones(D), np.full(D, 1e-6)])
     p = gj.GMMParams(jnp.asarray([1e-30, 0.5, 0.5], jnp.float32), jnp.zeros((K, D), jnp.float32),
                      jnp.asarray(cov, jnp.float32), covariance_type)
-    X = jnp.asarray([[0.0, 0.0, 0.0, 0.0], [1e4, -1e4, 1e4, 1.0], [1e-3, 2.0, -3e3, 0.5]], jnp.float32)
+    extreme = [[0.0, 0.0, 0.0, 0.0], [1e4, -1e4, 1e4, 1.0], [1e-3, 2.0, -3e3, 0.5]]
+    X = np.concatenate([np.asarray(extreme, np.float32), _X_SMALL[3:]])  # the shape the other tests use
 
-    def mean_log_density(u, X):
-        return jnp.mean(gj.unconstrained_log_prob(u, X))
-
-    @jax.jit
-    def gradients(p, X):
-        u = gj.to_unconstrained(p)
-        value, grad_u_x = jax.value_and_grad(mean_log_density, argnums=(0, 1))(u, X)
-        # through the round trip from the constrained parameters as well
-        grad_p = jax.grad(lambda p: mean_log_density(gj.to_unconstrained(p), X))(p)
-        return value, grad_u_x, grad_p, gj.from_unconstrained(u)
-
-    value, grad_u_x, grad_p, back = gradients(p, X)
-    assert np.isfinite(float(value))
-    for leaf in jax.tree_util.tree_leaves((grad_u_x, grad_p)):
+    *results, back = _gradients(p, _round_trip(p)[0], X)
+    for leaf in jax.tree_util.tree_leaves(results):
         assert np.all(np.isfinite(np.asarray(leaf)))
     _assert_positive_definite(back.covariances, covariance_type)
 
@@ -230,21 +232,14 @@ def test_grad_matches_the_closed_form_and_the_route_through_from_unconstrained(X
     """d Σ log p / dμ_k = Σ_n r_nk Σ_k⁻¹ (x_n − μ_k) (scipy responsibilities, NumPy solve), and
     the gradient through ``log_prob(from_unconstrained(u))`` is the same as the direct one."""
     u = _random_unconstrained("full", seed=7)
-
-    @jax.jit
-    def both_gradients(u):
-        direct = jax.grad(lambda u: jnp.sum(gj.unconstrained_log_prob(u, X)))(u)
-        via_params = jax.grad(lambda u: jnp.sum(gj.log_prob(gj.from_unconstrained(u), X)))(u)
-        return direct, via_params, gj.from_unconstrained(u)
-
-    grad, grad_via_params, p = both_gradients(u)
+    _, grad, _, grad_via_params, _, p = _gradients(_params("full"), u, X)
     assert isinstance(grad, gj.UnconstrainedParams) and grad.covariance_type == "full"
     for a, b in zip(jax.tree_util.tree_leaves(grad), jax.tree_util.tree_leaves(grad_via_params)):
         O.assert_rel_close(a, b, 1e-4, "two routes")
     w, m, c = (np.asarray(a, np.float64) for a in (p.weights, p.means, p.covariances))
     r = O.responsibilities(w, m, c, "full", X)
     closed = np.stack([np.linalg.solve(c[k], ((X - m[k]) * r[:, k:k + 1]).sum(0)) for k in range(K)])
-    O.assert_rel_close(grad.means, closed, 1e-4, "d/dmeans")
+    O.assert_rel_close(grad.means * X.shape[0], closed, 1e-4, "d/dmeans")
 
 
 # --------------------------------------------------------------------------- float64 (subprocess; last, so it
