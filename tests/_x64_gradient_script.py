@@ -13,6 +13,7 @@ Oracles: central finite differences and scipy (``_oracles.py``). The tests start
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import subprocess
@@ -22,6 +23,7 @@ import traceback
 
 _TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 _PROCESS = None
+_RESULTS = None
 
 
 def start():
@@ -35,19 +37,32 @@ def start():
         _PROCESS = subprocess.Popen([sys.executable, os.path.abspath(__file__)], stdout=out, stderr=err, env=env,
                                     cwd=root)
         _PROCESS.output_files = (out, err)
+        atexit.register(_stop)
     return _PROCESS
+
+
+def _stop():
+    """At exit: ends the subprocess if no test waited for it, and closes its output files."""
+    if _PROCESS.poll() is None:
+        _PROCESS.kill()
+        _PROCESS.wait()
+    for f in _PROCESS.output_files:
+        f.close()
 
 
 def results(timeout=600) -> dict:
     """``{check: "ok" | traceback}`` from the subprocess (starting it if needed)."""
-    proc = start()
-    proc.wait(timeout=timeout)
-    stdout, stderr = ((f.seek(0), f.read())[1] for f in proc.output_files)
-    lines = [line for line in stdout.splitlines() if line.startswith("X64_RESULTS ")]
-    if not lines:
-        raise AssertionError(f"float64 subprocess gave no results (exit {proc.returncode}):\n{stdout[-3000:]}\n"
-                             f"{stderr[-3000:]}")
-    return json.loads(lines[-1][len("X64_RESULTS "):])
+    global _RESULTS
+    if _RESULTS is None:
+        proc = start()
+        proc.wait(timeout=timeout)
+        stdout, stderr = ((f.seek(0), f.read())[1] for f in proc.output_files)
+        lines = [line for line in stdout.splitlines() if line.startswith("X64_RESULTS ")]
+        if not lines:
+            raise AssertionError(f"float64 subprocess gave no results (exit {proc.returncode}):\n"
+                                 f"{stdout[-3000:]}\n{stderr[-3000:]}")
+        _RESULTS = json.loads(lines[-1][len("X64_RESULTS "):])
+    return _RESULTS
 
 
 def _checks():
