@@ -364,10 +364,11 @@ def fit_gradient(
       A :class:`~gmmjax.FitResult`: ``lower_bound`` is the mean log-likelihood of the
       parameters before the last step (EM's convention; one step from the returned ones),
       or with minibatches that of the final parameters on all the data;
-      ``lower_bound_history`` ``(R, num_steps)`` the mean
-      log-likelihood (batch estimate with minibatches) before each step, NaN for a step
-      skipped because its objective or gradient was not finite and after a restart stopped; ``n_iter`` the steps taken (``num_steps`` without ``tol``);
-      ``converged`` whether ``tol`` was met (always false without ``tol``);
+      ``lower_bound_history`` ``(R, num_steps)`` the mean log-likelihood (batch estimate
+      with minibatches) before each step, NaN for a step skipped because its objective or
+      gradient was not finite and after a restart stopped; ``n_iter`` the steps taken
+      (``num_steps`` without ``tol``); ``converged`` whether ``tol`` was met (always false
+      without ``tol``);
       ``collapsed_components`` components that started empty or reached the variance
       floor ``reg_covar``.
 

@@ -110,7 +110,7 @@ def log_diagonal_bound(dtype) -> float:
 
 
 def raw_log_diagonal(u: UnconstrainedParams) -> jax.Array:
-    """The stored log-diagonal of ``P`` (unclipped): ``(K, D)`` full, ``(D,)`` tied, ``(K, D)`` diag, ``(K,)`` spherical."""
+    """The stored log-diagonal of ``P`` (unclipped): ``(K, D)`` full/diag, ``(D,)`` tied, ``(K,)`` spherical."""
     raw = u.raw_precision_cholesky
     return jnp.diagonal(raw, axis1=-2, axis2=-1) if _is_matrix(u.covariance_type) else raw
 
