@@ -10,6 +10,7 @@ from gmmjax._covariance import precision_cholesky
 from gmmjax._density import component_log_prob, log_prob, responsibilities
 from gmmjax._em import FitResult, fit_em
 from gmmjax._estimator import ConvergenceWarning, GaussianMixtureModel
+from gmmjax._gradient import fit_gradient
 from gmmjax._init import INIT_METHODS, kmeans, kmeans_plusplus
 from gmmjax._interop import params_from_sklearn, params_to_sklearn, to_distrax, to_numpyro
 from gmmjax._model_selection import SelectionResult, select_num_components
@@ -17,6 +18,7 @@ from gmmjax._params import COVARIANCE_TYPES, GMMParams
 from gmmjax._sampling import generate_gmm_data, sample
 from gmmjax._selection import aic, bic, icl, num_parameters
 from gmmjax._stats import SufficientStats, e_step, em_step, m_step
+from gmmjax._unconstrained import UnconstrainedParams, from_unconstrained, to_unconstrained, unconstrained_log_prob
 
 __version__ = "0.1.0"
 
@@ -29,6 +31,7 @@ __all__ = [
     "INIT_METHODS",
     "SelectionResult",
     "SufficientStats",
+    "UnconstrainedParams",
     "aic",
     "auto_chunk_size",
     "bic",
@@ -37,6 +40,8 @@ __all__ = [
     "em_step",
     "enable_compilation_cache",
     "fit_em",
+    "fit_gradient",
+    "from_unconstrained",
     "generate_gmm_data",
     "icl",
     "kmeans",
@@ -52,4 +57,6 @@ __all__ = [
     "select_num_components",
     "to_distrax",
     "to_numpyro",
+    "to_unconstrained",
+    "unconstrained_log_prob",
 ]

@@ -1,6 +1,7 @@
 """``GaussianMixtureModel``: a scikit-learn-style estimator over the functional core.
 
-It validates input, converts arrays, calls :func:`gmmjax.fit_em` and stores the results;
+It validates input, converts arrays, calls :func:`gmmjax.fit_em` (or
+:func:`gmmjax.fit_gradient`) and stores the results;
 it contains no mixture maths of its own. It imports without scikit-learn.
 """
 
@@ -18,6 +19,7 @@ from gmmjax import _validation as v
 from gmmjax._covariance import precision_cholesky, precisions_from_precision_cholesky
 from gmmjax._density import log_prob, responsibilities
 from gmmjax._em import fit_em, resolve_max_iter
+from gmmjax._gradient import DEFAULT_NUM_STEPS, fit_gradient
 from gmmjax._params import GMMParams
 from gmmjax._sampling import _sample_jit
 from gmmjax._selection import aic as _aic
@@ -94,6 +96,14 @@ class GaussianMixtureModel:
       verbose: show the fit's progress on stderr (see :func:`gmmjax.fit_em`); default off.
       verbose_interval: iterations between progress reports (default 10).
       n_components, max_iter, random_state: scikit-learn's names for the above.
+      fit_method: ``"em"`` (default) or ``"gradient"``: maximise the log-likelihood with an
+        optax optimizer (:func:`gmmjax.fit_gradient`) from the same initialisation. A
+        gradient fit runs ``num_steps`` steps; ``num_iters``/``max_iter`` and ``tol`` apply
+        to EM only, and ``converged_`` is false for a gradient fit (no convergence test).
+      optimizer: optax ``GradientTransformation`` for ``fit_method="gradient"``
+        (``None``: ``optax.adam(1e-2)``). :meth:`save` does not store it (see there).
+      num_steps: optimizer steps for ``fit_method="gradient"`` (``None``: 1000).
+      batch_size: rows per step for ``fit_method="gradient"`` (``None``: all of them).
 
     Fitted attributes: ``weights_``, ``means_``, ``covariances_``, ``precisions_``,
     ``precisions_cholesky_``, ``converged_``, ``n_iter_``, ``lower_bound_``,
@@ -136,6 +146,10 @@ class GaussianMixtureModel:
         restart_batch_size=None,
         verbose=0,
         verbose_interval=10,
+        fit_method="em",
+        optimizer=None,
+        num_steps=None,
+        batch_size=None,
     ):
         self.num_components = num_components
         self.num_iters = num_iters
@@ -156,6 +170,10 @@ class GaussianMixtureModel:
         self.restart_batch_size = restart_batch_size
         self.verbose = verbose
         self.verbose_interval = verbose_interval
+        self.fit_method = fit_method
+        self.optimizer = optimizer
+        self.num_steps = num_steps
+        self.batch_size = batch_size
 
     # -- scikit-learn's parameter protocol -------------------------------------------------
     @classmethod
@@ -202,12 +220,24 @@ class GaussianMixtureModel:
     def _chunk_size(self):
         return None if self.chunk_size is None else v.check_int("chunk_size", self.chunk_size, 1)
 
+    def _resolved_fit_method(self) -> str:
+        if self.fit_method not in ("em", "gradient"):
+            raise ValueError(f"fit_method must be 'em' or 'gradient', got {self.fit_method!r}.")
+        if self.fit_method == "em":
+            given = [f"{name}={getattr(self, name)!r}" for name in ("optimizer", "num_steps", "batch_size")
+                     if getattr(self, name) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} given, but optimizer, num_steps and batch_size are used only "
+                                 "by fit_method='gradient': set fit_method='gradient' or leave them None.")
+        return self.fit_method
+
     def _resolved_seed(self):
         return v.resolve_alias("seed", self.seed, "random_state", self.random_state, None)
 
     # -- fitting ---------------------------------------------------------------------------
     def fit(self, X, y=None, sample_weight=None):
         """Fits the mixture to ``X`` ``(N, D)``; ``sample_weight`` ``(N,)`` optional. Returns ``self``."""
+        fit_method = self._resolved_fit_method()
         num_components = self._resolved_num_components()
         max_iter = self._resolved_max_iter()
         key = _key_from_seed(self._resolved_seed())
@@ -223,14 +253,23 @@ class GaussianMixtureModel:
                                  "features as the previous fit: set warm_start=False to start afresh.")
             init = dict(weights_init=self.weights_, means_init=self.means_, precisions_init=self.precisions_)
             n_init = 1
-        result = fit_em(
-            key, X, num_components, covariance_type=self.covariance_type, max_iter=max_iter, tol=self.tol,
-            reg_covar=self.reg_covar, n_init=n_init, init_params=self.init_params,
-            sample_weight=sample_weight, chunk_size=self.chunk_size, restart_batch_size=self.restart_batch_size,
-            verbose=self.verbose, verbose_interval=self.verbose_interval, **init,
-        )
+        if fit_method == "gradient":
+            result = fit_gradient(
+                key, X, num_components, optimizer=self.optimizer,
+                num_steps=DEFAULT_NUM_STEPS if self.num_steps is None else self.num_steps,
+                batch_size=self.batch_size, covariance_type=self.covariance_type, reg_covar=self.reg_covar,
+                n_init=n_init, init_params=self.init_params, sample_weight=sample_weight,
+                chunk_size=self.chunk_size, **init,
+            )
+        else:
+            result = fit_em(
+                key, X, num_components, covariance_type=self.covariance_type, max_iter=max_iter, tol=self.tol,
+                reg_covar=self.reg_covar, n_init=n_init, init_params=self.init_params,
+                sample_weight=sample_weight, chunk_size=self.chunk_size, restart_batch_size=self.restart_batch_size,
+                verbose=self.verbose, verbose_interval=self.verbose_interval, **init,
+            )
         self._store(result, result.params.num_features)
-        if not self.converged_:
+        if fit_method == "em" and not self.converged_:
             warnings.warn(
                 f"EM did not converge within {max_iter} iterations (tol={self.tol}): increase num_iters "
                 "(max_iter) or tol, try more restarts (n_init), or check for degenerate data.",
@@ -415,7 +454,12 @@ class GaussianMixtureModel:
 
     # -- persistence -----------------------------------------------------------------------
     def save(self, path):
-        """Saves the fitted model to a ``.npz`` file (see :mod:`gmmjax._io` for the format; no pickle)."""
+        """Saves the fitted model to a ``.npz`` file (see :mod:`gmmjax._io` for the format; no pickle).
+
+        An ``optimizer`` object (a pair of functions) cannot be stored without pickle: it is
+        saved as ``None`` with a warning, so the loaded model refits with the default
+        optimizer unless you ``set_params(optimizer=...)``.
+        """
         from gmmjax._io import save_model
 
         self._fitted_params("save")

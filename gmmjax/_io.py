@@ -7,7 +7,8 @@ File format (``format_version`` 1), one NumPy ``.npz`` archive with these arrays
   (scikit-learn's shape for the type), in the dtype they were fitted in;
 - ``converged``, ``n_iter``, ``lower_bound``, ``lower_bounds`` (history of the best restart),
   ``collapsed_components``;
-- ``hyperparameters``: a JSON object with the constructor's scalar arguments;
+- ``hyperparameters``: a JSON object with the constructor's scalar arguments (an optax
+  ``optimizer`` object is stored as ``null``, with a warning: functions need pickle);
 - optionally ``weights_init``, ``means_init``, ``precisions_init`` and ``seed_key_data``
   (when the seed was a ``jax.random.key``).
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +39,11 @@ def save_model(model, path) -> None:
         if name in _INIT_ARRAYS:
             if value is not None:
                 arrays[name] = np.asarray(value)
+        elif name == "optimizer" and value is not None:
+            warnings.warn("The optimizer object is not saved (it is a pair of functions, which needs pickle): "
+                          "the loaded model has optimizer=None (optax.adam(1e-2)); set_params(optimizer=...) "
+                          "before refitting.", UserWarning, stacklevel=3)
+            hyper[name] = None
         elif isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jax.dtypes.prng_key):
             arrays["seed_key_data"] = np.asarray(jax.random.key_data(value))
             hyper[name] = None
