@@ -434,6 +434,8 @@ class GaussianMixtureModel:
             raise ValueError(f"select() chooses or does not use {sorted(chosen_elsewhere)}: pass num_components "
                              "(the values to try) and covariance_types instead.")
         model = cls(**estimator_kwargs)
+        if model.fit_method != "em":
+            raise ValueError(f"select() fits by EM; fit_method={model.fit_method!r} is not supported there.")
         selection = select_num_components(
             _key_from_seed(model._resolved_seed()), X, num_components, covariance_types=covariance_types,
             criterion=criterion, n_init=model.n_init, max_iter=model._resolved_max_iter(), tol=model.tol,

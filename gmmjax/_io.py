@@ -7,8 +7,9 @@ File format (``format_version`` 1), one NumPy ``.npz`` archive with these arrays
   (scikit-learn's shape for the type), in the dtype they were fitted in;
 - ``converged``, ``n_iter``, ``lower_bound``, ``lower_bounds`` (history of the best restart),
   ``collapsed_components``;
-- ``hyperparameters``: a JSON object with the constructor's scalar arguments (an optax
-  ``optimizer`` object is stored as ``null``, with a warning: functions need pickle);
+- ``hyperparameters``: a JSON object with the constructor's scalar arguments (objects that
+  JSON cannot hold — an optax ``optimizer``, a NumPy ``RandomState``/``Generator`` as
+  ``random_state`` — are stored as ``null``, with a warning: they would need pickle);
 - optionally ``weights_init``, ``means_init``, ``precisions_init`` and ``seed_key_data``
   (when the seed was a ``jax.random.key``).
 
@@ -32,6 +33,14 @@ FORMAT_VERSION = 1
 _INIT_ARRAYS = ("weights_init", "means_init", "precisions_init")
 
 
+def _json_storable(value) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def save_model(model, path) -> None:
     hyper = {}
     arrays = {}
@@ -39,11 +48,6 @@ def save_model(model, path) -> None:
         if name in _INIT_ARRAYS:
             if value is not None:
                 arrays[name] = np.asarray(value)
-        elif name == "optimizer" and value is not None:
-            warnings.warn("The optimizer object is not saved (it is a pair of functions, which needs pickle): "
-                          "the loaded model has optimizer=None (optax.adam(1e-2)); set_params(optimizer=...) "
-                          "before refitting.", UserWarning, stacklevel=3)
-            hyper[name] = None
         elif isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jax.dtypes.prng_key):
             arrays["seed_key_data"] = np.asarray(jax.random.key_data(value))
             hyper[name] = None
@@ -51,6 +55,13 @@ def save_model(model, path) -> None:
             hyper[name] = np.asarray(value).item()  # NumPy/JAX scalars (e.g. tol=jnp.float32(1e-3)) as JSON numbers
         else:
             hyper[name] = value
+        if not _json_storable(hyper.get(name)):
+            # Objects (an optax optimizer, a NumPy RandomState/Generator as random_state) would need pickle.
+            what = ("optimizer object (a pair of functions)" if name == "optimizer"
+                    else f"{name} object ({type(value).__name__})")
+            warnings.warn(f"The {what} is not saved: the loaded model has {name}=None; "
+                          f"set_params({name}=...) before refitting.", UserWarning, stacklevel=3)
+            hyper[name] = None
     np.savez(
         os.fspath(path) if not hasattr(path, "write") else path,
         format=np.str_(FORMAT_NAME),

@@ -165,3 +165,15 @@ def test_save_before_fit_raises(tmp_path):
     with pytest.raises(NotFittedError, match=r"not fitted yet: call fit\(X\) before save\(\)"):
         GaussianMixtureModel(2).save(path)
     assert not path.exists()
+
+
+def test_numpy_random_state_is_saved_as_none_with_a_warning(tmp_path, X):
+    """A NumPy RandomState as random_state (scikit-learn's convention) cannot go into JSON:
+    the model still saves, its parameters load back, and random_state is None."""
+    model = GaussianMixtureModel(num_components=2, num_iters=100, random_state=np.random.RandomState(3))
+    model.fit(X)
+    with pytest.warns(UserWarning, match="random_state object .RandomState. is not saved"):
+        model.save(tmp_path / "m.npz")
+    loaded = GaussianMixtureModel.load(tmp_path / "m.npz")
+    assert loaded.random_state is None
+    np.testing.assert_array_equal(loaded.means_, model.means_)

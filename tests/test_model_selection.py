@@ -251,6 +251,8 @@ def test_estimator_select_returns_the_fitted_winner(data, selection):
 def test_estimator_select_rejects_what_it_chooses(data):
     with pytest.raises(ValueError, match=r"select\(\) chooses or does not use \['covariance_type'\]"):
         gj.GaussianMixtureModel.select(data, 3, covariance_type="full")
+    with pytest.raises(ValueError, match=r"select\(\) fits by EM; fit_method='gradient'"):
+        gj.GaussianMixtureModel.select(data, 3, fit_method="gradient")
 
 
 # --------------------------------------------------------------------------- validation
