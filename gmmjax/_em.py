@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from gmmjax import _validation as v
 from gmmjax._chunks import resolve_chunk_size
 from gmmjax._loops import compacting_while_loop
+from gmmjax._implicit import attach_fixed_point
 from gmmjax._init import check_init_params, initialize
 from gmmjax._params import GMMParams, check_covariance_type
 from gmmjax._stats import _em_step_with_diagnostics
@@ -58,44 +59,77 @@ class _LoopState(NamedTuple):
     collapsed: jax.Array
 
 
-def run_em(params: GMMParams, X, sample_weight, *, max_iter: int, tol, reg_covar, collapsed=None,
-           chunk_size: int | None = None) -> _LoopState:
-    """EM from ``params`` until the mean log-likelihood changes by less than ``tol`` or
-    ``max_iter`` iterations have run, as one ``lax.while_loop`` on the device (each
-    iteration one chunked pass over ``X``; no host round trip until the loop ends; under
-    ``vmap``, fits that have stopped no longer cost work: :mod:`gmmjax._loops`)."""
-    dtype = X.dtype
-    if collapsed is None:
-        collapsed = jnp.zeros(params.num_components, bool)
-
-    def keep_going(state: _LoopState, operands):
-        return (state.n_iter < max_iter) & ~state.converged
-
-    def step(state: _LoopState, operands) -> _LoopState:
-        X, sample_weight, tol, reg_covar = operands
-        new_params, new_collapsed, lower_bound = _em_step_with_diagnostics(state.params, X, sample_weight, reg_covar,
-                                                                               chunk_size)
-        converged = jnp.abs(lower_bound - state.lower_bound) < tol
-        return _LoopState(
-            params=new_params,
-            lower_bound=lower_bound,
-            n_iter=state.n_iter + 1,
-            converged=converged,
-            history=state.history.at[state.n_iter].set(lower_bound),
-            collapsed=state.collapsed | new_collapsed,
-        )
-
-    initial = _LoopState(
+def _initial_state(params: GMMParams, collapsed, max_iter: int, dtype) -> _LoopState:
+    return _LoopState(
         params=params,
         lower_bound=jnp.array(-jnp.inf, dtype),
         n_iter=jnp.array(0, jnp.int32),
         converged=jnp.array(False),
         history=jnp.full((max_iter,), jnp.nan, dtype),
-        collapsed=collapsed,
+        collapsed=jnp.zeros(params.num_components, bool) if collapsed is None else collapsed,
     )
+
+
+def _advance(state: _LoopState, operands, em_step_fn) -> _LoopState:
+    """One EM iteration with the loop's bookkeeping; the body of both fit loops.
+
+    ``em_step_fn(params, X, sample_weight, reg_covar) -> (params, collapsed, lower_bound)``.
+    """
+    X, sample_weight, tol, reg_covar = operands
+    new_params, new_collapsed, lower_bound = em_step_fn(state.params, X, sample_weight, reg_covar)
+    converged = jnp.abs(lower_bound - state.lower_bound) < tol
+    return _LoopState(
+        params=new_params,
+        lower_bound=lower_bound,
+        n_iter=state.n_iter + 1,
+        converged=converged,
+        history=state.history.at[state.n_iter].set(lower_bound),
+        collapsed=state.collapsed | new_collapsed,
+    )
+
+
+def _operands(X, sample_weight, tol, reg_covar):
+    return X, sample_weight, jnp.asarray(tol, X.dtype), jnp.asarray(reg_covar, X.dtype)
+
+
+def run_em(params: GMMParams, X, sample_weight, *, max_iter: int, tol, reg_covar, collapsed=None,
+           chunk_size: int | None = None) -> _LoopState:
+    """EM from ``params`` until the mean log-likelihood changes by less than ``tol`` or
+    ``max_iter`` iterations have run, as one ``lax.while_loop`` on the device (each
+    iteration one chunked pass over ``X``; no host round trip until the loop ends; under
+    ``vmap``, fits that have stopped no longer cost work: :mod:`gmmjax._loops`).
+    Not reverse-differentiable (see :func:`run_em_unrolled` and :mod:`gmmjax._implicit`)."""
+    em_step_fn = functools.partial(_em_step_with_diagnostics, chunk_size=chunk_size)
+
+    def keep_going(state: _LoopState, operands):
+        return (state.n_iter < max_iter) & ~state.converged
+
+    initial = _initial_state(params, collapsed, max_iter, X.dtype)
     # Under vmap (restarts, datasets) finished fits stop costing work (see _loops).
-    operands = (X, sample_weight, jnp.asarray(tol, dtype), jnp.asarray(reg_covar, dtype))
-    return compacting_while_loop(keep_going, step, initial, operands)
+    return compacting_while_loop(keep_going, lambda state, operands: _advance(state, operands, em_step_fn),
+                                 initial, _operands(X, sample_weight, tol, reg_covar))
+
+
+def run_em_unrolled(params: GMMParams, X, sample_weight, *, max_iter: int, tol, reg_covar, collapsed=None,
+                    chunk_size: int | None = None) -> _LoopState:
+    """The same iterations as :func:`run_em`, as ``max_iter`` steps of a ``lax.scan`` that
+    leave a fit unchanged once it has converged: differentiable in every mode (reverse,
+    forward, higher order) in ``X``, ``sample_weight`` and ``reg_covar``.
+
+    Each step is rematerialised (``jax.checkpoint``), so reverse mode saves only the
+    parameters of every step, ``O(max_iter · K · D²)`` (full), and recomputes one step at a
+    time on the way back; that step's backward pass holds its per-chunk temporaries, about
+    ``O(N · K · D)``. A converged fit still pays for the remaining steps' bookkeeping, and
+    under ``vmap`` for their EM steps too.
+    """
+    em_step_fn = jax.checkpoint(functools.partial(_em_step_with_diagnostics, chunk_size=chunk_size))
+    operands = _operands(X, sample_weight, tol, reg_covar)
+
+    def step(state: _LoopState, _) -> tuple[_LoopState, None]:
+        state = jax.lax.cond(state.converged, lambda s: s, lambda s: _advance(s, operands, em_step_fn), state)
+        return state, None
+
+    return jax.lax.scan(step, _initial_state(params, collapsed, max_iter, X.dtype), None, length=max_iter)[0]
 
 
 def restart_keys(key: jax.Array, n_init: int) -> jax.Array:
@@ -123,22 +157,43 @@ def select_best(state: _LoopState) -> FitResult:
     )
 
 
+DIFFERENTIATION_MODES = ("implicit", "unrolled")
+
+
+def check_differentiation(differentiation) -> str:
+    if differentiation not in DIFFERENTIATION_MODES:
+        raise ValueError(f"differentiation must be one of {DIFFERENTIATION_MODES}, got {differentiation!r}.")
+    return differentiation
+
+
 @functools.partial(
     jax.jit,
     static_argnames=("num_components", "covariance_type", "max_iter", "n_init", "init_params", "chunk_size",
-                     "restart_batch_size"),
+                     "restart_batch_size", "differentiation"),
 )
 def _fit_em(key, X, sample_weight, tol, reg_covar, weights_init, means_init, precisions_init, *,
-            num_components, covariance_type, max_iter, n_init, init_params, chunk_size, restart_batch_size):
+            num_components, covariance_type, max_iter, n_init, init_params, chunk_size, restart_batch_size,
+            differentiation="implicit"):
+    # Initialisation (k-means, random draws, *_init), the convergence test and the choice of
+    # the best restart are constants for derivatives. "unrolled": the EM steps see the live
+    # data; "implicit": the while loop runs on constants and its fixed point is attached to
+    # the live data afterwards (see _implicit).
+    X_const, weight_const, tol, reg_const, weights_init, means_init, precisions_init = jax.lax.stop_gradient(
+        (X, sample_weight, tol, reg_covar, weights_init, means_init, precisions_init))
+    if differentiation == "unrolled":
+        run, X_em, weight_em, reg_em = run_em_unrolled, X, sample_weight, reg_covar
+    else:
+        run, X_em, weight_em, reg_em = run_em, X_const, weight_const, reg_const
+
     def one_restart(restart_key):
         params, collapsed = initialize(
-            restart_key, X, num_components,
-            covariance_type=covariance_type, init_params=init_params, sample_weight=sample_weight,
-            reg_covar=reg_covar, weights_init=weights_init, means_init=means_init,
+            restart_key, X_const, num_components,
+            covariance_type=covariance_type, init_params=init_params, sample_weight=weight_const,
+            reg_covar=reg_const, weights_init=weights_init, means_init=means_init,
             precisions_init=precisions_init, chunk_size=chunk_size,
         )
-        return run_em(params, X, sample_weight, max_iter=max_iter, tol=tol, reg_covar=reg_covar,
-                      collapsed=collapsed, chunk_size=chunk_size)
+        return run(params, X_em, weight_em, max_iter=max_iter, tol=tol, reg_covar=reg_em,
+                   collapsed=collapsed, chunk_size=chunk_size)
 
     keys = restart_keys(key, n_init)
     if n_init == 1:  # no batch axis of size one: XLA picks worse layouts for it
@@ -147,7 +202,12 @@ def _fit_em(key, X, sample_weight, tol, reg_covar, weights_init, means_init, pre
         states = jax.vmap(one_restart)(keys)
     else:  # batches one after another in the same program; each batch stops when it converges
         states = jax.lax.map(one_restart, keys, batch_size=restart_batch_size)
-    return select_best(states)
+    result = select_best(states)
+    if differentiation == "implicit":
+        params, lower_bound = attach_fixed_point(result.params, result.lower_bound, X, sample_weight, reg_covar,
+                                                 chunk_size)
+        result = result._replace(params=params, lower_bound=lower_bound)
+    return result
 
 
 def resolve_restart_batch_size(restart_batch_size, n_init: int) -> int:
@@ -200,6 +260,7 @@ def fit_em(
     num_iters: int | None = None,
     chunk_size: int | None = None,
     restart_batch_size: int | None = None,
+    differentiation: str = "implicit",
 ) -> FitResult:
     """Fits a Gaussian mixture by EM, ``n_init`` restarts in one vmapped, jitted call.
 
@@ -208,6 +269,33 @@ def fit_em(
     the best restart (highest lower bound) is chosen on the device. Works under ``jit``
     (mark ``num_components`` and the other configuration static) and ``vmap`` (e.g. over a
     batch of equally shaped datasets).
+
+    **Gradients through the fit.** ``fit_em`` works inside ``jax.grad`` (and ``vjp``,
+    ``jacrev``): the fitted ``params`` and ``lower_bound`` are differentiable in ``X``,
+    ``sample_weight`` and ``reg_covar``. The initialisation (k-means, random draws, any
+    ``*_init``), the convergence test and the choice of the best restart are discrete and
+    treated as constants. ``differentiation`` chooses how:
+
+    - ``"implicit"`` (default): the fit runs exactly as without differentiation (the
+      compiled forward program is unchanged), and the result is differentiated as the EM
+      fixed point ``p* = EM(p*, X)`` by the implicit function theorem: the backward pass
+      iterates the transposed Jacobian of one EM step (vector-Jacobian products computed
+      chunk by chunk, never a dense Jacobian) to the adjoint's fixed point
+      (:mod:`gmmjax._implicit`). Memory does not depend on the number of iterations:
+      ``O(chunk_size · K · D)`` beyond the data plus a few parameter-sized vectors. Time:
+      the adjoint converges at EM's own rate, each of its iterations costing about three
+      E-steps. Exact when the fit has converged (use a small ``tol``); for an unconverged
+      fit it is the derivative of the fixed point the fit was heading to.
+      ``lower_bound``'s derivative is that of ``L(p*(X), X)`` (for ``reg_covar = 0`` the
+      envelope theorem makes it ``∂L/∂X`` at fixed ``p*``). Reverse mode, first order only;
+      ``restart_params`` and the other per-restart diagnostics are constants.
+    - ``"unrolled"``: ``max_iter`` EM steps in a ``lax.scan`` from the (constant)
+      initialisation, each fit left unchanged once converged, so the forward values equal
+      the default's; the exact derivative of the iterations that ran (also of an
+      unconverged fit), in every field of the result, in forward and reverse mode and to
+      any order. Memory: the parameters of every step are saved, ``O(max_iter · K · D²)``
+      (full; ``K · D`` diag), and one step's backward pass, ``O(N · K · D)``, runs at a
+      time; time grows with ``max_iter`` even after convergence.
 
     Args:
       key: ``jax.random`` key.
@@ -230,6 +318,9 @@ def fit_em(
         floating-point summation order.
       restart_batch_size: how many restarts run together (vmapped); batches run one after
         another inside the same compiled program. ``None``: all ``n_init`` at once.
+      differentiation: ``"implicit"`` or ``"unrolled"``: how derivatives pass through the
+        fit (see above). Changes nothing when nobody differentiates, except that
+        ``"unrolled"`` always runs ``max_iter`` (mostly idle) steps.
 
     Returns:
       A :class:`FitResult`.
@@ -244,6 +335,7 @@ def fit_em(
       [0, 5]
     """
     key = v.check_key(key)
+    differentiation = check_differentiation(differentiation)
     covariance_type = check_covariance_type(covariance_type)
     init_params = check_init_params(init_params)
     num_components = v.check_int("num_components", num_components, 1)
@@ -266,4 +358,5 @@ def fit_em(
         weights_init, means_init, precisions_init,
         num_components=num_components, covariance_type=covariance_type, max_iter=max_iter,
         n_init=n_init, init_params=init_params, chunk_size=chunk_size, restart_batch_size=restart_batch_size,
+        differentiation=differentiation,
     )
