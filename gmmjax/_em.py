@@ -20,6 +20,9 @@ from gmmjax._stats import _em_step_with_diagnostics
 class FitResult(NamedTuple):
     """Result of :func:`fit_em` (``R`` restarts, ``K`` components, ``T`` = ``max_iter``).
 
+    Differentiable (see ``differentiation`` in :func:`fit_em`): ``params`` and
+    ``lower_bound`` in both modes, every floating-point field in ``"unrolled"`` mode.
+
     Attributes:
       params: :class:`GMMParams` of the best restart (highest ``lower_bound``).
       lower_bound: ``()`` mean log-likelihood of the best restart (scikit-learn's
@@ -205,7 +208,7 @@ def _fit_em(key, X, sample_weight, tol, reg_covar, weights_init, means_init, pre
     result = select_best(states)
     if differentiation == "implicit":
         params, lower_bound = attach_fixed_point(result.params, result.lower_bound, X, sample_weight, reg_covar,
-                                                 chunk_size)
+                                                 chunk_size, max_iter)
         result = result._replace(params=params, lower_bound=lower_bound)
     return result
 
@@ -284,8 +287,11 @@ def fit_em(
       (:mod:`gmmjax._implicit`). Memory does not depend on the number of iterations:
       ``O(chunk_size · K · D)`` beyond the data plus a few parameter-sized vectors. Time:
       the adjoint converges at EM's own rate, each of its iterations costing about three
-      E-steps. Exact when the fit has converged (use a small ``tol``); for an unconverged
-      fit it is the derivative of the fixed point the fit was heading to.
+      E-steps; it stops after ``max(max_iter, 100)`` iterations at most. Exact when the fit
+      has converged (use a small ``tol``) to a well-determined fixed point; for an
+      unconverged fit it is the derivative of the fixed point the fit was heading to. Where
+      that point is degenerate (EM converging sublinearly, e.g. two components sharing a
+      cluster) the capped iteration returns the derivative of that many EM steps from it.
       ``lower_bound``'s derivative is that of ``L(p*(X), X)`` (for ``reg_covar = 0`` the
       envelope theorem makes it ``∂L/∂X`` at fixed ``p*``). Reverse mode, first order only;
       ``restart_params`` and the other per-restart diagnostics are constants.

@@ -13,6 +13,11 @@ At a stable fixed point the eigenvalues of ``∂T/∂p`` are EM's rates of conve
 converges at EM's own rate, a few iterations for well-separated components, more when they
 overlap. (A Krylov solver such as ``jax.scipy.sparse.linalg.gmres`` needs fewer iterations
 for slow EM but traces the chunked pass over the data three times, tripling compilation.)
+The iteration sums the Neumann series ``λ = Σ_t (∂T/∂pᵀ)ᵗ p̄``; cut after ``T`` terms it is
+exactly the derivative of ``T`` EM steps started at ``p*`` (from a constant start). So where
+the fixed point is degenerate (a rate of one: e.g. two components sharing one cluster) and
+the implicit derivative does not exist, the capped iteration still returns a finite,
+meaningful gradient: that of ``max(max_iter, ADJOINT_MIN_ITER)`` EM steps from ``p*``.
 
 The fit's ``lower_bound`` ``L(p*, θ)`` (mean log-likelihood) is differentiated as
 ``L(p*(θ), θ)``: its cotangent ``l̄`` adds ``l̄ ∂L/∂pᵀ`` to the adjoint equation and
@@ -39,10 +44,10 @@ from gmmjax._chunks import map_over_chunks, sum_over_chunks
 from gmmjax._params import GMMParams
 from gmmjax._stats import e_step, m_step, total_weight
 
-# Iterations of the adjoint equation at most (EM's rate 0.99 leaves 4e-5 of the first term
-# after 1000); it stops earlier once an iteration changes the adjoint by less than
-# eps^(3/4) of its norm (6e-6 in float32, 2e-12 in float64).
-ADJOINT_MAX_ITER = 1000
+# The adjoint iteration stops once an iteration changes the adjoint by less than eps^(3/4)
+# of its norm (6e-6 in float32, 2e-12 in float64), or after max(max_iter, this many)
+# iterations (see attach_fixed_point).
+ADJOINT_MIN_ITER = 100
 
 
 def _tree_sub(a, b):
@@ -115,8 +120,9 @@ def solve_adjoint(affine_map, zero, max_iter: int):
     return jax.lax.while_loop(keep_going, iterate, (zero, jnp.array(True), jnp.array(0)))[0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def attach_fixed_point(params: GMMParams, lower_bound, X, sample_weight, reg_covar, chunk_size: int):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def attach_fixed_point(params: GMMParams, lower_bound, X, sample_weight, reg_covar, chunk_size: int,
+                       max_iter: int):
     """Returns ``(params, lower_bound)`` unchanged; reverse-mode derivatives treat them as
     the EM fixed point ``p*(X, sample_weight, reg_covar)`` and ``L(p*, X, sample_weight)``.
 
@@ -128,15 +134,17 @@ def attach_fixed_point(params: GMMParams, lower_bound, X, sample_weight, reg_cov
       sample_weight: ``(N,)`` or ``None``.
       reg_covar: ``()`` array.
       chunk_size: rows per chunk in the backward passes (static).
+      max_iter: the fit's iteration limit (static); the adjoint iteration runs at most
+        ``max(max_iter, ADJOINT_MIN_ITER)`` times.
     """
     return params, lower_bound
 
 
-def _attach_fwd(params, lower_bound, X, sample_weight, reg_covar, chunk_size):
+def _attach_fwd(params, lower_bound, X, sample_weight, reg_covar, chunk_size, max_iter):
     return (params, lower_bound), (params, X, sample_weight, reg_covar)
 
 
-def _attach_bwd(chunk_size, residuals, cotangents):
+def _attach_bwd(chunk_size, max_iter, residuals, cotangents):
     params, X, sample_weight, reg_covar = residuals
     params_bar, bound_bar = cotangents
     dtype = X.dtype
@@ -153,7 +161,7 @@ def _attach_bwd(chunk_size, residuals, cotangents):
         return jax.tree_util.tree_map(jnp.add, params_bar, through_e_step.replace(
             means=through_e_step.means + shift_bar))
 
-    adjoint = solve_adjoint(adjoint_map, _tree_zeros_like(params), ADJOINT_MAX_ITER)
+    adjoint = solve_adjoint(adjoint_map, _tree_zeros_like(params), max(max_iter, ADJOINT_MIN_ITER))
     stats_bar, _, reg_covar_bar = m_pullback(adjoint)
     X_bar, weight_bar = e_step_vjp_data(params, X, sample_weight, (stats_bar, bound_bar_sum), chunk_size)
     if sample_weight is None:
