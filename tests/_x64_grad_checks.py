@@ -1,8 +1,10 @@
 """float64 checks of gradients through ``fit_em`` (both ``differentiation`` modes) against
-central finite differences of the fit itself. Registered into ``_x64_parity_script.py``
-(which runs them in the float64 subprocess); asserted by ``tests/test_grad_through_fit.py``.
+central finite differences of the fit itself, asserted by ``tests/test_grad_through_fit.py``.
 
-Importing this module has no side effects (it defines checks; the script enables float64).
+``CHECKS`` are registered into ``_x64_parity_script.py`` (the float64 subprocess of every
+test run); ``SLOW_CHECKS`` (more covariance types, 5 s of compilation each) run only with
+``pytest -m slow``, as ``python tests/_x64_grad_checks.py``. Importing this module has no
+side effects.
 
 The fits use well-separated but not disjoint clusters: EM's rate is about 0.2, so the
 fixed point is reached to rounding after the iterations given, and the coupling through the
@@ -28,11 +30,12 @@ K = 2
 CONVERGED = dict(tol=0.0, max_iter=150)
 
 CHECKS = {}
+SLOW_CHECKS = {}
 
 
-def check(name):
+def check(name, registry=CHECKS):
     def register(fn):
-        CHECKS[name] = fn
+        registry[name] = fn
         return fn
 
     return register
@@ -79,11 +82,13 @@ def _fitted_quantities(covariance_type, modes):
                      f"d/d(X, sample_weight, reg_covar) {covariance_type}", modes)
 
 
-# Both modes on full covariances; every type in the default (implicit) mode, whose backward
-# pass is code of this package (unrolled mode is JAX's own autodiff of the same EM step).
+# Both modes on full covariances; the other types in the default (implicit) mode, whose
+# backward pass is code of this package (unrolled mode is JAX's own autodiff of the same EM
+# step): diag (the E-step with the most forms) always, tied and spherical with -m slow.
 check("grad_fit_full")(lambda: _fitted_quantities("full", MODES))
-for _ct in ("tied", "diag", "spherical"):
-    check(f"grad_fit_{_ct}")(lambda ct=_ct: _fitted_quantities(ct, ("implicit",)))
+check("grad_fit_diag")(lambda: _fitted_quantities("diag", ("implicit",)))
+for _ct in ("tied", "spherical"):
+    check(f"grad_fit_{_ct}", SLOW_CHECKS)(lambda ct=_ct: _fitted_quantities(ct, ("implicit",)))
 
 
 @check("grad_fit_heldout_wrt_transform_full")
@@ -100,7 +105,8 @@ def _heldout_wrt_transform():
         return jnp.mean(gj.log_prob(params, transform(X_test)))
 
     grad = jax.jit(jax.grad(objective), static_argnums=1)
-    _assert_gradient(grad, lambda t: objective(t, "implicit"), theta0, "d/d(A, b)")
+    # the default mode (unrolled mode's derivative of the data is checked in grad_fit_full)
+    _assert_gradient(grad, lambda t: objective(t, "implicit"), theta0, "d/d(A, b)", ("implicit",))
 
 
 @check("grad_fit_unrolled_stops_like_the_while_loop")
@@ -124,3 +130,14 @@ def _unrolled_early_stop():
     O.assert_rel_close(grad(jnp.asarray(X), "unrolled"), fd, RTOL, "unrolled, stopped early")
     implicit = np.asarray(grad(jnp.asarray(X), "implicit"))
     assert np.max(np.abs(implicit - fd)) > 100 * RTOL * np.max(np.abs(fd))
+
+
+if __name__ == "__main__":  # the slow checks, in float64, reported as _x64_parity_script reports
+    import sys
+
+    jax.config.update("jax_enable_x64", True)
+    import _x64_parity_script
+
+    _x64_parity_script.CHECKS.clear()
+    _x64_parity_script.CHECKS.update(SLOW_CHECKS)
+    sys.exit(_x64_parity_script.main(sys.argv[1:]))
