@@ -289,15 +289,15 @@ def fit_em(
       the adjoint converges at EM's own rate, each of its iterations costing about three
       E-steps; it stops after ``max(max_iter, 100)`` iterations at most. Exact when the fit
       has converged (use a small ``tol``) to a well-determined fixed point; for an
-      unconverged fit it is the derivative of the fixed point the fit was heading to. Where
-      that point is degenerate (EM converging sublinearly, e.g. two components sharing a
+      unconverged fit it approximates the derivative of the fixed point it was heading to.
+      Where that point is degenerate (EM converging sublinearly, e.g. two components sharing a
       cluster) the capped iteration returns the derivative of that many EM steps from it.
       ``lower_bound``'s derivative is that of ``L(p*(X), X)`` (for ``reg_covar = 0`` the
       envelope theorem makes it ``∂L/∂X`` at fixed ``p*``). Reverse mode, first order only;
       ``restart_params`` and the other per-restart diagnostics are constants.
     - ``"unrolled"``: ``max_iter`` EM steps in a ``lax.scan`` from the (constant)
       initialisation, each fit left unchanged once converged, so the forward values equal
-      the default's; the exact derivative of the iterations that ran (also of an
+      the default's (to rounding); the exact derivative of the iterations that ran (also of an
       unconverged fit), in every field of the result, in forward and reverse mode and to
       any order. Memory: the parameters of every step are saved, ``O(max_iter · K · D²)``
       (full; ``K · D`` diag), and one step's backward pass, ``O(N · K · D)``, runs at a
