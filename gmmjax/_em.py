@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from gmmjax import _validation as v
 from gmmjax._chunks import resolve_chunk_size
 from gmmjax._loops import compacting_while_loop
+from gmmjax._implicit import attach_fixed_point
 from gmmjax._init import check_init_params, initialize
 from gmmjax._params import GMMParams, check_covariance_type
 from gmmjax._progress import DEFAULT_VERBOSE_INTERVAL, check_verbose, report_em_step, reporting
@@ -19,6 +20,9 @@ from gmmjax._stats import _em_step_with_diagnostics
 
 class FitResult(NamedTuple):
     """Result of :func:`fit_em` (``R`` restarts, ``K`` components, ``T`` = ``max_iter``).
+
+    Differentiable (see ``differentiation`` in :func:`fit_em`): ``params`` and
+    ``lower_bound`` in both modes, every floating-point field in ``"unrolled"`` mode.
 
     Attributes:
       params: :class:`GMMParams` of the best restart (highest ``lower_bound``).
@@ -59,56 +63,93 @@ class _LoopState(NamedTuple):
     collapsed: jax.Array
 
 
+def _initial_state(params: GMMParams, collapsed, max_iter: int, dtype) -> _LoopState:
+    return _LoopState(
+        params=params,
+        lower_bound=jnp.array(-jnp.inf, dtype),
+        n_iter=jnp.array(0, jnp.int32),
+        converged=jnp.array(False),
+        history=jnp.full((max_iter,), jnp.nan, dtype),
+        collapsed=jnp.zeros(params.num_components, bool) if collapsed is None else collapsed,
+    )
+
+
+def _advance(state: _LoopState, operands, em_step_fn) -> _LoopState:
+    """One EM iteration with the loop's bookkeeping; the body of both fit loops.
+
+    ``operands``: ``(X, sample_weight, tol, reg_covar, num_active, ...)`` (see :func:`_operands`);
+    ``em_step_fn(params, X, sample_weight, reg_covar, num_active=...) -> (params, collapsed, lower_bound)``.
+    """
+    X, sample_weight, tol, reg_covar, num_active = operands[:5]
+    new_params, new_collapsed, lower_bound = em_step_fn(state.params, X, sample_weight, reg_covar,
+                                                        num_active=num_active)
+    converged = jnp.abs(lower_bound - state.lower_bound) < tol
+    return _LoopState(
+        params=new_params,
+        lower_bound=lower_bound,
+        n_iter=state.n_iter + 1,
+        converged=converged,
+        history=state.history.at[state.n_iter].set(lower_bound),
+        collapsed=state.collapsed | new_collapsed,
+    )
+
+
+def _operands(X, sample_weight, tol, reg_covar, num_active):
+    # num_active travels with the operands: the loop's rule under vmap takes no batched closures.
+    return X, sample_weight, jnp.asarray(tol, X.dtype), jnp.asarray(reg_covar, X.dtype), num_active
+
+
 def run_em(params: GMMParams, X, sample_weight, *, max_iter: int, tol, reg_covar, collapsed=None,
            chunk_size: int | None = None, num_active=None, report_every: int = 0, restart=None) -> _LoopState:
     """EM from ``params`` until the mean log-likelihood changes by less than ``tol`` or
     ``max_iter`` iterations have run, as one ``lax.while_loop`` on the device (each
     iteration one chunked pass over ``X``; no host round trip until the loop ends; under
     ``vmap``, fits that have stopped no longer cost work: :mod:`gmmjax._loops`).
-    With ``num_active``, only the first ``num_active`` components are fitted (see
-    :func:`gmmjax._stats.m_step_with_diagnostics`).
+    Not reverse-differentiable (see :func:`run_em_unrolled` and :mod:`gmmjax._implicit`).
 
-    ``report_every`` (static; 0: off) sends progress to the host every that many
-    iterations, tagged with the ``()`` int ``restart`` index (:mod:`gmmjax._progress`)."""
-    dtype = X.dtype
-    if collapsed is None:
-        collapsed = jnp.zeros(params.num_components, bool)
+    With ``num_active``, only the first ``num_active`` components are fitted (see
+    :func:`gmmjax._stats.m_step_with_diagnostics`). ``report_every`` (static; 0: off) sends
+    progress to the host every that many iterations, tagged with the ``()`` int ``restart``
+    index (:mod:`gmmjax._progress`)."""
+    em_step_fn = functools.partial(_em_step_with_diagnostics, chunk_size=chunk_size)
 
     def keep_going(state: _LoopState, operands):
         return (state.n_iter < max_iter) & ~state.converged
 
     def step(state: _LoopState, operands) -> _LoopState:
-        X, sample_weight, tol, reg_covar, num_active = operands[:5]
-        new_params, new_collapsed, lower_bound = _em_step_with_diagnostics(state.params, X, sample_weight, reg_covar,
-                                                                               chunk_size, num_active)
-        converged = jnp.abs(lower_bound - state.lower_bound) < tol
-        new_state = _LoopState(
-            params=new_params,
-            lower_bound=lower_bound,
-            n_iter=state.n_iter + 1,
-            converged=converged,
-            history=state.history.at[state.n_iter].set(lower_bound),
-            collapsed=state.collapsed | new_collapsed,
-        )
+        new_state = _advance(state, operands, em_step_fn)
         if report_every:  # progress (static switch: when off the loop has no callback at all)
             report_em_step(operands[5], keep_going(state, operands), new_state.n_iter, new_state.lower_bound,
                            new_state.converged, keep_going(new_state, operands), report_every)
         return new_state
 
-    initial = _LoopState(
-        params=params,
-        lower_bound=jnp.array(-jnp.inf, dtype),
-        n_iter=jnp.array(0, jnp.int32),
-        converged=jnp.array(False),
-        history=jnp.full((max_iter,), jnp.nan, dtype),
-        collapsed=collapsed,
-    )
-    # Under vmap (restarts, datasets) finished fits stop costing work (see _loops).
-    # (num_active travels with the operands: the loop's rule under vmap takes no batched closures)
-    operands = (X, sample_weight, jnp.asarray(tol, dtype), jnp.asarray(reg_covar, dtype), num_active)
+    operands = _operands(X, sample_weight, tol, reg_covar, num_active)
     if report_every:  # the restart index travels with its lane (compacting_while_loop regroups lanes)
         operands += (jnp.asarray(restart, jnp.int32),)
-    return compacting_while_loop(keep_going, step, initial, operands)
+    # Under vmap (restarts, datasets) finished fits stop costing work (see _loops).
+    return compacting_while_loop(keep_going, step, _initial_state(params, collapsed, max_iter, X.dtype), operands)
+
+
+def run_em_unrolled(params: GMMParams, X, sample_weight, *, max_iter: int, tol, reg_covar, collapsed=None,
+                    chunk_size: int | None = None, num_active=None) -> _LoopState:
+    """The same iterations as :func:`run_em`, as ``max_iter`` steps of a ``lax.scan`` that
+    leave a fit unchanged once it has converged: differentiable in every mode (reverse,
+    forward, higher order) in ``X``, ``sample_weight`` and ``reg_covar``.
+
+    Each step is rematerialised (``jax.checkpoint``), so reverse mode saves only the
+    parameters of every step, ``O(max_iter · K · D²)`` (full), and recomputes one step at a
+    time on the way back; that step's backward pass holds its per-chunk temporaries, about
+    ``O(N · K · D)``. A converged fit still pays for the remaining steps' bookkeeping, and
+    under ``vmap`` for their EM steps too.
+    """
+    em_step_fn = jax.checkpoint(functools.partial(_em_step_with_diagnostics, chunk_size=chunk_size))
+    operands = _operands(X, sample_weight, tol, reg_covar, num_active)
+
+    def step(state: _LoopState, _) -> tuple[_LoopState, None]:
+        state = jax.lax.cond(state.converged, lambda s: s, lambda s: _advance(s, operands, em_step_fn), state)
+        return state, None
+
+    return jax.lax.scan(step, _initial_state(params, collapsed, max_iter, X.dtype), None, length=max_iter)[0]
 
 
 def restart_keys(key: jax.Array, n_init: int) -> jax.Array:
@@ -136,24 +177,46 @@ def select_best(state: _LoopState) -> FitResult:
     )
 
 
+DIFFERENTIATION_MODES = ("implicit", "unrolled")
+
+
+def check_differentiation(differentiation) -> str:
+    if differentiation not in DIFFERENTIATION_MODES:
+        raise ValueError(f"differentiation must be one of {DIFFERENTIATION_MODES}, got {differentiation!r}.")
+    return differentiation
+
+
 def fit_restarts(key, X, sample_weight, tol, reg_covar, weights_init, means_init, precisions_init, *,
                  num_components, covariance_type, max_iter, n_init, init_params, chunk_size, restart_batch_size,
-                 num_active=None, report_every=0) -> FitResult:
+                 num_active=None, report_every=0, differentiation="implicit") -> FitResult:
     """The body of :func:`fit_em` (arguments validated). With ``num_active`` (an int, may be
     traced, e.g. vmapped over), ``num_components`` is a maximum: only the first
     ``num_active`` components are fitted and the result equals that of
     ``num_components=num_active`` padded with weight-0 components (see
-    :mod:`gmmjax._model_selection`). ``report_every``: progress (see :func:`run_em`)."""
+    :mod:`gmmjax._model_selection`; such fits are constants for derivatives).
+    ``report_every``: progress (see :func:`run_em`; the while loop only)."""
+    # Initialisation (k-means, random draws, *_init), the convergence test and the choice of
+    # the best restart are constants for derivatives. "unrolled": the EM steps see the live
+    # data; "implicit": the while loop runs on constants and its fixed point is attached to
+    # the live data afterwards (see _implicit).
+    X_const, weight_const, tol, reg_const, weights_init, means_init, precisions_init = jax.lax.stop_gradient(
+        (X, sample_weight, tol, reg_covar, weights_init, means_init, precisions_init))
+    if differentiation == "unrolled":
+        run, X_em, weight_em, reg_em = run_em_unrolled, X, sample_weight, reg_covar
+    else:
+        run = functools.partial(run_em, report_every=report_every)
+        X_em, weight_em, reg_em = X_const, weight_const, reg_const
+
     def one_restart(restart_key, restart_index=None):
         params, collapsed = initialize(
-            restart_key, X, num_components,
-            covariance_type=covariance_type, init_params=init_params, sample_weight=sample_weight,
-            reg_covar=reg_covar, weights_init=weights_init, means_init=means_init,
+            restart_key, X_const, num_components,
+            covariance_type=covariance_type, init_params=init_params, sample_weight=weight_const,
+            reg_covar=reg_const, weights_init=weights_init, means_init=means_init,
             precisions_init=precisions_init, chunk_size=chunk_size, num_active=num_active,
         )
-        return run_em(params, X, sample_weight, max_iter=max_iter, tol=tol, reg_covar=reg_covar,
-                      collapsed=collapsed, chunk_size=chunk_size, num_active=num_active, report_every=report_every,
-                      restart=restart_index)
+        progress = dict(restart=restart_index) if report_every else {}
+        return run(params, X_em, weight_em, max_iter=max_iter, tol=tol, reg_covar=reg_em,
+                   collapsed=collapsed, chunk_size=chunk_size, num_active=num_active, **progress)
 
     keys = restart_keys(key, n_init)
     # With progress on, each restart also carries its index (for the host-side reporter).
@@ -164,12 +227,17 @@ def fit_restarts(key, X, sample_weight, tol, reg_covar, weights_init, means_init
         states = jax.vmap(one_restart)(*restarts)
     else:  # batches one after another in the same program; each batch stops when it converges
         states = jax.lax.map(lambda r: one_restart(*r), restarts, batch_size=restart_batch_size)
-    return select_best(states)
+    result = select_best(states)
+    if differentiation == "implicit" and num_active is None:
+        params, lower_bound = attach_fixed_point(result.params, result.lower_bound, X, sample_weight, reg_covar,
+                                                 chunk_size, max_iter)
+        result = result._replace(params=params, lower_bound=lower_bound)
+    return result
 
 
 _fit_em = jax.jit(fit_restarts, static_argnames=("num_components", "covariance_type", "max_iter", "n_init",
                                                  "init_params", "chunk_size", "restart_batch_size",
-                                                 "report_every"))
+                                                 "report_every", "differentiation"))
 
 
 def resolve_restart_batch_size(restart_batch_size, n_init: int) -> int:
@@ -224,6 +292,7 @@ def fit_em(
     restart_batch_size: int | None = None,
     verbose: bool | int = False,
     verbose_interval: int = DEFAULT_VERBOSE_INTERVAL,
+    differentiation: str = "implicit",
 ) -> FitResult:
     """Fits a Gaussian mixture by EM, ``n_init`` restarts in one vmapped, jitted call.
 
@@ -232,6 +301,36 @@ def fit_em(
     the best restart (highest lower bound) is chosen on the device. Works under ``jit``
     (mark ``num_components`` and the other configuration static) and ``vmap`` (e.g. over a
     batch of equally shaped datasets).
+
+    **Gradients through the fit.** ``fit_em`` works inside ``jax.grad`` (and ``vjp``,
+    ``jacrev``): the fitted ``params`` and ``lower_bound`` are differentiable in ``X``,
+    ``sample_weight`` and ``reg_covar``. The initialisation (k-means, random draws, any
+    ``*_init``), the convergence test and the choice of the best restart are discrete and
+    treated as constants. ``differentiation`` chooses how:
+
+    - ``"implicit"`` (default): the fit runs exactly as without differentiation (the
+      compiled forward program is unchanged), and the result is differentiated as the EM
+      fixed point ``p* = EM(p*, X)`` by the implicit function theorem: the backward pass
+      iterates the transposed Jacobian of one EM step (vector-Jacobian products computed
+      chunk by chunk, never a dense Jacobian) to the adjoint's fixed point
+      (:mod:`gmmjax._implicit`). Memory does not depend on the number of iterations:
+      ``O(chunk_size · K · D)`` beyond the data plus a few parameter-sized vectors. Time:
+      the adjoint converges at EM's own rate, each of its iterations costing about three
+      E-steps; it stops after ``max(max_iter, 100)`` iterations at most. Exact when the fit
+      has converged (use a small ``tol``) to a well-determined fixed point; for an
+      unconverged fit it approximates the derivative of the fixed point it was heading to.
+      Where that point is degenerate (EM converging sublinearly, e.g. two components sharing a
+      cluster) the capped iteration returns the derivative of that many EM steps from it.
+      ``lower_bound``'s derivative is that of ``L(p*(X), X)`` (for ``reg_covar = 0`` the
+      envelope theorem makes it ``∂L/∂X`` at fixed ``p*``). Reverse mode, first order only;
+      ``restart_params`` and the other per-restart diagnostics are constants.
+    - ``"unrolled"``: ``max_iter`` EM steps in a ``lax.scan`` from the (constant)
+      initialisation, each fit left unchanged once converged, so the forward values equal
+      the default's (to rounding); the exact derivative of the iterations that ran (also of an
+      unconverged fit), in every field of the result, in forward and reverse mode and to
+      any order. Memory: the parameters of every step are saved, ``O(max_iter · K · D²)``
+      (full; ``K · D`` diag), and one step's backward pass, ``O(N · K · D)``, runs at a
+      time; time grows with ``max_iter`` even after convergence.
 
     Args:
       key: ``jax.random`` key.
@@ -260,6 +359,9 @@ def fit_em(
         ``jit``/``vmap``.
       verbose_interval: iterations between progress reports (each restart also reports its
         last iteration).
+      differentiation: ``"implicit"`` or ``"unrolled"``: how derivatives pass through the
+        fit (see above). Changes nothing when nobody differentiates, except that
+        ``"unrolled"`` always runs ``max_iter`` (mostly idle) steps.
 
     Returns:
       A :class:`FitResult`.
@@ -274,6 +376,7 @@ def fit_em(
       [0, 5]
     """
     key = v.check_key(key)
+    differentiation = check_differentiation(differentiation)
     covariance_type = check_covariance_type(covariance_type)
     init_params = check_init_params(init_params)
     num_components = v.check_int("num_components", num_components, 1)
@@ -292,12 +395,16 @@ def fit_em(
     chunk_size = resolve_chunk_size(chunk_size, X.shape[0], num_components, X.shape[1], X.dtype,
                                     batch=restart_batch_size)
     report_every = check_verbose(verbose, verbose_interval, key, X)
+    if report_every and differentiation == "unrolled":
+        raise ValueError("verbose progress is reported from the EM while loop; differentiation='unrolled' runs "
+                         "a scan instead: use verbose=False or differentiation='implicit'.")
     fit = functools.partial(
         _fit_em,
         key, X, sample_weight, jnp.asarray(tol, X.dtype), jnp.asarray(reg_covar, X.dtype),
         weights_init, means_init, precisions_init,
         num_components=num_components, covariance_type=covariance_type, max_iter=max_iter,
         n_init=n_init, init_params=init_params, chunk_size=chunk_size, restart_batch_size=restart_batch_size,
+        differentiation=differentiation,
     )
     if not report_every:
         return fit()

@@ -160,6 +160,11 @@ def _dtype_float64():
     assert res32.lower_bound.dtype == jnp.float32, res32.lower_bound.dtype
 
 
+import _x64_grad_checks  # noqa: E402  (gradients through fit_em: tests/test_grad_through_fit.py)
+
+CHECKS.update(_x64_grad_checks.CHECKS)
+
+
 def main(argv):
     names = argv or list(CHECKS)
     unknown = [n for n in names if n not in CHECKS]
