@@ -21,6 +21,13 @@ from gmmjax._params import check_covariance_type
 _all_finite = jax.jit(lambda a: jnp.max(jnp.abs(a)) < jnp.inf)
 
 
+def _concrete_all_finite(arr) -> bool:
+    """Whether a concrete array is finite, also while the caller's ``jit`` is tracing (a
+    concrete array closed over by a jitted function is checked then, not staged)."""
+    with jax.ensure_compile_time_eval():
+        return bool(_all_finite(arr))
+
+
 def is_traced(x) -> bool:
     return isinstance(x, jax.core.Tracer)
 
@@ -89,7 +96,7 @@ def check_data(X, name: str = "X", *, num_features: int | None = None, min_sampl
         )
     dtype = working_dtype(arr.dtype)
     arr = jnp.asarray(arr, dtype=dtype)
-    if not is_traced(arr) and not bool(_all_finite(arr)):
+    if not is_traced(arr) and not _concrete_all_finite(arr):
         raise ValueError(
             f"{name} contains NaN or infinity: remove or impute those entries before fitting or predicting."
         )

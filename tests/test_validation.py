@@ -112,6 +112,17 @@ def test_fit_em_rejects(X, case):
         gj.fit_em(jax.random.key(0), data, num_components, **kwargs)
 
 
+def test_fit_em_checks_concrete_data_closed_over_by_a_jitted_function(X):
+    """Data that is concrete inside the caller's jit (closed over) is still checked for NaN,
+    and clean data fits (the check must not try to read a staged value)."""
+    clean = jax.numpy.asarray(X[:60], jax.numpy.float32)
+    means = jax.jit(lambda key: gj.fit_em(key, clean, 2).params.means)(jax.random.key(0))
+    assert np.all(np.isfinite(np.asarray(means)))
+    dirty = clean.at[3, 1].set(np.nan)
+    with pytest.raises(ValueError, match="X contains NaN or infinity"):
+        jax.jit(lambda key: gj.fit_em(key, dirty, 2).params.means)(jax.random.key(0))
+
+
 @pytest.mark.parametrize("sample_weight, match", [
     (-np.ones(600), r"sample_weight must be finite and non-negative"),
     (np.full(600, np.nan), r"sample_weight must be finite and non-negative"),
