@@ -221,7 +221,7 @@ def test_estimator_gradient_fit_is_fit_gradient(X, fitted, tmp_path):
     model.set_params(optimizer=FAST_ADAM)
     assert clone(model).get_params()["optimizer"] == FAST_ADAM
     # save/load: an optimizer object cannot go into the JSON hyperparameters; it is stored as None
-    with pytest.warns(UserWarning, match="optimizer object is not saved"):
+    with pytest.warns(UserWarning, match="optimizer object .* is not saved"):
         model.save(tmp_path / "m.npz")
     loaded = GaussianMixtureModel.load(tmp_path / "m.npz")
     assert loaded.optimizer is None
