@@ -345,29 +345,43 @@ def plot_lower_bounds(result_or_model, ax=None, *, figsize=(6.4, 4.2)):
 
 
 def _name_minima(ax, ks, values: Mapping) -> None:
-    """Writes the criterion's name beside each minimum star (the stars of several types share a
-    colour); minima that fall on the same spot (ICL = BIC when the clusters do not overlap)
-    share one label, "BIC, ICL"."""
-    finite = np.concatenate([arr[np.isfinite(arr)] for arr in values.values()])
-    if finite.size == 0:
-        return
-    spot_size = 0.02 * max(float(np.ptp(finite)), np.finfo(np.float64).tiny)
-    spots = []  # [j, y, names]
+    """Writes the criterion's name next to each minimum star (the stars of several types share a
+    colour). A label goes under its star (a minimum's own curve lies above it on both sides), or
+    above it when another star sits just below at the same K; stars drawn on the same spot
+    (ICL = BIC when the clusters do not overlap) share one label, "BIC, ICL"."""
+    minima = []  # (name, j, y)
     for name, arr in values.items():
-        if np.all(np.isnan(arr)):
-            continue
-        t, j = np.unravel_index(np.nanargmin(arr), arr.shape)
-        y = float(arr[t, j])
-        same = next((spot for spot in spots if spot[0] == j and abs(spot[1] - y) <= spot_size), None)
+        if not np.all(np.isnan(arr)):
+            t, j = np.unravel_index(np.nanargmin(arr), arr.shape)
+            minima.append((name, int(j), float(arr[t, j])))
+    if not minima:
+        return
+    low, high = ax.get_ylim()
+    ax.set_ylim(low - 0.08 * (high - low), high)  # room for the labels under the lowest stars
+    # Distances in points on the figure, where the labels live (the scale of the axes as drawn now).
+    points_per_unit = abs(ax.transData.transform((0, 1))[1] - ax.transData.transform((0, 0))[1]) * 72 / ax.figure.dpi
+    spots = []  # [j, y, names]
+    for name, j, y in minima:
+        same = next((spot for spot in spots if spot[0] == j and abs(spot[1] - y) * points_per_unit < 5), None)
         if same is None:
             spots.append([j, y, [name]])
         else:
             same[2].append(name)
+    label_room = 24  # points: half a star and a line of small text
     for j, y, names in spots:
-        last = j == ks.size - 1 and ks.size > 1  # at the right edge: write to the left of the star
-        ax.annotate(", ".join(names), (ks[j], y), xytext=(-12 if last else 12, 0), textcoords="offset points",
-                    ha="right" if last else "left", va="center", fontsize="small", gid="gmmjax-minimum-label",
-                    zorder=6, bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.8))
+        close = [other_y for other_j, other_y, _ in spots if other_j == j and other_y != y
+                 and abs(other_y - y) * points_per_unit < label_room]
+        side = ("under" if not any(other_y < y for other_y in close) else
+                "over" if not any(other_y > y for other_y in close) else "beside")
+        # Flush with the star's side at either end of the x axis, so that the text stays inside the axes.
+        ha = "left" if j == 0 else "right" if j == ks.size - 1 else "center"
+        dx = {"left": -6, "right": 6, "center": 0}[ha]
+        if side == "beside":
+            ha, dx = ("right", -12) if j == ks.size - 1 else ("left", 12)
+        dy, va = {"under": (-13, "top"), "over": (13, "bottom"), "beside": (0, "center")}[side]
+        ax.annotate(", ".join(names), (ks[j], y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
+                    fontsize="small", gid="gmmjax-minimum-label", zorder=6,
+                    bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.6))
 
 
 def plot_criteria(num_components, criteria: Mapping, covariance_types: Sequence[str] | None = None, ax=None, *,
@@ -385,7 +399,7 @@ def plot_criteria(num_components, criteria: Mapping, covariance_types: Sequence[
 
     Returns:
       The matplotlib Axes: one line per criterion (and covariance type) and, per criterion, a
-      star at its minimum over all ``(type, K)``, named in the legend and beside the star.
+      star at its minimum over all ``(type, K)``, named in the legend and next to the star.
 
     >>> import numpy as np
     >>> from gmmjax.plot import plot_criteria

@@ -320,12 +320,17 @@ def test_criteria_one_row_and_bad_input():
         plot_criteria([1, 2, 3], {})
 
 
-def test_minima_are_named_beside_their_stars():
+def test_minima_are_named_next_to_their_stars():
     # ICL's minimum on BIC's (no overlap between clusters): one label for both; AIC's apart.
     bic = np.array([[10.0, 4.0, 6.0], [12.0, 7.0, 8.0]])
     ax = plot_criteria([1, 2, 3], {"BIC": bic, "AIC": bic - 3.0, "ICL": bic + 1e-3}, ["full", "diag"])
     labels = {text.get_text(): text.xy for text in artists(ax, "gmmjax-minimum-label")}
     assert labels == {"BIC, ICL": (2, 4.0), "AIC": (2, 1.0)}
+    assert all(text.xyann[1] < 0 for text in artists(ax, "gmmjax-minimum-label"))  # under the stars
+    # AIC's star just under BIC's: BIC's label goes over its star, AIC's under.
+    ax = plot_criteria([1, 2, 3], {"BIC": bic, "AIC": bic - 0.6}, ["full", "diag"])
+    offsets = {text.get_text(): text.xyann[1] for text in artists(ax, "gmmjax-minimum-label")}
+    assert offsets["BIC"] > 0 > offsets["AIC"]
 
 
 def _selection_table(criterion, covariance_types=("full", "diag")):
