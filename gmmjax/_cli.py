@@ -420,7 +420,8 @@ def _run_select(args) -> int:
                   f"{table['n_iter'][t, j]:>10}  {'yes' if table['converged'][t, j] else 'no'}{mark}")
     print(f"best by {criterion}: K={model.num_components}, {model.covariance_type} covariances "
           f"({criterion} {float(selection.scores[best]):.4f})")
-    print(f"time for {len(types) * len(candidates)} fits in one program (including compilation) {elapsed:.2f} s")
+    num_fits = len(types) * len(candidates)
+    print(f"time for {num_fits} fit{'s' * (num_fits > 1)} in one program (including compilation) {elapsed:.2f} s")
     if args.output is not None:
         model.save(args.output)
         print(f"best model saved to {args.output if _extension(args.output) else args.output + '.npz'}")
