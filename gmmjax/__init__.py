@@ -60,3 +60,13 @@ __all__ = [
     "to_unconstrained",
     "unconstrained_log_prob",
 ]
+
+
+def __getattr__(name):
+    """``gmmjax.plot`` is imported on first access (it needs matplotlib, an optional extra):
+    ``import gmmjax`` alone never imports matplotlib."""
+    if name == "plot":
+        import importlib
+
+        return importlib.import_module("gmmjax.plot")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Command line: ``gmmjax fit | predict | score | sample | demo`` (also ``python -m gmmjax ...``).
+"""Command line: ``gmmjax fit | select | predict | score | sample | demo`` (also ``python -m gmmjax ...``).
 
 Each command is one ``_add_<name>`` function (its arguments) and one ``_run_<name>``
 function (the work); :data:`_COMMANDS` lists the adders. Every user error, from a bad
@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 
 from gmmjax._init import INIT_METHODS
+from gmmjax._model_selection import CRITERIA
 from gmmjax._params import COVARIANCE_TYPES
 
 # The original example's mixture.
@@ -66,6 +67,48 @@ def _nonnegative_float(text):
     if not np.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative finite number, got {text}")
     return value
+
+
+def _num_components_range(text):
+    """``-k`` of ``select``: ``A:B`` (A..B), ``K`` (1..K) or a comma list, as an increasing tuple."""
+    def integer(field):
+        try:
+            value = int(field)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected A:B (e.g. 1:10), K (for 1..K) or a comma list of "
+                                             f"integers (e.g. 2,4,8), got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"numbers of components must be at least 1, got {value} in {text!r}")
+        return value
+
+    if ":" in text:
+        fields = text.split(":")
+        if len(fields) != 2:
+            raise argparse.ArgumentTypeError(f"expected one range A:B (e.g. 1:10), got {text!r}")
+        first, last = map(integer, fields)
+        if last < first:
+            raise argparse.ArgumentTypeError(f"empty range {text!r}: A:B needs A <= B (e.g. 1:10)")
+        return tuple(range(first, last + 1))
+    values = [integer(field) for field in text.split(",")]
+    if len(values) == 1:
+        return tuple(range(1, values[0] + 1))
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text!r} lists a number of components more than once")
+    return tuple(sorted(values))
+
+
+def _covariance_types(text):
+    """``--covariance-type`` of ``select``: a type, ``all`` or a comma list of types."""
+    if text == "all":
+        return COVARIANCE_TYPES
+    types = tuple(field.strip() for field in text.split(","))
+    for name in types:
+        if name not in COVARIANCE_TYPES:
+            raise argparse.ArgumentTypeError(f"unknown covariance type {name!r}: choose from "
+                                             f"{', '.join(COVARIANCE_TYPES)}, a comma list of them, or all")
+    if len(set(types)) != len(types):
+        raise argparse.ArgumentTypeError(f"{text!r} lists a covariance type more than once")
+    return types
 
 
 # -- shared input and output ---------------------------------------------------------------------
@@ -301,6 +344,96 @@ def _run_fit(args) -> int:
     return 0
 
 
+# -- select -------------------------------------------------------------------------------------------
+def _add_select(commands):
+    p = commands.add_parser(
+        "select", help="choose the number of components (and covariance type) by BIC, AIC or ICL",
+        description="Fit a mixture for every number of components in -k (and every covariance type asked "
+                    "for) as one compiled program, print BIC, AIC and ICL for each, the winner marked, and "
+                    "the winner; -o saves it, --plot draws the criteria over K.")
+    p.add_argument("data", metavar="DATA", help="data file: .npy, .npz (see --key) or .csv/.txt/.tsv")
+    p.add_argument("-k", "--num-components", type=_num_components_range, required=True, metavar="K",
+                   help="numbers of components to try: A:B (A..B), K (1..K) or a comma list such as 2,4,8")
+    p.add_argument("--covariance-type", type=_covariance_types, default=("full",), metavar="TYPE",
+                   help=f"{', '.join(COVARIANCE_TYPES)}, a comma list of them, or all (default full)")
+    p.add_argument("--criterion", choices=CRITERIA, default="bic",
+                   help="what the best model minimises (default bic)")
+    p.add_argument("--n-init", type=_int_at_least(1), default=1, help="restarts per fit (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--max-iter", type=_int_at_least(1), default=100, help="EM iteration limit (default 100)")
+    p.add_argument("--tol", type=_nonnegative_float, default=1e-3,
+                   help="stop when the mean log-likelihood changes by less (default 1e-3)")
+    p.add_argument("--reg-covar", type=_nonnegative_float, default=1e-6,
+                   help="added to covariance diagonals (default 1e-6)")
+    p.add_argument("--init-params", choices=INIT_METHODS, default="kmeans", help="initialisation (default kmeans)")
+    p.add_argument("--key", metavar="NAME", help="array to read from an .npz DATA file")
+    p.add_argument("-o", "--output", metavar="MODEL.npz", help="save the best model (.npz)")
+    p.add_argument("--plot", metavar="FIG.png", help="save a picture of the criteria over the number of components")
+    p.set_defaults(run=_run_select)
+
+
+def _describe_range(values) -> str:
+    values = list(values)
+    if len(values) > 2 and values == list(range(values[0], values[-1] + 1)):
+        return f"{values[0]}..{values[-1]}"
+    return ", ".join(map(str, values))
+
+
+def _run_select(args) -> int:
+    check_output(args.output, (".npz", ""))  # np.savez adds .npz to a name without it
+    check_output(args.plot, (".png", ".pdf", ".svg", ".jpg"))
+    plot = _plot_module() if args.plot else None
+    X = load_data(args.data, args.key)
+    candidates, types = args.num_components, args.covariance_type
+    if candidates[-1] > X.shape[0]:
+        raise CLIError(f"{args.data} has {X.shape[0]} samples, fewer than the largest K {candidates[-1]}: "
+                       "try fewer components or provide more data")
+    from gmmjax import GaussianMixtureModel
+
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = GaussianMixtureModel.select(
+            X, candidates, covariance_types=types, criterion=args.criterion, n_init=args.n_init,
+            max_iter=args.max_iter, tol=args.tol, reg_covar=args.reg_covar, init_params=args.init_params,
+            seed=args.seed)
+    elapsed = time.perf_counter() - start
+    for warning in caught:
+        print(f"gmmjax select: warning: {_one_line(warning.message)}", file=sys.stderr)
+
+    selection = model.selection_
+    table = {name: np.asarray(getattr(selection, name)) for name in
+             ("bic", "aic", "icl", "mean_log_likelihood", "n_iter", "converged")}
+    best = (int(selection.best_type_index), int(selection.best_index))
+    criterion = args.criterion.upper()
+    print(f"gmmjax select {args.data}: {X.shape[0]} samples × {X.shape[1]} features, "
+          f"K = {_describe_range(candidates)}, covariance {', '.join(types)}, "
+          f"{args.n_init} restart{'s' * (args.n_init > 1)} each, seed {args.seed}")
+    width = max(len("type"), *map(len, types))
+    print(f"{'type':<{width}}  {'K':>3}  {'BIC':>13}  {'AIC':>13}  {'ICL':>13}  {'mean log-lik':>12}  "
+          f"{'iterations':>10}  converged")
+    for t, covariance_type in enumerate(types):
+        for j, k in enumerate(candidates):
+            mark = f"  <- best by {criterion}" if (t, j) == best else ""
+            print(f"{covariance_type:<{width}}  {k:>3}  {table['bic'][t, j]:13.4f}  {table['aic'][t, j]:13.4f}  "
+                  f"{table['icl'][t, j]:13.4f}  {table['mean_log_likelihood'][t, j]:12.6f}  "
+                  f"{table['n_iter'][t, j]:>10}  {'yes' if table['converged'][t, j] else 'no'}{mark}")
+    print(f"best by {criterion}: K={model.num_components}, {model.covariance_type} covariances "
+          f"({criterion} {float(selection.scores[best]):.4f})")
+    num_fits = len(types) * len(candidates)
+    print(f"time for {num_fits} fit{'s' * (num_fits > 1)} in one program (including compilation) {elapsed:.2f} s")
+    if args.output is not None:
+        model.save(args.output)
+        print(f"best model saved to {args.output if _extension(args.output) else args.output + '.npz'}")
+    if plot is not None:
+        ax = plot.plot_selection(model)
+        ax.set_title(f"{os.path.basename(args.data)}: best by {criterion} is K={model.num_components}, "
+                     f"{model.covariance_type} covariances")
+        ax.figure.savefig(args.plot, dpi=120, bbox_inches="tight")
+        print(f"picture saved to {args.plot}")
+    return 0
+
+
 # -- predict ------------------------------------------------------------------------------------------
 def _add_model_and_data(p):
     p.add_argument("model", metavar="MODEL", help="model file written by gmmjax fit -o")
@@ -440,7 +573,7 @@ def _add_demo(commands):
 
 # -- main ---------------------------------------------------------------------------------------------
 # One adder per command (arguments + ``set_defaults(run=...)``): a new command is one more entry.
-_COMMANDS = (_add_fit, _add_predict, _add_score, _add_sample, _add_demo)
+_COMMANDS = (_add_fit, _add_select, _add_predict, _add_score, _add_sample, _add_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

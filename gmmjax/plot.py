@@ -6,6 +6,8 @@
   directly; otherwise the first two principal axes of the data).
 * :func:`plot_lower_bounds`: the EM lower-bound history of every restart, the best highlighted.
 * :func:`plot_criteria`: BIC / AIC / ICL over the number of components, the minima marked.
+* :func:`plot_selection`: the same curves straight from a :class:`~gmmjax.SelectionResult` (or
+  from a model returned by :meth:`GaussianMixtureModel.select <gmmjax.GaussianMixtureModel.select>`).
 
 Every function draws on ``ax`` when given (else on a new figure) and returns the Axes. The
 artists carry ``gid`` tags (``"gmmjax-data"``, ``"gmmjax-ellipse"``, ``"gmmjax-mean"``,
@@ -33,9 +35,10 @@ import numpy as np
 from gmmjax import _validation as v
 from gmmjax._estimator import GaussianMixtureModel, _responsibilities
 from gmmjax._em import FitResult
+from gmmjax._model_selection import CRITERIA, SelectionResult
 from gmmjax._params import GMMParams
 
-__all__ = ["plot_mixture", "plot_lower_bounds", "plot_criteria", "ellipse_geometry"]
+__all__ = ["plot_mixture", "plot_lower_bounds", "plot_criteria", "plot_selection", "ellipse_geometry"]
 
 # Ellipse line styles for successive ``n_std`` levels (the innermost solid).
 _LEVEL_STYLES = ("-", "--", ":", "-.")
@@ -341,6 +344,46 @@ def plot_lower_bounds(result_or_model, ax=None, *, figsize=(6.4, 4.2)):
 # --------------------------------------------------------------------------- information criteria
 
 
+def _name_minima(ax, ks, values: Mapping) -> None:
+    """Writes the criterion's name next to each minimum star (the stars of several types share a
+    colour). A label goes under its star (a minimum's own curve lies above it on both sides), or
+    above it when another star sits just below at the same K; stars drawn on the same spot
+    (ICL = BIC when the clusters do not overlap) share one label, "BIC, ICL"."""
+    minima = []  # (name, j, y)
+    for name, arr in values.items():
+        if not np.all(np.isnan(arr)):
+            t, j = np.unravel_index(np.nanargmin(arr), arr.shape)
+            minima.append((name, int(j), float(arr[t, j])))
+    if not minima:
+        return
+    low, high = ax.get_ylim()
+    ax.set_ylim(low - 0.08 * (high - low), high)  # room for the labels under the lowest stars
+    # Distances in points on the figure, where the labels live (the scale of the axes as drawn now).
+    points_per_unit = abs(ax.transData.transform((0, 1))[1] - ax.transData.transform((0, 0))[1]) * 72 / ax.figure.dpi
+    spots = []  # [j, y, names]
+    for name, j, y in minima:
+        same = next((spot for spot in spots if spot[0] == j and abs(spot[1] - y) * points_per_unit < 5), None)
+        if same is None:
+            spots.append([j, y, [name]])
+        else:
+            same[2].append(name)
+    label_room = 24  # points: half a star and a line of small text
+    for j, y, names in spots:
+        close = [other_y for other_j, other_y, _ in spots if other_j == j and other_y != y
+                 and abs(other_y - y) * points_per_unit < label_room]
+        side = ("under" if not any(other_y < y for other_y in close) else
+                "over" if not any(other_y > y for other_y in close) else "beside")
+        # Flush with the star's side at either end of the x axis, so that the text stays inside the axes.
+        ha = "left" if j == 0 else "right" if j == ks.size - 1 else "center"
+        dx = {"left": -6, "right": 6, "center": 0}[ha]
+        if side == "beside":
+            ha, dx = ("right", -12) if j == ks.size - 1 else ("left", 12)
+        dy, va = {"under": (-13, "top"), "over": (13, "bottom"), "beside": (0, "center")}[side]
+        ax.annotate(", ".join(names), (ks[j], y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
+                    fontsize="small", gid="gmmjax-minimum-label", zorder=6,
+                    bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.6))
+
+
 def plot_criteria(num_components, criteria: Mapping, covariance_types: Sequence[str] | None = None, ax=None, *,
                   figsize=None):
     """Information criteria (BIC, AIC, ICL...) over the number of components, minima marked.
@@ -356,7 +399,7 @@ def plot_criteria(num_components, criteria: Mapping, covariance_types: Sequence[
 
     Returns:
       The matplotlib Axes: one line per criterion (and covariance type) and, per criterion, a
-      star at its minimum over all ``(type, K)``, named in the legend.
+      star at its minimum over all ``(type, K)``, named in the legend and next to the star.
 
     >>> import numpy as np
     >>> from gmmjax.plot import plot_criteria
@@ -411,6 +454,7 @@ def plot_criteria(num_components, criteria: Mapping, covariance_types: Sequence[
         ax.plot([ks[j_min]], [arr[t_min, j_min]], linestyle="", marker="*", markersize=17,
                 color=f"C{c}" if one_row else f"C{t_min}", markeredgecolor="black", zorder=5,
                 gid="gmmjax-minimum", label=f"{name} minimum: {where}")
+    _name_minima(ax, ks, values)
     ax.set_xlabel("number of components K")
     ax.set_ylabel("criterion (lower is better)")
     ax.set_title("Information criteria")
@@ -427,4 +471,51 @@ def plot_criteria(num_components, criteria: Mapping, covariance_types: Sequence[
                     for c, name in enumerate(values)]
         ax.legend(handles=handles + minima, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
                   borderaxespad=0.0)
+    return ax
+
+
+def plot_selection(result_or_model, criteria: Sequence[str] = CRITERIA, ax=None, *, figsize=None):
+    """The criteria of a model selection over the number of components: :func:`plot_criteria`
+    fed from a :class:`~gmmjax.SelectionResult`.
+
+    Args:
+      result_or_model: a :class:`~gmmjax.SelectionResult` of one selection (from
+        :func:`gmmjax.select_num_components`, not batched) or a model returned by
+        :meth:`GaussianMixtureModel.select <gmmjax.GaussianMixtureModel.select>` (its ``selection_``).
+      criteria: which of ``"bic"``, ``"aic"``, ``"icl"`` to draw, in this order.
+      ax: matplotlib Axes to draw on; ``None`` makes a new figure.
+      figsize: size of a new figure (ignored when ``ax`` is given).
+
+    Returns:
+      The matplotlib Axes, as :func:`plot_criteria` draws it (one line per criterion and
+      covariance type, a star at each criterion's minimum), titled with the selected model.
+      The star of the selection's own criterion (``result.criterion``) is the selected model:
+      both take the first minimum in the order (type, ``K``).
+
+    Example::
+
+        selection = gj.select_num_components(jax.random.key(0), X, 8, covariance_types="all")
+        plot_selection(selection)            # or plot_selection(GaussianMixtureModel.select(X, 8))
+    """
+    result = result_or_model
+    if isinstance(result_or_model, GaussianMixtureModel):
+        result = result_or_model.__dict__.get("selection_")
+        if result is None:
+            raise ValueError("plot_selection needs a model returned by GaussianMixtureModel.select (it keeps the "
+                             "table as selection_); a model from fit() has no selection to draw.")
+    if not isinstance(result, SelectionResult):
+        raise ValueError("plot_selection needs a SelectionResult (from gmmjax.select_num_components) or a model "
+                         f"returned by GaussianMixtureModel.select, got {type(result_or_model).__name__}.")
+    if np.ndim(result.bic) != 2:
+        raise ValueError(f"plot_selection draws one selection: its criteria must be (types, K), got shape "
+                         f"{np.shape(result.bic)} (a batch of selections: pick one first, e.g. with "
+                         "jax.tree_util.tree_map(lambda leaf: leaf[i], result)).")
+    names = [criteria] if isinstance(criteria, str) else list(criteria)
+    if not names or any(name not in CRITERIA for name in names) or len(set(names)) != len(names):
+        raise ValueError(f"criteria must be distinct names among {CRITERIA}, got {criteria!r}.")
+    ax = plot_criteria(np.asarray(result.num_components),
+                       {name.upper(): np.asarray(getattr(result, name)) for name in names},
+                       result.covariance_types, ax, figsize=figsize)
+    ax.set_title(f"Information criteria (best by {result.criterion.upper()}: "
+                 f"K={int(result.best_num_components)}, {result.best_covariance_type})")
     return ax

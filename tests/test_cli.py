@@ -3,7 +3,8 @@
 In-process through ``main(argv)`` for speed; one ``python -m gmmjax fit`` and one run of the
 ``gmmjax`` console script in subprocesses prove the entry points. All commands use the demo's
 data (600 × 2) and K=2 with the default options, so the fit compiles once (the same program
-as the demo's).
+as the demo's). ``select`` runs on tests/test_model_selection.py's data and configuration
+(150 × 2, K = 1..3, full and diag), so the two files share one compiled selection program.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import jax
 import numpy as np
 import pytest
 
+import _oracles as O
 import gmmjax as gj
 from gmmjax import _cli
 from gmmjax import GaussianMixtureModel
@@ -289,6 +291,28 @@ BAD_INPUTS = [  # (arguments, exit code, what stderr says); {d}: the test direct
     ("fit {d}/data.csv -k 2 --tol -1", 2, "--tol: must be a non-negative finite number"),
     ("fit {d}/data.csv -k 2 --init-params magic", 2, "invalid choice: 'magic'"),
     ("fit {d}/data.csv -k 2 --frobnicate", 2, "unrecognized arguments: --frobnicate"),
+    ("select {d}/three.csv -k 1:4", 1, "three.csv has 3 samples, fewer than the largest K 4"),
+    ("select {d}/missing.csv -k 3", 1, "missing.csv: no such file"),
+    ("select {d}/nan.csv -k 3", 1, "NaN or infinite"),
+    ("select {d}/multi.npz -k 3", 1, "choose one with --key NAME"),
+    ("select {d}/data.csv -k 3 -o {d}/best.pkl", 1, "unknown output format '.pkl': use .npz"),
+    ("select {d}/data.csv -k 3 --plot {d}/bic.gif", 1, "unknown output format '.gif': use .png"),
+    ("select {d}/data.csv -k 3 --plot {d}/no/such/dir/bic.png", 1, "the folder {d}/no/such/dir does not exist"),
+    ("select {d}/data.csv", 2, "the following arguments are required: -k/--num-components"),
+    ("select {d}/data.csv -k 0:3", 2, "numbers of components must be at least 1, got 0 in '0:3'"),
+    ("select {d}/data.csv -k 0", 2, "numbers of components must be at least 1, got 0"),
+    ("select {d}/data.csv -k 5:2", 2, "empty range '5:2': A:B needs A <= B"),
+    ("select {d}/data.csv -k 1:2:3", 2, "expected one range A:B (e.g. 1:10), got '1:2:3'"),
+    ("select {d}/data.csv -k a:b", 2, "expected A:B (e.g. 1:10), K (for 1..K) or a comma list"),
+    ("select {d}/data.csv -k 2,,4", 2, "expected A:B (e.g. 1:10), K (for 1..K) or a comma list"),
+    ("select {d}/data.csv -k 2,4,2", 2, "'2,4,2' lists a number of components more than once"),
+    ("select {d}/data.csv -k 3 --covariance-type banana", 2, "unknown covariance type 'banana': choose from full"),
+    ("select {d}/data.csv -k 3 --covariance-type full,banana", 2, "unknown covariance type 'banana'"),
+    ("select {d}/data.csv -k 3 --covariance-type full,full", 2, "lists a covariance type more than once"),
+    ("select {d}/data.csv -k 3 --criterion mdl", 2, "invalid choice: 'mdl'"),
+    ("select {d}/data.csv -k 3 --n-init 0", 2, "--n-init: must be at least 1"),
+    ("select {d}/data.csv -k 3 --reg-covar nan", 2, "--reg-covar: must be a non-negative finite number"),
+    ("select {d}/data.csv -k 3 --init-params magic", 2, "invalid choice: 'magic'"),
     ("predict {m} {d}/wide.npy", 1, "wide.npy has 3 features, but the model"),
     ("predict {d}/data.npy {d}/data.csv", 1, "is not a gmmjax model file"),
     ("predict {d}/missing.npz {d}/data.csv", 1, "missing.npz: no such file"),
@@ -313,9 +337,10 @@ def test_bad_input_fails_with_one_line(work, args, expected_code, message):
     assert "Traceback" not in err and out == ""
 
 
-def test_fit_without_matplotlib_fails_before_fitting(work, monkeypatch):
+@pytest.mark.parametrize("command", ["fit", "select"])
+def test_plot_without_matplotlib_fails_before_fitting(work, monkeypatch, command):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
-    code, out, err = cli("fit", work.data_csv, "-k", 2, "--plot", work.dir / "nofig.png")
+    code, out, err = cli(command, work.data_csv, "-k", 2, "--plot", work.dir / "nofig.png")
     assert code == 1 and out == "" and len(err.splitlines()) == 1
     assert "--plot needs matplotlib and gmmjax.plot" in err and "pip install 'gmmjax[plots]'" in err
     assert not (work.dir / "nofig.png").exists()
@@ -332,6 +357,103 @@ def test_fit_plot_saves_a_picture(work):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     pixels = image.imread(path)
     assert pixels.shape[0] > 200 and pixels.shape[1] > 200 and pixels[..., :3].std() > 0.05
+
+
+# -- select -------------------------------------------------------------------------------------------
+SELECT_TYPES = ("full", "diag")
+
+
+@pytest.fixture(scope="module")
+def selected(tmp_path_factory):
+    """One ``gmmjax select`` run: test_model_selection's data (three well-separated blobs) and
+    configuration, so that the selection program compiles once for both files."""
+    w = Work()
+    w.dir = d = tmp_path_factory.mktemp("select")
+    w.X = O.make_blobs(n=150, d=2, k=3, seed=4, spread=6.0)[0].astype(np.float32)
+    w.data, w.model_path, w.plot_path = d / "blobs.npy", d / "best.npz", d / "bic.png"
+    np.save(w.data, w.X)
+    w.run = cli("select", w.data, "-k", "1:3", "--covariance-type", ",".join(SELECT_TYPES), "-o", w.model_path,
+                "--plot", w.plot_path)
+    # The oracle: the library's functional entry on the same data with the same key (seed 0).
+    w.oracle = gj.select_num_components(jax.random.key(0), w.X, 3, covariance_types=SELECT_TYPES)
+    return w
+
+
+SELECT_ROW = re.compile(r"^(full|tied|diag|spherical)\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\d+)\s+(yes|no)"
+                        r"(  <- best by (BIC|AIC|ICL))?$", flags=re.M)
+
+
+def check_select_table(out, oracle, criterion):
+    """The printed table is ``oracle`` (a SelectionResult), row by row, with its winner marked."""
+    rows = SELECT_ROW.findall(out)
+    expected = [(t, k) for t in oracle.covariance_types for k in np.asarray(oracle.num_components).tolist()]
+    assert [(row[0], int(row[1])) for row in rows] == expected, out
+    for index, row in enumerate(rows):
+        t, j = divmod(index, len(oracle.num_components))
+        for column, name in ((2, "bic"), (3, "aic"), (4, "icl")):  # 4 decimals printed
+            assert float(row[column]) == pytest.approx(float(getattr(oracle, name)[t, j]), abs=1e-4), (name, row)
+        assert float(row[5]) == pytest.approx(float(oracle.mean_log_likelihood[t, j]), abs=1e-6)
+        assert int(row[6]) == int(oracle.n_iter[t, j])
+        assert row[7] == ("yes" if oracle.converged[t, j] else "no")
+    marked = [index for index, row in enumerate(rows) if row[8]]
+    best = int(oracle.best_type_index) * len(oracle.num_components) + int(oracle.best_index)
+    assert marked == [best] and rows[best][9] == criterion.upper(), out
+    best_k, best_type = int(oracle.best_num_components), oracle.best_covariance_type
+    assert (f"best by {criterion.upper()}: K={best_k}, {best_type} covariances "
+            f"({criterion.upper()} {float(oracle.scores[int(oracle.best_type_index), int(oracle.best_index)]):.4f})"
+            in out), out
+
+
+def test_select_prints_the_table_select_num_components_computes(selected):
+    code, out, err = selected.run
+    assert code == 0 and err == "", err
+    check_select_table(out, selected.oracle, "bic")
+    assert "150 samples × 2 features, K = 1..3, covariance full, diag, 1 restart each, seed 0" in out
+    # Three well-separated round blobs: the known answer.
+    assert "best by BIC: K=3" in out
+
+
+def test_select_saves_the_model_the_estimator_selects(selected):
+    saved = GaussianMixtureModel.load(selected.model_path)
+    assert f"best model saved to {selected.model_path}" in selected.run[1]
+    reference = GaussianMixtureModel.select(selected.X, 3, covariance_types=SELECT_TYPES, seed=0)
+    assert (saved.num_components, saved.covariance_type) == (reference.num_components, reference.covariance_type)
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        np.testing.assert_array_equal(getattr(saved, name), getattr(reference, name), err_msg=name)
+    assert saved.n_iter_ == reference.n_iter_ and saved.converged_ == reference.converged_
+
+
+def test_select_criterion_and_k_forms(selected):
+    # -k 3 means 1..3 and --criterion is data to the compiled program: no new compilation.
+    code, out, err = cli("select", selected.data, "-k", 3, "--covariance-type", "full,diag", "--criterion", "aic")
+    assert code == 0 and err == "", err
+    oracle = gj.select_num_components(jax.random.key(0), selected.X, 3, covariance_types=SELECT_TYPES,
+                                      criterion="aic")
+    check_select_table(out, oracle, "aic")
+
+
+@pytest.mark.parametrize("text, expected", [("1:10", tuple(range(1, 11))), ("3:3", (3,)), ("4", (1, 2, 3, 4)),
+                                            ("1", (1,)), ("8,2,4", (2, 4, 8)), ("2, 5", (2, 5))])
+def test_select_k_accepts_ranges_counts_and_lists(text, expected):
+    assert _cli._num_components_range(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [("all", gj.COVARIANCE_TYPES), ("tied", ("tied",)),
+                                            ("spherical,full", ("spherical", "full"))])
+def test_select_covariance_types(text, expected):
+    assert _cli._covariance_types(text) == expected
+
+
+def test_select_plot_saves_a_picture(selected):
+    image = pytest.importorskip("matplotlib.image")
+    code, out, _ = selected.run
+    assert code == 0 and f"picture saved to {selected.plot_path}" in out
+    raw = selected.plot_path.read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) > 5_000
+    pixels = image.imread(selected.plot_path)
+    assert pixels.shape[0] > 300 and pixels.shape[1] > 500 and pixels[..., :3].std() > 0.05
+    colors = np.unique(np.round(pixels[::2, ::2, :3].reshape(-1, 3) * 255).astype(np.uint8), axis=0)
+    assert len(colors) > 50  # lines in several colours, text, stars: not a blank canvas
 
 
 def test_fit_verbose_shows_progress_on_stderr(work):

@@ -26,7 +26,8 @@ import pytest  # noqa: E402
 from _oracles import full_covariances, make_blobs  # noqa: E402
 
 import gmmjax as gj  # noqa: E402
-from gmmjax.plot import ellipse_geometry, plot_criteria, plot_lower_bounds, plot_mixture  # noqa: E402
+from gmmjax.plot import (ellipse_geometry, plot_criteria, plot_lower_bounds, plot_mixture,  # noqa: E402
+                         plot_selection)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -319,6 +320,100 @@ def test_criteria_one_row_and_bad_input():
         plot_criteria([1, 2, 3], {})
 
 
+def test_minima_are_named_next_to_their_stars():
+    # ICL's minimum on BIC's (no overlap between clusters): one label for both; AIC's apart.
+    bic = np.array([[10.0, 4.0, 6.0], [12.0, 7.0, 8.0]])
+    ax = plot_criteria([1, 2, 3], {"BIC": bic, "AIC": bic - 3.0, "ICL": bic + 1e-3}, ["full", "diag"])
+    labels = {text.get_text(): text.xy for text in artists(ax, "gmmjax-minimum-label")}
+    assert labels == {"BIC, ICL": (2, 4.0), "AIC": (2, 1.0)}
+    assert all(text.xyann[1] < 0 for text in artists(ax, "gmmjax-minimum-label"))  # under the stars
+    # AIC's star just under BIC's: BIC's label goes over its star, AIC's under.
+    ax = plot_criteria([1, 2, 3], {"BIC": bic, "AIC": bic - 0.6}, ["full", "diag"])
+    offsets = {text.get_text(): text.xyann[1] for text in artists(ax, "gmmjax-minimum-label")}
+    assert offsets["BIC"] > 0 > offsets["AIC"]
+
+
+def _selection_table(criterion, covariance_types=("full", "diag")):
+    """A hand-made SelectionResult (no fit): two types, K = 1..4, the best chosen as
+    select_num_components chooses it (the first minimum in the order type, K)."""
+    rng = np.random.default_rng(5)
+    shape = (len(covariance_types), 4)
+    bic = 1000.0 + rng.normal(scale=30.0, size=shape)
+    aic, icl = bic - rng.uniform(5, 50, size=shape), bic + rng.uniform(0, 20, size=shape)
+    table = {"bic": bic, "aic": aic, "icl": icl}
+    best = np.unravel_index(np.argmin(table[criterion]), shape)
+    return gj.SelectionResult(num_components=np.arange(1, 5), **table, mean_log_likelihood=np.zeros(shape),
+                              n_iter=np.ones(shape, int), converged=np.ones(shape, bool), fits=(),
+                              best_type_index=np.int32(best[0]), best_index=np.int32(best[1]),
+                              covariance_types=covariance_types, criterion=criterion)
+
+
+@pytest.mark.parametrize("criterion", ["aic", "icl"])
+def test_plot_selection_draws_every_criterion_per_type(criterion):
+    result = _selection_table(criterion)
+    ax = plot_selection(result)
+    curves = artists(ax, "gmmjax-criterion")
+    expected = [(f"{name.upper()}, {t}", getattr(result, name)[i]) for name in ("bic", "aic", "icl")
+                for i, t in enumerate(result.covariance_types)]
+    assert [line.get_label() for line in curves] == [label for label, _ in expected]
+    for line, (_, values) in zip(curves, expected):
+        np.testing.assert_array_equal(line.get_xdata(), [1, 2, 3, 4])
+        np.testing.assert_array_equal(line.get_ydata(), values)
+    stars = {star.get_label().split()[0]: star for star in artists(ax, "gmmjax-minimum")}
+    assert sorted(stars) == ["AIC", "BIC", "ICL"]
+    # The selection criterion's star is the selected model.
+    t, j = int(result.best_type_index), int(result.best_index)
+    winner = stars[criterion.upper()]
+    np.testing.assert_array_equal(winner.get_xydata(), [[j + 1, getattr(result, criterion)[t, j]]])
+    assert winner.get_label() == f"{criterion.upper()} minimum: K={j + 1}, {result.covariance_types[t]}"
+    assert ax.get_title() == f"Information criteria (best by {criterion.upper()}: K={j + 1}, " \
+                             f"{result.covariance_types[t]})"
+
+
+def test_plot_selection_of_some_criteria_and_one_type():
+    result = _selection_table("bic", covariance_types=("tied",))
+    fig, (left, right) = plt.subplots(1, 2)
+    assert plot_selection(result, criteria=["icl", "bic"], ax=left) is left
+    assert [line.get_label() for line in artists(left, "gmmjax-criterion")] == ["ICL, tied", "BIC, tied"]
+    assert plot_selection(result, criteria="aic", ax=right) is right
+    (curve,) = artists(right, "gmmjax-criterion")
+    np.testing.assert_array_equal(curve.get_ydata(), result.aic[0])
+    assert len(plt.get_fignums()) == 1
+
+
+def test_plot_selection_of_a_selected_model(tmp_path):
+    # test_model_selection's data and configuration: its compiled program is reused.
+    X = make_blobs(n=150, d=2, k=3, seed=4, spread=6.0)[0].astype(np.float32)
+    model = gj.GaussianMixtureModel.select(X, 3, covariance_types=("full", "diag"))
+    selection = model.selection_
+    ax = plot_selection(model)
+    for line, values in zip(artists(ax, "gmmjax-criterion"), [*selection.bic, *selection.aic, *selection.icl]):
+        np.testing.assert_array_equal(line.get_ydata(), np.asarray(values, np.float64))
+    (bic_star,) = [star for star in artists(ax, "gmmjax-minimum") if star.get_label().startswith("BIC")]
+    np.testing.assert_array_equal(bic_star.get_xydata(), [[model.num_components, np.min(selection.bic)]])
+    assert bic_star.get_label() == f"BIC minimum: K={model.num_components}, {model.covariance_type}"
+    path = tmp_path / "selection.png"
+    ax.figure.savefig(path, dpi=50)
+    assert_png(path, *(round(50 * s) for s in ax.figure.get_size_inches()))
+
+
+def test_plot_selection_rejects_bad_input(model):
+    result = _selection_table("bic")
+    with pytest.raises(ValueError, match="model returned by GaussianMixtureModel.select"):
+        plot_selection(model)  # fitted by fit(): no selection_
+    with pytest.raises(ValueError, match="needs a SelectionResult"):
+        plot_selection({"bic": result.bic})
+    with pytest.raises(ValueError, match=r"criteria must be distinct names among \('bic', 'aic', 'icl'\)"):
+        plot_selection(result, criteria=("bic", "mdl"))
+    with pytest.raises(ValueError, match="criteria must be distinct"):
+        plot_selection(result, criteria=("bic", "bic"))
+    with pytest.raises(ValueError, match="criteria must be distinct"):
+        plot_selection(result, criteria=())
+    batched = jax.tree_util.tree_map(lambda leaf: np.stack([leaf, leaf]), result)
+    with pytest.raises(ValueError, match="one selection"):
+        plot_selection(batched)
+
+
 def test_existing_axes_are_used():
     fig, (left, right) = plt.subplots(1, 2)
     params = gj.GMMParams(np.array([1.0]), np.zeros((1, 2)), np.ones(1), "spherical")
@@ -340,14 +435,36 @@ def test_gmmjax_imports_without_matplotlib_and_plot_says_how_to_install():
                     raise ImportError("No module named 'matplotlib' (blocked)")
                 return None
 
-        sys.meta_path.insert(0, BlockMatplotlib())
+        blocker = BlockMatplotlib()
+        sys.meta_path.insert(0, blocker)
         import gmmjax
         assert not any(name.split(".")[0] == "matplotlib" for name in sys.modules)
         try:
             import gmmjax.plot
         except ImportError as exc:
             print("IMPORT ERROR:", exc)
+        try:
+            gmmjax.plot  # the lazy attribute says the same
+        except ImportError as exc:
+            print("ATTRIBUTE ERROR:", exc)
+        # Once matplotlib can be imported, the attribute loads gmmjax.plot on first access.
+        sys.meta_path.remove(blocker)
+        assert "gmmjax.plot" not in sys.modules and "matplotlib" not in sys.modules
+        print("LAZY:", gmmjax.plot.plot_mixture.__module__, "matplotlib" in sys.modules)
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert 'pip install "gmmjax[plots]"' in proc.stdout
+    assert 'IMPORT ERROR: gmmjax.plot needs matplotlib, an optional extra: pip install "gmmjax[plots]"' in proc.stdout
+    assert 'ATTRIBUTE ERROR: gmmjax.plot needs matplotlib, an optional extra: pip install "gmmjax[plots]"' \
+        in proc.stdout
+    assert "LAZY: gmmjax.plot True" in proc.stdout
+
+
+def test_plot_is_a_lazy_attribute_of_gmmjax(monkeypatch):
+    import gmmjax.plot as plot_module
+
+    monkeypatch.delattr(gj, "plot")  # as after a bare "import gmmjax"
+    assert "plot" not in vars(gj)
+    assert gj.plot is plot_module  # resolved by gmmjax.__getattr__
+    with pytest.raises(AttributeError, match="module 'gmmjax' has no attribute 'plott'"):
+        gj.plott  # noqa: B018
