@@ -5,7 +5,8 @@
     python benchmarks/run.py --only W1,W3 --out /tmp/bench
 
 Every measurement runs in its own worker process (``--worker``), one library per process,
-so that peak resident memory is per fit and nothing is shared. All libraries start from
+so that peak resident memory is per fit and nothing is shared (``--quick``, the smoke run of
+tiny sizes, calls the workers in one process instead). All libraries start from
 the same initial parameters (drawn with NumPy from the data, identical in every process) and
 run a fixed number of EM iterations (``tol`` below zero or zero, so no early stop). Times:
 
@@ -511,8 +512,31 @@ def _gmmx_available() -> bool:
     return True
 
 
+# The hidden worker options and their defaults (see main's parser).
+_WORKER_DEFAULTS = dict(workload=None, n=None, library=None, dtype="float32", threads=0, restart_batch=0)
+
+
+def _run_in_process(kind: str, args, repeats: int, options: dict):
+    """A worker called in this process (--quick: a smoke run of tiny sizes, where per-process
+    memory figures do not matter and a fresh interpreter per measurement would be most of
+    the time)."""
+    worker_args = argparse.Namespace(**{**vars(args), **_WORKER_DEFAULTS, **options, "worker": kind,
+                                        "repeats": repeats})
+    try:
+        return WORKERS[kind](worker_args)
+    except Exception as exc:  # noqa: BLE001 - reported like a failed worker process
+        import traceback
+
+        traceback.print_exc()
+        return {"error": f"{type(exc).__name__}: {exc}", **options}
+
+
 def run_worker(kind: str, args, repeats: int | None = None, **options):
     repeats = args.repeats if repeats is None else repeats
+    if args.quick and kind != "peak":  # (the peak worker switches JAX to float64: its own process)
+        result = _run_in_process(kind, args, repeats, options)
+        print(f"  {kind} {options}: {'error' if 'error' in result else 'ok'}", flush=True)
+        return result
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--repeats", str(repeats)]
     if args.quick:
         cmd.append("--quick")
