@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from gmmjax import _validation as v
 from gmmjax._chunks import resolve_chunk_size
+from gmmjax._compile import is_small_program, jit_for_size
 from gmmjax._loops import compacting_while_loop
 from gmmjax._implicit import attach_fixed_point
 from gmmjax._init import check_init_params, initialize
@@ -235,9 +236,11 @@ def fit_restarts(key, X, sample_weight, tol, reg_covar, weights_init, means_init
     return result
 
 
-_fit_em = jax.jit(fit_restarts, static_argnames=("num_components", "covariance_type", "max_iter", "n_init",
-                                                 "init_params", "chunk_size", "restart_batch_size",
-                                                 "report_every", "differentiation"))
+# The compiled fit, as fit_em runs it: _fit_em_for_size(small, ...) (see gmmjax._compile).
+_fit_em_for_size = jit_for_size(fit_restarts, static_argnames=(
+    "num_components", "covariance_type", "max_iter", "n_init", "init_params", "chunk_size", "restart_batch_size",
+    "report_every", "differentiation"))
+_fit_em = _fit_em_for_size.variant(False)  # XLA's default settings (e.g. for inspecting the compiled program)
 
 
 def resolve_restart_batch_size(restart_batch_size, n_init: int) -> int:
@@ -398,8 +401,9 @@ def fit_em(
     if report_every and differentiation == "unrolled":
         raise ValueError("verbose progress is reported from the EM while loop; differentiation='unrolled' runs "
                          "a scan instead: use verbose=False or differentiation='implicit'.")
+    small = is_small_program(X.shape[0], X.shape[1], num_components, n_init)
     fit = functools.partial(
-        _fit_em,
+        _fit_em_for_size, small,
         key, X, sample_weight, jnp.asarray(tol, X.dtype), jnp.asarray(reg_covar, X.dtype),
         weights_init, means_init, precisions_init,
         num_components=num_components, covariance_type=covariance_type, max_iter=max_iter,

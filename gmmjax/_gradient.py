@@ -41,7 +41,6 @@ Stability (no NaN, whatever the optimizer does):
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -51,6 +50,7 @@ from jax.scipy.linalg import solve_triangular
 
 from gmmjax import _validation as v
 from gmmjax._chunks import resolve_chunk_size, sum_over_chunks
+from gmmjax._compile import is_small_program, jit_for_size
 from gmmjax._density import log_joint_from_residuals, residuals_about
 from gmmjax._em import FitResult, _LoopState, check_initial_parameters, restart_keys, select_best
 from gmmjax._init import check_init_params, initialize
@@ -263,11 +263,6 @@ def run_gradient(u_std: UnconstrainedParams, frame: Frame, X, sample_weight, key
     )
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("num_components", "covariance_type", "num_steps", "n_init", "init_params", "chunk_size",
-                     "batch_size", "optimizer", "has_tol"),
-)
 def _fit_gradient(key, X, sample_weight, tol, reg_covar, weights_init, means_init, precisions_init, *,
                   num_components, covariance_type, num_steps, n_init, init_params, chunk_size, batch_size,
                   optimizer, has_tol):
@@ -303,6 +298,10 @@ def check_optimizer(optimizer):
         raise ValueError(f"optimizer must be an optax GradientTransformation (e.g. optax.adam(1e-2)) or None, "
                          f"got {optimizer!r}.")
     return optimizer
+
+
+_fit_gradient_for_size = jit_for_size(_fit_gradient, static_argnames=("num_components", "covariance_type", "num_steps", "n_init", "init_params", "chunk_size",
+                     "batch_size", "optimizer", "has_tol"))
 
 
 def fit_gradient(
@@ -400,8 +399,9 @@ def fit_gradient(
     if chunk_size is not None:
         chunk_size = v.check_int("chunk_size", chunk_size, 1)
     chunk_size = resolve_chunk_size(chunk_size, X.shape[0], num_components, X.shape[1], X.dtype, batch=n_init)
-    return _fit_gradient(
-        key, X, sample_weight, jnp.asarray(tol, X.dtype), jnp.asarray(reg_covar, X.dtype),
+    small = is_small_program(X.shape[0], X.shape[1], num_components, n_init)
+    return _fit_gradient_for_size(
+        small, key, X, sample_weight, jnp.asarray(tol, X.dtype), jnp.asarray(reg_covar, X.dtype),
         weights_init, means_init, precisions_init,
         num_components=num_components, covariance_type=covariance_type, num_steps=num_steps, n_init=n_init,
         init_params=init_params, chunk_size=chunk_size, batch_size=batch_size, optimizer=optimizer,

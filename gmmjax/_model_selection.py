@@ -13,7 +13,6 @@ covariance types have different shapes: they are a Python loop inside the same p
 from __future__ import annotations
 
 import dataclasses
-import functools
 import numbers
 
 import jax
@@ -22,6 +21,7 @@ import numpy as np
 
 from gmmjax import _validation as v
 from gmmjax._chunks import resolve_chunk_size
+from gmmjax._compile import is_small_program, jit_for_size
 from gmmjax._em import FitResult, fit_restarts, resolve_max_iter, resolve_restart_batch_size
 from gmmjax._init import check_init_params
 from gmmjax._params import COVARIANCE_TYPES, GMMParams, check_covariance_type
@@ -138,11 +138,6 @@ def _first_components(params: GMMParams, num_components: int) -> GMMParams:
     return params.replace(weights=params.weights[..., :k], means=params.means[..., :k, :], covariances=covariances)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("max_components", "covariance_types", "max_iter", "n_init", "init_params", "chunk_size",
-                     "restart_batch_size"),
-)
 def _select(key, X, sample_weight, candidates, tol, reg_covar, criterion_index, *, max_components,
             covariance_types, max_iter, n_init, init_params, chunk_size, restart_batch_size) -> dict:
     """The compiled program; the criterion is data (an index into CRITERIA), so that changing
@@ -233,6 +228,10 @@ def check_criterion(criterion) -> str:
     return criterion
 
 
+_select_for_size = jit_for_size(_select, static_argnames=("max_components", "covariance_types", "max_iter", "n_init", "init_params", "chunk_size",
+                     "restart_batch_size"))
+
+
 def select_num_components(
     key: jax.Array,
     X: jax.typing.ArrayLike,
@@ -310,8 +309,9 @@ def select_num_components(
     # All J fits share each pass over a chunk: size chunks for the whole batch.
     chunk_size = resolve_chunk_size(chunk_size, X.shape[0], max_components, X.shape[1], X.dtype,
                                     batch=len(candidates) * restart_batch_size)
-    fields = _select(
-        key, X, sample_weight, jnp.asarray(candidates, jnp.int32), jnp.asarray(tol, X.dtype),
+    small = is_small_program(X.shape[0], X.shape[1], max_components, len(candidates) * len(covariance_types) * n_init)
+    fields = _select_for_size(
+        small, key, X, sample_weight, jnp.asarray(candidates, jnp.int32), jnp.asarray(tol, X.dtype),
         jnp.asarray(reg_covar, X.dtype), jnp.asarray(CRITERIA.index(criterion), jnp.int32),
         max_components=max_components, covariance_types=covariance_types, max_iter=max_iter, n_init=n_init,
         init_params=init_params, chunk_size=chunk_size, restart_batch_size=restart_batch_size,
