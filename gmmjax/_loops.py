@@ -20,12 +20,14 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-# Lanes stepped together per round, as a fraction of the batch (measured on 1000 vmapped
-# small fits, benchmarks/NOTES.md). Smaller groups waste fewer steps at the tail but pay
-# the per-round gather more often.
+# Lanes stepped together per round: a fraction of the batch (measured on 1000 vmapped small
+# fits, benchmarks/NOTES.md: 1/8 and 1/16 best, 1/2 1.4× slower), and at least MIN_GROUP so that
+# a few restarts still share their passes over the data. Smaller groups waste fewer steps at
+# the tail but pay the per-round gather more often.
 GROUP_FRACTION = 8
+MIN_GROUP = 2
 # Below this batch size a plain vmapped loop is as fast as regrouping.
-MIN_BATCH = 16
+MIN_BATCH = 8
 
 
 def _broadcast_unbatched(tree, batched, axis_size: int):
@@ -67,7 +69,7 @@ def compacting_while_loop(cond_fun: Callable, body_fun: Callable, init_val, oper
                              in_axes=(0, ops_axes))
             return plain(state, ops), out_batched
 
-        group = math.ceil(axis_size / GROUP_FRACTION)
+        group = max(math.ceil(axis_size / GROUP_FRACTION), MIN_GROUP)
         step = jax.vmap(body_fun, in_axes=(0, ops_axes))
         going = jax.vmap(cond_fun, in_axes=(0, ops_axes))
 
