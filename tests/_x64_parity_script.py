@@ -164,6 +164,10 @@ import _x64_grad_checks  # noqa: E402  (gradients through fit_em: tests/test_gra
 
 CHECKS.update(_x64_grad_checks.CHECKS)
 
+import _x64_gradient_checks  # noqa: E402  (parametrisation and gradient fit: test_unconstrained/test_gradient)
+
+CHECKS.update(_x64_gradient_checks.CHECKS)
+
 
 def main(argv):
     names = argv or list(CHECKS)

@@ -17,7 +17,6 @@ import optax
 import pytest
 
 import _oracles as O
-import _x64_gradient_script as x64
 import gmmjax as gj
 from gmmjax import GaussianMixtureModel
 
@@ -26,11 +25,6 @@ TRUE_MEANS = np.array([[0.0, 0.0], [3.0, 3.0]])
 TRUE_COVS = np.array([[[1, 0.5], [0.5, 1]], [[1, 0.5], [0.5, 1]]], dtype=float)
 STEPS = 200
 FAST_ADAM = optax.adam(0.1)  # one object: the optimizer is static configuration of the compiled fit
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _start_float64_checks():
-    x64.start()  # the float64 checks run in the background while the tests below run
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +244,6 @@ def test_estimator_validates_fit_method(X, kwargs, match):
 # has run in the background meanwhile)
 
 
-def test_gradient_through_the_fit_matches_finite_differences_in_float64():
+def test_gradient_through_the_fit_matches_finite_differences_in_float64(x64_check):
     """jax.grad of the fitted lower bound with respect to the data, through five Adam steps."""
-    result = x64.results()["fd_fit_gradient"]
-    assert result == "ok", result
+    x64_check("fd_fit_gradient")

@@ -16,18 +16,12 @@ import numpy as np
 import pytest
 
 import _oracles as O
-import _x64_gradient_script as x64
 import gmmjax as gj
 from gmmjax._unconstrained import component_terms_from_unconstrained, log_diagonal_bound
 
 COV_TYPES = O.COVARIANCE_TYPES
 K, D = 3, 4
 RAW_SHAPES = {"full": (K, D, D), "tied": (D, D), "diag": (K, D), "spherical": (K,)}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _start_float64_checks():
-    x64.start()  # runs in the background while the tests below run
 
 
 _X_SMALL = np.random.default_rng(0).normal(scale=2.0, size=(40, D)).astype(np.float32)
@@ -247,7 +241,5 @@ def test_grad_matches_the_closed_form_and_the_route_through_from_unconstrained(X
 
 
 @pytest.mark.parametrize("check", [f"{kind}_{ct}" for kind in ("round_trip", "fd_log_prob") for ct in COV_TYPES])
-def test_float64_round_trip_and_finite_difference_gradients(check):
-    result = x64.results()
-    assert check in result, sorted(result)
-    assert result[check] == "ok", result[check]
+def test_float64_round_trip_and_finite_difference_gradients(check, x64_check):
+    x64_check(check)
