@@ -257,6 +257,19 @@ def _one_line(message) -> str:
     return " ".join(str(message).split())
 
 
+def _add_em_options(p, n_init_help: str):
+    """The EM options ``fit`` and ``select`` share (same names, defaults and checks)."""
+    p.add_argument("--n-init", type=_int_at_least(1), default=1, help=n_init_help)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--max-iter", type=_int_at_least(1), default=100, help="EM iteration limit (default 100)")
+    p.add_argument("--tol", type=_nonnegative_float, default=1e-3,
+                   help="stop when the mean log-likelihood changes by less (default 1e-3)")
+    p.add_argument("--reg-covar", type=_nonnegative_float, default=1e-6,
+                   help="added to covariance diagonals (default 1e-6)")
+    p.add_argument("--init-params", choices=INIT_METHODS, default="kmeans", help="initialisation (default kmeans)")
+    p.add_argument("--key", metavar="NAME", help="array to read from an .npz DATA file")
+
+
 # -- fit ---------------------------------------------------------------------------------------------
 def _add_fit(commands):
     p = commands.add_parser(
@@ -267,15 +280,7 @@ def _add_fit(commands):
     p.add_argument("-k", "--num-components", type=_int_at_least(1), required=True, metavar="K",
                    help="number of components")
     p.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full", help="(default full)")
-    p.add_argument("--n-init", type=_int_at_least(1), default=1, help="restarts, run as one batch (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--max-iter", type=_int_at_least(1), default=100, help="EM iteration limit (default 100)")
-    p.add_argument("--tol", type=_nonnegative_float, default=1e-3,
-                   help="stop when the mean log-likelihood changes by less (default 1e-3)")
-    p.add_argument("--reg-covar", type=_nonnegative_float, default=1e-6,
-                   help="added to covariance diagonals (default 1e-6)")
-    p.add_argument("--init-params", choices=INIT_METHODS, default="kmeans", help="initialisation (default kmeans)")
-    p.add_argument("--key", metavar="NAME", help="array to read from an .npz DATA file")
+    _add_em_options(p, n_init_help="restarts, run as one batch (default 1)")
     p.add_argument("-o", "--output", metavar="MODEL.npz", help="save the fitted model (.npz)")
     p.add_argument("--plot", metavar="FIG.png", help="save a picture of the data and the fitted components")
     p.add_argument("-v", "--verbose", action="store_true", help="show the fit's progress on stderr")
@@ -358,15 +363,7 @@ def _add_select(commands):
                    help=f"{', '.join(COVARIANCE_TYPES)}, a comma list of them, or all (default full)")
     p.add_argument("--criterion", choices=CRITERIA, default="bic",
                    help="what the best model minimises (default bic)")
-    p.add_argument("--n-init", type=_int_at_least(1), default=1, help="restarts per fit (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--max-iter", type=_int_at_least(1), default=100, help="EM iteration limit (default 100)")
-    p.add_argument("--tol", type=_nonnegative_float, default=1e-3,
-                   help="stop when the mean log-likelihood changes by less (default 1e-3)")
-    p.add_argument("--reg-covar", type=_nonnegative_float, default=1e-6,
-                   help="added to covariance diagonals (default 1e-6)")
-    p.add_argument("--init-params", choices=INIT_METHODS, default="kmeans", help="initialisation (default kmeans)")
-    p.add_argument("--key", metavar="NAME", help="array to read from an .npz DATA file")
+    _add_em_options(p, n_init_help="restarts per fit (default 1)")
     p.add_argument("-o", "--output", metavar="MODEL.npz", help="save the best model (.npz)")
     p.add_argument("--plot", metavar="FIG.png", help="save a picture of the criteria over the number of components")
     p.set_defaults(run=_run_select)

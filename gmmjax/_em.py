@@ -275,6 +275,40 @@ def check_initial_parameters(weights_init, means_init, precisions_init, num_comp
                                 covariance_type, kind="precision")
 
 
+class CheckedFitInputs(NamedTuple):
+    """The arguments :func:`fit_em` and :func:`~gmmjax.fit_gradient` share, validated."""
+
+    key: jax.Array
+    X: jax.Array
+    num_components: int
+    n_init: int
+    covariance_type: str
+    init_params: str
+    reg_covar: float
+    sample_weight: jax.Array | None
+    chunk_size: int | None  # checked, not yet resolved: the batch it is sized for differs
+
+
+def check_fit_inputs(key, X, num_components, *, n_init, covariance_type, init_params, reg_covar,
+                     weights_init, means_init, precisions_init, sample_weight, chunk_size) -> CheckedFitInputs:
+    """Validates a fit's shared arguments at the boundary, with messages that say what to do."""
+    key = v.check_key(key)
+    covariance_type = check_covariance_type(covariance_type)
+    init_params = check_init_params(init_params)
+    num_components = v.check_int("num_components", num_components, 1)
+    n_init = v.check_int("n_init", n_init, 1)
+    reg_covar = v.check_nonnegative_float("reg_covar", reg_covar)
+    X = v.check_data(X, "X", min_samples=num_components)
+    check_initial_parameters(weights_init, means_init, precisions_init, num_components, X.shape[1],
+                             covariance_type)
+    if sample_weight is not None:  # None stays None: no (N,) array of ones in the loop
+        sample_weight = v.check_sample_weight(sample_weight, X.shape[0], X.dtype)
+    if chunk_size is not None:
+        chunk_size = v.check_int("chunk_size", chunk_size, 1)
+    return CheckedFitInputs(key, X, num_components, n_init, covariance_type, init_params, reg_covar,
+                            sample_weight, chunk_size)
+
+
 def fit_em(
     key: jax.Array,
     X: jax.typing.ArrayLike,
@@ -378,23 +412,15 @@ def fit_em(
       >>> sorted(int(round(float(m))) for m in result.params.means[:, 0])
       [0, 5]
     """
-    key = v.check_key(key)
     differentiation = check_differentiation(differentiation)
-    covariance_type = check_covariance_type(covariance_type)
-    init_params = check_init_params(init_params)
-    num_components = v.check_int("num_components", num_components, 1)
-    n_init = v.check_int("n_init", n_init, 1)
     max_iter = resolve_max_iter(max_iter, num_iters)
     tol = v.check_nonnegative_float("tol", tol)
-    reg_covar = v.check_nonnegative_float("reg_covar", reg_covar)
-    X = v.check_data(X, "X", min_samples=num_components)
-    check_initial_parameters(weights_init, means_init, precisions_init, num_components, X.shape[1],
-                             covariance_type)
-    if sample_weight is not None:  # None stays None: no (N,) array of ones in the loop
-        sample_weight = v.check_sample_weight(sample_weight, X.shape[0], X.dtype)
+    key, X, num_components, n_init, covariance_type, init_params, reg_covar, sample_weight, chunk_size = (
+        check_fit_inputs(key, X, num_components, n_init=n_init, covariance_type=covariance_type,
+                         init_params=init_params, reg_covar=reg_covar, weights_init=weights_init,
+                         means_init=means_init, precisions_init=precisions_init, sample_weight=sample_weight,
+                         chunk_size=chunk_size))
     restart_batch_size = resolve_restart_batch_size(restart_batch_size, n_init)
-    if chunk_size is not None:
-        chunk_size = v.check_int("chunk_size", chunk_size, 1)
     chunk_size = resolve_chunk_size(chunk_size, X.shape[0], num_components, X.shape[1], X.dtype,
                                     batch=restart_batch_size)
     report_every = check_verbose(verbose, verbose_interval, key, X)

@@ -52,9 +52,8 @@ from gmmjax import _validation as v
 from gmmjax._chunks import resolve_chunk_size, sum_over_chunks
 from gmmjax._compile import is_small_program, jit_for_size
 from gmmjax._density import log_joint_from_residuals, residuals_about
-from gmmjax._em import FitResult, _LoopState, check_initial_parameters, restart_keys, select_best
-from gmmjax._init import check_init_params, initialize
-from gmmjax._params import check_covariance_type
+from gmmjax._em import FitResult, _LoopState, check_fit_inputs, restart_keys, select_best
+from gmmjax._init import initialize
 from gmmjax._stats import _weighted_posteriors, total_weight
 from gmmjax._unconstrained import (
     UnconstrainedParams,
@@ -379,25 +378,17 @@ def fit_gradient(
       >>> sorted(round(float(m)) for m in result.params.means[:, 0])
       [0, 3]
     """
-    key = v.check_key(key)
-    covariance_type = check_covariance_type(covariance_type)
-    init_params = check_init_params(init_params)
     optimizer = check_optimizer(optimizer)
-    num_components = v.check_int("num_components", num_components, 1)
-    n_init = v.check_int("n_init", n_init, 1)
     num_steps = v.check_int("num_steps", num_steps, 1)
     if batch_size is not None:
         batch_size = v.check_int("batch_size", batch_size, 1)
     has_tol = tol is not None
     tol = v.check_nonnegative_float("tol", tol) if has_tol else 0.0
-    reg_covar = v.check_nonnegative_float("reg_covar", reg_covar)
-    X = v.check_data(X, "X", min_samples=num_components)
-    check_initial_parameters(weights_init, means_init, precisions_init, num_components, X.shape[1],
-                             covariance_type)
-    if sample_weight is not None:
-        sample_weight = v.check_sample_weight(sample_weight, X.shape[0], X.dtype)
-    if chunk_size is not None:
-        chunk_size = v.check_int("chunk_size", chunk_size, 1)
+    key, X, num_components, n_init, covariance_type, init_params, reg_covar, sample_weight, chunk_size = (
+        check_fit_inputs(key, X, num_components, n_init=n_init, covariance_type=covariance_type,
+                         init_params=init_params, reg_covar=reg_covar, weights_init=weights_init,
+                         means_init=means_init, precisions_init=precisions_init, sample_weight=sample_weight,
+                         chunk_size=chunk_size))
     chunk_size = resolve_chunk_size(chunk_size, X.shape[0], num_components, X.shape[1], X.dtype, batch=n_init)
     small = is_small_program(X.shape[0], X.shape[1], num_components, n_init)
     return _fit_gradient_for_size(

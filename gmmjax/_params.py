@@ -20,8 +20,29 @@ def check_covariance_type(covariance_type: Any) -> str:
     return covariance_type
 
 
+class MixtureParamsBase:
+    """What every parameter pytree of a mixture shares (:class:`GMMParams`,
+    :class:`~gmmjax.UnconstrainedParams`): a ``means`` leaf of shape ``(..., K, D)`` and a
+    static ``covariance_type``."""
+
+    def __post_init__(self):
+        check_covariance_type(self.covariance_type)
+
+    @property
+    def num_components(self) -> int:
+        return self.means.shape[-2]
+
+    @property
+    def num_features(self) -> int:
+        return self.means.shape[-1]
+
+    def replace(self, **changes):
+        """Returns a copy with the given fields replaced."""
+        return dataclasses.replace(self, **changes)
+
+
 @dataclasses.dataclass(frozen=True)
-class GMMParams:
+class GMMParams(MixtureParamsBase):
     """Parameters of a Gaussian mixture with ``K`` components in ``D`` dimensions.
 
     A pytree: ``weights``, ``means`` and ``covariances`` are leaves, ``covariance_type`` is
@@ -41,24 +62,9 @@ class GMMParams:
     covariances: jax.Array
     covariance_type: str = "full"
 
-    def __post_init__(self):
-        check_covariance_type(self.covariance_type)
-
-    @property
-    def num_components(self) -> int:
-        return self.means.shape[-2]
-
-    @property
-    def num_features(self) -> int:
-        return self.means.shape[-1]
-
     @property
     def dtype(self):
         return jnp.result_type(self.means)
-
-    def replace(self, **changes) -> "GMMParams":
-        """Returns a copy with the given fields replaced."""
-        return dataclasses.replace(self, **changes)
 
 
 jax.tree_util.register_dataclass(

@@ -40,11 +40,11 @@ from jax.scipy.special import logsumexp
 from gmmjax._chunks import map_over_chunks, resolve_chunk_size
 from gmmjax._covariance import precision_cholesky
 from gmmjax._density import ComponentTerms, log_joint_from_residuals, residuals_about
-from gmmjax._params import GMMParams, check_covariance_type
+from gmmjax._params import GMMParams, MixtureParamsBase
 
 
 @dataclasses.dataclass(frozen=True)
-class UnconstrainedParams:
+class UnconstrainedParams(MixtureParamsBase):
     """A mixture as unconstrained arrays (any finite values are a valid mixture).
 
     A pytree like :class:`GMMParams`: the arrays are leaves, ``covariance_type`` is static.
@@ -65,21 +65,6 @@ class UnconstrainedParams:
     means: jax.Array
     raw_precision_cholesky: jax.Array
     covariance_type: str = "full"
-
-    def __post_init__(self):
-        check_covariance_type(self.covariance_type)
-
-    @property
-    def num_components(self) -> int:
-        return self.means.shape[-2]
-
-    @property
-    def num_features(self) -> int:
-        return self.means.shape[-1]
-
-    def replace(self, **changes) -> "UnconstrainedParams":
-        """Returns a copy with the given fields replaced."""
-        return dataclasses.replace(self, **changes)
 
 
 jax.tree_util.register_dataclass(
