@@ -15,6 +15,7 @@ header line is detected and skipped; ``#`` starts a comment). A 1-D array is one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -46,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 # -- argument types ------------------------------------------------------------------------------
-def _int_at_least(minimum):
+def _int_at_least(minimum, maximum=None):
     def parse(text):
         try:
             value = int(text)
@@ -54,9 +55,14 @@ def _int_at_least(minimum):
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
         return value
 
     return parse
+
+
+_seed = _int_at_least(0, 2**63 - 1)  # jax.random.key's range
 
 
 def _nonnegative_float(text):
@@ -231,7 +237,8 @@ ARRAY_EXTENSIONS = (".npy",) + TEXT_EXTENSIONS
 
 
 def check_output(path, extensions=ARRAY_EXTENSIONS) -> None:
-    """Fails fast (before any work) on an output name with an unknown format or in a missing folder."""
+    """Fails fast (before any work) on an output name with an unknown format, in a missing or
+    unwritable folder, or naming a folder."""
     if path is None:
         return
     ext = _extension(path)
@@ -241,6 +248,17 @@ def check_output(path, extensions=ARRAY_EXTENSIONS) -> None:
     folder = os.path.dirname(os.fspath(path))
     if folder and not os.path.isdir(folder):
         raise CLIError(f"{path}: the folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise CLIError(f"{path} is a folder: give a file name inside it")
+    target = path if ext or "" not in extensions else path + ".npz"  # np.savez's name for "model"
+    existed = os.path.exists(target)
+    try:  # a real probe: permissions alone do not tell (root, read-only file systems)
+        with open(target, "ab"):
+            pass
+    except OSError as exc:
+        raise CLIError(f"{target}: cannot write it ({exc.strerror})") from None
+    if not existed:
+        os.remove(target)
 
 
 def write_array(path, array, *, fmt: str) -> None:
@@ -260,7 +278,7 @@ def _one_line(message) -> str:
 def _add_em_options(p, n_init_help: str):
     """The EM options ``fit`` and ``select`` share (same names, defaults and checks)."""
     p.add_argument("--n-init", type=_int_at_least(1), default=1, help=n_init_help)
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.add_argument("--max-iter", type=_int_at_least(1), default=100, help="EM iteration limit (default 100)")
     p.add_argument("--tol", type=_nonnegative_float, default=1e-3,
                    help="stop when the mean log-likelihood changes by less (default 1e-3)")
@@ -495,7 +513,7 @@ def _add_sample(commands):
         description="Draw N samples from MODEL and write them (N, D) to -o FILE (.npy or .csv) or to stdout.")
     p.add_argument("model", metavar="MODEL", help="model file written by gmmjax fit -o")
     p.add_argument("-n", "--num-samples", type=_int_at_least(1), default=1000, help="(default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (.npy, .csv, .txt, .tsv), not stdout")
     p.add_argument("--labels", metavar="FILE", help="also write each sample's component (.csv or .npy)")
     p.set_defaults(run=_run_sample)
@@ -564,7 +582,7 @@ def _add_demo(commands):
                             description="Fit the original 2-component example and print true vs "
                                         "estimated parameters, log-likelihood, iterations and time.")
     p.add_argument("-n", "--num-samples", type=_int_at_least(2), default=600, help="number of samples (default 600)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.set_defaults(run=lambda args: run_demo(args.num_samples, args.seed))
 
 
@@ -591,6 +609,12 @@ def main(argv=None) -> int:
         return 2
     try:
         return args.run(args)
+    except BrokenPipeError:
+        # The reader went away (e.g. `gmmjax predict ... | head`): stop quietly, as a tool
+        # killed by SIGPIPE would; stdout goes to /dev/null so the exit flush cannot fail again.
+        with contextlib.suppress(OSError, ValueError):  # a stdout without a file descriptor
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (CLIError, ValueError, OSError) as exc:
         # User errors (the library's ValueErrors say what to do; OSError: e.g. an unwritable output).
         message = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.filename else exc

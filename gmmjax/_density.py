@@ -47,6 +47,10 @@ def residuals_about(X: jax.Array, centers: jax.Array) -> jax.Array:
 def log_joint_from_residuals(terms: ComponentTerms, residuals: jax.Array) -> jax.Array:
     """``log w_k + log N(x_n | k)`` as ``(K, N)`` from residuals ``(K, N, D)`` about ``terms.means``."""
     squared_norms = whitened_squared_norms(residuals, terms.prec_chol, terms.covariance_type)
+    # Beyond the dtype's range (|x - μ| ≳ 1e19 σ in float32) a squared distance is inf, and
+    # posteriors become inf - inf = NaN; capped, such a point is merely extremely unlikely
+    # under every component, with finite log-densities, posteriors and gradients.
+    squared_norms = jnp.minimum(squared_norms, jnp.finfo(squared_norms.dtype).max / 4)
     return terms.log_scale[:, None] - 0.5 * squared_norms
 
 

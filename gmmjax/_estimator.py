@@ -55,6 +55,14 @@ _bic_jit = jax.jit(_bic)
 _aic_jit = jax.jit(_aic)
 
 
+MAX_SEED = 2**63 - 1  # jax.random.key takes a signed 64-bit seed
+
+# Two names for one setting: setting one of them (alone) clears the other, so that
+# ``set_params(n_components=3)`` (as GridSearchCV does) replaces a positional num_components.
+_ALIASES = {"num_components": "n_components", "n_components": "num_components",
+            "num_iters": "max_iter", "max_iter": "num_iters", "seed": "random_state", "random_state": "seed"}
+
+
 def _key_from_seed(seed) -> jax.Array:
     if seed is None:
         seed = 0
@@ -63,6 +71,8 @@ def _key_from_seed(seed) -> jax.Array:
     if isinstance(seed, (jax.Array, np.ndarray)) and seed.dtype == np.uint32 and seed.shape == (2,):
         return jax.random.wrap_key_data(jnp.asarray(seed))  # a legacy jax.random.PRNGKey
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        if not 0 <= int(seed) <= MAX_SEED:
+            raise ValueError(f"seed (random_state) must be an integer from 0 to 2**63 - 1, got {int(seed)}.")
         return jax.random.key(int(seed))
     # scikit-learn's semantics for a NumPy generator: each fit draws from it (and advances it).
     if isinstance(seed, np.random.RandomState):
@@ -185,12 +195,20 @@ class GaussianMixtureModel:
         return {name: getattr(self, name) for name in self._param_names()}
 
     def set_params(self, **params):
-        """Sets constructor arguments (scikit-learn protocol); returns ``self``."""
+        """Sets constructor arguments (scikit-learn protocol); returns ``self``.
+
+        Setting one name of an alias pair (``num_components``/``n_components``,
+        ``num_iters``/``max_iter``, ``seed``/``random_state``) without the other clears the
+        other, so the new value is the one used.
+        """
         valid = self._param_names()
-        for name, value in params.items():
+        for name in params:
             if name not in valid:
                 raise ValueError(f"Invalid parameter {name!r} for GaussianMixtureModel; valid ones: {valid}.")
+        for name, value in params.items():
             setattr(self, name, value)
+            if _ALIASES.get(name) is not None and _ALIASES[name] not in params:
+                setattr(self, _ALIASES[name], None)
         return self
 
     def __sklearn_tags__(self):

@@ -88,8 +88,11 @@ def load_model(cls, path):
             path = path + ".npz"
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
+    except OSError as exc:
         raise ValueError(f"Cannot read a gmmjax model from {path!r}: {exc}") from None
+    except (ValueError, EOFError):  # NumPy's own message would suggest unpickling the file
+        raise ValueError(f"{path!r} is not a gmmjax model file: not a NumPy .npz archive (models are written "
+                         "by GaussianMixtureModel.save or gmmjax fit -o).") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):  # a bare .npy array
         raise ValueError(f"{path!r} is not a gmmjax model file (a single .npy array, not an .npz archive).")
     with archive:

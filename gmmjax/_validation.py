@@ -6,6 +6,7 @@ Checks on values (finiteness, positive definiteness) run only on concrete arrays
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import jax
@@ -16,16 +17,23 @@ from gmmjax._covariance import covariance_shape
 from gmmjax._params import check_covariance_type
 
 
-# One fused max-reduction (NaN propagates through max; ±inf fails the comparison);
-# ``all(isfinite(a))`` would materialise an (N, D) boolean temporary.
-_all_finite = jax.jit(lambda a: jnp.max(jnp.abs(a)) < jnp.inf)
+# One fused max-reduction (NaN propagates through max); ``all(isfinite(a))`` would
+# materialise an (N, D) boolean temporary.
+_max_abs = jax.jit(lambda a: jnp.max(jnp.abs(a)))
 
 
-def _concrete_all_finite(arr) -> bool:
-    """Whether a concrete array is finite, also while the caller's ``jit`` is tracing (a
-    concrete array closed over by a jitted function is checked then, not staged)."""
+def _concrete_max_abs(arr) -> float:
+    """The largest magnitude in a concrete array (NaN if it holds one), also while the
+    caller's ``jit`` is tracing (a concrete array closed over by a jitted function is checked
+    then, not staged)."""
     with jax.ensure_compile_time_eval():
-        return bool(_all_finite(arr))
+        return float(_max_abs(arr))
+
+
+def largest_safe_magnitude(dtype, num_features: int) -> float:
+    """The largest data magnitude whose squared distances (summed over ``num_features``, with
+    a margin of 4 for differences) stay within ``dtype``'s range: ≈ 9e18 / √D in float32."""
+    return math.sqrt(float(jnp.finfo(dtype).max) / (4 * num_features))
 
 
 def is_traced(x) -> bool:
@@ -96,10 +104,19 @@ def check_data(X, name: str = "X", *, num_features: int | None = None, min_sampl
         )
     dtype = working_dtype(arr.dtype)
     arr = jnp.asarray(arr, dtype=dtype)
-    if not is_traced(arr) and not _concrete_all_finite(arr):
-        raise ValueError(
-            f"{name} contains NaN or infinity: remove or impute those entries before fitting or predicting."
-        )
+    if not is_traced(arr):
+        largest = _concrete_max_abs(arr)
+        if not largest < math.inf:
+            raise ValueError(
+                f"{name} contains NaN or infinity: remove or impute those entries before fitting or predicting."
+            )
+        limit = largest_safe_magnitude(dtype, arr.shape[1])
+        if largest > limit:
+            raise ValueError(
+                f"{name} has values up to {largest:.3g} in magnitude: squared distances between such points overflow "
+                f"{np.dtype(dtype).name} (safe up to {limit:.3g} with {arr.shape[1]} features). Rescale the data "
+                "(e.g. standardise it) or compute in float64 (jax.config.update('jax_enable_x64', True))."
+            )
     return arr
 
 

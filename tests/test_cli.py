@@ -315,6 +315,10 @@ BAD_INPUTS = [  # (arguments, exit code, what stderr says); {d}: the test direct
     ("select {d}/data.csv -k 3 --init-params magic", 2, "invalid choice: 'magic'"),
     ("predict {m} {d}/wide.npy", 1, "wide.npy has 3 features, but the model"),
     ("predict {d}/data.npy {d}/data.csv", 1, "is not a gmmjax model file"),
+    ("predict {d}/data.csv {d}/data.csv", 1, "is not a gmmjax model file: not a NumPy .npz archive"),
+    ("fit {d}/data.csv -k 2 -o {d}", 1, "is a folder: give a file name inside it"),
+    ("fit {d}/data.csv -k 2 --seed -1", 2, "--seed: must be at least 0, got -1"),
+    ("fit {d}/data.csv -k 2 --seed 9223372036854775808", 2, "--seed: must be at most 9223372036854775807"),
     ("predict {d}/missing.npz {d}/data.csv", 1, "missing.npz: no such file"),
     ("predict {m} {d}/data.csv -o {d}/no/such/dir/labels.csv", 1, "the folder {d}/no/such/dir does not exist"),
     ("predict {m} {d}/data.csv -o {d}/labels.parquet", 1, "unknown output format '.parquet'"),
@@ -335,6 +339,19 @@ def test_bad_input_fails_with_one_line(work, args, expected_code, message):
     assert err.startswith((f"gmmjax {argv[0]}: error: ", "gmmjax: error: ")), err
     assert message.format(d=work.dir) in err, err
     assert "Traceback" not in err and out == ""
+
+
+def test_closed_output_pipe_stops_quietly(work, monkeypatch, capsys):
+    """`gmmjax sample MODEL | head`: the reader leaves; no error message, SIGPIPE's exit code."""
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    code = _cli.main(["sample", str(work.model_path), "-n", "5"])
+    assert code == 141
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("command", ["fit", "select"])

@@ -251,6 +251,26 @@ def _sampling_params(covariance_type):
 
 
 @pytest.mark.parametrize("covariance_type", COV_TYPES)
+def test_points_beyond_float32_squared_range_give_finite_results(covariance_type):
+    """A point 1e20 away: its squared distance overflows float32 (max 3.4e38), which used to
+    make posteriors inf - inf = NaN. It must come out as an extremely unlikely point instead:
+    finite log-density far below any real one, posteriors summing to one, finite gradients,
+    and the ordinary points in the same call unchanged."""
+    K, D = 3, 2
+    params = gj.GMMParams(*(jnp.asarray(a, jnp.float32) for a in O.random_mixture(covariance_type, K, D, seed=4)),
+                          covariance_type)
+    near = np.array([[0.3, -0.2], [1.0, 2.0]], np.float32)
+    X = jnp.asarray(np.concatenate([near, [[1e20, 1e20], [-1e20, 3e19]]]), jnp.float32)
+    log_density = np.asarray(gj.log_prob(params, X))
+    posteriors = np.asarray(gj.responsibilities(params, X))
+    grads = np.asarray(jax.grad(lambda x: gj.log_prob(params, x).sum())(X))
+    assert np.all(np.isfinite(log_density)) and np.all(log_density[2:] < -1e30)
+    np.testing.assert_allclose(log_density[:2], np.asarray(gj.log_prob(params, jnp.asarray(near))), rtol=1e-6)
+    assert np.all(np.isfinite(posteriors)) and np.allclose(posteriors.sum(axis=1), 1.0, atol=1e-5)
+    assert np.all(np.isfinite(grads))
+
+
+@pytest.mark.parametrize("covariance_type", COV_TYPES)
 def test_sample_matches_parameters(covariance_type):
     w, m, c = _sampling_params(covariance_type)
     params = gj.GMMParams(jnp.asarray(w, jnp.float32), jnp.asarray(m, jnp.float32), jnp.asarray(c, jnp.float32),

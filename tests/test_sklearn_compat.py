@@ -191,6 +191,21 @@ def test_grid_search_chooses_by_held_out_log_likelihood():
     assert len(set(np.round(by_hand, 6))) == 3  # the grid points differ, so the choice means something
 
 
+def test_setting_one_name_of_an_alias_pair_replaces_the_other(X):
+    """GridSearchCV sets n_components (scikit-learn's name) on a model built with a positional
+    num_components; the new value must win rather than conflict."""
+    model = GaussianMixtureModel(2, 50, seed=1).set_params(n_components=3, max_iter=20, random_state=4)
+    params = model.get_params()
+    assert (params["num_components"], params["num_iters"], params["seed"]) == (None, None, None)
+    assert (params["n_components"], params["max_iter"], params["random_state"]) == (3, 20, 4)
+    assert model.fit(X).means_.shape == (3, 3)
+    both = GaussianMixtureModel(2).set_params(num_components=1, n_components=1)  # both given: as given
+    assert both.get_params()["num_components"] == both.get_params()["n_components"] == 1
+    search = GridSearchCV(GaussianMixtureModel(2), {"n_components": [1, 2]}, cv=KFold(2, shuffle=True, random_state=0),
+                          error_score="raise").fit(X)
+    assert search.best_params_ == {"n_components": 2}  # two well-separated clusters
+
+
 # -- random_state semantics -----------------------------------------------------------------------
 def test_numpy_random_state_is_drawn_from_at_each_fit():
     from gmmjax._estimator import _key_from_seed

@@ -40,6 +40,9 @@ BAD_FIT_INPUTS = {
     "nan": ({}, lambda X: _with(X, 3, 1, np.nan), r"X contains NaN or infinity"),
     "inf": ({}, lambda X: _with(X, 0, 0, np.inf), r"X contains NaN or infinity"),
     "-inf": ({}, lambda X: _with(X, 5, 0, -np.inf), r"X contains NaN or infinity"),
+    "beyond squares' range": ({}, lambda X: _with(X, 4, 1, -1e20),
+                              r"X has values up to 1e\+20 in magnitude: squared distances between such points "
+                              r"overflow float32 \(safe up to 6.52e\+18 with 2 features\)\. Rescale"),
     "1-D": ({}, lambda X: X[:, 0], r"X must be 2-D \(n_samples, n_features\), got shape \(600,\)\. Reshape"),
     "3-D": ({}, lambda X: X.reshape(300, 2, 2), r"X must be 2-D .* got shape \(300, 2, 2\)"),
     "no samples": ({}, lambda X: X[:0], r"X has 0 sample\(s\) \(shape=\(0, 2\)\) while a minimum of 1 is required"),
@@ -149,6 +152,12 @@ def test_bad_seed(X, seed):
         GaussianMixtureModel(2, seed=seed).fit(X)
 
 
+@pytest.mark.parametrize("seed", [-1, 2**63, np.uint64(2**63)])
+def test_seed_outside_jax_range(X, seed):
+    with pytest.raises(ValueError, match=r"seed \(random_state\) must be an integer from 0 to 2\*\*63 - 1"):
+        GaussianMixtureModel(2, seed=seed).fit(X)
+
+
 # -- inference on bad input -------------------------------------------------------------------
 METHODS = ["predict", "predict_proba", "score_samples", "score", "bic", "aic"]
 
@@ -167,6 +176,8 @@ def test_nan_and_inf_at_inference(model, X, method):
         getattr(model, method)(_with(X[:10], 2, 0, np.nan))
     with pytest.raises(ValueError, match=r"X contains NaN or infinity"):
         getattr(model, method)(_with(X[:10], 2, 1, -np.inf))
+    with pytest.raises(ValueError, match=r"X has values up to 1e\+20 in magnitude"):
+        getattr(model, method)(_with(X[:10], 2, 1, 1e20))  # finite, but its squares are not in float32
 
 
 @pytest.mark.parametrize("method", ["predict", "predict_proba", "score_samples"])
