@@ -45,6 +45,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.scipy.linalg import solve_triangular
 
@@ -175,6 +176,31 @@ def _log_likelihood(u_std, frame, X, weight, chunk):
                            X, weight, chunk)
 
 
+def _optimized_coordinates(u: UnconstrainedParams):
+    """``(pack, unpack)``: the coordinates the optimizer sees, and back.
+
+    Full and tied factors are stored as ``(…, D, D)`` arrays whose strictly lower triangle
+    is ignored; its gradient is always zero, and such dead coordinates break derivatives
+    *through* the fit (Adam's ``√ν`` at ``ν = 0`` has an infinite derivative: 0·∞ = NaN in,
+    e.g., the gradient with respect to ``sample_weight``). The optimizer therefore sees only
+    the upper triangle, ``(…, D(D+1)/2)``; the fit itself is unchanged.
+    """
+    if u.covariance_type not in ("full", "tied"):
+        return (lambda tree: tree), (lambda tree: tree)
+    num_features = u.num_features
+    rows, cols = np.triu_indices(num_features)
+
+    def pack(tree):
+        return tree.replace(raw_precision_cholesky=tree.raw_precision_cholesky[..., rows, cols])
+
+    def unpack(tree):
+        packed = tree.raw_precision_cholesky
+        square = jnp.zeros(packed.shape[:-1] + (num_features, num_features), packed.dtype)
+        return tree.replace(raw_precision_cholesky=square.at[..., rows, cols].set(packed))
+
+    return pack, unpack
+
+
 def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(tree)]))
 
@@ -209,25 +235,36 @@ def run_gradient(u_std: UnconstrainedParams, frame: Frame, X, sample_weight, key
     low, high = log_diagonal_limits(frame, reg_covar, dtype)
     full_weight = total_weight(X, sample_weight)
 
+    pack, unpack = _optimized_coordinates(u_std)
+    transformation = optax.with_extra_args_support(optimizer)
+
     def objective_and_gradient(u, step):
+        """Mean log-likelihood, the loss gradient, and the loss as a function of the
+        optimizer's coordinates on the same rows (for line searches such as L-BFGS's)."""
         if batch_size is None:
-            total, gradient = _log_likelihood_and_gradient(u, frame, X, sample_weight, chunk_size)
-            weight_sum = full_weight
+            X_rows, w_rows, chunk, weight_sum = X, sample_weight, chunk_size, full_weight
         else:
             rows = jax.random.randint(jax.random.fold_in(key, step), (batch_size,), 0, num_samples)
-            X_batch = X[rows]
-            w_batch = jnp.ones(batch_size, dtype) if sample_weight is None else sample_weight[rows]
-            total, gradient = _log_likelihood_and_gradient(u, frame, X_batch, w_batch,
-                                                           min(chunk_size, batch_size))
-            weight_sum = jnp.maximum(jnp.sum(w_batch), jnp.finfo(dtype).tiny)  # all-zero batch: zero step
+            X_rows = X[rows]
+            w_rows = jnp.ones(batch_size, dtype) if sample_weight is None else sample_weight[rows]
+            chunk = min(chunk_size, batch_size)
+            weight_sum = jnp.maximum(jnp.sum(w_rows), jnp.finfo(dtype).tiny)  # all-zero batch: zero step
+        total, gradient = _log_likelihood_and_gradient(u, frame, X_rows, w_rows, chunk)
         # The optimizer minimises: the loss is minus the mean log-likelihood.
-        return total / weight_sum, jax.tree_util.tree_map(lambda g: -g / weight_sum, gradient)
+        loss_of = lambda coordinates: -_log_likelihood(unpack(coordinates), frame, X_rows, w_rows, chunk) / weight_sum
+        return total / weight_sum, jax.tree_util.tree_map(lambda g: -g / weight_sum, gradient), loss_of
+
 
     def take_step(carry, step):
-        u, opt_state, _, n_iter, previous, collapsed = carry
-        mean_ll, loss_gradient = objective_and_gradient(u, step)
-        updates, new_state = optimizer.update(loss_gradient, opt_state, u)
-        stepped = optax.apply_updates(u, updates)
+        coordinates, opt_state, _, n_iter, previous, collapsed = carry
+        u = unpack(coordinates)
+        mean_ll, loss_gradient, loss_of = objective_and_gradient(u, step)
+        loss_gradient = pack(loss_gradient)
+        # Optimizers that take the loss itself (optax.lbfgs's line search) get it; others
+        # ignore these arguments.
+        updates, new_state = transformation.update(loss_gradient, opt_state, coordinates, value=-mean_ll,
+                                                   grad=loss_gradient, value_fn=loss_of)
+        stepped = unpack(optax.apply_updates(coordinates, updates))
         log_diagonal = raw_log_diagonal(stepped)
         hit_floor = log_diagonal > high
         new_u = with_raw_log_diagonal(stepped, jnp.clip(log_diagonal, low, high))
@@ -239,17 +276,19 @@ def run_gradient(u_std: UnconstrainedParams, frame: Frame, X, sample_weight, key
         collapsed = collapsed | (finite & jnp.broadcast_to(hit, collapsed.shape))
         converged = (jnp.abs(mean_ll - previous) < tol) if tol is not None else jnp.array(False)
         recorded = jnp.where(finite, mean_ll, jnp.nan)  # NaN marks a skipped step
-        return (keep(new_u, u), keep(new_state, opt_state), converged, n_iter + 1, mean_ll, collapsed), recorded
+        return (keep(pack(new_u), coordinates), keep(new_state, opt_state), converged, n_iter + 1, mean_ll,
+                collapsed), recorded
 
     def step_or_stop(carry, step):
         done = carry[2]
         return jax.lax.cond(done, lambda c: (c, jnp.array(jnp.nan, dtype)), lambda c: take_step(c, step), carry)
 
-    initial = (u_std, optimizer.init(u_std), jnp.array(False), jnp.array(0, jnp.int32),
+    initial = (pack(u_std), transformation.init(pack(u_std)), jnp.array(False), jnp.array(0, jnp.int32),
                jnp.array(-jnp.inf, dtype), collapsed)
     body = step_or_stop if tol is not None else take_step
-    (u_final, _, converged, n_iter, last_ll, collapsed), history = jax.lax.scan(
+    (final_coordinates, _, converged, n_iter, last_ll, collapsed), history = jax.lax.scan(
         body, initial, jnp.arange(num_steps, dtype=jnp.int32))
+    u_final = unpack(final_coordinates)
     if batch_size is not None:  # the last batch estimate is noisy: one full pass for the result
         last_ll = _log_likelihood(u_final, frame, X, sample_weight, chunk_size) / full_weight
     return _LoopState(
@@ -339,7 +378,8 @@ def fit_gradient(
       X: ``(N, D)`` data; float64 is kept when ``jax_enable_x64`` is on, else float32.
       num_components: ``K``.
       optimizer: an optax ``GradientTransformation``; ``None`` means
-        ``optax.adam(1e-2)``. It is static configuration: pass the *same* object again to
+        ``optax.adam(1e-2)``. Optimizers that need the loss itself (``optax.lbfgs()``'s line
+        search: ``value``, ``grad``, ``value_fn``) get it, on the step's rows. It is static configuration: pass the *same* object again to
         reuse the compiled fit (a new ``optax.adam(...)`` call compiles anew).
       num_steps: optimizer steps per restart (default 1000).
       batch_size: ``None`` for full-batch steps; else rows per step, drawn uniformly with

@@ -126,8 +126,10 @@ def to_unconstrained(params: GMMParams) -> UnconstrainedParams:
     """Unconstrained form of a mixture (the inverse of :func:`from_unconstrained`).
 
     Factorises each covariance once (one Cholesky and one triangular solve per matrix).
-    Zero weights become the logit ``log(tiny)`` (a weight of about ``tiny``), so every
-    logit is finite. Works under ``jit``, ``vmap`` and ``grad``.
+    A zero weight becomes the finite logit ``finfo.min / 8``: ``softmax`` turns it back into
+    exactly 0, so :func:`unconstrained_log_prob` equals :func:`gmmjax.log_prob` also far
+    from the other components (``log(tiny)``, −87 in float32, would let the "empty"
+    component dominate 13σ away from the rest). Works under ``jit``, ``vmap`` and ``grad``.
 
     Args:
       params: :class:`GMMParams` (unbatched; ``vmap`` for batches).
@@ -145,7 +147,8 @@ def to_unconstrained(params: GMMParams) -> UnconstrainedParams:
       [0.25, 0.75]
     """
     weights = params.weights
-    logits = jnp.log(jnp.maximum(weights, jnp.finfo(weights.dtype).tiny))
+    finfo = jnp.finfo(weights.dtype)
+    logits = jnp.where(weights > 0, jnp.log(jnp.maximum(weights, finfo.tiny)), finfo.min / 8)
     prec_chol = precision_cholesky(params.covariances, params.covariance_type)
     if _is_matrix(params.covariance_type):
         log_diagonal = jnp.log(jnp.diagonal(prec_chol, axis1=-2, axis2=-1))

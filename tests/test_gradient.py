@@ -76,6 +76,17 @@ def test_reaches_em_log_likelihood_from_the_same_start(X, fitted):
     _assert_valid(grad_fit.params)
 
 
+def test_lbfgs_gets_the_loss_for_its_line_search_and_reaches_em(X, fitted):
+    """optax.lbfgs needs value/grad/value_fn beside the gradient; from EM's start it reaches
+    EM's fixed point (same log-likelihood and means)."""
+    _, em_fit = fitted
+    fit = gj.fit_gradient(jax.random.key(0), X, 2, optimizer=optax.lbfgs(), num_steps=30)
+    assert np.all(np.isfinite(np.asarray(fit.lower_bound_history)))
+    assert float(fit.lower_bound) == pytest.approx(float(em_fit.lower_bound), abs=2e-4)
+    np.testing.assert_allclose(fit.params.means, em_fit.params.means, atol=0.02)
+    _assert_valid(fit.params)
+
+
 def test_variance_floor_is_reg_covar(X):
     """A ``reg_covar`` above the data's variances binds: every conditional variance stays at it."""
     result = gj.fit_gradient(jax.random.key(0), X, 2, num_steps=STEPS, reg_covar=4.0)
@@ -247,3 +258,9 @@ def test_estimator_validates_fit_method(X, kwargs, match):
 def test_gradient_through_the_fit_matches_finite_differences_in_float64(x64_check):
     """jax.grad of the fitted lower bound with respect to the data, through five Adam steps."""
     x64_check("fd_fit_gradient")
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+def test_gradient_with_respect_to_sample_weight_through_adam_in_float64(x64_check, covariance_type):
+    """Finite (not NaN) and equal to central differences: the optimizer sees no dead coordinates."""
+    x64_check(f"fd_fit_gradient_sample_weight_{covariance_type}")

@@ -116,6 +116,17 @@ def test_zero_weight_gets_a_finite_logit():
     u, q, _ = _round_trip(p)
     assert np.all(np.isfinite(np.asarray(u.logits)))
     np.testing.assert_allclose(q.weights, p.weights, rtol=1e-6, atol=1e-30)
+    assert float(q.weights[0]) == 0.0
+
+
+def test_zero_weight_component_stays_empty_far_from_the_others():
+    """20σ from the only weighted component a zero-weight one at that point must not count:
+    log_prob is that of the weighted component alone (a logit of log(tiny) = -87 let it win)."""
+    p = gj.GMMParams(jnp.array([0.0, 1.0]), jnp.array([[20.0], [0.0]]), jnp.ones((2, 1, 1)), "full")
+    X = jnp.array([[20.0], [0.5]])
+    expected = -0.5 * np.log(2 * np.pi) - 0.5 * np.array([20.0, 0.5]) ** 2  # N(x | 0, 1)
+    np.testing.assert_allclose(gj.unconstrained_log_prob(gj.to_unconstrained(p), X), expected, rtol=1e-6)
+    np.testing.assert_allclose(gj.log_prob(p, X), expected, rtol=1e-6)
 
 
 # --------------------------------------------------------------------------- validity
