@@ -98,29 +98,32 @@ def sum_over_chunks(fn: Callable, X: jax.Array, weight: jax.Array | None, chunk_
     return jax.lax.fori_loop(0, num_chunks, add_chunk, zeros)
 
 
-def map_over_chunks(fn: Callable, X: jax.Array, chunk_size: int):
-    """``fn`` applied row-block-wise: ``fn(X)`` computed ``chunk_size`` rows at a time.
+def map_over_chunks(fn: Callable, rows, chunk_size: int):
+    """``fn`` applied row-block-wise: ``fn(rows)`` computed ``chunk_size`` rows at a time.
 
     Args:
-      fn: ``(X_chunk (c, D)) -> array (c, ...)``, row-wise (row ``i`` of the output depends
-        on row ``i`` of the input only).
-      X: ``(N, D)`` data.
+      fn: ``(rows_chunk) -> pytree of arrays (c, ...)``, row-wise (row ``i`` of every output
+        depends on row ``i`` of the inputs only).
+      rows: an ``(N, ...)`` array, or a pytree of them with the same ``N`` (e.g. the data
+        and its weights: passed together, never concatenated into a copy).
       chunk_size: rows per chunk.
 
     Returns:
-      ``(N, ...)``, equal to ``fn(X)``.
+      The outputs ``(N, ...)``, equal to ``fn(rows)``.
     """
-    num_samples = X.shape[0]
+    num_samples = jax.tree_util.tree_leaves(rows)[0].shape[0]
     chunk = min(chunk_size, num_samples)
     if chunk == num_samples:
-        return fn(X)
+        return fn(rows)
     num_chunks = math.ceil(num_samples / chunk)
-    out_shape = jax.eval_shape(fn, X[:chunk])
-    out = jnp.zeros((num_samples,) + out_shape.shape[1:], out_shape.dtype)
+    out_shapes = jax.eval_shape(fn, jax.tree_util.tree_map(lambda leaf: leaf[:chunk], rows))
+    out = jax.tree_util.tree_map(lambda s: jnp.zeros((num_samples,) + s.shape[1:], s.dtype), out_shapes)
 
     def write_chunk(i, out):
         start = jnp.minimum(i * chunk, num_samples - chunk)
-        rows = fn(jax.lax.dynamic_slice_in_dim(X, start, chunk, axis=0))
-        return jax.lax.dynamic_update_slice_in_dim(out, rows, start, axis=0)
+        chunk_out = fn(jax.tree_util.tree_map(lambda leaf: jax.lax.dynamic_slice_in_dim(leaf, start, chunk, axis=0),
+                                              rows))
+        return jax.tree_util.tree_map(lambda full, part: jax.lax.dynamic_update_slice_in_dim(full, part, start, axis=0),
+                                      out, chunk_out)
 
     return jax.lax.fori_loop(0, num_chunks, write_chunk, out)

@@ -83,17 +83,14 @@ def e_step_vjp_data(params: GMMParams, X, sample_weight, cotangent, chunk_size: 
     Row ``n`` of both depends on row ``n`` only (the statistics are sums over rows), so they
     are computed chunk by chunk with each row's own weight.
     """
-    num_features = X.shape[1]
     weights = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
 
     def rows_vjp(rows):
-        X_rows, w_rows = rows[:, :num_features], rows[:, num_features]
+        X_rows, w_rows = rows
         _, pullback = jax.vjp(lambda x, w: e_step(params, x, w, chunk_size=chunk_size), X_rows, w_rows)
-        X_bar, w_bar = pullback(cotangent)
-        return jnp.concatenate([X_bar, w_bar[:, None]], axis=1)
+        return pullback(cotangent)
 
-    out = map_over_chunks(rows_vjp, jnp.concatenate([X, weights[:, None]], axis=1), chunk_size)
-    return out[:, :num_features], out[:, num_features]
+    return map_over_chunks(rows_vjp, (X, weights), chunk_size)
 
 
 def _tree_norm(tree) -> jax.Array:

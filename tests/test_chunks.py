@@ -135,6 +135,18 @@ def test_fit_memory_is_bounded_by_the_chunk_not_by_n():
     assert large < 262_144 * k * d * 4 / 16, (large, "an N·K·D temporary would be 64 MiB")
 
 
+@pytest.mark.parametrize("chunk_size", [7, 50, 64])
+def test_map_over_chunks_of_several_row_arrays_equals_one_call(chunk_size):
+    """Rows passed as a pytree (data and weights, never concatenated) and a pytree out; the
+    last chunk is clamped (50 = 7·7 + 1 rows) and its re-read rows written with the same values."""
+    rng = np.random.default_rng(0)
+    X, w = jnp.asarray(rng.normal(size=(50, 3))), jnp.asarray(rng.uniform(size=50))
+    fn = lambda rows: (rows[0] * rows[1][:, None], jnp.sum(rows[0], axis=1) + rows[1])
+    expected = (np.asarray(X) * np.asarray(w)[:, None], np.asarray(X).sum(axis=1) + np.asarray(w))
+    for got, want in zip(jax.jit(lambda X, w: _chunks.map_over_chunks(fn, (X, w), chunk_size))(X, w), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 def test_auto_chunk_size_targets_the_byte_budget():
     rows = _chunks.auto_chunk_size(10**7, 16, 16, jnp.float32)
     assert rows % 8 == 0 and rows * 16 * 16 * 4 <= _chunks.CHUNK_TARGET_BYTES < (rows + 8) * 16 * 16 * 4
