@@ -8,15 +8,17 @@ from gmmjax._cache import enable_compilation_cache
 from gmmjax._chunks import auto_chunk_size
 from gmmjax._covariance import precision_cholesky
 from gmmjax._density import component_log_prob, log_prob, responsibilities
-from gmmjax._em import FitResult, fit_em
+from gmmjax._driver import FitResult, FitState
+from gmmjax._em import fit_em
 from gmmjax._estimator import ConvergenceWarning, GaussianMixtureModel
 from gmmjax._gradient import fit_gradient
 from gmmjax._init import INIT_METHODS, kmeans, kmeans_plusplus
 from gmmjax._interop import params_from_sklearn, params_to_sklearn, to_distrax, to_numpyro
 from gmmjax._model_selection import SelectionResult, select_num_components
+from gmmjax._options import FitOptions
 from gmmjax._params import COVARIANCE_TYPES, GMMParams
 from gmmjax._sampling import generate_gmm_data, sample
-from gmmjax._selection import aic, bic, icl, num_parameters
+from gmmjax._criteria import aic, bic, icl, num_parameters
 from gmmjax._stats import SufficientStats, e_step, em_step, m_step
 from gmmjax._unconstrained import UnconstrainedParams, from_unconstrained, to_unconstrained, unconstrained_log_prob
 
@@ -25,7 +27,9 @@ __version__ = "0.1.0"
 __all__ = [
     "COVARIANCE_TYPES",
     "ConvergenceWarning",
+    "FitOptions",
     "FitResult",
+    "FitState",
     "GMMParams",
     "GaussianMixtureModel",
     "INIT_METHODS",

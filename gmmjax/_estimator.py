@@ -18,12 +18,13 @@ import numpy as np
 from gmmjax import _validation as v
 from gmmjax._covariance import precision_cholesky, precisions_from_precision_cholesky
 from gmmjax._density import log_prob, responsibilities
-from gmmjax._em import fit_em, resolve_max_iter
+from gmmjax._em import fit_em
+from gmmjax._options import fit_options
 from gmmjax._gradient import DEFAULT_NUM_STEPS, fit_gradient
 from gmmjax._params import GMMParams
 from gmmjax._sampling import _sample_jit
-from gmmjax._selection import aic as _aic
-from gmmjax._selection import bic as _bic
+from gmmjax._criteria import aic as _aic
+from gmmjax._criteria import bic as _bic
 
 
 class ConvergenceWarning(UserWarning):
@@ -233,7 +234,7 @@ class GaussianMixtureModel:
         return v.check_int("num_components (n_components)", k, 1)
 
     def _resolved_max_iter(self) -> int:
-        return resolve_max_iter(self.max_iter, self.num_iters)
+        return fit_options(max_iter=self.max_iter, num_iters=self.num_iters).max_iter
 
     def _chunk_size(self):
         return None if self.chunk_size is None else v.check_int("chunk_size", self.chunk_size, 1)

@@ -50,11 +50,10 @@ import optax
 from jax.scipy.linalg import solve_triangular
 
 from gmmjax import _validation as v
-from gmmjax._chunks import resolve_chunk_size, sum_over_chunks
-from gmmjax._compile import is_small_program, jit_for_size
+from gmmjax._chunks import sum_over_chunks
 from gmmjax._density import log_joint_from_residuals, residuals_about
-from gmmjax._em import FitResult, _LoopState, check_fit_inputs, restart_keys, select_best
-from gmmjax._init import initialize
+from gmmjax._driver import FitResult, FitState, call_compiled, check_fit_inputs, compiled, initial_params, run_restarts
+from gmmjax._options import FitOptions, fit_options
 from gmmjax._stats import _weighted_posteriors, total_weight
 from gmmjax._unconstrained import (
     UnconstrainedParams,
@@ -209,7 +208,7 @@ def _all_finite(tree) -> jax.Array:
 
 
 def run_gradient(u_std: UnconstrainedParams, frame: Frame, X, sample_weight, key, *, optimizer, num_steps: int,
-                 batch_size: int | None, tol, reg_covar, chunk_size: int, collapsed=None) -> _LoopState:
+                 batch_size: int | None, tol, reg_covar, chunk_size: int, collapsed=None) -> FitState:
     """``num_steps`` optimizer steps from parameters in ``frame``, as one ``lax.scan``.
 
     Each step evaluates the weighted mean log-likelihood (of all the data, or of
@@ -221,7 +220,7 @@ def run_gradient(u_std: UnconstrainedParams, frame: Frame, X, sample_weight, key
     differ by less than ``tol``.
 
     Returns:
-      ``_LoopState`` with the parameters in the data's units; as ``lower_bound`` the mean
+      :class:`~gmmjax._driver.FitState` with the parameters in the data's units; as ``lower_bound`` the mean
       log-likelihood before the last step (as EM's: the parameters before the last update;
       with minibatches, that of the final parameters on all the data); the steps taken as
       ``n_iter``, ``converged`` (``tol`` met; always false without ``tol``), the
@@ -291,41 +290,29 @@ def run_gradient(u_std: UnconstrainedParams, frame: Frame, X, sample_weight, key
     u_final = unpack(final_coordinates)
     if batch_size is not None:  # the last batch estimate is noisy: one full pass for the result
         last_ll = _log_likelihood(u_final, frame, X, sample_weight, chunk_size) / full_weight
-    return _LoopState(
+    return FitState(
         params=from_unconstrained(unstandardize(u_final, frame)),
         lower_bound=last_ll,
         n_iter=n_iter,
         converged=converged,
-        history=history.astype(dtype),
-        collapsed=collapsed,
+        lower_bound_history=history.astype(dtype),
+        collapsed_components=collapsed,
     )
 
 
-def _fit_gradient(key, X, sample_weight, tol, reg_covar, weights_init, means_init, precisions_init, *,
-                  num_components, covariance_type, num_steps, n_init, init_params, chunk_size, batch_size,
-                  optimizer, has_tol):
-    def one_restart(restart_key):
+def _fit_gradient(key, X, sample_weight, options: FitOptions, tol, *, num_components, num_steps, batch_size,
+                  optimizer, has_tol) -> FitResult:
+    def fit_one(restart_key, _) -> FitState:
         # The same initialisation as fit_em with the same key: restart r of both starts
         # from the same parameters.
-        params, collapsed = initialize(
-            restart_key, X, num_components,
-            covariance_type=covariance_type, init_params=init_params, sample_weight=sample_weight,
-            reg_covar=reg_covar, weights_init=weights_init, means_init=means_init,
-            precisions_init=precisions_init, chunk_size=chunk_size,
-        )
+        params, collapsed = initial_params(restart_key, X, sample_weight, options, num_components)
         u_start = to_unconstrained(params)
-        frame = component_frame(u_start)
-        batch_key = jax.random.fold_in(restart_key, 1)
-        return run_gradient(standard_start(u_start), frame, X, sample_weight, batch_key, optimizer=optimizer,
-                            num_steps=num_steps, batch_size=batch_size, tol=tol if has_tol else None,
-                            reg_covar=reg_covar, chunk_size=chunk_size, collapsed=collapsed)
+        return run_gradient(standard_start(u_start), component_frame(u_start), X, sample_weight,
+                            jax.random.fold_in(restart_key, 1), optimizer=optimizer, num_steps=num_steps,
+                            batch_size=batch_size, tol=tol if has_tol else None, reg_covar=options.reg_covar,
+                            chunk_size=options.chunk_size, collapsed=collapsed)
 
-    keys = restart_keys(key, n_init)
-    if n_init == 1:  # as fit_em: no batch axis of size one
-        states = jax.tree_util.tree_map(lambda leaf: leaf[None], one_restart(keys[0]))
-    else:
-        states = jax.vmap(one_restart)(keys)
-    return select_best(states)
+    return run_restarts(key, options, fit_one)
 
 
 def check_optimizer(optimizer):
@@ -338,28 +325,22 @@ def check_optimizer(optimizer):
     return optimizer
 
 
-_fit_gradient_for_size = jit_for_size(_fit_gradient, static_argnames=("num_components", "covariance_type", "num_steps", "n_init", "init_params", "chunk_size",
-                     "batch_size", "optimizer", "has_tol"))
+_fit_gradient_for_size = compiled(_fit_gradient, static_argnames=("num_components", "num_steps", "batch_size",
+                                                                  "optimizer", "has_tol"))
 
 
 def fit_gradient(
     key: jax.Array,
     X: jax.typing.ArrayLike,
     num_components: int,
+    options: FitOptions | None = None,
     *,
     optimizer: optax.GradientTransformation | None = None,
     num_steps: int = DEFAULT_NUM_STEPS,
     batch_size: int | None = None,
-    n_init: int = 1,
-    covariance_type: str = "full",
-    init_params: str = "kmeans",
-    sample_weight: jax.typing.ArrayLike | None = None,
-    reg_covar: float = 1e-6,
-    weights_init=None,
-    means_init=None,
-    precisions_init=None,
     tol: float | None = None,
-    chunk_size: int | None = None,
+    sample_weight: jax.typing.ArrayLike | None = None,
+    **option_keywords,
 ) -> FitResult:
     """Fits a Gaussian mixture by maximising its mean log-likelihood with an optax optimizer.
 
@@ -384,19 +365,20 @@ def fit_gradient(
       num_steps: optimizer steps per restart (default 1000).
       batch_size: ``None`` for full-batch steps; else rows per step, drawn uniformly with
         replacement, keyed per step inside the scan (sample weights weight the batch mean).
-      n_init: restarts (restart ``r`` uses ``jax.random.split(key, n_init)[r]``, as EM).
-      covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
-      init_params: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"random_from_data"``.
-      sample_weight: optional ``(N,)`` non-negative weights; the objective is the weighted
-        mean log-likelihood ``Σ s_n log p(x_n) / Σ s_n``.
-      reg_covar: every conditional variance stays at least this (see the module notes);
-        also regularises the initial M-step as in EM.
-      weights_init, means_init, precisions_init: optional starting parameters in
-        scikit-learn's shapes, as in :func:`fit_em`.
+      options: a :class:`~gmmjax.FitOptions` (default ``FitOptions()``); its ``max_iter``,
+        ``tol`` and ``lower_bound_init`` are EM's and not used here (``num_steps`` and the
+        ``tol`` below are the gradient fit's). ``reg_covar``: every conditional variance stays
+        at least this (see the module notes), and it regularises the initial M-step as in EM.
       tol: ``None`` (default): every restart runs all ``num_steps`` steps. Else a restart
         stops updating once two consecutive mean log-likelihoods differ by less than
         ``tol`` (with minibatches they are noisy batch estimates: use a larger ``tol``).
-      chunk_size: rows per chunk in every pass over the data (as in :func:`fit_em`).
+      sample_weight: optional ``(N,)`` non-negative weights; the objective is the weighted
+        mean log-likelihood ``Σ s_n log p(x_n) / Σ s_n``.
+      **option_keywords: fields of :class:`~gmmjax.FitOptions` replacing those of
+        ``options``, as in :func:`fit_em`: ``n_init`` (restart ``r`` uses
+        ``jax.random.split(key, n_init)[r]``, as EM), ``covariance_type``, ``init_params``,
+        ``reg_covar``, ``weights_init``/``means_init``/``precisions_init``, ``chunk_size``,
+        ``restart_batch_size``.
 
     Returns:
       A :class:`~gmmjax.FitResult`: ``lower_bound`` is the mean log-likelihood of the
@@ -418,23 +400,18 @@ def fit_gradient(
       >>> sorted(round(float(m)) for m in result.params.means[:, 0])
       [0, 3]
     """
+    em_only = sorted({"max_iter", "num_iters", "lower_bound_init"} & set(option_keywords))
+    if em_only:
+        raise ValueError(f"{', '.join(em_only)} set EM's iterations; fit_gradient runs num_steps optimizer steps "
+                         "(and stops early only with its own tol): use num_steps instead.")
+    options = fit_options(options, **option_keywords)
     optimizer = check_optimizer(optimizer)
     num_steps = v.check_int("num_steps", num_steps, 1)
     if batch_size is not None:
         batch_size = v.check_int("batch_size", batch_size, 1)
     has_tol = tol is not None
     tol = v.check_nonnegative_float("tol", tol) if has_tol else 0.0
-    key, X, num_components, n_init, covariance_type, init_params, reg_covar, sample_weight, chunk_size = (
-        check_fit_inputs(key, X, num_components, n_init=n_init, covariance_type=covariance_type,
-                         init_params=init_params, reg_covar=reg_covar, weights_init=weights_init,
-                         means_init=means_init, precisions_init=precisions_init, sample_weight=sample_weight,
-                         chunk_size=chunk_size))
-    chunk_size = resolve_chunk_size(chunk_size, X.shape[0], num_components, X.shape[1], X.dtype, batch=n_init)
-    small = is_small_program(X.shape[0], X.shape[1], num_components, n_init)
-    return _fit_gradient_for_size(
-        small, key, X, sample_weight, jnp.asarray(tol, X.dtype), jnp.asarray(reg_covar, X.dtype),
-        weights_init, means_init, precisions_init,
-        num_components=num_components, covariance_type=covariance_type, num_steps=num_steps, n_init=n_init,
-        init_params=init_params, chunk_size=chunk_size, batch_size=batch_size, optimizer=optimizer,
-        has_tol=has_tol,
-    )
+    inputs = check_fit_inputs(key, X, num_components, options, sample_weight)
+    return call_compiled(_fit_gradient_for_size, inputs, jnp.asarray(tol, inputs.X.dtype),
+                         num_components=int(num_components), num_steps=num_steps, batch_size=batch_size,
+                         optimizer=optimizer, has_tol=has_tol)

@@ -19,13 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmmjax import _validation as v
-from gmmjax._chunks import resolve_chunk_size
-from gmmjax._compile import is_small_program, jit_for_size
-from gmmjax._em import FitResult, fit_restarts, resolve_max_iter, resolve_restart_batch_size
-from gmmjax._init import check_init_params
+from gmmjax._criteria import information_criteria
+from gmmjax._driver import FitResult, call_compiled, check_fit_inputs, compiled
+from gmmjax._em import fit_em_restarts
+from gmmjax._options import FitOptions, fit_options
 from gmmjax._params import COVARIANCE_TYPES, GMMParams, check_covariance_type
-from gmmjax._selection import information_criteria
 
 CRITERIA = ("bic", "aic", "icl")
 
@@ -101,11 +99,11 @@ class SelectionResult:
         index = tried.index(num_components)
         # Indexed and trimmed on the host: no small programs compiled for each leaf's shape.
         fit = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf)[index], fit)
-        fit = fit._replace(
-            params=_first_components(fit.params, num_components),
-            restart_params=_first_components(fit.restart_params, num_components),
-            collapsed_components=fit.collapsed_components[..., :num_components],
+        restarts = fit.restarts._replace(
+            params=_first_components(fit.restarts.params, num_components),
+            collapsed_components=fit.restarts.collapsed_components[..., :num_components],
         )
+        fit = fit._replace(params=_first_components(fit.params, num_components), restarts=restarts)
         return jax.tree_util.tree_map(jnp.asarray, fit)
 
     def best_fit(self) -> FitResult:
@@ -138,22 +136,19 @@ def _first_components(params: GMMParams, num_components: int) -> GMMParams:
     return params.replace(weights=params.weights[..., :k], means=params.means[..., :k, :], covariances=covariances)
 
 
-def _select(key, X, sample_weight, candidates, tol, reg_covar, criterion_index, *, max_components,
-            covariance_types, max_iter, n_init, init_params, chunk_size, restart_batch_size) -> dict:
-    """The compiled program; the criterion is data (an index into CRITERIA), so that changing
-    it does not compile again."""
+def _select(key, X, sample_weight, options: FitOptions, candidates, criterion_index, *, num_components,
+            covariance_types) -> dict:
+    """The compiled program (``num_components``: the largest ``K`` tried); the criterion is
+    data (an index into CRITERIA), so that changing it does not compile again."""
     fits, tables = [], []
     for covariance_type in covariance_types:  # different shapes: one vmapped batch per type
+        type_options = options.replace(covariance_type=covariance_type)
 
         def fit_and_score(num_active):
-            fit = fit_restarts(
-                key, X, sample_weight, tol, reg_covar, None, None, None,
-                num_components=max_components, covariance_type=covariance_type, max_iter=max_iter,
-                n_init=n_init, init_params=init_params, chunk_size=chunk_size,
-                restart_batch_size=restart_batch_size, num_active=num_active,
-            )
+            fit = fit_em_restarts(key, X, sample_weight, type_options, num_components=num_components,
+                                  num_active=num_active)
             return fit, information_criteria(fit.params, X, sample_weight, num_active=num_active,
-                                             chunk_size=chunk_size)
+                                             chunk_size=options.chunk_size)
 
         fit, scores = jax.vmap(fit_and_score)(candidates)
         fits.append(fit)
@@ -228,25 +223,19 @@ def check_criterion(criterion) -> str:
     return criterion
 
 
-_select_for_size = jit_for_size(_select, static_argnames=("max_components", "covariance_types", "max_iter", "n_init", "init_params", "chunk_size",
-                     "restart_batch_size"))
+_select_for_size = compiled(_select, static_argnames=("num_components", "covariance_types"))
 
 
 def select_num_components(
     key: jax.Array,
     X: jax.typing.ArrayLike,
     num_components,
+    options: FitOptions | None = None,
     *,
     covariance_types="full",
     criterion: str = "bic",
-    n_init: int = 1,
-    max_iter: int | None = None,
-    tol: float = 1e-3,
-    reg_covar: float = 1e-6,
-    init_params: str = "kmeans",
     sample_weight: jax.typing.ArrayLike | None = None,
-    chunk_size: int | None = None,
-    restart_batch_size: int | None = None,
+    **option_keywords,
 ) -> SelectionResult:
     """Fits every number of components (and covariance type) in one compiled program and
     scores each fit by BIC, AIC and ICL.
@@ -270,9 +259,12 @@ def select_num_components(
         sequence of them, or ``"all"``.
       criterion: ``"bic"`` (default), ``"aic"`` or ``"icl"``; the best model minimises it
         (ties: the first type, then the smallest ``K``).
-      n_init, max_iter, tol, reg_covar, init_params, chunk_size, restart_batch_size: as in
-        :func:`gmmjax.fit_em` (``chunk_size`` bounds the memory of each pass, which holds
-        all ``J`` fits' temporaries at once).
+      options: a :class:`~gmmjax.FitOptions` used for every fit (its ``covariance_type`` is
+        replaced by each of ``covariance_types``; no ``*_init``).
+      **option_keywords: fields of :class:`~gmmjax.FitOptions` replacing those of
+        ``options``, as in :func:`gmmjax.fit_em`: ``n_init``, ``max_iter``, ``tol``,
+        ``reg_covar``, ``init_params``, ``chunk_size`` (bounds the memory of each pass, which
+        holds all ``J`` fits' temporaries at once), ``restart_batch_size``.
       sample_weight: optional ``(N,)`` non-negative weights; the criteria count them as
         repetitions (``log L`` weighted, ``n = Σ_n s_n``).
 
@@ -290,30 +282,18 @@ def select_num_components(
       >>> int(result.best_num_components), result.best_covariance_type
       (3, 'diag')
     """
-    key = v.check_key(key)
     covariance_types = check_covariance_types(covariance_types)
     criterion = check_criterion(criterion)
-    init_params = check_init_params(init_params)
-    n_init = v.check_int("n_init", n_init, 1)
-    max_iter = resolve_max_iter(max_iter, None)
-    tol = v.check_nonnegative_float("tol", tol)
-    reg_covar = v.check_nonnegative_float("reg_covar", reg_covar)
-    X = v.check_data(X, "X")
-    candidates = check_num_components_range(num_components, X.shape[0])
-    if sample_weight is not None:  # None stays None: no (N,) array of ones in the loop
-        sample_weight = v.check_sample_weight(sample_weight, X.shape[0], X.dtype)
-    restart_batch_size = resolve_restart_batch_size(restart_batch_size, n_init)
-    if chunk_size is not None:
-        chunk_size = v.check_int("chunk_size", chunk_size, 1)
-    max_components = candidates[-1]
+    options = fit_options(options, **option_keywords)
+    if "covariance_type" in option_keywords:
+        raise ValueError("select_num_components tries covariance_types; pass covariance_types=..., "
+                         "not covariance_type.")
+    num_samples = np.shape(X)[0] if np.ndim(X) == 2 else 1  # check_fit_inputs explains other shapes
+    candidates = check_num_components_range(num_components, num_samples)
     # All J fits share each pass over a chunk: size chunks for the whole batch.
-    chunk_size = resolve_chunk_size(chunk_size, X.shape[0], max_components, X.shape[1], X.dtype,
-                                    batch=len(candidates) * restart_batch_size)
-    small = is_small_program(X.shape[0], X.shape[1], max_components, len(candidates) * len(covariance_types) * n_init)
-    fields = _select_for_size(
-        small, key, X, sample_weight, jnp.asarray(candidates, jnp.int32), jnp.asarray(tol, X.dtype),
-        jnp.asarray(reg_covar, X.dtype), jnp.asarray(CRITERIA.index(criterion), jnp.int32),
-        max_components=max_components, covariance_types=covariance_types, max_iter=max_iter, n_init=n_init,
-        init_params=init_params, chunk_size=chunk_size, restart_batch_size=restart_batch_size,
-    )
+    inputs = check_fit_inputs(key, X, None, options, sample_weight, max_components=candidates[-1],
+                              fits_per_pass=len(candidates))
+    fields = call_compiled(_select_for_size, inputs, jnp.asarray(candidates, jnp.int32),
+                           jnp.asarray(CRITERIA.index(criterion), jnp.int32), num_components=candidates[-1],
+                           fits=len(candidates) * len(covariance_types), covariance_types=covariance_types)
     return SelectionResult(**fields, covariance_types=covariance_types, criterion=criterion)

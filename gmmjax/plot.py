@@ -34,7 +34,7 @@ import numpy as np
 
 from gmmjax import _validation as v
 from gmmjax._estimator import GaussianMixtureModel, _responsibilities
-from gmmjax._em import FitResult
+from gmmjax._driver import FitResult
 from gmmjax._model_selection import CRITERIA, SelectionResult
 from gmmjax._params import GMMParams
 

@@ -14,7 +14,7 @@ import pytest
 
 import _oracles as O
 import gmmjax as gj
-from gmmjax import _chunks, _em, _init
+from gmmjax import _chunks, _driver, _em, _init
 
 COV_TYPES = O.COVARIANCE_TYPES
 N_ODD = 53  # prime: every chunk size below leaves a partial last chunk
@@ -112,9 +112,9 @@ def test_restart_batches_equal_one_vmapped_batch():
         np.testing.assert_allclose(np.asarray(batched.restart_lower_bounds),
                                    np.asarray(together.restart_lower_bounds), rtol=1e-5)
         assert int(batched.best_restart) == int(together.best_restart)
-    assert _em.resolve_restart_batch_size(3, 4) == 2
-    assert _em.resolve_restart_batch_size(None, 4) == 4
-    assert _em.resolve_restart_batch_size(9, 4) == 4
+    assert _driver.resolve_restart_batch_size(3, 4) == 2
+    assert _driver.resolve_restart_batch_size(None, 4) == 4
+    assert _driver.resolve_restart_batch_size(9, 4) == 4
 
 
 def test_fit_memory_is_bounded_by_the_chunk_not_by_n():
@@ -124,10 +124,10 @@ def test_fit_memory_is_bounded_by_the_chunk_not_by_n():
 
     def temp_bytes(n):
         X = jnp.zeros((n, d), jnp.float32)
-        compiled = _em._fit_em.lower(
-            jax.random.key(0), X, None, jnp.float32(1e-3), jnp.float32(1e-6), None, None, None,
-            num_components=k, covariance_type="full", max_iter=5, n_init=1, init_params="kmeans",
-            chunk_size=chunk, restart_batch_size=1).compile()
+        options = gj.FitOptions(covariance_type="full", max_iter=5, n_init=1, init_params="kmeans",
+                                chunk_size=chunk, restart_batch_size=1, tol=jnp.float32(1e-3),
+                                reg_covar=jnp.float32(1e-6))
+        compiled = _em._fit_em.lower(jax.random.key(0), X, None, options, num_components=k).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 
     small, large = temp_bytes(65_536), temp_bytes(262_144)

@@ -5,14 +5,31 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import gmmjax as gj
 from gmmjax import _compile
 
 
-def test_unknown_options_are_dropped_and_known_ones_kept():
+def test_unknown_options_are_dropped_with_a_warning_and_known_ones_kept():
     options = (("xla_backend_optimization_level", 2), ("xla_no_such_option_in_any_version", True))
-    assert _compile._supported_options(options) == {"xla_backend_optimization_level": 2}
+    with pytest.warns(RuntimeWarning, match="xla_no_such_option_in_any_version"):
+        assert _compile._supported_options(options) == {"xla_backend_optimization_level": 2}
+
+
+def test_this_xla_accepts_every_small_program_option():
+    """Fails loudly when a jaxlib upgrade drops one of the options (gmmjax would then warn
+    once and compile small fits more slowly): update SMALL_PROGRAM_OPTIONS then."""
+    for name, value in _compile.SMALL_PROGRAM_OPTIONS.items():
+        assert _compile.accepts_option(name, value), name
+
+
+def test_staging_is_detected_without_private_jax():
+    assert not _compile.under_caller_jit()
+    seen = []
+    jax.jit(lambda x: seen.append(_compile.under_caller_jit()) or x)(1.0)
+    jax.vmap(lambda x: seen.append(_compile.under_caller_jit()) or x)(jnp.ones(2))
+    assert seen == [True, False]
 
 
 def test_small_and_large_problems():
@@ -36,5 +53,8 @@ def test_small_fit_uses_the_options_and_agrees_with_the_default_settings(small_d
     small = gj.fit_em(key, X, 3)
     default = jax.jit(lambda k, x: gj.fit_em(k, x, 3))(key, X)
     assert int(small.n_iter) == int(default.n_iter)
+    # Under grad JAX stages the nested jit and refuses the options: the default variant runs.
+    gradient = jax.grad(lambda x: gj.fit_em(key, x, 3).lower_bound)(X)
+    assert gradient.shape == X.shape and bool(jnp.all(jnp.isfinite(gradient)))
     for a, b in zip(jax.tree_util.tree_leaves(small.params), jax.tree_util.tree_leaves(default.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)

@@ -262,10 +262,10 @@ def test_lower_bounds_of_a_fit_result_and_a_loaded_model(model, tmp_path):
 
 def test_lower_bounds_stop_at_the_first_nan():
     history = np.array([[-3.0, -2.0, -1.5, np.nan, np.nan], [-4.0, -2.5, np.nan, np.nan, np.nan]])
+    restarts = gj.FitState(params=None, lower_bound=np.array([-1.5, -2.5]), n_iter=np.array([3, 2]),
+                           converged=np.array([True, False]), lower_bound_history=history, collapsed_components=None)
     result = gj.FitResult(params=None, lower_bound=np.float32(-1.5), n_iter=3, converged=True, best_restart=0,
-                          restart_params=None, restart_lower_bounds=np.array([-1.5, -2.5]),
-                          restart_n_iter=np.array([3, 2]), restart_converged=np.array([True, False]),
-                          lower_bound_history=history, collapsed_components=None)
+                          restarts=restarts)
     ax = plot_lower_bounds(result)
     ys = {line.get_label(): line.get_ydata() for line in artists(ax, "gmmjax-restart")}
     np.testing.assert_array_equal(ys["_restart 0"], [-3.0, -2.0, -1.5])

@@ -108,10 +108,11 @@ def test_plain_lines_without_tqdm(X, monkeypatch, capsys):
 
 def _lower(n_init, report_every):
     X = jnp.zeros((600, 2), jnp.float32)
-    return _em._fit_em.lower(
-        jax.random.key(0), X, None, jnp.float32(1e-4), jnp.float32(1e-6), None, None, None,
-        num_components=2, covariance_type="full", max_iter=100, n_init=n_init, init_params="k-means++",
-        chunk_size=600, restart_batch_size=n_init, report_every=report_every).as_text()
+    options = gj.FitOptions(covariance_type="full", max_iter=100, n_init=n_init, init_params="k-means++",
+                            chunk_size=600, restart_batch_size=n_init, tol=jnp.float32(1e-4),
+                            reg_covar=jnp.float32(1e-6))
+    return _em._fit_em.lower(jax.random.key(0), X, None, options, num_components=2,
+                             report_every=report_every).as_text()
 
 
 @pytest.mark.parametrize("n_init", [1, 20])
