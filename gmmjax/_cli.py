@@ -23,9 +23,9 @@ import warnings
 
 import numpy as np
 
-from gmmjax._init import INIT_METHODS
-from gmmjax._model_selection import CRITERIA
-from gmmjax._params import COVARIANCE_TYPES
+# Only JAX-free modules at the top (``gmmjax --help`` and argument errors never import JAX);
+# each command imports the library inside its ``_run_*`` function.
+from gmmjax._names import COVARIANCE_TYPES, CRITERIA, INIT_METHODS
 
 # The original example's mixture.
 DEMO_WEIGHTS = np.array([0.6, 0.4])
@@ -275,6 +275,37 @@ def _one_line(message) -> str:
     return " ".join(str(message).split())
 
 
+def _print_warning(command: str, message) -> None:
+    """The one format of every warning the command line shows: ``gmmjax CMD: warning: ...``."""
+    print(f"gmmjax {command}: warning: {_one_line(message)}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _one_line_warnings(command: str):
+    """Python warnings raised while a command runs are shown by :func:`_print_warning` (not as
+    Python's two lines with a file name and a source line); the filters are unchanged."""
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *args, **kwargs: _print_warning(command, message)
+        yield
+
+
+def _cache_disabled(args) -> bool:
+    return args.no_cache or os.environ.get("GMMJAX_NO_CACHE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _enable_cache(command: str) -> None:
+    """JAX's persistent compilation cache (:func:`gmmjax.enable_compilation_cache`), so that a
+    command's programs compile once per machine, not once per run. A cache that cannot be
+    created costs only the speed: one warning line, and the command runs on."""
+    from gmmjax._cache import enable_compilation_cache
+
+    try:
+        enable_compilation_cache()
+    except OSError as exc:
+        _print_warning(command, f"the compilation cache is off ({exc}); set GMMJAX_CACHE_DIR to a writable "
+                                "folder, or GMMJAX_NO_CACHE=1 to silence this")
+
+
 def _add_em_options(p, n_init_help: str):
     """The EM options ``fit`` and ``select`` share (same names, defaults and checks)."""
     p.add_argument("--n-init", type=_int_at_least(1), default=1, help=n_init_help)
@@ -333,6 +364,9 @@ def _run_fit(args) -> int:
     if args.num_components > X.shape[0]:
         raise CLIError(f"{args.data} has {X.shape[0]} samples, fewer than -k {args.num_components}: "
                        "use fewer components or more data")
+    if plot is not None and X.shape[1] < 2:
+        raise CLIError(f"--plot draws two or more features, but {args.data} has one: leave out --plot (for "
+                       "1-D data plot a histogram and the model's density, e.g. from gmmjax score --per-sample)")
     from gmmjax import GaussianMixtureModel
 
     model = GaussianMixtureModel(
@@ -345,7 +379,7 @@ def _run_fit(args) -> int:
         model.fit(X)
     elapsed = time.perf_counter() - start
     for warning in caught:  # one line each, after the progress output
-        print(f"gmmjax fit: warning: {_one_line(warning.message)}", file=sys.stderr)
+        _print_warning("fit", warning.message)
 
     print(f"gmmjax fit {args.data}: {X.shape[0]} samples × {X.shape[1]} features, K={args.num_components}, "
           f"covariance {args.covariance_type}, {args.n_init} restart{'s' * (args.n_init > 1)}, seed {args.seed}")
@@ -414,7 +448,7 @@ def _run_select(args) -> int:
             seed=args.seed)
     elapsed = time.perf_counter() - start
     for warning in caught:
-        print(f"gmmjax select: warning: {_one_line(warning.message)}", file=sys.stderr)
+        _print_warning("select", warning.message)
 
     selection = model.selection_
     table = {name: np.asarray(getattr(selection, name)) for name in
@@ -524,7 +558,10 @@ def _run_sample(args) -> int:
 
     check_output(args.output)
     check_output(args.labels)
+    from gmmjax._validation import check_sample_memory
+
     model = load_model(args.model)
+    check_sample_memory(args.num_samples, model.params)  # MemoryError (exit 1) before XLA could abort
     X, labels = model.sample(args.num_samples, key=jax.random.key(args.seed))
     write_array(args.output, X, fmt="%.9g")
     if args.labels is not None:
@@ -597,6 +634,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _COMMANDS:
         add(commands)
+    for p in commands.choices.values():
+        p.add_argument("--no-cache", action="store_true",
+                       help="do not use the persistent compilation cache (also GMMJAX_NO_CACHE=1); by default "
+                            "compiled programs are kept in $GMMJAX_CACHE_DIR, else $XDG_CACHE_HOME/gmmjax/xla, "
+                            "else ~/.cache/gmmjax/xla")
     return parser
 
 
@@ -608,15 +650,19 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.run(args)
+        with _one_line_warnings(args.command):
+            if not _cache_disabled(args):
+                _enable_cache(args.command)
+            return args.run(args)
     except BrokenPipeError:
         # The reader went away (e.g. `gmmjax predict ... | head`): stop quietly, as a tool
         # killed by SIGPIPE would; stdout goes to /dev/null so the exit flush cannot fail again.
         with contextlib.suppress(OSError, ValueError):  # a stdout without a file descriptor
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except (CLIError, ValueError, OSError) as exc:
-        # User errors (the library's ValueErrors say what to do; OSError: e.g. an unwritable output).
+    except (CLIError, ValueError, OSError, MemoryError) as exc:
+        # User errors (the library's ValueErrors say what to do; OSError: e.g. an unwritable output;
+        # MemoryError: e.g. more samples than memory holds, refused before allocating them).
         message = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.filename else exc
         print(f"gmmjax {args.command}: error: {_one_line(message)}", file=sys.stderr)
         return 1

@@ -27,7 +27,7 @@ from gmmjax._init import check_init_params
 from gmmjax._params import COVARIANCE_TYPES, GMMParams, check_covariance_type
 from gmmjax._selection import information_criteria
 
-CRITERIA = ("bic", "aic", "icl")
+from gmmjax._names import CRITERIA  # jax-free, for the command line
 
 
 @dataclasses.dataclass(frozen=True)

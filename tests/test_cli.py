@@ -35,11 +35,25 @@ TRUE_MEANS = [[0.0, 0.0], [3.0, 3.0]]
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _env():
-    """The subprocess imports this checkout's gmmjax, whatever is installed."""
-    env = dict(os.environ)
+def _env(**changes):
+    """The subprocess imports this checkout's gmmjax, whatever is installed, and does not write
+    to the user's compilation cache (``changes``: more variables; ``None`` removes one)."""
+    env = dict(os.environ, GMMJAX_NO_CACHE="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
+    for name, value in changes.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     return env
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_compilation_cache():
+    """In-process commands would turn JAX's persistent cache on for the whole test session."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GMMJAX_NO_CACHE", "1")
+        yield
 
 
 def _run(*args, timeout=180):
@@ -164,6 +178,19 @@ def work(tmp_path_factory):
     (d / "notes.xlsx").write_text("")
     w.fit = cli("fit", w.data_csv, "-k", 2, "-o", w.model_path)
     w.model = GaussianMixtureModel.load(w.model_path)
+    (d / "one-feature.csv").write_text("x\n1\n2\n3\n4\n")
+    with np.load(w.model_path, allow_pickle=False) as archive:  # hand-edited models
+        content = {name: archive[name] for name in archive.files}
+    planted = np.empty(2, dtype=object)
+    planted[:] = [0.5, 0.5]
+    for name, changes in {"not-pd": dict(covariances=np.ones((2, 2, 2), np.float32)),
+                          "nan-weights": dict(weights=np.array([np.nan, 0.5], np.float32)),
+                          "three-weights": dict(weights=np.full(3, 1 / 3, np.float32)),
+                          "version0": dict(format_version=np.int64(0)),
+                          "unknown-key": dict(hyperparameters=np.str_('{"frobnicate": 1}')),
+                          "string-means": dict(means=np.array([["0", "0"], ["3", "3"]])),
+                          "object": dict(weights=planted)}.items():
+        np.savez(d / f"{name}.npz", **{**content, **changes})
     return w
 
 
@@ -327,6 +354,18 @@ BAD_INPUTS = [  # (arguments, exit code, what stderr says); {d}: the test direct
     ("sample {m} -n 0", 2, "--num-samples: must be at least 1"),
     ("sample {m} -o {d}/samples.bin", 1, "unknown output format '.bin': use .npy or .csv or .txt or .tsv"),
     ("sample {m} --labels {d}/labels", 1, "unknown output format '(no extension)'"),
+    ("sample {m} -n 1000000000000", 1, "Drawing 1000000000000 samples of 2 features needs about"),
+    ("fit {d}/one-feature.csv -k 1 --plot {d}/one.png", 1, "--plot draws two or more features, but"),
+    # Hand-edited model files: one line naming the file and the field, never NaN or a traceback.
+    ("predict {d}/not-pd.npz {d}/data.csv", 1, "not-pd.npz' is a damaged gmmjax model file: covariances (component 0) "
+                                               "must be positive definite"),
+    ("score {d}/nan-weights.npz {d}/data.csv", 1, "nan-weights.npz' is a damaged gmmjax model file: weights contains "
+                                                  "NaN"),
+    ("predict {d}/three-weights.npz {d}/data.csv", 1, "weights must have shape (2,), got (3,)"),
+    ("predict {d}/version0.npz {d}/data.csv", 1, "format_version must be a positive integer"),
+    ("predict {d}/unknown-key.npz {d}/data.csv", 1, "hyperparameters has an unknown key 'frobnicate'"),
+    ("predict {d}/string-means.npz {d}/data.csv", 1, "means must be an array of floating-point numbers"),
+    ("sample {d}/object.npz", 1, "its field 'weights' is an array of Python objects"),
 ]
 
 
@@ -506,3 +545,94 @@ def test_console_script_gmmjax(work):
                           text=True, timeout=300, env=_env())
     assert proc.returncode == 0, proc.stderr
     assert _number(r"mean log-likelihood (\S+)", proc.stdout) == pytest.approx(work.model.score(work.X), rel=1e-6)
+
+
+# -- warnings, memory, start-up time, compilation cache -------------------------------------------
+def test_demo_warnings_are_one_line(capsys):
+    # 3 samples for 2 components: a component collapses, and the library warns.
+    code, out, err = cli("demo", "-n", 3)
+    assert code == 0 and "gmmjax demo:" in out
+    lines = err.splitlines()
+    assert lines and all(line.startswith("gmmjax demo: warning: ") for line in lines), err
+    assert "UserWarning" not in err and ".py:" not in err  # not Python's two-line format
+
+
+def test_sample_refuses_more_than_memory_before_allocating(work):
+    with pytest.raises(MemoryError, match="Drawing 1000000000000 samples of 2 features needs about"):
+        work.model.sample(10**12)
+    from gmmjax._validation import check_sample_memory, sample_memory_bytes
+
+    params = work.model.params
+    assert sample_memory_bytes(10, params) >= 10 * (2 * 4 + 4)  # at least the float32 samples and labels
+    check_sample_memory(10, params, available=10**6)
+    with pytest.raises(MemoryError, match="more than the 100 bytes this machine has"):
+        check_sample_memory(10, params, available=100)
+
+
+# The console script's launcher (pyproject.toml: gmmjax = "gmmjax_cli:main"), run as the script runs it.
+LAUNCHER = """
+import sys
+from gmmjax_cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+print(f"exit {code}, jax imported: {'jax' in sys.modules}", file=sys.stderr)
+"""
+
+
+def _launch(*args, **env):
+    return subprocess.run([sys.executable, "-c", LAUNCHER, *map(str, args)], capture_output=True, text=True,
+                          timeout=180, env=_env(**env))
+
+
+def test_console_script_entry_is_the_launcher():
+    tomllib = pytest.importorskip("tomllib")
+    with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as f:
+        assert tomllib.load(f)["project"]["scripts"]["gmmjax"] == "gmmjax_cli:main"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["fit", "--help"], ["select", "--help"], ["predict", "--help"],
+                                  ["fit", "data.csv", "-k", "0"], ["select", "data.csv", "-k", "5:2"],
+                                  ["select", "data.csv", "-k", "3", "--covariance-type", "banana"],
+                                  ["frobnicate"], []],
+                         ids=lambda args: " ".join(args) or "no-command")
+def test_help_and_argument_errors_do_not_import_jax(args):
+    proc = _launch(*args)
+    expected = 0 if "--help" in args else 2
+    assert proc.stderr.splitlines()[-1] == f"exit {expected}, jax imported: False", proc.stderr
+    assert "Traceback" not in proc.stderr
+    if expected == 0:
+        assert proc.stdout.startswith("usage: gmmjax")
+
+
+def test_launcher_runs_a_command_and_fills_the_compilation_cache(work, tmp_path):
+    cache = tmp_path / "xla"
+    proc = _launch("score", work.model_path, work.data_csv, GMMJAX_NO_CACHE=None, GMMJAX_CACHE_DIR=str(cache))
+    assert proc.stderr.splitlines()[-1] == "exit 0, jax imported: True", proc.stderr
+    assert _number(r"mean log-likelihood (\S+)", proc.stdout) == pytest.approx(work.model.score(work.X), rel=1e-6)
+    assert any(p.is_file() for p in cache.rglob("*")), "the command did not use the persistent cache"
+
+
+@pytest.mark.parametrize("how", ["default", "--no-cache", "GMMJAX_NO_CACHE=1", "GMMJAX_NO_CACHE=0"])
+def test_compilation_cache_is_on_unless_turned_off(work, monkeypatch, how):
+    from gmmjax import _cache
+
+    calls = []
+    monkeypatch.setattr(_cache, "enable_compilation_cache", lambda *a: calls.append(a))
+    monkeypatch.delenv("GMMJAX_NO_CACHE")
+    if how.startswith("GMMJAX_NO_CACHE"):
+        monkeypatch.setenv("GMMJAX_NO_CACHE", how.split("=")[1])
+    argv = ["sample", work.model_path, "-n", 5] + (["--no-cache"] if how == "--no-cache" else [])
+    assert cli(*argv)[0] == 0
+    assert len(calls) == (1 if how in ("default", "GMMJAX_NO_CACHE=0") else 0)
+
+
+def test_unusable_cache_folder_is_one_warning(work, monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.delenv("GMMJAX_NO_CACHE")
+    monkeypatch.setenv("GMMJAX_CACHE_DIR", str(blocker / "xla"))  # below a file: cannot be created
+    code, out, err = cli("sample", work.model_path, "-n", 5)
+    assert code == 0 and len(out.splitlines()) == 5
+    assert err.startswith("gmmjax sample: warning: the compilation cache is off") and len(err.splitlines()) == 1
