@@ -173,6 +173,7 @@ def work(tmp_path_factory):
     with_nan = X.copy()
     with_nan[7, 1] = np.nan
     np.savetxt(d / "nan.csv", with_nan, delimiter=",")
+    np.save(d / "nan.npy", with_nan)
     np.save(d / "wide.npy", np.hstack([X, X[:, :1]]))
     (d / "junk.npy").write_text("not numpy\n")
     (d / "notes.xlsx").write_text("")
@@ -222,6 +223,7 @@ def test_fit_prints_and_saves_the_model_the_library_fits(work):
     assert _number(r"AIC\s+(\S+)", out) == pytest.approx(model.aic(work.X), abs=1e-4)
     assert f"iterations {model.n_iter_}   converged {model.converged_}" in out
     assert "600 samples × 2 features, K=2, covariance full" in out
+    assert "features  x, y" in out  # the header's names
     assert f"model saved to {work.model_path}" in out
 
 
@@ -298,9 +300,12 @@ def test_every_command_has_help(command):
 
 BAD_INPUTS = [  # (arguments, exit code, what stderr says); {d}: the test directory, {m}: the model
     ("fit {d}/missing.csv -k 2", 1, "missing.csv: no such file"),
-    ("fit {d}/bad.csv -k 2", 1, "bad.csv, line 3: cannot read 'abc' as a number"),
+    ("fit {d}/bad.csv -k 2", 1, "bad.csv, line 3, column 'y' (index 1): cannot read 'abc' as a number"),
     ("fit {d}/ragged.csv -k 2", 1, "ragged.csv, line 2: 3 values, but line 1 has 2"),
-    ("fit {d}/nan.csv -k 2", 1, "nan.csv contains 1 NaN or infinite value(s) (the first in data row 8, column 2)"),
+    ("fit {d}/nan.csv -k 2", 1, "nan.csv, line 8, column index 1: missing value ('nan'): fill it in, or leave out "
+                                "such rows with --dropna"),
+    ("fit {d}/nan.npy -k 2", 1, "nan.npy contains 1 NaN or infinite value(s) (the first in data row 8, column index "
+                                "1): remove or impute them (--dropna"),
     ("fit {d}/junk.npy -k 2", 1, "junk.npy: not a NumPy .npy file"),
     ("fit {d}/notes.xlsx -k 2", 1, "unknown data format '.xlsx'"),
     ("fit {d}/multi.npz -k 2", 1, "holds 2 arrays ['a', 'b']: choose one with --key NAME"),
@@ -320,7 +325,7 @@ BAD_INPUTS = [  # (arguments, exit code, what stderr says); {d}: the test direct
     ("fit {d}/data.csv -k 2 --frobnicate", 2, "unrecognized arguments: --frobnicate"),
     ("select {d}/three.csv -k 1:4", 1, "three.csv has 3 samples, fewer than the largest K 4"),
     ("select {d}/missing.csv -k 3", 1, "missing.csv: no such file"),
-    ("select {d}/nan.csv -k 3", 1, "NaN or infinite"),
+    ("select {d}/nan.csv -k 3", 1, "nan.csv, line 8, column index 1: missing value"),
     ("select {d}/multi.npz -k 3", 1, "choose one with --key NAME"),
     ("select {d}/data.csv -k 3 -o {d}/best.pkl", 1, "unknown output format '.pkl': use .npz"),
     ("select {d}/data.csv -k 3 --plot {d}/bic.gif", 1, "unknown output format '.gif': use .png"),
@@ -350,7 +355,7 @@ BAD_INPUTS = [  # (arguments, exit code, what stderr says); {d}: the test direct
     ("predict {m} {d}/data.csv -o {d}/no/such/dir/labels.csv", 1, "the folder {d}/no/such/dir does not exist"),
     ("predict {m} {d}/data.csv -o {d}/labels.parquet", 1, "unknown output format '.parquet'"),
     ("score {m} {d}/data.csv --per-sample {d}/logp.json", 1, "unknown output format '.json'"),
-    ("score {m} {d}/nan.csv", 1, "NaN or infinite"),
+    ("score {m} {d}/nan.csv", 1, "nan.csv, line 8, column index 1: missing value"),
     ("sample {m} -n 0", 2, "--num-samples: must be at least 1"),
     ("sample {m} -o {d}/samples.bin", 1, "unknown output format '.bin': use .npy or .csv or .txt or .tsv"),
     ("sample {m} --labels {d}/labels", 1, "unknown output format '(no extension)'"),
@@ -636,3 +641,116 @@ def test_unusable_cache_folder_is_one_warning(work, monkeypatch, tmp_path):
     code, out, err = cli("sample", work.model_path, "-n", 5)
     assert code == 0 and len(out.splitlines()) == 5
     assert err.startswith("gmmjax sample: warning: the compilation cache is off") and len(err.splitlines()) == 1
+
+
+# -- text tables: header, index column, columns, missing values, delimiter, decimal mark ----------
+def _table(tmp_path, text, name="t.csv", **options):
+    path = tmp_path / name
+    path.write_text(text)
+    return _cli.read_data(path, None, _cli.TableOptions(**options))
+
+
+def test_pandas_and_r_row_labels_are_not_features(tmp_path):
+    # What pandas.DataFrame.to_csv() writes (index first, its header name empty), with named and
+    # with integer column names, and R's write.table (no name above the row names).
+    for text in (",x,y\n0,1.5,2.5\n1,3.5,4.5\n", ",0,1\n0,1.5,2.5\n1,3.5,4.5\n",
+                 '"x" "y"\n"1" 1.5 2.5\n"2" 3.5 4.5\n'):
+        data = _table(tmp_path, text, name="t.txt")
+        np.testing.assert_array_equal(data.X, [[1.5, 2.5], [3.5, 4.5]])
+        assert data.feature_names in (("x", "y"), ("0", "1")), (text, data.feature_names)
+    data = _table(tmp_path, "id,x,y\n7,1.5,2.5\n8,3.5,4.5\n", index_col="id")
+    np.testing.assert_array_equal(data.X, [[1.5, 2.5], [3.5, 4.5]])
+    assert data.feature_names == ("x", "y")
+    assert _table(tmp_path, "1,1.5,2.5\n2,3.5,4.5\n", index_col="0").X.tolist() == [[1.5, 2.5], [3.5, 4.5]]
+
+
+def test_numeric_header_line_needs_header(tmp_path):
+    text = "1,2\n3,4\n5,6\n"
+    assert _table(tmp_path, text).X.shape == (3, 2)  # cannot be told from data
+    data = _table(tmp_path, text, header=True)
+    assert data.X.tolist() == [[3, 4], [5, 6]] and data.feature_names == ("1", "2")
+    with pytest.raises(_cli.CLIError, match=r"t.csv, line 1, column index 0: cannot read 'x' as a number"):
+        _table(tmp_path, "x,y\n1,2\n", header=False)
+
+
+def test_columns_by_name_or_index(tmp_path):
+    text = "id,a,b,c\n1,10,20,30\n2,11,21,31\n"
+    data = _table(tmp_path, text, columns=("c", "a"))
+    assert data.X.tolist() == [[30, 10], [31, 11]] and data.feature_names == ("c", "a")
+    assert _table(tmp_path, text, columns=("1", "3")).X.tolist() == [[10, 30], [11, 31]]
+    assert _table(tmp_path, "0,1,x\n5,6,7\n", columns=("1",)).X.tolist() == [[6]]  # the name "1" wins
+    for columns, message in [(("d",), "--columns entry 'd' is not a column name (its columns are 'id', 'a'"),
+                             (("4",), "--columns entry 4 is out of range: the file has 4 columns (0 to 3)"),
+                             (("a", "1"), "uses a column more than once")]:
+        with pytest.raises(_cli.CLIError, match=re.escape(message)):
+            _table(tmp_path, text, columns=columns)
+    np.save(tmp_path / "a.npy", np.arange(6.0).reshape(2, 3))
+    assert _cli.load_data(tmp_path / "a.npy", options=_cli.TableOptions(columns=("2", "0"))).tolist() == [[2, 0], [5, 3]]
+    with pytest.raises(_cli.CLIError, match="'x' is not a column name .it has no header line"):
+        _cli.load_data(tmp_path / "a.npy", options=_cli.TableOptions(columns=("x",)))
+
+
+def test_missing_values_are_an_error_or_dropped(tmp_path):
+    text = "x,y,note\n1,2,\n3,,a\n5,NA,b\n7,8,c\n"  # the empty 'note' is in an unused column
+    for line, what in [(3, "an empty field"), (4, "'NA'")]:
+        with pytest.raises(_cli.CLIError) as info:
+            _table(tmp_path, text.replace("3,,a", "3,4,a") if line == 4 else text, columns=("x", "y"))
+        assert f"t.csv, line {line}, column 'y' (index 1): missing value ({what})" in str(info.value)
+        assert "--dropna" in str(info.value)
+    data = _table(tmp_path, text, columns=("x", "y"), dropna=True)
+    assert data.X.tolist() == [[1, 2], [7, 8]] and data.dropped_lines == (3, 4)
+    with pytest.raises(_cli.CLIError, match="none is left after --dropna"):
+        _table(tmp_path, "x\nNA\n\nNaN\n", dropna=True)
+
+
+def test_delimiters_and_decimal_comma(tmp_path):
+    expected = [[1.5, -2.0], [3.25, 4.0]]
+    assert _table(tmp_path, "a;b\n1,5;-2\n3,25;4\n", decimal=",").X.tolist() == expected
+    assert _table(tmp_path, "a\tb\n1,5\t-2\n3,25\t4\n", decimal=",").X.tolist() == expected
+    assert _table(tmp_path, "a|b\n1.5|-2\n3.25|4\n", delimiter="|").X.tolist() == expected
+    assert _table(tmp_path, "a  b\n1.5\t-2\n3.25   4\n", delimiter="whitespace").X.tolist() == expected
+    with pytest.raises(_cli.CLIError, match=r"cannot read '1,5' as a number \(the decimal mark is '.': see --decimal"):
+        _table(tmp_path, "a;b\n1,5;-2\n")
+
+
+def test_fit_on_pandas_csv_names_features_and_uses_only_them(work, monkeypatch):
+    """A DataFrame's to_csv: the index is left out (the same model as from the plain file), and
+    the header's names are in the summary and on the --plot axes."""
+    path = work.dir / "pandas.csv"
+    np.savetxt(path, np.column_stack([np.arange(len(work.X)), work.X]), delimiter=",", header=",height,width",
+               comments="", fmt=["%d", "%.9g", "%.9g"])
+    code, out, err = cli("fit", path, "-k", 2, "-o", work.dir / "pandas.npz")
+    assert code == 0 and err == "", err
+    assert "600 samples × 2 features" in out and "features  height, width" in out
+    np.testing.assert_array_equal(GaussianMixtureModel.load(work.dir / "pandas.npz").means_, work.model.means_)
+    if importlib.util.find_spec("matplotlib") is None:
+        return
+    import matplotlib.figure
+
+    labels = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **k: labels.append((fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel())))
+    assert cli("fit", path, "-k", 2, "--plot", work.dir / "named.png")[0] == 0
+    assert labels == [("height", "width")]
+
+
+def test_dropna_note_and_text_only_options(work):
+    path = work.dir / "with-na.csv"
+    lines = work.data_csv.read_text().splitlines()
+    lines[5] = "NA," + lines[5].split(",")[1]
+    path.write_text("\n".join(lines) + "\n")
+    code, out, err = cli("score", work.model_path, path, "--dropna")
+    assert code == 0, err
+    assert err == "gmmjax score: note: --dropna left out 1 row with missing values (line 6); 599 remain\n"
+    assert "(599 samples)" in out
+    code, out, err = cli("score", work.model_path, work.data_npy, "--delimiter", ";")
+    assert code == 1 and "--delimiter read text tables (.csv, .txt, .tsv); " in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, message", [("--delimiter ab", "expected one character, tab or whitespace"),
+                                           ("--delimiter 5", "cannot separate numbers"),
+                                           ("--decimal ab", "expected one character such as . or ,"),
+                                           ("--columns x,,y", "expected a comma list of column names")])
+def test_bad_table_options_are_argument_errors(work, args, message):
+    code, out, err = cli("fit", work.data_csv, "-k", 2, *args.split())
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
