@@ -151,7 +151,7 @@ class TableOptions:
         it) or when the header has one name fewer than the rows (R's ``write.table``).
       header: the first line holds column names (``True``), is data (``False``), or
         ``None``: it does when one of its fields is not a number (nor a missing value), or
-        when its first field is empty and the next line's is not (pandas' index header).
+        when it is ``,0,1,...`` (pandas' ``to_csv`` of a DataFrame made from an array).
       dropna: leave out rows with a missing value (an empty field, NA, NaN...) in a used
         column; default: such a value is an error naming its line and column.
       delimiter: one character, ``"whitespace"`` (runs of spaces and tabs), or ``None``: comma,
@@ -247,9 +247,9 @@ def _read_text_table(path, options: TableOptions) -> Data:
     first = split(texts[content[0]])
     header = options.header
     if header is None:
-        second = split(texts[content[1]]) if len(content) > 1 else None
-        header = (any(not _is_na(f) and _number(f, decimal) is None for f in first)
-                  or (first[0] == "" and len(first) > 1 and second is not None and second[0] != ""))
+        # pandas' to_csv of a DataFrame made from an array: ",0,1,2" (index, then column numbers).
+        pandas_numbers = len(first) > 1 and first == ["", *map(str, range(len(first) - 1))]
+        header = pandas_numbers or any(not _is_na(f) and _number(f, decimal) is None for f in first)
     rows = content[1:] if header else content
     if not rows:
         raise CLIError(f"{path}: no data rows after the header (line {content[0] + 1})")
@@ -529,8 +529,8 @@ def _add_data_options(p):
     g = p.add_argument_group(
         "data file options",
         "Text tables (.csv/.txt/.tsv): '#' starts a comment. The first line is a header when one of its "
-        "fields is not a number, or when its first field is empty and the next line's is not (pandas' "
-        "to_csv); a header of numbers needs --header. A first column with an empty header name (pandas' "
+        "fields is not a number, or when it is ,0,1,... (pandas' to_csv of a DataFrame made from an "
+        "array); any other header of numbers needs --header. A first column with an empty header name (pandas' "
         "index) or without a name (R's write.table) holds row labels and is left out. Empty fields, NA, "
         "NaN, null are missing values: an error naming line and column, unless --dropna.")
     g.add_argument("--key", metavar="NAME", help="array to read from an .npz DATA file")
