@@ -231,7 +231,8 @@ def check_covariance_like(name: str, value, num_components: int, num_features: i
 
 
 def _memory_limit_bytes() -> int | None:
-    """This machine's memory: physical RAM (``os.sysconf``), or a smaller cgroup limit (containers)."""
+    """The memory a draw may use: physical RAM (``os.sysconf``), or a smaller cgroup limit
+    (containers) or accelerator memory."""
     limits = []
     try:
         limits.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
@@ -245,6 +246,12 @@ def _memory_limit_bytes() -> int | None:
             continue
         if text.isdigit():
             limits.append(int(text))
+    try:  # an accelerator's own memory, where it holds less (the CPU backend reports none)
+        stats = jax.local_devices()[0].memory_stats()
+    except (RuntimeError, AttributeError, NotImplementedError):
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        limits.append(int(stats["bytes_limit"]))
     return min(limits) if limits else None
 
 
@@ -265,8 +272,8 @@ def check_sample_memory(num_samples: int, params, *, available: int | None = Non
     Args:
       num_samples: the number of points asked for.
       params: the mixture (:class:`GMMParams`).
-      available: bytes to compare with; default: the machine's physical memory (or its cgroup
-        limit when smaller). Where it cannot be found, nothing is checked.
+      available: bytes to compare with; default: the machine's physical memory, or its cgroup
+        limit or the accelerator's memory when smaller. Where none is known, nothing is checked.
     """
     available = _memory_limit_bytes() if available is None else available
     needed = sample_memory_bytes(num_samples, params)
@@ -275,7 +282,7 @@ def check_sample_memory(num_samples: int, params, *, available: int | None = Non
         raise MemoryError(
             f"Drawing {num_samples} samples of {params.num_features} features needs about {_bytes(needed)} "
             f"of memory ({_bytes(result)} for the samples and labels alone), more than the {_bytes(available)} "
-            "this machine has: draw fewer samples, or draw them in batches (one call per batch, each with its "
+            "available: draw fewer samples, or draw them in batches (one call per batch, each with its "
             "own key)."
         )
 

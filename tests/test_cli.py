@@ -573,7 +573,7 @@ def test_sample_refuses_more_than_memory_before_allocating(work):
     params = work.model.params
     assert sample_memory_bytes(10, params) >= 10 * (2 * 4 + 4)  # at least the float32 samples and labels
     check_sample_memory(10, params, available=10**6)
-    with pytest.raises(MemoryError, match="more than the 100 bytes this machine has"):
+    with pytest.raises(MemoryError, match="more than the 100 bytes available: draw fewer samples"):
         check_sample_memory(10, params, available=100)
 
 
