@@ -9,7 +9,9 @@ backend: its code cells are executed in order in one namespace, as a Jupyter ker
 
 With ``GMMJAX_NOTEBOOK_FIGURES=DIR`` every figure a notebook shows (``plt.show()``, or left
 open at the end of a cell, as Jupyter's inline backend shows it) is saved as
-``DIR/<notebook>-cell<N>-<i>.png`` (N counts code cells from 1), so the pictures can be looked at.
+``DIR/<notebook>-cell<N>-<i>.png`` (N counts code cells from 1), so the pictures can be looked at;
+a relative ``DIR`` is relative to the folder the runner is started from (each notebook itself runs
+in its own folder, as in Jupyter).
 
 Convention for notebooks (checked here): nbformat 4, plain Python code cells (no ``%magics``
 or ``!shell`` lines), the first code cell sets
