@@ -8,14 +8,25 @@ in the data, model files or values (:class:`CLIError`, the library's ``ValueErro
 unwritable files) with 1.
 
 Data files: ``.npy`` (one array), ``.npz`` (the single array inside, or ``--key NAME``),
-``.csv`` / ``.txt`` / ``.tsv`` (numbers separated by commas, semicolons, tabs or spaces; a
-header line is detected and skipped; ``#`` starts a comment). A 1-D array is one feature.
+``.csv`` / ``.txt`` / ``.tsv`` (numbers separated by commas, semicolons, tabs or spaces; ``#``
+starts a comment). A 1-D array is one feature. Text tables are read with the standard library
+and NumPy (no pandas): :class:`TableOptions` documents the rules (header detection, the index
+column of ``pandas.DataFrame.to_csv``, missing values, ``--columns``), which the data options of
+every command set. Feature names from a header appear in ``fit``'s summary and ``--plot``.
+
+Only JAX-free modules are imported at the top: ``gmmjax --help``, ``gmmjax CMD --help`` and
+argument errors run without importing JAX (through the console script's launcher
+:mod:`gmmjax_cli`; ``python -m gmmjax`` imports the package, and so JAX, first). Commands turn
+on JAX's persistent compilation cache (:func:`gmmjax.enable_compilation_cache`) unless
+``--no-cache`` or ``GMMJAX_NO_CACHE=1``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import dataclasses
 import os
 import sys
 import time
@@ -23,9 +34,9 @@ import warnings
 
 import numpy as np
 
-from gmmjax._init import INIT_METHODS
-from gmmjax._model_selection import CRITERIA
-from gmmjax._params import COVARIANCE_TYPES
+# Only JAX-free modules at the top (``gmmjax --help`` and argument errors never import JAX);
+# each command imports the library inside its ``_run_*`` function.
+from gmmjax._names import COVARIANCE_TYPES, CRITERIA, INIT_METHODS
 
 # The original example's mixture.
 DEMO_WEIGHTS = np.array([0.6, 0.4])
@@ -122,63 +133,223 @@ def _extension(path) -> str:
     return os.path.splitext(os.fspath(path))[1].lower()
 
 
-def _split(line: str, delimiter):
-    return [field.strip() for field in line.split("#", 1)[0].split(delimiter)]
+# Fields read as missing values (case-insensitive): an error naming line and column, or with
+# --dropna the row is left out.
+NA_TOKENS = frozenset({"", "na", "n/a", "nan", "-nan", "null", "none"})
+WHITESPACE = "whitespace"  # --delimiter whitespace: runs of spaces and tabs
 
 
-def _is_number(field: str) -> bool:
+@dataclasses.dataclass(frozen=True)
+class TableOptions:
+    """How to read a data file (the command line's data options; ``None``: detect).
+
+    Attributes:
+      columns: features to use, each a header name or a 0-based column index (a name wins
+        when it is both); default: every column except the index column.
+      index_col: a column of row labels to leave out (name or 0-based index); default: the
+        first column when its header name is empty (as ``pandas.DataFrame.to_csv`` writes
+        it) or when the header has one name fewer than the rows (R's ``write.table``).
+      header: the first line holds column names (``True``), is data (``False``), or
+        ``None``: it does when one of its fields is not a number (nor a missing value), or
+        when it is ``,0,1,...`` (pandas' ``to_csv`` of a DataFrame made from an array).
+      dropna: leave out rows with a missing value (an empty field, NA, NaN...) in a used
+        column; default: such a value is an error naming its line and column.
+      delimiter: one character, ``"whitespace"`` (runs of spaces and tabs), or ``None``: comma,
+        semicolon or tab, whichever the first line holds (in that order), else whitespace.
+      decimal: the decimal mark, ``"."`` or e.g. ``","`` (then the delimiter cannot be a comma).
+    """
+
+    columns: tuple | None = None
+    index_col: str | None = None
+    header: bool | None = None
+    dropna: bool = False
+    delimiter: str | None = None
+    decimal: str = "."
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """A data file's ``(N, D)`` array, its feature names (from a header) and the rows left out."""
+
+    X: np.ndarray
+    feature_names: tuple | None = None
+    dropped_lines: tuple = ()
+
+
+def _strip_comment(line: str) -> str:
+    return line.split("#", 1)[0]
+
+
+def _unquote(field: str) -> str:
+    return field[1:-1] if len(field) >= 2 and field[0] == field[-1] == '"' else field
+
+
+def _splitter(delimiter):
+    if delimiter is None:  # runs of whitespace; R's write.table quotes names: "x" "y"
+        return lambda text: [_unquote(field) for field in text.split()]
+    return lambda text: [field.strip() for field in next(csv.reader([text], delimiter=delimiter))]
+
+
+def _number(field: str, decimal: str):
+    """The float a field holds, or ``None``."""
+    if decimal != ".":
+        if "." in field:
+            return None
+        field = field.replace(decimal, ".")
     try:
-        float(field)
+        return float(field)
     except ValueError:
-        return False
-    return True
+        return None
 
 
-def _read_text_table(path) -> np.ndarray:
+def _is_na(field: str) -> bool:
+    return field.lower() in NA_TOKENS
+
+
+def _resolve_column(spec: str, names, num_columns: int, what: str, path) -> int:
+    if names is not None and spec in names:
+        if names.count(spec) > 1:
+            raise CLIError(f"{path}: {what} {spec!r} names {names.count(spec)} columns: use its 0-based index")
+        return names.index(spec)
+    try:
+        index = int(spec)
+    except ValueError:
+        known = f"its columns are {', '.join(map(repr, names))}" if names is not None else "it has no header line"
+        raise CLIError(f"{path}: {what} {spec!r} is not a column name ({known}) nor a 0-based index") from None
+    if not 0 <= index < num_columns:
+        raise CLIError(f"{path}: {what} {index} is out of range: the file has {num_columns} columns (0 to "
+                       f"{num_columns - 1})")
+    return index
+
+
+def _column_label(c: int, names) -> str:
+    """A column as ``--columns`` names it: ``column 'x' (index 1)`` or ``column index 1`` (0-based)."""
+    return f"column {names[c]!r} (index {c})" if names is not None and names[c] else f"column index {c}"
+
+
+def _read_text_table(path, options: TableOptions) -> Data:
     with open(path, encoding="utf-8-sig") as f:
         lines = f.read().splitlines()
-    content = [i for i, line in enumerate(lines) if line.split("#", 1)[0].strip()]
+    content = [i for i, line in enumerate(lines) if _strip_comment(line).strip()]
     if not content:
         raise CLIError(f"{path}: no data (the file is empty)")
-    first = lines[content[0]]
-    delimiter = next((d for d in (",", ";", "\t") if d in first), None)  # None: runs of whitespace
-    header = any(field and not _is_number(field) for field in _split(first, delimiter))
+    decimal = options.decimal
+    delimiter = options.delimiter
+    if delimiter is None:
+        first_text = _strip_comment(lines[content[0]])
+        delimiter = next((d for d in (",", ";", "\t") if d in first_text and d != decimal), None)
+    elif delimiter == WHITESPACE:
+        delimiter = None
+    if delimiter == decimal:
+        raise CLIError(f"{path}: the delimiter and the decimal mark are both {decimal!r}: give --delimiter")
+    split = _splitter(delimiter)
+    texts = {i: _strip_comment(lines[i]) for i in content}
+    first = split(texts[content[0]])
+    header = options.header
+    if header is None:
+        # pandas' to_csv of a DataFrame made from an array: ",0,1,2" (index, then column numbers).
+        pandas_numbers = len(first) > 1 and first == ["", *map(str, range(len(first) - 1))]
+        header = pandas_numbers or any(not _is_na(f) and _number(f, decimal) is None for f in first)
     rows = content[1:] if header else content
     if not rows:
-        raise CLIError(f"{path}: no data rows after the header")
-    try:  # numpy's C reader; on failure the slow loop below finds the line to blame
-        return np.loadtxt([lines[i] for i in rows], delimiter=delimiter, ndmin=2, dtype=np.float64, comments="#")
-    except ValueError:
-        pass
-    width = None
-    for i in rows:
-        fields = _split(lines[i], delimiter)
-        for field in fields:
-            if not _is_number(field):
-                what = "an empty field" if not field else f"{field!r}"
-                raise CLIError(f"{path}, line {i + 1}: cannot read {what} as a number")
-        if width is None:
-            width, width_line = len(fields), i + 1
-        elif len(fields) != width:
-            raise CLIError(f"{path}, line {i + 1}: {len(fields)} values, but line {width_line} has {width}")
-    raise CLIError(f"{path}: cannot read it as a table of numbers")
+        raise CLIError(f"{path}: no data rows after the header (line {content[0] + 1})")
+    num_columns = len(split(texts[rows[0]]))
+    names = None
+    if header:
+        names = list(first)
+        if len(names) == num_columns - 1:  # R's write.table: no name above the row names
+            names.insert(0, "")
+        elif len(names) != num_columns:
+            raise CLIError(f"{path}, line {rows[0] + 1}: {num_columns} values, but the header (line "
+                           f"{content[0] + 1}) names {len(names)} columns")
+    if options.index_col is not None:
+        index_col = _resolve_column(options.index_col, names, num_columns, "--index-col", path)
+    else:
+        index_col = 0 if names is not None and names[0] == "" and num_columns > 1 else None
+    if options.columns is not None:
+        used = [_resolve_column(spec, names, num_columns, "--columns entry", path) for spec in options.columns]
+        if len(set(used)) != len(used):
+            raise CLIError(f"{path}: --columns {','.join(options.columns)} uses a column more than once")
+        if options.index_col is not None and index_col in used:
+            raise CLIError(f"{path}: {_column_label(index_col, names)} is both --index-col and in --columns")
+    else:
+        used = [c for c in range(num_columns) if c != index_col]
+    feature_names = None if names is None else tuple(names[c] or f"column {c}" for c in used)
+
+    # Fast path: NumPy's C reader, when every line has the same number of fields and no value is missing.
+    data_texts = [texts[i] for i in rows]
+    if decimal != ".":
+        data_texts = [text.replace(decimal, ".") for text in data_texts]
+    X = None
+    if '"' not in "".join(data_texts[:1000]):
+        try:
+            if index_col is None and options.columns is None:
+                X = np.loadtxt(data_texts, delimiter=delimiter, ndmin=2, dtype=np.float64)
+                X = X if X.shape[1] == num_columns else None
+            elif delimiter is not None and all(
+                    text.count(delimiter) == num_columns - 1 for text in data_texts):
+                X = np.loadtxt(data_texts, delimiter=delimiter, ndmin=2, dtype=np.float64, usecols=used)
+        except ValueError:
+            X = None
+    if X is not None and np.isfinite(X).all():
+        return Data(X, feature_names)
+
+    # Slow path: field by field, naming the line and column of the first problem.
+    values = np.empty((len(rows), len(used)), np.float64)
+    keep = np.ones(len(rows), bool)
+    for r, i in enumerate(rows):
+        fields = split(texts[i])
+        if len(fields) != num_columns:
+            raise CLIError(f"{path}, line {i + 1}: {len(fields)} values, but line {rows[0] + 1} has {num_columns}")
+        for j, c in enumerate(used):
+            field = fields[c]
+            if _is_na(field):
+                if options.dropna:
+                    keep[r] = False
+                    break
+                what = "an empty field" if not field else repr(field)
+                raise CLIError(f"{path}, line {i + 1}, {_column_label(c, names)}: missing value ({what}): fill it "
+                               "in, or leave out such rows with --dropna")
+            value = _number(field, decimal)
+            if value is None:
+                hint = f" (the decimal mark is {decimal!r}: see --decimal)" if _number(field, "," if decimal == "."
+                                                                                     else ".") is not None else ""
+                raise CLIError(f"{path}, line {i + 1}, {_column_label(c, names)}: cannot read {field!r} as a "
+                               f"number{hint}")
+            if not np.isfinite(value):
+                raise CLIError(f"{path}, line {i + 1}, {_column_label(c, names)}: {field!r} is not a finite "
+                               "number: remove or replace it")
+            values[r, j] = value
+    if not keep.any():
+        raise CLIError(f"{path}: every data row has a missing value: none is left after --dropna")
+    return Data(values[keep], feature_names, tuple(rows[r] + 1 for r in np.flatnonzero(~keep)))
 
 
-def load_data(path, key: str | None = None) -> np.ndarray:
-    """Reads an ``(N, D)`` float array from ``.npy``, ``.npz`` or a text table; checks it is finite.
+def read_data(path, key: str | None = None, options: TableOptions | None = None) -> Data:
+    """Reads an ``(N, D)`` float array (and feature names from a header) from ``.npy``, ``.npz``
+    or a text table; checks it is finite.
 
     Raises:
       CLIError: naming the file and what is wrong with it.
     """
+    options = TableOptions() if options is None else options
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CLIError(f"{path}: no such file" if not os.path.exists(path) else f"{path}: not a file")
     ext = _extension(path)
     if key is not None and ext != ".npz":
         raise CLIError(f"--key selects an array inside an .npz file; {path} is not one")
+    if ext not in TEXT_EXTENSIONS:
+        text_only = [flag for flag, given in (("--index-col", options.index_col is not None),
+                                              ("--header/--no-header", options.header is not None),
+                                              ("--delimiter", options.delimiter is not None),
+                                              ("--decimal", options.decimal != ".")) if given]
+        if text_only and ext in (".npy", ".npz"):
+            raise CLIError(f"{' and '.join(text_only)} read text tables ({', '.join(TEXT_EXTENSIONS)}); "
+                           f"{path} is a {ext} file")
     try:
         if ext in TEXT_EXTENSIONS:
-            X = _read_text_table(path)
+            return _read_text_table(path, options)
         elif ext == ".npy":
             X = np.load(path, allow_pickle=False)
         elif ext == ".npz":
@@ -196,9 +367,12 @@ def load_data(path, key: str | None = None) -> np.ndarray:
         else:
             raise CLIError(f"{path}: unknown data format {ext or '(no extension)'!r}: "
                            f"use .npy, .npz or {', '.join(TEXT_EXTENSIONS)}")
+    except UnicodeDecodeError:
+        raise CLIError(f"{path}: not a text table (it is not UTF-8 text)") from None
     except (OSError, ValueError, EOFError) as exc:
-        if "pickle" in str(exc):  # np.load's guess for a file that is neither .npy nor .npz
-            raise CLIError(f"{path}: not a NumPy {ext} file of numbers") from None
+        if "pickle" in str(exc):  # an object array, or np.load's guess for a file that is neither .npy nor .npz
+            raise CLIError(f"{path}: not a NumPy {ext} file of numbers (an array of Python objects needs pickle, "
+                           "and gmmjax never unpickles a file)") from None
         raise CLIError(f"{path}: cannot read it as {ext[1:]}: {exc}") from None
     if not (np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.bool_)) or np.iscomplexobj(X):
         raise CLIError(f"{path}: expected real numbers, got an array of dtype {X.dtype}")
@@ -206,12 +380,29 @@ def load_data(path, key: str | None = None) -> np.ndarray:
         X = X[:, None]  # one feature
     if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
         raise CLIError(f"{path}: expected a 2-D array (samples × features), got shape {X.shape}")
+    if options.columns is not None:
+        used = [_resolve_column(spec, None, X.shape[1], "--columns entry", path) for spec in options.columns]
+        if len(set(used)) != len(used):
+            raise CLIError(f"{path}: --columns {','.join(options.columns)} uses a column more than once")
+        X = X[:, used]
+    dropped = ()
+    if options.dropna and np.issubdtype(X.dtype, np.floating):
+        missing = np.isnan(X).any(axis=1)
+        if missing.all():
+            raise CLIError(f"{path}: every row has a NaN: none is left after --dropna")
+        dropped = tuple(int(r) + 1 for r in np.flatnonzero(missing))  # 1-based rows
+        X = X[~missing]
     bad = ~np.isfinite(X)
     if bad.any():
         row, col = np.argwhere(bad)[0]
         raise CLIError(f"{path} contains {int(bad.sum())} NaN or infinite value(s) (the first in data row {row + 1}, "
-                       f"column {col + 1}): remove or impute them")
-    return X
+                       f"column index {col}): remove or impute them (--dropna leaves out rows with NaN)")
+    return Data(X, None, dropped)
+
+
+def load_data(path, key: str | None = None, options: TableOptions | None = None) -> np.ndarray:
+    """The ``(N, D)`` array of :func:`read_data`."""
+    return read_data(path, key, options).X
 
 
 def load_model(path):
@@ -275,6 +466,107 @@ def _one_line(message) -> str:
     return " ".join(str(message).split())
 
 
+def _print_warning(command: str, message) -> None:
+    """The one format of every warning the command line shows: ``gmmjax CMD: warning: ...``."""
+    print(f"gmmjax {command}: warning: {_one_line(message)}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _one_line_warnings(command: str):
+    """Python warnings raised while a command runs are shown by :func:`_print_warning` (not as
+    Python's two lines with a file name and a source line); the filters are unchanged."""
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *args, **kwargs: _print_warning(command, message)
+        yield
+
+
+def _cache_disabled(args) -> bool:
+    return args.no_cache or os.environ.get("GMMJAX_NO_CACHE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _enable_cache(command: str) -> None:
+    """JAX's persistent compilation cache (:func:`gmmjax.enable_compilation_cache`), so that a
+    command's programs compile once per machine, not once per run. A cache that cannot be
+    created costs only the speed: one warning line, and the command runs on."""
+    from gmmjax._cache import enable_compilation_cache
+
+    try:
+        enable_compilation_cache()
+    except OSError as exc:
+        _print_warning(command, f"the compilation cache is off ({exc}); set GMMJAX_CACHE_DIR to a writable "
+                                "folder, or GMMJAX_NO_CACHE=1 to silence this")
+
+
+def _delimiter(text):
+    named = {"tab": "\t", "\\t": "\t", "space": WHITESPACE, "whitespace": WHITESPACE, " ": WHITESPACE,
+             "comma": ",", "semicolon": ";"}
+    value = named.get(text.lower(), text)
+    if value == WHITESPACE:
+        return value
+    if len(value) != 1:
+        raise argparse.ArgumentTypeError(f"expected one character, tab or whitespace, got {text!r}")
+    if value in "\"#\n\r" or value.isalnum() or value in ".-+":
+        raise argparse.ArgumentTypeError(f"{text!r} cannot separate numbers: use e.g. , ; tab or whitespace")
+    return value
+
+
+def _decimal(text):
+    if len(text) != 1 or text.isalnum() or text in "-+#\"":
+        raise argparse.ArgumentTypeError(f"expected one character such as . or , got {text!r}")
+    return text
+
+
+def _column_list(text):
+    entries = tuple(field.strip() for field in text.split(","))
+    if not all(entries):
+        raise argparse.ArgumentTypeError(f"expected a comma list of column names or 0-based indices (e.g. x,y or "
+                                         f"1,2), got {text!r}")
+    return entries
+
+
+def _add_data_options(p):
+    """How DATA is read (every command that reads data)."""
+    g = p.add_argument_group(
+        "data file options",
+        "Text tables (.csv/.txt/.tsv): '#' starts a comment. The first line is a header when one of its "
+        "fields is not a number, or when it is ,0,1,... (pandas' to_csv of a DataFrame made from an "
+        "array); any other header of numbers needs --header. A first column with an empty header name (pandas' "
+        "index) or without a name (R's write.table) holds row labels and is left out. Empty fields, NA, "
+        "NaN, null are missing values: an error naming line and column, unless --dropna.")
+    g.add_argument("--key", metavar="NAME", help="array to read from an .npz DATA file")
+    g.add_argument("--columns", type=_column_list, metavar="COLS",
+                   help="features to use: header names or 0-based indices, comma-separated (e.g. x,y or 1,2; a "
+                        "name wins over an index); default: every column but the index column")
+    g.add_argument("--index-col", metavar="COL", help="a column of row labels to leave out (name or 0-based index)")
+    g.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
+                   help="the first line is (--header) or is not (--no-header) a line of column names "
+                        "(default: detected, see above)")
+    g.add_argument("--dropna", action="store_true",
+                   help="leave out rows with a missing value in a used column (their count goes to stderr)")
+    g.add_argument("--delimiter", type=_delimiter, metavar="D",
+                   help="field separator: one character, tab or whitespace (default: comma, semicolon or tab, "
+                        "whichever the first line holds, else whitespace)")
+    g.add_argument("--decimal", type=_decimal, default=".", metavar="C",
+                   help="decimal mark (default .; with --decimal , the delimiter is detected among ; and tab)")
+
+
+def _table_options(args) -> TableOptions:
+    return TableOptions(columns=args.columns, index_col=args.index_col, header=args.header, dropna=args.dropna,
+                        delimiter=args.delimiter, decimal=args.decimal)
+
+
+def _read_data(args) -> Data:
+    """DATA of a command, with a note on stderr for the rows --dropna left out."""
+    data = read_data(args.data, args.key, _table_options(args))
+    if data.dropped_lines:
+        lines = ", ".join(map(str, data.dropped_lines[:5])) + (", ..." if len(data.dropped_lines) > 5 else "")
+        unit = "line" if _extension(args.data) in TEXT_EXTENSIONS else "row"
+        print(f"gmmjax {args.command}: note: --dropna left out {len(data.dropped_lines)} row"
+              f"{'s' * (len(data.dropped_lines) > 1)} with missing values ({unit}{'s' * (len(data.dropped_lines) > 1)} "
+              f"{lines}); {data.X.shape[0]} remain", file=sys.stderr)
+    return data
+
+
 def _add_em_options(p, n_init_help: str):
     """The EM options ``fit`` and ``select`` share (same names, defaults and checks)."""
     p.add_argument("--n-init", type=_int_at_least(1), default=1, help=n_init_help)
@@ -285,7 +577,7 @@ def _add_em_options(p, n_init_help: str):
     p.add_argument("--reg-covar", type=_nonnegative_float, default=1e-6,
                    help="added to covariance diagonals (default 1e-6)")
     p.add_argument("--init-params", choices=INIT_METHODS, default="kmeans", help="initialisation (default kmeans)")
-    p.add_argument("--key", metavar="NAME", help="array to read from an .npz DATA file")
+    _add_data_options(p)
 
 
 # -- fit ---------------------------------------------------------------------------------------------
@@ -319,20 +611,39 @@ def _plot_module():
     return plot
 
 
+def _close(figure) -> None:
+    """Frees a saved figure (pyplot keeps every figure open until closed; main may run in-process)."""
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+
+
 def _format_vector(values) -> str:
     # Wide data: the first and last few features, so that a row stays on one line.
     return np.array2string(np.asarray(values, dtype=np.float64), precision=4, suppress_small=True,
                            threshold=8, edgeitems=3, max_line_width=10_000)
 
 
+def _print_feature_names(names) -> None:
+    """``features  x, y, z`` (from the data's header), the first and last few of many."""
+    if names is None:
+        return
+    shown = list(names) if len(names) <= 8 else [*names[:3], "...", *names[-3:]]
+    print(f"features  {', '.join(shown)}")
+
+
 def _run_fit(args) -> int:
     check_output(args.output, (".npz", ""))  # np.savez adds .npz to a name without it
     check_output(args.plot, (".png", ".pdf", ".svg", ".jpg"))
     plot = _plot_module() if args.plot else None
-    X = load_data(args.data, args.key)
+    data = _read_data(args)
+    X = data.X
     if args.num_components > X.shape[0]:
         raise CLIError(f"{args.data} has {X.shape[0]} samples, fewer than -k {args.num_components}: "
                        "use fewer components or more data")
+    if plot is not None and X.shape[1] < 2:
+        raise CLIError(f"--plot draws two or more features, but {args.data} has one: leave out --plot (for "
+                       "1-D data plot a histogram and the model's density, e.g. from gmmjax score --per-sample)")
     from gmmjax import GaussianMixtureModel
 
     model = GaussianMixtureModel(
@@ -345,10 +656,11 @@ def _run_fit(args) -> int:
         model.fit(X)
     elapsed = time.perf_counter() - start
     for warning in caught:  # one line each, after the progress output
-        print(f"gmmjax fit: warning: {_one_line(warning.message)}", file=sys.stderr)
+        _print_warning("fit", warning.message)
 
     print(f"gmmjax fit {args.data}: {X.shape[0]} samples × {X.shape[1]} features, K={args.num_components}, "
           f"covariance {args.covariance_type}, {args.n_init} restart{'s' * (args.n_init > 1)}, seed {args.seed}")
+    _print_feature_names(data.feature_names)
     print(f"{'component':>9}  {'weight':>7}  mean")
     for k, (weight, mean) in enumerate(zip(model.weights_, model.means_)):
         print(f"{k:>9}  {weight:7.4f}  {_format_vector(mean)}")
@@ -361,8 +673,12 @@ def _run_fit(args) -> int:
         print(f"model saved to {args.output if _extension(args.output) else args.output + '.npz'}")
     if plot is not None:
         ax = plot.plot_mixture(model, X)
+        if data.feature_names is not None and X.shape[1] == 2:  # more features: principal axes, named by plot
+            ax.set_xlabel(data.feature_names[0])
+            ax.set_ylabel(data.feature_names[1])
         ax.set_title(f"{os.path.basename(args.data)}: {args.num_components} components ({args.covariance_type})")
         ax.figure.savefig(args.plot, dpi=120, bbox_inches="tight")
+        _close(ax.figure)
         print(f"picture saved to {args.plot}")
     return 0
 
@@ -398,7 +714,8 @@ def _run_select(args) -> int:
     check_output(args.output, (".npz", ""))  # np.savez adds .npz to a name without it
     check_output(args.plot, (".png", ".pdf", ".svg", ".jpg"))
     plot = _plot_module() if args.plot else None
-    X = load_data(args.data, args.key)
+    data = _read_data(args)
+    X = data.X
     candidates, types = args.num_components, args.covariance_type
     if candidates[-1] > X.shape[0]:
         raise CLIError(f"{args.data} has {X.shape[0]} samples, fewer than the largest K {candidates[-1]}: "
@@ -414,7 +731,7 @@ def _run_select(args) -> int:
             seed=args.seed)
     elapsed = time.perf_counter() - start
     for warning in caught:
-        print(f"gmmjax select: warning: {_one_line(warning.message)}", file=sys.stderr)
+        _print_warning("select", warning.message)
 
     selection = model.selection_
     table = {name: np.asarray(getattr(selection, name)) for name in
@@ -424,6 +741,7 @@ def _run_select(args) -> int:
     print(f"gmmjax select {args.data}: {X.shape[0]} samples × {X.shape[1]} features, "
           f"K = {_describe_range(candidates)}, covariance {', '.join(types)}, "
           f"{args.n_init} restart{'s' * (args.n_init > 1)} each, seed {args.seed}")
+    _print_feature_names(data.feature_names)
     width = max(len("type"), *map(len, types))
     print(f"{'type':<{width}}  {'K':>3}  {'BIC':>13}  {'AIC':>13}  {'ICL':>13}  {'mean log-lik':>12}  "
           f"{'iterations':>10}  converged")
@@ -445,6 +763,7 @@ def _run_select(args) -> int:
         ax.set_title(f"{os.path.basename(args.data)}: best by {criterion} is K={model.num_components}, "
                      f"{model.covariance_type} covariances")
         ax.figure.savefig(args.plot, dpi=120, bbox_inches="tight")
+        _close(ax.figure)
         print(f"picture saved to {args.plot}")
     return 0
 
@@ -453,12 +772,12 @@ def _run_select(args) -> int:
 def _add_model_and_data(p):
     p.add_argument("model", metavar="MODEL", help="model file written by gmmjax fit -o")
     p.add_argument("data", metavar="DATA", help="data file: .npy, .npz (see --key) or .csv/.txt/.tsv")
-    p.add_argument("--key", metavar="NAME", help="array to read from an .npz DATA file")
+    _add_data_options(p)
 
 
 def _load_model_and_data(args):
     model = load_model(args.model)
-    X = load_data(args.data, args.key)
+    X = _read_data(args).X
     _check_features(model, X, args.data, args.model)
     return model, X
 
@@ -524,7 +843,10 @@ def _run_sample(args) -> int:
 
     check_output(args.output)
     check_output(args.labels)
+    from gmmjax._validation import check_sample_memory
+
     model = load_model(args.model)
+    check_sample_memory(args.num_samples, model.params)  # MemoryError (exit 1) before XLA could abort
     X, labels = model.sample(args.num_samples, key=jax.random.key(args.seed))
     write_array(args.output, X, fmt="%.9g")
     if args.labels is not None:
@@ -597,6 +919,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _COMMANDS:
         add(commands)
+    for p in commands.choices.values():
+        p.add_argument("--no-cache", action="store_true",
+                       help="do not use the persistent compilation cache (also GMMJAX_NO_CACHE=1); by default "
+                            "compiled programs are kept in $GMMJAX_CACHE_DIR, else $XDG_CACHE_HOME/gmmjax/xla, "
+                            "else ~/.cache/gmmjax/xla")
     return parser
 
 
@@ -608,15 +935,19 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.run(args)
+        with _one_line_warnings(args.command):
+            if not _cache_disabled(args):
+                _enable_cache(args.command)
+            return args.run(args)
     except BrokenPipeError:
         # The reader went away (e.g. `gmmjax predict ... | head`): stop quietly, as a tool
         # killed by SIGPIPE would; stdout goes to /dev/null so the exit flush cannot fail again.
         with contextlib.suppress(OSError, ValueError):  # a stdout without a file descriptor
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except (CLIError, ValueError, OSError) as exc:
-        # User errors (the library's ValueErrors say what to do; OSError: e.g. an unwritable output).
+    except (CLIError, ValueError, OSError, MemoryError) as exc:
+        # User errors (the library's ValueErrors say what to do; OSError: e.g. an unwritable output;
+        # MemoryError: e.g. more samples than memory holds, refused before allocating them).
         message = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.filename else exc
         print(f"gmmjax {args.command}: error: {_one_line(message)}", file=sys.stderr)
         return 1

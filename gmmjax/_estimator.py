@@ -389,6 +389,7 @@ class GaussianMixtureModel:
         """
         params = self._fitted_params("sample")
         n_samples = v.check_int("n_samples", n_samples, 1)
+        v.check_sample_memory(n_samples, params)  # MemoryError before XLA would abort the process
         if key is None:
             key = jax.random.fold_in(_key_from_seed(self._resolved_seed()), 1)
         X, labels = _sample_jit(key, params, n_samples)

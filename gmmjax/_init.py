@@ -12,7 +12,7 @@ from gmmjax._loops import compacting_while_loop
 from gmmjax._params import GMMParams
 from gmmjax._stats import active_mask, m_step_with_diagnostics, stats_from_responsibilities
 
-INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
+from gmmjax._names import INIT_METHODS  # jax-free, for the command line
 
 # Lloyd iterations after k-means++ seeding for init_params="kmeans"; stops earlier once the
 # assignment no longer changes.

@@ -25,7 +25,7 @@ from gmmjax._em import fit_em_restarts
 from gmmjax._options import FitOptions, fit_options
 from gmmjax._params import COVARIANCE_TYPES, GMMParams, check_covariance_type
 
-CRITERIA = ("bic", "aic", "icl")
+from gmmjax._names import CRITERIA  # jax-free, for the command line
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+from gmmjax._names import COVARIANCE_TYPES  # jax-free, for the command line
 
 
 def check_covariance_type(covariance_type: Any) -> str:

@@ -8,9 +8,11 @@ converged)``. Under ``vmap`` (restarts, and the groups of restarts that
 callback per step, not one per lane, and the callback is skipped (a ``lax.cond`` on the
 device) when no lane has something to report.
 
-On the host, :class:`ProgressReporter` aggregates the restarts and draws a ``tqdm`` bar on
-stderr when ``tqdm`` is installed (``pip install "gmmjax[progress]"``), plain lines
-otherwise. The compiled program does not know the reporter: it calls
+On the host, :class:`ProgressReporter` aggregates the restarts and shows them on stderr: the
+phase with its clock while the fit compiles and initialises (no report arrives then), then
+iterations with an estimate of the time left measured on the iterations alone; a ``tqdm`` bar
+on a terminal when ``tqdm`` is installed (``pip install "gmmjax[progress]"``), plain
+newline-terminated lines otherwise (no terminal, e.g. stderr redirected to a file, or no tqdm). The compiled program does not know the reporter: it calls
 :func:`_deliver`, which forwards to the reporter of the fit running now
 (:func:`reporting`), so one compilation serves every call.
 """
@@ -90,36 +92,87 @@ def _load_tqdm():
     return tqdm
 
 
+def _is_terminal(file) -> bool:
+    """Whether ``file`` shows a redrawn bar: a terminal, or a Jupyter kernel's stderr (tqdm.auto
+    draws a widget there). A file or a pipe gets plain lines instead."""
+    try:
+        if file.isatty():
+            return True
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
+        return False
+    return file is sys.stderr and "ipykernel" in sys.modules
+
+
+# While compiling (no report yet): a terminal's clock is redrawn every TICK_S seconds; plain
+# lines repeat the phase every HEARTBEAT_S seconds.
+TICK_S = 0.5
+HEARTBEAT_S = 10.0
+# tqdm's own rate and ETA would count the compilation as iteration time: ours replace them.
+_BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
+
+
+def _seconds(t: float) -> str:
+    return f"{t:.1f} s" if t < 600 else f"{t / 60:.1f} min"
+
+
 class ProgressReporter:
     """Aggregates the restarts of one fit and shows their progress on ``file`` (stderr).
 
     Progress counts EM iterations over all restarts; a finished restart counts as
-    ``max_iter`` (so the bar ends full when every restart has stopped). Shown: the
-    furthest iteration reached, the best lower bound so far, how many restarts have
-    converged (and stopped), and the elapsed time.
+    ``max_iter`` (so the bar ends full when every restart has stopped). Shown: the phase
+    (``compiling and initialising`` with its clock until the first report), then the furthest
+    iteration reached, the best lower bound so far, how many restarts have converged (and
+    stopped), the elapsed time and, from the second report on, an upper estimate of the time
+    left: the iterations still possible (every running restart up to ``max_iter``) at the rate
+    measured since the first report (so compilation never counts as iteration time).
+
+    On a terminal (``file.isatty()``) with ``tqdm`` installed: one redrawn bar. Otherwise
+    (a file, a pipe, or no ``tqdm``): plain newline-terminated lines, one per report.
 
     Args:
       n_init: number of restarts ``R``.
       max_iter: iteration limit.
       file: text stream; ``None``: ``sys.stderr`` at construction.
+      clock: seconds, for the elapsed times (tests pass a fake one).
     """
 
-    def __init__(self, n_init: int, max_iter: int, *, file=None):
+    def __init__(self, n_init: int, max_iter: int, *, file=None, clock=time.perf_counter):
         self.n_init, self.max_iter = n_init, max_iter
         self.file = sys.stderr if file is None else file
         self.n_iter = np.zeros(n_init, np.int64)
         self.lower_bound = np.full(n_init, np.nan)
         self.converged = np.zeros(n_init, bool)
         self.finished = np.zeros(n_init, bool)
+        self._clock = clock
         self._lock = threading.Lock()
-        self._start = time.perf_counter()
-        tqdm = _load_tqdm()
-        self._bar = None if tqdm is None else tqdm(total=n_init * max_iter, desc="EM", unit="it",
-                                                   file=self.file, dynamic_ncols=True, leave=True)
+        self._start = clock()
+        self._first = None  # (time, work done) at the first report: the end of compiling and initialising
+        self._closed = False
+        tqdm = _load_tqdm() if _is_terminal(self.file) else None
+        self._bar = None if tqdm is None else tqdm(total=n_init * max_iter, desc="EM", unit="it", file=self.file,
+                                                   dynamic_ncols=True, leave=True, bar_format=_BAR_FORMAT)
         if self._bar is not None:
-            self._bar.set_postfix_str(STARTING)
+            self._bar.set_postfix_str(f"{STARTING} 0.0 s")
         else:
             self._print(STARTING)
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick, name="gmmjax-progress", daemon=True)
+        self._ticker.start()
+
+    def _elapsed(self) -> float:
+        return self._clock() - self._start
+
+    def _tick(self) -> None:
+        """Until the first report: the phase's clock (redrawn on a terminal, a line now and then otherwise)."""
+        period = TICK_S if self._bar is not None else HEARTBEAT_S
+        while not self._stop.wait(period):
+            with self._lock:
+                if self._closed or self._first is not None:
+                    return
+                if self._bar is not None:
+                    self._bar.set_postfix_str(f"{STARTING} {_seconds(self._elapsed())}")  # refreshes
+                else:
+                    self._print(STARTING)
 
     def update(self, restart, n_iter, lower_bound, converged) -> None:
         """Takes one callback's reports (1-D arrays, one entry per reporting restart)."""
@@ -129,6 +182,9 @@ class ProgressReporter:
                     continue
                 self.n_iter[r], self.lower_bound[r], self.converged[r] = it, lb, conv
                 self.finished[r] = conv or it >= self.max_iter
+            if self._first is None:
+                self._first = (self._clock(), self.work_done)
+                self._stop.set()
             self._show()
 
     @property
@@ -136,28 +192,57 @@ class ProgressReporter:
         """Iterations run over all restarts, a finished restart counting as ``max_iter``."""
         return int(np.where(self.finished, self.max_iter, self.n_iter).sum())
 
+    def seconds_left(self) -> float | None:
+        """At most this long to go (``None`` until two reports have measured the iteration rate)."""
+        if self._first is None:
+            return None
+        t0, work0 = self._first
+        seconds, work = self._clock() - t0, self.work_done - work0
+        if seconds <= 0 or work <= 0:
+            return None
+        return (self.n_init * self.max_iter - self.work_done) * seconds / work
+
     def summary(self) -> str:
         best = np.nanmax(self.lower_bound) if not np.all(np.isnan(self.lower_bound)) else np.nan
         return (f"iteration {int(self.n_iter.max())}/{self.max_iter}, lower bound {best:.6g}, "
                 f"restarts converged {int(self.converged.sum())}/{self.n_init} "
                 f"(stopped {int(self.finished.sum())})")
 
+    def _status(self) -> str:
+        left = self.seconds_left()
+        if left is None or self.finished.all():
+            return self.summary()
+        return f"{self.summary()}, up to {_seconds(left)} left"
+
     def _show(self) -> None:
         if self._bar is not None:
-            self._bar.set_postfix_str(self.summary(), refresh=False)
+            self._bar.set_postfix_str(self._status(), refresh=False)
             self._bar.update(self.work_done - self._bar.n)  # redraws at most every tqdm.mininterval
         else:
-            self._print(self.summary())
+            self._print(self._status())
 
     def _print(self, message: str) -> None:
-        print(f"EM: {message}, {time.perf_counter() - self._start:.1f} s", file=self.file, flush=True)
+        print(f"EM: {message}, {_seconds(self._elapsed())}", file=self.file, flush=True)
+
+    def phases(self) -> str:
+        """``compiling and initialising 12.3 s, iterations 1.7 s`` (what the time went to)."""
+        total = self._elapsed()
+        if self._first is None:
+            return f"{STARTING} {_seconds(total)}"
+        starting = self._first[0] - self._start
+        return f"{STARTING} {_seconds(starting)}, iterations {_seconds(total - starting)}"
 
     def close(self) -> None:
+        self._stop.set()
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             if self._bar is not None:
+                self._bar.set_postfix_str(f"{self.summary()}; {self.phases()}", refresh=False)
                 self._bar.close()
             else:
-                self._print("done")
+                self._print(f"done ({self.phases()})")
 
 
 def check_verbose(verbose, verbose_interval, *inputs) -> int:

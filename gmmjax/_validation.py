@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 import jax
 import jax.numpy as jnp
@@ -227,3 +228,67 @@ def check_covariance_like(name: str, value, num_components: int, num_features: i
     elif np.any(arr <= 0):
         raise ValueError(f"{name} must be positive ({kind}s of '{covariance_type}' components).")
     return value
+
+
+def _memory_limit_bytes() -> int | None:
+    """The memory a draw may use: physical RAM (``os.sysconf``), or a smaller cgroup limit
+    (containers) or accelerator memory."""
+    limits = []
+    try:
+        limits.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):  # no sysconf (Windows) or no such name
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limits.append(int(text))
+    try:  # an accelerator's own memory, where it holds less (the CPU backend reports none)
+        stats = jax.local_devices()[0].memory_stats()
+    except (RuntimeError, AttributeError, NotImplementedError):
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        limits.append(int(stats["bytes_limit"]))
+    return min(limits) if limits else None
+
+
+def sample_memory_bytes(num_samples: int, params) -> int:
+    """Peak memory of drawing ``num_samples`` points from ``params`` (:func:`gmmjax.sample`):
+    the ``(n, D)`` result and ``(n,)`` int32 labels, the normal draws, the ``(n, K)`` one-hot
+    and Gumbel arrays, and for full covariances the ``(K, n, D)`` transformed draws."""
+    k, d = params.num_components, params.num_features
+    itemsize = np.dtype(params.dtype).itemsize
+    per_sample = itemsize * (d * (3 + (k if params.covariance_type == "full" else 0)) + 2 * k) + 8
+    return int(num_samples) * per_sample
+
+
+def check_sample_memory(num_samples: int, params, *, available: int | None = None) -> None:
+    """Refuses (``MemoryError``, before allocating anything) to draw more samples than memory
+    holds; a too-large request would otherwise abort the process inside XLA.
+
+    Args:
+      num_samples: the number of points asked for.
+      params: the mixture (:class:`GMMParams`).
+      available: bytes to compare with; default: the machine's physical memory, or its cgroup
+        limit or the accelerator's memory when smaller. Where none is known, nothing is checked.
+    """
+    available = _memory_limit_bytes() if available is None else available
+    needed = sample_memory_bytes(num_samples, params)
+    if available is not None and needed > available:
+        result = int(num_samples) * (params.num_features * np.dtype(params.dtype).itemsize + 4)
+        raise MemoryError(
+            f"Drawing {num_samples} samples of {params.num_features} features needs about {_bytes(needed)} "
+            f"of memory ({_bytes(result)} for the samples and labels alone), more than the {_bytes(available)} "
+            "available: draw fewer samples, or draw them in batches (one call per batch, each with its "
+            "own key)."
+        )
+
+
+def _bytes(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024

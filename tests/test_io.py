@@ -178,3 +178,82 @@ def test_numpy_random_state_is_saved_as_none_with_a_warning(tmp_path, X):
     loaded = GaussianMixtureModel.load(tmp_path / "m.npz")
     assert loaded.random_state is None
     np.testing.assert_array_equal(loaded.means_, model.means_)
+
+
+# -- damaged and hand-edited files: one ValueError naming the file and the field -------------------
+def _edited(fitted, tmp_path, ct="full", **changes):
+    """The saved ``fitted[ct]`` with fields replaced (``None``: removed), as a new file."""
+    source = tmp_path / "original.npz"
+    fitted[ct].save(source)
+    with np.load(source, allow_pickle=False) as archive:
+        content = {name: archive[name] for name in archive.files}
+    for name, value in changes.items():
+        if value is None:
+            content.pop(name)
+        else:
+            content[name] = value
+    path = tmp_path / "edited.npz"
+    np.savez(path, **content)
+    return path
+
+
+def _hyper(**changes):
+    hyper = {"num_components": 2, "num_iters": 100, "covariance_type": "full", "reg_covar": 1e-5}
+    hyper.update(changes)
+    return np.str_(json.dumps(hyper))
+
+
+NOT_PD = np.array([[[1.0, 2.0], [2.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]], np.float32)
+EDITS = [  # (covariance type, changes, what the message says)
+    ("full", dict(covariances=NOT_PD), "covariances (component 0) must be positive definite"),
+    ("full", dict(covariances=np.full((2, 2, 2), np.nan, np.float32)), "covariances contains NaN or infinity"),
+    ("full", dict(covariances=np.ones((2, 3, 3), np.float32)), "covariances must have shape (2, 2, 2)"),
+    ("diag", dict(covariances=np.array([[1.0, -1.0], [1.0, 1.0]], np.float32)), "covariances must be positive"),
+    ("full", dict(weights=np.array([np.nan, 0.5], np.float32)), "weights contains NaN or infinity"),
+    ("full", dict(weights=np.array([1.5, -0.5], np.float32)), "weights must be non-negative"),
+    ("full", dict(weights=np.array([0.7, 0.7], np.float32)), "weights must sum to 1, got sum 1.4"),
+    ("full", dict(weights=np.array([0.2, 0.3, 0.5], np.float32)), "weights must have shape (2,), got (3,)"),
+    ("full", dict(means=np.array(["0.5", "1"])), "means must be an array of floating-point numbers"),
+    ("full", dict(means=np.array([[np.inf, 0.0], [1.0, 1.0]], np.float32)), "means contains NaN or infinity"),
+    ("full", dict(means=np.zeros(2, np.float32)), "means must be a 2-D array"),
+    ("full", dict(format_version=np.int64(0)), "format_version must be a positive integer"),
+    ("full", dict(format_version=np.int64(-7)), "format_version must be a positive integer (1 for this gmmjax), got -7"),
+    ("full", dict(format_version=np.str_("1")), "format_version must be an integer"),
+    ("full", dict(covariance_type=np.str_("banana")), "banana"),
+    ("full", dict(hyperparameters=_hyper(frobnicate=3)), "hyperparameters has an unknown key 'frobnicate'"),
+    ("full", dict(hyperparameters=np.str_("{not json")), "hyperparameters is not valid JSON"),
+    ("full", dict(hyperparameters=np.str_("[1, 2]")), "hyperparameters must be a JSON object"),
+    ("full", dict(hyperparameters=_hyper(tol=[1, 2])), "hyperparameters['tol'] must be a number"),
+    ("full", dict(n_iter=np.array([1, 2])), "n_iter must be an integer"),
+    ("full", dict(converged=np.str_("yes")), "converged must be true or false"),
+    ("full", dict(collapsed_components=np.zeros(3, bool)), "collapsed_components must be 2 booleans"),
+    ("full", dict(seed_key_data=np.array([1.5])), "seed_key_data is not the data of a jax.random key"),
+    ("full", dict(weights=None), "it lacks ['weights']"),
+]
+
+
+@pytest.mark.parametrize("ct, changes, message", EDITS, ids=[m.split(" ")[0] + "-" + m[-12:] for _, _, m in EDITS])
+def test_loading_a_hand_edited_file_names_the_file_and_field(fitted, tmp_path, ct, changes, message):
+    path = _edited(fitted, tmp_path, ct, **changes)
+    with pytest.raises(ValueError) as info:
+        GaussianMixtureModel.load(path)
+    text = str(info.value)
+    assert message in text and str(path) in text and len(text.splitlines()) == 1, text
+
+
+def test_weights_summing_to_one_in_float32_load(fitted, tmp_path):
+    # Weights as a float32 fit leaves them (1 within a few eps per component) are not rejected.
+    weights = np.full(2, 0.5, np.float32) + np.float32([3e-7, 4e-7])
+    loaded = GaussianMixtureModel.load(_edited(fitted, tmp_path, weights=weights))
+    np.testing.assert_array_equal(loaded.weights_, weights)
+
+
+def test_object_array_says_gmmjax_never_unpickles(fitted, tmp_path):
+    planted = np.empty(2, dtype=object)
+    planted[:] = [0.5, 0.5]
+    path = _edited(fitted, tmp_path, weights=planted)
+    with pytest.raises(ValueError) as info:
+        GaussianMixtureModel.load(path)
+    text = str(info.value)
+    assert str(path) in text and "'weights'" in text and "never unpickles" in text, text
+    assert "allow_pickle" not in text  # NumPy's hint to enable pickle

@@ -9,7 +9,9 @@ backend: its code cells are executed in order in one namespace, as a Jupyter ker
 
 With ``GMMJAX_NOTEBOOK_FIGURES=DIR`` every figure a notebook shows (``plt.show()``, or left
 open at the end of a cell, as Jupyter's inline backend shows it) is saved as
-``DIR/<notebook>-cell<N>-<i>.png`` (N counts code cells from 1), so the pictures can be looked at.
+``DIR/<notebook>-cell<N>-<i>.png`` (N counts code cells from 1), so the pictures can be looked at;
+a relative ``DIR`` is relative to the folder the runner is started from (each notebook itself runs
+in its own folder, as in Jupyter).
 
 Convention for notebooks (checked here): nbformat 4, plain Python code cells (no ``%magics``
 or ``!shell`` lines), the first code cell sets
@@ -66,7 +68,8 @@ def run_notebook(path: pathlib.Path) -> int:
     path = pathlib.Path(path).resolve()
     notebook = json.loads(path.read_text(encoding="utf-8"))
     folder = os.environ.get("GMMJAX_NOTEBOOK_FIGURES")
-    folder = pathlib.Path(folder) if folder else None
+    # Relative to the caller's folder (resolved before the chdir below, which is undone at the end).
+    folder = pathlib.Path(folder).resolve() if folder else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
     saver = None
@@ -80,7 +83,15 @@ def run_notebook(path: pathlib.Path) -> int:
         plt.switch_backend("Agg")  # headless whatever MPLBACKEND says; resolved now, so show stays patched
         saver = _FigureSaver(plt, folder, path.stem)
         plt.show = lambda *args, **kwargs: saver.show()
+    caller_folder = os.getcwd()
     os.chdir(path.parent)  # as Jupyter: relative paths from the notebook's folder
+    try:
+        return _run_cells(path, notebook, saver)
+    finally:
+        os.chdir(caller_folder)  # the next notebook (and GMMJAX_NOTEBOOK_FIGURES) starts from the caller's
+
+
+def _run_cells(path: pathlib.Path, notebook: dict, saver) -> int:
     namespace = {"__name__": "__main__"}
     for number, (position, source) in enumerate(code_cells(notebook), start=1):
         if saver is not None:
@@ -199,6 +210,27 @@ if __name__ != "__main__":
         assert "NOTEBOOK FAILED: broken.ipynb, code cell 2 (cell 3 of the notebook), starting 'assert QUICK'" \
             in stderr
         assert "ZeroDivisionError" in stderr and "<broken.ipynb code cell 2>" in stderr
+
+    def test_relative_figure_folder_is_the_callers(tmp_path):
+        """README: ``GMMJAX_NOTEBOOK_FIGURES=figures python tests/test_notebooks.py A.ipynb B.ipynb``
+        saves into ./figures of the caller, for every notebook (the runner changes folders)."""
+        pytest.importorskip("matplotlib")
+        source = ["import os\n", QUICK_SWITCH + "\n", "import matplotlib.pyplot as plt\n",
+                  "plt.plot([0, 1])\n", "plt.show()"]
+        cells = [{"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": source}]
+        notebooks = tmp_path / "notebooks"
+        notebooks.mkdir()
+        for name in ("first", "second"):
+            (notebooks / f"{name}.ipynb").write_text(
+                json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+        caller = tmp_path / "caller"
+        caller.mkdir()
+        env = dict(os.environ, GMMJAX_NOTEBOOK_FIGURES="figures", MPLBACKEND="Agg")
+        proc = subprocess.run([sys.executable, __file__, "../notebooks/first.ipynb", "../notebooks/second.ipynb"],
+                              cwd=caller, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert sorted(p.name for p in (caller / "figures").iterdir()) == ["first-cell1-1.png", "second-cell1-1.png"]
+        assert not (notebooks / "figures").exists()
 
     def test_strip_outputs_strips(tmp_path):
         strip_outputs = _load_strip_outputs()

@@ -8,6 +8,10 @@ command line's ``--verbose`` test uses the same configuration.
 
 from __future__ import annotations
 
+import io
+import re
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,8 +70,9 @@ def check_reports(calls, result, interval):
     return per_restart
 
 
-def test_single_restart_reports_and_tqdm_bar_on_stderr(X, received, capsys):
+def test_single_restart_reports_and_tqdm_bar_on_stderr(X, received, capsys, monkeypatch):
     pytest.importorskip("tqdm")
+    monkeypatch.setattr(_progress, "_is_terminal", lambda file: True)  # capsys's stderr is no terminal
     model = gj.GaussianMixtureModel(num_components=2, seed=0, verbose=True, verbose_interval=INTERVAL, **FIT).fit(X)
     result = model.fit_result_
     assert int(result.n_iter) > INTERVAL  # several reports, not just the last one
@@ -95,6 +100,8 @@ def test_twenty_restarts_batched_callbacks_and_compaction(X, received, capsys):
 
 def test_plain_lines_without_tqdm(X, monkeypatch, capsys):
     monkeypatch.setattr(_progress, "_load_tqdm", lambda: None)  # as if tqdm were not installed
+    monkeypatch.setattr(_progress, "_is_terminal", lambda file: True)
+    monkeypatch.setattr(_progress, "HEARTBEAT_S", 1e6)  # no "still compiling" line, however slow the machine
     result = gj.fit_em(jax.random.key(0), X, 2, verbose=True, verbose_interval=INTERVAL, **FIT)
     lines = capsys.readouterr().err.splitlines()
     n_iter = int(result.n_iter)
@@ -161,3 +168,82 @@ def test_progress_does_not_change_the_fit(X, n_init):
     quiet = gj.fit_em(jax.random.key(1), X, 2, n_init=n_init, **FIT)
     for a, b in zip(jax.tree_util.tree_leaves(loud), jax.tree_util.tree_leaves(quiet)):
         np.testing.assert_array_equal(a, b)
+
+
+# -- what the user sees: phases, time left, terminals and files (fake streams and clocks) ----------
+class FakeStream(io.StringIO):
+    def __init__(self, terminal: bool):
+        super().__init__()
+        self.terminal = terminal
+
+    def isatty(self):
+        return self.terminal
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def _report(reporter, clock, at, n_iter, converged=False):
+    clock.now = 100.0 + at
+    reporter.update(np.array([0]), np.array([n_iter]), np.array([-1.5]), np.array([converged]))
+
+
+def test_file_gets_plain_lines_with_phases_and_an_honest_time_left(monkeypatch):
+    """stderr redirected to a file: one newline-terminated line per report (no bar redrawn with
+    carriage returns, even with tqdm installed); the 30 s of compiling are shown as such and the
+    time left is measured on the iterations after the first report."""
+    monkeypatch.setattr(_progress, "HEARTBEAT_S", 1e6)
+    stream, clock = FakeStream(terminal=False), FakeClock()
+    reporter = _progress.ProgressReporter(1, 100, file=stream, clock=clock)
+    _report(reporter, clock, at=30.0, n_iter=10)  # compiling took 30 s, then 10 iterations
+    _report(reporter, clock, at=31.0, n_iter=20)  # 10 iterations per second since the first report
+    _report(reporter, clock, at=31.5, n_iter=25, converged=True)
+    reporter.close()
+    text = stream.getvalue()
+    assert "\r" not in text and text.endswith("\n")
+    lines = text.splitlines()
+    assert len(lines) == 5 and all(line.startswith("EM: ") for line in lines), lines
+    assert lines[0] == f"EM: {_progress.STARTING}, 0.0 s"
+    assert "left" not in lines[1]  # one report cannot measure a rate
+    assert lines[2].endswith("iteration 20/100, lower bound -1.5, restarts converged 0/1 (stopped 0), "
+                             "up to 8.0 s left, 31.0 s")  # 80 iterations at most, at 10 per second
+    assert "left" not in lines[3]  # finished
+    assert lines[4] == f"EM: done ({_progress.STARTING} 30.0 s, iterations 1.5 s), 31.5 s"
+
+
+def test_file_gets_a_line_now_and_then_while_compiling(monkeypatch):
+    monkeypatch.setattr(_progress, "HEARTBEAT_S", 0.02)
+    stream = FakeStream(terminal=False)
+    reporter = _progress.ProgressReporter(1, 100, file=stream)
+    time.sleep(0.3)
+    reporter.update(np.array([0]), np.array([10]), np.array([-1.5]), np.array([False]))
+    time.sleep(0.1)  # no more phase lines after the first report
+    reporter.close()
+    lines = stream.getvalue().splitlines()
+    starting = [line for line in lines if _progress.STARTING in line and "done" not in line]
+    assert len(starting) >= 3 and lines[: len(starting)] == starting, lines  # all before the first report
+    assert re.fullmatch(rf"EM: {_progress.STARTING}, 0\.[1-9]\d* s|EM: {_progress.STARTING}, [1-9][\d.]* s",
+                        starting[-1]), starting[-1]
+
+
+def test_terminal_bar_shows_the_compiling_clock_and_no_tqdm_eta(monkeypatch):
+    pytest.importorskip("tqdm")
+    monkeypatch.setattr(_progress, "TICK_S", 0.02)
+    stream = FakeStream(terminal=True)
+    reporter = _progress.ProgressReporter(1, 100, file=stream)
+    time.sleep(0.3)
+    during = stream.getvalue()
+    assert re.search(rf"{_progress.STARTING} 0\.[1-9] s", during), during  # the clock ran while compiling
+    for n_iter in (10, 20):
+        time.sleep(0.15)  # tqdm redraws at most every 0.1 s
+        reporter.update(np.array([0]), np.array([n_iter]), np.array([-1.5]), np.array([False]))
+    reporter.close()
+    text = stream.getvalue()
+    assert "%|" in text and "\r" in text  # a redrawn bar
+    assert "it/s" not in text and "<" not in text  # tqdm's rate and ETA (which count compilation) are gone
+    assert "left" in text and f"{_progress.STARTING} 0." in text.rsplit("\r", 1)[-1]  # the phases at the end

@@ -1,0 +1,3 @@
+from gmmjax_cli import main
+
+raise SystemExit(main())
