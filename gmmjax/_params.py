@@ -8,7 +8,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+from gmmjax._covariance import COVARIANCE_KINDS
+
+# The covariance types' names, in the order of gmmjax._covariance.COVARIANCE_KINDS (one
+# class per type there): ("full", "tied", "diag", "spherical").
+COVARIANCE_TYPES = tuple(COVARIANCE_KINDS)
 
 
 def check_covariance_type(covariance_type: Any) -> str:

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
-from gmmjax._covariance import covariances_from_moments, regularize_covariances, scatter, weighted_sums
+from gmmjax._covariance import (covariance_kind, covariances_from_moments, regularize_covariances, scatter,
+                                weighted_sums)
 from gmmjax._chunks import resolve_chunk_size, sum_over_chunks
 from gmmjax._density import ComponentTerms, component_terms, log_joint_from_residuals, residuals_about
 from gmmjax._params import GMMParams
@@ -112,10 +113,7 @@ def _uniform_branch_vmap(axis_size, in_batched, index):
 
 def _diagonal_precisions(terms: ComponentTerms, num_features: int) -> jax.Array:
     """``(K, D)`` precisions ``1/σ²_kd`` of diag or spherical components."""
-    squared = terms.prec_chol**2
-    if terms.covariance_type == "spherical":
-        return jnp.broadcast_to(squared[:, None], (squared.shape[0], num_features))
-    return squared
+    return covariance_kind(terms.covariance_type).diagonal_precisions(terms.prec_chol, num_features)
 
 
 def _expanded_e_step(terms: ComponentTerms, center: jax.Array, exact: jax.Array, X, sample_weight, chunk: int):
@@ -197,7 +195,7 @@ def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = No
                                X, sample_weight, chunk)
 
     num_components, num_features = params.num_components, params.num_features
-    if params.covariance_type in ("full", "tied"):
+    if covariance_kind(params.covariance_type).matrix:
         return residual_pass()
     weights = params.weights / jnp.sum(params.weights)
     center = weights @ params.means
@@ -293,7 +291,7 @@ def m_step_with_diagnostics(stats: SufficientStats, shift: jax.Array, reg_covar,
         # the means) as it is without them; a weight of exactly 0 keeps them out of E-steps.
         counts = jnp.where(active, counts, 0.0)
         means = _where_active(active, means)
-        if stats.covariance_type != "tied":
+        if not covariance_kind(stats.covariance_type).shared:
             raw_cov = _where_active(active, raw_cov)
     covariances, repaired = regularize_covariances(raw_cov, jnp.asarray(reg_covar, dtype), stats.covariance_type,
                                                    means)
