@@ -48,11 +48,16 @@ WORKLOADS = {
     "W5": dict(n=50_000, d=8, k=8, cov="full", what="16 restarts × 10 iterations, total fit time"),
     "W6": dict(n=500, d=2, k=3, cov="full", what="1000 independent datasets"),
     "W7": dict(n=600, d=2, k=2, cov="full", what="the original example, end to end"),
+    "W8": dict(n=50_000, d=8, k=8, cov="diag", what="4 restarts × 10 iterations: one batched fit vs 4 single fits"),
+    "W9": dict(n=50_000, d=8, k=8, cov="spherical",
+               what="4 restarts × 10 iterations: one batched fit vs 4 single fits"),
     "M1": dict(n=10_000_000, d=16, k=16, cov="full", what="memory: chunked fit of 640 MB of float32"),
 }
-QUICK = {"W1": 4000, "W2": 4000, "W3": 4000, "W4": 4000, "W5": 2000, "W6": 200, "W7": 600, "M1": 20_000}
+QUICK = {"W1": 4000, "W2": 4000, "W3": 4000, "W4": 4000, "W5": 2000, "W6": 200, "W7": 600, "W8": 2000, "W9": 2000,
+         "M1": 20_000}
 W6_DATASETS, W6_DATASETS_QUICK = 1000, 20
 W5_RESTARTS, W5_ITERS = 16, 10
+W8_RESTARTS, W8_ITERS = 4, 10
 # (a, b): per-iteration time = (t(b iterations) − t(a iterations)) / (b − a); the spans are
 # long enough that the difference is far above the noise of a call.
 ITERATIONS = {"W1": (2, 42), "W2": (2, 12), "W3": (2, 6), "W4": (2, 8)}
@@ -395,6 +400,37 @@ def worker_restarts(args):
     return out
 
 
+def worker_restart_types(args):
+    """W8/W9: diag/spherical restarts: ``fit_em(n_init=4)`` (one vmapped call) against the same
+    four fits one by one (restart ``r`` is ``fit_em(split(key, 4)[r])``), both warm, in this process."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import gmmjax as gj
+
+    spec = WORKLOADS[args.workload]
+    n, d, k, cov = args.n, spec["d"], spec["k"], spec["cov"]
+    Xj = jnp.asarray(make_data(n, d, k).astype(np.float32))
+    key = jax.random.key(0)
+    keys = jax.random.split(key, W8_RESTARTS)
+    options = dict(covariance_type=cov, max_iter=W8_ITERS, tol=0.0)
+    out = {"library": "gmmjax", "workload": args.workload, "n": n, "cov": cov, "restarts": W8_RESTARTS}
+    with LoadMeter() as load:
+        batched = lambda: jax.block_until_ready(gj.fit_em(key, Xj, k, n_init=W8_RESTARTS, **options))
+        singles = lambda: [jax.block_until_ready(gj.fit_em(r, Xj, k, **options)) for r in keys]
+        together, one_by_one = batched(), singles()  # compiles both
+        # the same fits: the comparison is of the same work
+        for r, single in enumerate(one_by_one):
+            np.testing.assert_allclose(np.asarray(together.restart_lower_bounds[r]), np.asarray(single.lower_bound),
+                                       rtol=1e-4)
+        out["batched_s"] = _timed(batched, args.repeats)
+        out["singles_s"] = _timed(singles, args.repeats)
+    out["singles_over_batched"] = out["singles_s"] / out["batched_s"]
+    out.update(load_before=load.load_before, load_after=load.load_after, other_cpu=load.other_cpu_fraction)
+    return out
+
+
 def worker_datasets(args):
     """W6: many independent small fits: one vmapped gmmjax call vs a loop of fits."""
     import numpy as np
@@ -503,7 +539,7 @@ def worker_memory(args):
 
 
 WORKERS = {"peak": worker_peak, "fit": worker_fit, "restarts": worker_restarts, "datasets": worker_datasets,
-           "example": worker_example, "memory": worker_memory}
+           "example": worker_example, "memory": worker_memory, "restart_types": worker_restart_types}
 
 
 # ----------------------------------------------------------------------------- orchestration
@@ -584,6 +620,8 @@ def plan(args):
                 jobs.append((name, "restarts", dict(n=n, library="sklearn", threads=1)))
             if gmmx:
                 jobs.append((name, "restarts", dict(n=n, library="gmmx")))
+        elif name in ("W8", "W9"):
+            jobs.append((name, "restart_types", dict(workload=name, n=n)))
         elif name == "W6":
             jobs.append((name, "datasets", dict(n=n, library="gmmjax")))
             jobs.append((name, "datasets", dict(n=n, library="sklearn")))
@@ -690,6 +728,20 @@ def write_report(args, peak, results, out_dir: Path, generated: str | None = Non
             speed_first = ref["total_s"] / r["first_s"] if ref and r.get("first_s") else None
             lines.append(f"| {label} | {_fmt(r['total_s'])} | {_fmt(r.get('first_s'))} | {_fmt(speed)}× | "
                          f"{_fmt(speed_first)}× | {r['load_before']:.2f} / {100 * r['other_cpu']:.0f}% |")
+        lines.append("")
+
+    for name in ("W8", "W9"):
+        rows = [r for r in results if r.get("workload") == name and "error" not in r]
+        if not rows:
+            continue
+        spec = WORKLOADS[name]
+        lines += [f"## {name}: {spec['cov']} restarts, {W8_RESTARTS} × {W8_ITERS} iterations, N={rows[0]['n']:,} "
+                  f"D={spec['d']} K={spec['k']}: fit_em(n_init={W8_RESTARTS}) vs the same fits one by one", "",
+                  "| library | batched s | one by one s | one by one / batched (≥ 1: batching pays) | other load |",
+                  "|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['library']} | {_fmt(r['batched_s'])} | {_fmt(r['singles_s'])} | "
+                         f"{_fmt(r['singles_over_batched'])}× | {r['load_before']:.2f} / {100 * r['other_cpu']:.0f}% |")
         lines.append("")
 
     rows = [r for r in results if r.get("workload") == "W7" and "error" not in r]

@@ -1,15 +1,21 @@
-"""Covariance maths, one small set of functions per covariance type.
+"""Covariance maths: one class per covariance type (:class:`CovarianceKind`).
 
 Shapes follow scikit-learn: ``full`` ``(K, D, D)``, ``tied`` ``(D, D)``, ``diag`` ``(K, D)``,
 ``spherical`` ``(K,)``. A *precision Cholesky* factor ``P`` satisfies ``precision = P Pᵀ``
 (upper triangular for the matrix types, ``1/sqrt(variance)`` for the others), so the
 whitened residual of ``x`` under component ``k`` is ``(x - μ_k) P_k``.
+
+Everything that depends on the type lives in its class (``Full``, ``Tied``, ``Diag``,
+``Spherical``; full and tied share the matrix maths of ``_MatrixKind``, diag and spherical
+the variance maths of ``_DiagonalKind``), looked up by name with :func:`covariance_kind`.
+The functions at the end of this module are the same operations by the type's name.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.linalg import solve_triangular
 
 # A covariance that still cannot be factorised after ``reg_covar`` is added gets this many
@@ -31,71 +37,582 @@ def _eye_like(matrices: jax.Array) -> jax.Array:
     return jnp.broadcast_to(jnp.eye(matrices.shape[-1], dtype=matrices.dtype), matrices.shape)
 
 
-def cholesky_factor(covariances: jax.Array, covariance_type: str) -> jax.Array:
-    """Lower Cholesky factor ``L`` of each covariance (``cov = L Lᵀ``); square root for diag types."""
-    if covariance_type in ("full", "tied"):
+def _diagonal_mask(matrices: jax.Array) -> jax.Array:
+    """Boolean identity matrices of ``matrices``' shape (explicit broadcast over batch axes)."""
+    return jnp.broadcast_to(jnp.eye(matrices.shape[-1], dtype=bool), matrices.shape)
+
+
+def _on_diagonal(matrices: jax.Array, diagonal: jax.Array, off_diagonal) -> jax.Array:
+    """``diagonal`` (``(..., D)``) on the diagonal of ``matrices``' shape, ``off_diagonal`` elsewhere."""
+    return jnp.where(_diagonal_mask(matrices), jnp.broadcast_to(diagonal[..., None, :], matrices.shape),
+                     off_diagonal)
+
+
+# --------------------------------------------------------------------------- one class per type
+
+
+class CovarianceKind:
+    """Everything that depends on the covariance type, for one type.
+
+    Arrays come in scikit-learn's shapes for the type (covariances and precision Cholesky
+    factors alike, see :meth:`shape`); every method accepts extra leading batch axes where
+    the shared code does (``vmap`` works anyway). The kinds are stateless singletons, looked
+    up by name with :func:`covariance_kind`; the Python-level dispatch happens at trace
+    time, so XLA sees exactly the operations of the type. Adding a covariance type means
+    adding one subclass and registering it in :data:`COVARIANCE_KINDS`.
+
+    Class attributes:
+      name: the type's name (``GMMParams.covariance_type``).
+      matrix: covariances are ``(…, D, D)`` matrices with a triangular precision factor
+        (full, tied); otherwise they are variances (diag, spherical) and the E-step may use
+        its expanded matrix-product form (see :meth:`diagonal_precisions`).
+      shared: one covariance for all components (tied).
+      component_ndim: axes per component after the component axis (``None`` when shared).
+      has_feature_axis: the log-diagonal of ``P`` (see :meth:`raw_log_diagonal`) ends with a
+        feature axis (all but spherical).
+    """
+
+    name: str = ""
+    matrix: bool = False
+    shared: bool = False
+    component_ndim: int | None = 0
+    has_feature_axis: bool = True
+
+    def __repr__(self) -> str:
+        return f"covariance_kind({self.name!r})"
+
+    # -- shapes and counts
+    def shape(self, num_components: int, num_features: int) -> tuple:
+        """scikit-learn's covariance (and precision Cholesky) shape."""
+        raise NotImplementedError
+
+    def num_parameters(self, num_components: int, num_features: int) -> int:
+        """Free parameters in the covariances, as scikit-learn counts them."""
+        raise NotImplementedError
+
+    def first_components(self, covariances: jax.Array, num_components: int) -> jax.Array:
+        """The covariances of the first ``num_components`` components (batch axes kept)."""
+        if self.shared:
+            return covariances
+        return covariances[(Ellipsis, slice(None, num_components)) + (slice(None),) * self.component_ndim]
+
+    # -- factors and densities
+    def cholesky_factor(self, covariances):
+        """Lower Cholesky factor ``L`` of each covariance (``cov = L Lᵀ``); square root for variances."""
+        raise NotImplementedError
+
+    def precision_cholesky(self, covariances):
+        """Precision Cholesky factor ``P`` (``precision = P Pᵀ``), same shape."""
+        raise NotImplementedError
+
+    def covariances_from_precisions(self, precisions):
+        """Covariances from precisions in scikit-learn's ``precisions_init`` shapes."""
+        raise NotImplementedError
+
+    def precisions_from_precision_cholesky(self, prec_chol, xp=jnp):
+        """``P Pᵀ`` (or ``P²``); ``xp=np`` keeps NumPy arrays NumPy (float64)."""
+        raise NotImplementedError
+
+    def log_det_precision_cholesky(self, prec_chol, num_features: int):
+        """``log det P`` per component: ``(K,)``, or ``()`` for a shared covariance."""
+        raise NotImplementedError
+
+    def whitened_squared_norms(self, residuals, prec_chol):
+        """``‖(x_n − μ_k) P_k‖²`` for residuals ``(K, N, D)``: ``(K, N)``."""
+        raise NotImplementedError
+
+    def diagonal_precisions(self, prec_chol, num_features: int):
+        """``(K, D)`` precisions ``1/σ²_kd`` (variance types only: the expanded E-step)."""
+        raise NotImplementedError(f"{self.name!r} covariances are not diagonal")
+
+    # -- statistics and the M-step
+    def scatter(self, residuals, weighted_resp):
+        """Weighted second moments of residuals ``(K, N, D)`` with weights ``(K, N)``:
+        ``(K, D, D)`` for the matrix types, the diagonal ``(K, D)`` otherwise."""
+        raise NotImplementedError
+
+    def covariances_from_moments(self, second_moments, counts, mean_offsets):
+        """Unregularised covariances from moments about a per-component shift
+        (see :func:`covariances_from_moments`)."""
+        raise NotImplementedError
+
+    def variances(self, covariances):
+        """Per-feature variances: ``(K, D)`` (full, diag), ``(D,)`` (tied), ``(K,)`` (spherical)."""
+        raise NotImplementedError
+
+    def add_to_diagonal(self, covariances, value):
+        """``covariances`` with the scalar ``value`` added to every variance."""
+        raise NotImplementedError
+
+    def largest_and_range(self, finite_variances, mean_range):
+        """The largest variance and the range of the means (``(1, D)``) that set the spread
+        of the fit for :func:`regularize_covariances`, per feature and component as the
+        covariances share them (default: per feature, across components)."""
+        return jnp.max(finite_variances, axis=0, keepdims=True), mean_range
+
+    def repair(self, cov, floor, finite_variances):
+        """``(covariances, repaired)``: :func:`regularize_covariances`' type-specific part."""
+        raise NotImplementedError
+
+    def per_covariance(self, flags, reduce=jnp.any):
+        """Flags shaped like the log-diagonal of ``P`` reduced to one per covariance
+        (``(K,)``, or ``()`` shared) with ``reduce`` (``jnp.any``/``jnp.all``) over features."""
+        return reduce(flags, axis=-1) if self.has_feature_axis else flags
+
+    # -- the unconstrained parametrisation (gmmjax._unconstrained)
+    def raw_log_diagonal(self, raw):
+        """The stored log-diagonal of a raw (log-diagonal) factor: ``(K, D)`` full/diag,
+        ``(D,)`` tied, ``(K,)`` spherical."""
+        raise NotImplementedError
+
+    def with_raw_log_diagonal(self, raw, log_diagonal):
+        """``raw`` with its stored log-diagonal replaced."""
+        raise NotImplementedError
+
+    def assemble_precision_cholesky(self, raw, diagonal):
+        """``P`` from a raw factor and ``P``'s (positive) diagonal."""
+        raise NotImplementedError
+
+    def raw_from_precision_cholesky(self, prec_chol):
+        """The raw factor (log-diagonal, for the matrix types the strictly upper triangle) of ``P``."""
+        raise NotImplementedError
+
+    def covariances_from_raw(self, raw, log_diagonal):
+        """Covariances ``P⁻ᵀ P⁻¹`` (or ``exp(−2·log P)``) from a raw factor and its clipped log-diagonal."""
+        raise NotImplementedError
+
+    def log_det_from_log_diagonal(self, log_diagonal, num_features: int):
+        """``log det P`` from its log-diagonal: ``(K,)``, or ``()`` shared."""
+        return jnp.sum(log_diagonal, axis=-1)
+
+    # -- the gradient fit's frame (gmmjax._gradient)
+    def factor_inverse(self, factor):
+        """``P⁻¹`` (upper triangular; ``1/P`` for variances)."""
+        raise NotImplementedError
+
+    def unstandardize_means(self, means, center, inverse):
+        """``center + means · P⁻¹`` per component (means in the frame of factor ``P``)."""
+        raise NotImplementedError
+
+    def unstandardize_raw(self, raw, frame_factor, log_diagonal):
+        """The raw factor in the data's coordinates: ``F · T`` for a raw ``T`` in the frame of
+        ``F`` (log-diagonal ``log_diagonal``: the sum of both)."""
+        raise NotImplementedError
+
+    def pack_raw(self, raw):
+        """The coordinates an optimizer sees of a raw factor (the used entries only)."""
+        return raw
+
+    def unpack_raw(self, packed, num_features: int):
+        """Inverse of :meth:`pack_raw`."""
+        return packed
+
+    # -- sampling, plots and other libraries
+    def sample_offsets(self, factor, onehot, noise):
+        """``L_k z_n`` for each sample's component (``onehot`` ``(n, K)``, noise ``(n, D)``)."""
+        raise NotImplementedError
+
+    def dense(self, covariances, num_components: int, num_features: int, xp=jnp):
+        """The covariances as ``(K, D, D)`` matrices (``xp=np``: NumPy in, NumPy out)."""
+        raise NotImplementedError
+
+    def component_scales(self, factor, means):
+        """Cholesky factors ``(..., K, D, D)`` (matrix types) or scales ``(..., K, D)``, one per component."""
+        return factor
+
+    def sklearn_precision_cholesky(self, covariances: np.ndarray) -> np.ndarray:
+        """scikit-learn's ``precisions_cholesky_`` from covariances, in float64 NumPy."""
+        raise NotImplementedError
+
+    def numpyro_components(self, ndist, means, scales):
+        raise NotImplementedError
+
+    def distrax_components(self, distrax, means, scales):
+        raise NotImplementedError
+
+
+class _MatrixKind(CovarianceKind):
+    """Shared maths of the matrix types (full, tied): triangular precision factors."""
+
+    matrix = True
+
+    def cholesky_factor(self, covariances):
         return jnp.linalg.cholesky(covariances)
-    return jnp.sqrt(covariances)
 
-
-def precision_cholesky(covariances: jax.Array, covariance_type: str) -> jax.Array:
-    """Precision Cholesky factor of ``covariances``, same shape (scikit-learn's ``precisions_cholesky_``)."""
-    if covariance_type in ("full", "tied"):
+    def precision_cholesky(self, covariances):
         lower = jnp.linalg.cholesky(covariances)
         return jnp.swapaxes(solve_triangular(lower, _eye_like(covariances), lower=True), -1, -2)
-    return jax.lax.rsqrt(covariances)
 
-
-def covariances_from_precisions(precisions: jax.Array, covariance_type: str) -> jax.Array:
-    """Inverts precision matrices (or precisions) given in scikit-learn's ``precisions_init`` shapes."""
-    if covariance_type in ("full", "tied"):
+    def covariances_from_precisions(self, precisions):
         lower = jnp.linalg.cholesky(precisions)
         inv_lower = solve_triangular(lower, _eye_like(precisions), lower=True)
         cov = jnp.swapaxes(inv_lower, -1, -2) @ inv_lower
         return 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
-    return 1.0 / precisions
+
+    def precisions_from_precision_cholesky(self, prec_chol, xp=jnp):
+        return prec_chol @ xp.swapaxes(prec_chol, -1, -2)
+
+    def log_det_precision_cholesky(self, prec_chol, num_features: int):
+        return jnp.sum(jnp.log(jnp.diagonal(prec_chol, axis1=-2, axis2=-1)), axis=-1)
+
+    def _per_component_factors(self, prec_chol):
+        """``(K or 1, D, D)`` factors for the feature-by-feature path."""
+        return prec_chol
+
+    def whitened_squared_norms(self, residuals, prec_chol):
+        num_features = residuals.shape[-1]
+        if num_features <= SMALL_FEATURES:
+            columns = _feature_columns(residuals)  # D × (K, N)
+            factor = self._per_component_factors(prec_chol)
+            total = 0.0
+            for e in range(num_features):  # P is upper triangular: column e mixes features d <= e
+                whitened_e = sum(columns[d] * factor[:, d, e][:, None] for d in range(e + 1))
+                total = total + whitened_e * whitened_e
+            return total
+        whitened = jnp.matmul(residuals, prec_chol)  # (K,N,D) @ (K or 1,D,D): one batched GEMM
+        return jnp.sum(whitened * whitened, axis=-1)
+
+    def scatter(self, residuals, weighted_resp):
+        num_features = residuals.shape[-1]
+        if num_features <= SMALL_FEATURES:
+            columns = _feature_columns(residuals)
+            weighted = [column * weighted_resp for column in columns]
+            entries = {(d, e): jnp.sum(weighted[d] * columns[e], axis=-1)
+                       for d in range(num_features) for e in range(d, num_features)}
+            return jnp.stack([jnp.stack([entries[min(d, e), max(d, e)] for e in range(num_features)], axis=-1)
+                              for d in range(num_features)], axis=-2)
+        return jnp.matmul(jnp.swapaxes(residuals * weighted_resp[..., None], -1, -2), residuals)
+
+    def variances(self, covariances):
+        return jnp.diagonal(covariances, axis1=-2, axis2=-1)
+
+    def add_to_diagonal(self, covariances, value):
+        return covariances + value * _eye_like(covariances)
+
+    def repair(self, cov, floor, finite_variances):
+        eps = jnp.finfo(cov.dtype).eps
+        reference = jnp.maximum(finite_variances, floor)
+        lower = jnp.linalg.cholesky(cov)
+        pivots = jnp.diagonal(lower, axis1=-2, axis2=-1) ** 2  # variance not explained by earlier features
+        ok = jnp.all(jnp.isfinite(lower), axis=(-2, -1)) & jnp.all(pivots > 10 * eps * reference, axis=-1)
+        eye = _eye_like(cov)
+        repaired = cov + (_JITTER_EPS * eps * reference)[..., None, :] * eye
+        # Last resort (non-finite moments): independent features at the reference variances.
+        fallback = reference[..., None, :] * eye
+        repaired_ok = jnp.all(jnp.isfinite(jnp.linalg.cholesky(repaired)), axis=(-2, -1))
+        repaired = jnp.where(repaired_ok[..., None, None], repaired, fallback)
+        return jnp.where(ok[..., None, None], cov, repaired), ~ok
+
+    def raw_log_diagonal(self, raw):
+        return jnp.diagonal(raw, axis1=-2, axis2=-1)
+
+    def with_raw_log_diagonal(self, raw, log_diagonal):
+        return _on_diagonal(raw, log_diagonal, raw)
+
+    def assemble_precision_cholesky(self, raw, diagonal):
+        return _on_diagonal(raw, diagonal, jnp.triu(raw, 1))
+
+    def raw_from_precision_cholesky(self, prec_chol):
+        log_diagonal = jnp.log(jnp.diagonal(prec_chol, axis1=-2, axis2=-1))
+        return _on_diagonal(prec_chol, log_diagonal, jnp.triu(prec_chol, 1))
+
+    def covariances_from_raw(self, raw, log_diagonal):
+        prec_chol = self.assemble_precision_cholesky(raw, jnp.exp(log_diagonal))
+        eye = jnp.broadcast_to(jnp.eye(prec_chol.shape[-1], dtype=prec_chol.dtype), prec_chol.shape)
+        inverse = solve_triangular(prec_chol, eye, lower=False)  # P⁻¹, upper triangular
+        covariances = jnp.swapaxes(inverse, -1, -2) @ inverse
+        return 0.5 * (covariances + jnp.swapaxes(covariances, -1, -2))
+
+    def factor_inverse(self, factor):
+        eye = jnp.broadcast_to(jnp.eye(factor.shape[-1], dtype=factor.dtype), factor.shape)
+        return solve_triangular(factor, eye, lower=False)
+
+    def unstandardize_raw(self, raw, frame_factor, log_diagonal):
+        # T itself (no clip: the projection of the fit keeps its diagonal in range); only the
+        # strictly upper part of F·T is kept, its log-diagonal is the sum of the logs.
+        fitted = _on_diagonal(raw, jnp.exp(self.raw_log_diagonal(raw)), jnp.triu(raw, 1))
+        return self.with_raw_log_diagonal(frame_factor @ fitted, log_diagonal)
+
+    def pack_raw(self, raw):
+        rows, cols = np.triu_indices(raw.shape[-1])
+        return raw[..., rows, cols]
+
+    def unpack_raw(self, packed, num_features: int):
+        rows, cols = np.triu_indices(num_features)
+        square = jnp.zeros(packed.shape[:-1] + (num_features, num_features), packed.dtype)
+        return square.at[..., rows, cols].set(packed)
+
+    def sklearn_precision_cholesky(self, covariances: np.ndarray) -> np.ndarray:
+        from scipy.linalg import solve_triangular as np_solve_triangular  # scikit-learn depends on scipy
+
+        matrices = covariances.reshape((-1,) + covariances.shape[-2:])
+        eye = np.eye(covariances.shape[-1])
+        factors = [np_solve_triangular(np.linalg.cholesky(c), eye, lower=True).T for c in matrices]
+        return np.stack(factors).reshape(covariances.shape)
+
+    def numpyro_components(self, ndist, means, scales):
+        return ndist.MultivariateNormal(means, scale_tril=scales)
+
+    def distrax_components(self, distrax, means, scales):
+        return distrax.MultivariateNormalTri(means, scale_tri=scales)
+
+
+class _DiagonalKind(CovarianceKind):
+    """Shared maths of the variance types (diag, spherical): ``P = 1/σ``."""
+
+    def cholesky_factor(self, covariances):
+        return jnp.sqrt(covariances)
+
+    def precision_cholesky(self, covariances):
+        return jax.lax.rsqrt(covariances)
+
+    def covariances_from_precisions(self, precisions):
+        return 1.0 / precisions
+
+    def precisions_from_precision_cholesky(self, prec_chol, xp=jnp):
+        return prec_chol**2
+
+    def scatter(self, residuals, weighted_resp):
+        return jnp.einsum("kn,knd->kd", weighted_resp, residuals * residuals)
+
+    def _feature_variances(self, second_moments, counts, mean_offsets):
+        return second_moments / counts[:, None] - mean_offsets**2
+
+    def variances(self, covariances):
+        return covariances
+
+    def add_to_diagonal(self, covariances, value):
+        return covariances + value
+
+    def repair(self, cov, floor, finite_variances):
+        ok = jnp.isfinite(cov) & (cov > floor)
+        repaired = jnp.where(ok, cov, floor)
+        return repaired, ~self.per_covariance(ok, jnp.all)
+
+    def raw_log_diagonal(self, raw):
+        return raw
+
+    def with_raw_log_diagonal(self, raw, log_diagonal):
+        return log_diagonal
+
+    def assemble_precision_cholesky(self, raw, diagonal):
+        return diagonal
+
+    def raw_from_precision_cholesky(self, prec_chol):
+        return jnp.log(prec_chol)
+
+    def covariances_from_raw(self, raw, log_diagonal):
+        return jnp.exp(-2.0 * log_diagonal)
+
+    def factor_inverse(self, factor):
+        return 1.0 / factor
+
+    def unstandardize_raw(self, raw, frame_factor, log_diagonal):
+        return log_diagonal
+
+    def sklearn_precision_cholesky(self, covariances: np.ndarray) -> np.ndarray:
+        return 1.0 / np.sqrt(covariances)
+
+    def numpyro_components(self, ndist, means, scales):
+        return ndist.Normal(means, scales).to_event(1)
+
+    def distrax_components(self, distrax, means, scales):
+        return distrax.MultivariateNormalDiag(means, scale_diag=scales)
+
+
+class Full(_MatrixKind):
+    """``(K, D, D)``: one covariance matrix per component."""
+
+    name = "full"
+    component_ndim = 2
+
+    def shape(self, num_components, num_features):
+        return (num_components, num_features, num_features)
+
+    def num_parameters(self, num_components, num_features):
+        return num_components * num_features * (num_features + 1) // 2
+
+    def covariances_from_moments(self, second_moments, counts, mean_offsets):
+        cov = second_moments / counts[:, None, None] - mean_offsets[:, :, None] * mean_offsets[:, None, :]
+        return 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
+
+    def unstandardize_means(self, means, center, inverse):
+        return center + jnp.einsum("kd,kde->ke", means, inverse)
+
+    def sample_offsets(self, factor, onehot, noise):
+        transformed = jnp.einsum("kde,ne->knd", factor, noise)  # (K, n, D)
+        return jnp.einsum("nk,knd->nd", onehot, transformed)
+
+    def dense(self, covariances, num_components, num_features, xp=jnp):
+        return covariances
+
+
+class Tied(_MatrixKind):
+    """``(D, D)``: one covariance matrix shared by all components."""
+
+    name = "tied"
+    shared = True
+    component_ndim = None
+
+    def shape(self, num_components, num_features):
+        return (num_features, num_features)
+
+    def num_parameters(self, num_components, num_features):
+        return num_features * (num_features + 1) // 2
+
+    def _per_component_factors(self, prec_chol):
+        return jnp.broadcast_to(prec_chol, (1,) + prec_chol.shape)
+
+    def covariances_from_moments(self, second_moments, counts, mean_offsets):
+        within = second_moments - counts[:, None, None] * mean_offsets[:, :, None] * mean_offsets[:, None, :]
+        cov = jnp.sum(within, axis=0) / jnp.sum(counts)
+        return 0.5 * (cov + cov.T)
+
+    def largest_and_range(self, finite_variances, mean_range):  # (D,) variances shared by all components
+        return finite_variances, mean_range[0]
+
+    def unstandardize_means(self, means, center, inverse):
+        return center + means @ inverse
+
+    def sample_offsets(self, factor, onehot, noise):
+        return noise @ factor.T
+
+    def dense(self, covariances, num_components, num_features, xp=jnp):
+        return xp.array(xp.broadcast_to(covariances, (num_components, num_features, num_features)))
+
+    def component_scales(self, factor, means):  # (..., D, D) shared by all components
+        return jnp.broadcast_to(factor[..., None, :, :], means.shape + means.shape[-1:])
+
+
+class Diag(_DiagonalKind):
+    """``(K, D)``: one variance per component and feature."""
+
+    name = "diag"
+    component_ndim = 1
+
+    def shape(self, num_components, num_features):
+        return (num_components, num_features)
+
+    def num_parameters(self, num_components, num_features):
+        return num_components * num_features
+
+    def log_det_precision_cholesky(self, prec_chol, num_features: int):
+        return jnp.sum(jnp.log(prec_chol), axis=-1)
+
+    def whitened_squared_norms(self, residuals, prec_chol):
+        whitened = residuals * prec_chol[:, None, :]
+        return jnp.sum(whitened * whitened, axis=-1)
+
+    def diagonal_precisions(self, prec_chol, num_features: int):
+        return prec_chol**2
+
+    def covariances_from_moments(self, second_moments, counts, mean_offsets):
+        return self._feature_variances(second_moments, counts, mean_offsets)
+
+    def unstandardize_means(self, means, center, inverse):
+        return center + means * inverse
+
+    def sample_offsets(self, factor, onehot, noise):
+        return noise * (onehot @ factor)
+
+    def dense(self, covariances, num_components, num_features, xp=jnp):
+        return covariances[:, :, None] * xp.eye(num_features, dtype=covariances.dtype)[None]
+
+
+class Spherical(_DiagonalKind):
+    """``(K,)``: one variance per component, the same for every feature."""
+
+    name = "spherical"
+    component_ndim = 0
+    has_feature_axis = False
+
+    def shape(self, num_components, num_features):
+        return (num_components,)
+
+    def num_parameters(self, num_components, num_features):
+        return num_components
+
+    def log_det_precision_cholesky(self, prec_chol, num_features: int):
+        return num_features * jnp.log(prec_chol)
+
+    def whitened_squared_norms(self, residuals, prec_chol):
+        return jnp.sum(residuals * residuals, axis=-1) * (prec_chol**2)[:, None]
+
+    def diagonal_precisions(self, prec_chol, num_features: int):
+        squared = prec_chol**2
+        return jnp.broadcast_to(squared[:, None], (squared.shape[0], num_features))
+
+    def covariances_from_moments(self, second_moments, counts, mean_offsets):
+        return jnp.mean(self._feature_variances(second_moments, counts, mean_offsets), axis=-1)
+
+    def largest_and_range(self, finite_variances, mean_range):  # one variance per component: one spread
+        return jnp.max(finite_variances), jnp.max(mean_range)
+
+    def log_det_from_log_diagonal(self, log_diagonal, num_features: int):
+        return num_features * log_diagonal
+
+    def unstandardize_means(self, means, center, inverse):
+        return center + means * inverse[:, None]
+
+    def sample_offsets(self, factor, onehot, noise):
+        return noise * (onehot @ factor)[:, None]
+
+    def dense(self, covariances, num_components, num_features, xp=jnp):
+        return covariances[:, None, None] * xp.eye(num_features, dtype=covariances.dtype)[None]
+
+    def component_scales(self, factor, means):  # (..., K) one scale for all features
+        return jnp.broadcast_to(factor[..., None], means.shape)
+
+
+COVARIANCE_KINDS = {kind.name: kind for kind in (Full(), Tied(), Diag(), Spherical())}
+
+
+def covariance_kind(covariance_type: str) -> CovarianceKind:
+    """The :class:`CovarianceKind` of a covariance type's name (``"full"``, ...)."""
+    try:
+        return COVARIANCE_KINDS[covariance_type]
+    except (KeyError, TypeError):
+        raise ValueError(f"covariance_type must be one of {tuple(COVARIANCE_KINDS)}, got {covariance_type!r}.") \
+            from None
+
+
+# --------------------------------------------------------------------------- by name
+# The functional forms (by the type's name), as the rest of the library calls them.
+
+
+def cholesky_factor(covariances: jax.Array, covariance_type: str) -> jax.Array:
+    """Lower Cholesky factor ``L`` of each covariance (``cov = L Lᵀ``); square root for diag types."""
+    return covariance_kind(covariance_type).cholesky_factor(covariances)
+
+
+def precision_cholesky(covariances: jax.Array, covariance_type: str) -> jax.Array:
+    """Precision Cholesky factor of ``covariances``, same shape (scikit-learn's ``precisions_cholesky_``)."""
+    return covariance_kind(covariance_type).precision_cholesky(covariances)
+
+
+def covariances_from_precisions(precisions: jax.Array, covariance_type: str) -> jax.Array:
+    """Inverts precision matrices (or precisions) given in scikit-learn's ``precisions_init`` shapes."""
+    return covariance_kind(covariance_type).covariances_from_precisions(precisions)
 
 
 def precisions_from_precision_cholesky(prec_chol: jax.Array, covariance_type: str) -> jax.Array:
     """``P Pᵀ`` (or ``P²``): scikit-learn's ``precisions_`` from ``precisions_cholesky_``."""
-    if covariance_type in ("full", "tied"):
-        return prec_chol @ jnp.swapaxes(prec_chol, -1, -2)
-    return prec_chol**2
+    return covariance_kind(covariance_type).precisions_from_precision_cholesky(prec_chol)
 
 
 def log_det_precision_cholesky(prec_chol: jax.Array, covariance_type: str, num_features: int) -> jax.Array:
     """``log det P`` per component: ``(K,)``, or ``()`` for tied."""
-    if covariance_type in ("full", "tied"):
-        return jnp.sum(jnp.log(jnp.diagonal(prec_chol, axis1=-2, axis2=-1)), axis=-1)
-    if covariance_type == "diag":
-        return jnp.sum(jnp.log(prec_chol), axis=-1)
-    return num_features * jnp.log(prec_chol)
+    return covariance_kind(covariance_type).log_det_precision_cholesky(prec_chol, num_features)
 
 
 def whitened_squared_norms(residuals: jax.Array, prec_chol: jax.Array, covariance_type: str) -> jax.Array:
     """``‖(x_n - μ_k) P_k‖²`` for residuals ``(K, N, D)``; returns ``(K, N)``.
 
     The residual is formed before whitening (rather than ``x P - μ P``) so that data far
-    from the origin, or components far apart, lose no digits in float32.
+    from the origin, or components far apart, lose no digits in float32. Up to
+    :data:`SMALL_FEATURES` features, full and tied factors are applied feature by feature.
     """
-    num_features = residuals.shape[-1]
-    if covariance_type in ("full", "tied") and num_features <= SMALL_FEATURES:
-        columns = _feature_columns(residuals)  # D × (K, N)
-        factor = prec_chol if covariance_type == "full" else jnp.broadcast_to(prec_chol, (1,) + prec_chol.shape)
-        total = 0.0
-        for e in range(num_features):  # P is upper triangular: column e mixes features d <= e
-            whitened_e = sum(columns[d] * factor[:, d, e][:, None] for d in range(e + 1))
-            total = total + whitened_e * whitened_e
-        return total
-    if covariance_type == "full":
-        whitened = jnp.matmul(residuals, prec_chol)  # (K,N,D) @ (K,D,D): one batched GEMM
-    elif covariance_type == "tied":
-        whitened = jnp.matmul(residuals, prec_chol)
-    elif covariance_type == "diag":
-        whitened = residuals * prec_chol[:, None, :]
-    else:
-        return jnp.sum(residuals * residuals, axis=-1) * (prec_chol**2)[:, None]
-    return jnp.sum(whitened * whitened, axis=-1)
+    return covariance_kind(covariance_type).whitened_squared_norms(residuals, prec_chol)
 
 
 def scatter(residuals: jax.Array, weighted_resp: jax.Array, covariance_type: str) -> jax.Array:
@@ -103,17 +620,7 @@ def scatter(residuals: jax.Array, weighted_resp: jax.Array, covariance_type: str
 
     Returns ``(K, D, D)`` for full/tied (one batched GEMM) and ``(K, D)`` for diag/spherical.
     """
-    num_features = residuals.shape[-1]
-    if covariance_type in ("full", "tied") and num_features <= SMALL_FEATURES:
-        columns = _feature_columns(residuals)
-        weighted = [column * weighted_resp for column in columns]
-        entries = {(d, e): jnp.sum(weighted[d] * columns[e], axis=-1)
-                   for d in range(num_features) for e in range(d, num_features)}
-        return jnp.stack([jnp.stack([entries[min(d, e), max(d, e)] for e in range(num_features)], axis=-1)
-                          for d in range(num_features)], axis=-2)
-    if covariance_type in ("full", "tied"):
-        return jnp.matmul(jnp.swapaxes(residuals * weighted_resp[..., None], -1, -2), residuals)
-    return jnp.einsum("kn,knd->kd", weighted_resp, residuals * residuals)
+    return covariance_kind(covariance_type).scatter(residuals, weighted_resp)
 
 
 def weighted_sums(residuals: jax.Array, weighted_resp: jax.Array) -> jax.Array:
@@ -135,24 +642,12 @@ def covariances_from_moments(
       mean_offsets: ``(K, D)`` ``μ_k - c_k``, small because the shift is the previous mean.
       covariance_type: the covariance type.
     """
-    if covariance_type == "full":
-        cov = second_moments / counts[:, None, None] - mean_offsets[:, :, None] * mean_offsets[:, None, :]
-        return 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
-    if covariance_type == "tied":
-        within = second_moments - counts[:, None, None] * mean_offsets[:, :, None] * mean_offsets[:, None, :]
-        cov = jnp.sum(within, axis=0) / jnp.sum(counts)
-        return 0.5 * (cov + cov.T)
-    variances = second_moments / counts[:, None] - mean_offsets**2
-    if covariance_type == "diag":
-        return variances
-    return jnp.mean(variances, axis=-1)
+    return covariance_kind(covariance_type).covariances_from_moments(second_moments, counts, mean_offsets)
 
 
 def _variances(covariances: jax.Array, covariance_type: str) -> jax.Array:
     """Per-feature variances: ``(K, D)`` (full, diag), ``(D,)`` (tied), ``(K,)`` (spherical)."""
-    if covariance_type in ("full", "tied"):
-        return jnp.diagonal(covariances, axis1=-2, axis2=-1)
-    return covariances
+    return covariance_kind(covariance_type).variances(covariances)
 
 
 def regularize_covariances(covariances: jax.Array, reg_covar: jax.Array, covariance_type: str,
@@ -179,54 +674,26 @@ def regularize_covariances(covariances: jax.Array, reg_covar: jax.Array, covaria
       ``(covariances, repaired)``: the regularised covariances and a boolean per covariance
       (``(K,)``, or ``()`` for tied) that is true where the repair was needed.
     """
+    kind = covariance_kind(covariance_type)
     eps = jnp.finfo(covariances.dtype).eps
-    cov = covariances + reg_covar * _eye_like(covariances) if covariance_type in ("full", "tied") \
-        else covariances + reg_covar
+    cov = kind.add_to_diagonal(covariances, reg_covar)
 
-    variances = _variances(cov, covariance_type)
+    variances = kind.variances(cov)
     finite_variances = jnp.where(jnp.isfinite(variances), variances, 0.0)
     mean_range = jnp.ptp(means, axis=0, keepdims=True)  # (1, D)
-    if covariance_type == "spherical":  # one variance per component: one spread for all features
-        largest, mean_range = jnp.max(finite_variances), jnp.max(mean_range)
-    elif covariance_type == "tied":  # (D,) variances shared by all components
-        largest, mean_range = finite_variances, mean_range[0]
-    else:  # (K, D): per feature, across components
-        largest = jnp.max(finite_variances, axis=0, keepdims=True)
+    largest, mean_range = kind.largest_and_range(finite_variances, mean_range)
     spread = largest + jnp.where(jnp.isfinite(mean_range), mean_range, 0.0) ** 2
     # sqrt(tiny) keeps the floor a normal number (XLA flushes subnormals to zero) whose
     # reciprocal cannot overflow, for data whose spread is zero or itself tiny.
     floor = jnp.maximum(10 * eps**2 * spread, jnp.sqrt(jnp.finfo(cov.dtype).tiny))
-
-    if covariance_type in ("full", "tied"):
-        reference = jnp.maximum(finite_variances, floor)
-        lower = jnp.linalg.cholesky(cov)
-        pivots = jnp.diagonal(lower, axis1=-2, axis2=-1) ** 2  # variance not explained by earlier features
-        ok = jnp.all(jnp.isfinite(lower), axis=(-2, -1)) & jnp.all(pivots > 10 * eps * reference, axis=-1)
-        eye = _eye_like(cov)
-        repaired = cov + (_JITTER_EPS * eps * reference)[..., None, :] * eye
-        # Last resort (non-finite moments): independent features at the reference variances.
-        fallback = reference[..., None, :] * eye
-        repaired_ok = jnp.all(jnp.isfinite(jnp.linalg.cholesky(repaired)), axis=(-2, -1))
-        repaired = jnp.where(repaired_ok[..., None, None], repaired, fallback)
-        return jnp.where(ok[..., None, None], cov, repaired), ~ok
-    ok = jnp.isfinite(cov) & (cov > floor)
-    repaired = jnp.where(ok, cov, floor)
-    ok_per_component = ok if covariance_type == "spherical" else jnp.all(ok, axis=-1)
-    return repaired, ~ok_per_component
+    return kind.repair(cov, floor, finite_variances)
 
 
 def num_covariance_parameters(num_components: int, num_features: int, covariance_type: str) -> int:
     """Free parameters in the covariances, as scikit-learn counts them."""
-    k, d = num_components, num_features
-    return {
-        "full": k * d * (d + 1) // 2,
-        "tied": d * (d + 1) // 2,
-        "diag": k * d,
-        "spherical": k,
-    }[covariance_type]
+    return covariance_kind(covariance_type).num_parameters(num_components, num_features)
 
 
 def covariance_shape(num_components: int, num_features: int, covariance_type: str) -> tuple:
     """scikit-learn's covariance shape for the type."""
-    k, d = num_components, num_features
-    return {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
+    return covariance_kind(covariance_type).shape(num_components, num_features)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +14,12 @@ from gmmjax._covariance import log_det_precision_cholesky, precision_cholesky, w
 from gmmjax._params import GMMParams
 
 
-class ComponentTerms(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class ComponentTerms:
     """What a pass over the data needs from the parameters, computed once per pass.
+
+    A pytree like :class:`GMMParams`: the arrays are leaves, ``covariance_type`` is static
+    metadata, so the terms pass through ``jit``, ``vmap`` and ``lax`` loops as they are.
 
     Attributes:
       means: ``(K, D)``.
@@ -28,6 +32,13 @@ class ComponentTerms(NamedTuple):
     prec_chol: jax.Array
     log_scale: jax.Array
     covariance_type: str
+
+
+jax.tree_util.register_dataclass(
+    ComponentTerms,
+    data_fields=["means", "prec_chol", "log_scale"],
+    meta_fields=["covariance_type"],
+)
 
 
 def component_terms(params: GMMParams) -> ComponentTerms:

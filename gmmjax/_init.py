@@ -114,7 +114,11 @@ def _sequential_seeding(key, X, num_components, sample_weight, distance_weighted
     return centers
 
 
-def kmeans_plusplus(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax.Array, *,
+def _ones_if_none(X: jax.Array, sample_weight: jax.Array | None) -> jax.Array:
+    return jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
+
+
+def kmeans_plusplus(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax.Array | None = None, *,
                     num_active=None) -> jax.Array:
     """k-means++ seeding: ``(K, D)`` centers drawn from the data ``(N, D)``.
 
@@ -122,12 +126,13 @@ def kmeans_plusplus(key: jax.Array, X: jax.Array, num_components: int, sample_we
     distance to the nearest center already chosen. With ``num_active`` (an int, may be
     traced), only the first ``num_active`` centers are drawn, the same as
     ``kmeans_plusplus(key, X, num_active, ...)`` draws; the others repeat center 0.
+    ``sample_weight`` ``None`` means ones.
     """
-    return _sequential_seeding(key, X, num_components, sample_weight, distance_weighted=True,
+    return _sequential_seeding(key, X, num_components, _ones_if_none(X, sample_weight), distance_weighted=True,
                                num_active=num_active)
 
 
-def kmeans(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax.Array,
+def kmeans(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax.Array | None = None,
            max_steps: int = KMEANS_MAX_STEPS, *, chunk_size: int | None = None, num_active=None) -> jax.Array:
     """k-means++ seeding followed by weighted Lloyd steps; returns ``(K, D)`` centers.
 
@@ -135,7 +140,9 @@ def kmeans(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax
     chunked pass over ``X`` (memory ``O(chunk_size · K · D)``). With ``num_active`` (an int,
     may be traced), only the first ``num_active`` centers are seeded and receive points (as
     ``kmeans(key, X, num_active, ...)``); the others stay at center 0's seed.
+    ``sample_weight`` ``None`` means ones.
     """
+    sample_weight = _ones_if_none(X, sample_weight)
     centers = kmeans_plusplus(key, X, num_components, sample_weight, num_active=num_active)
     chunk = resolve_chunk_size(chunk_size, X.shape[0], num_components, X.shape[1], X.dtype)
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmmjax import _validation as v
-from gmmjax._covariance import cholesky_factor
+from gmmjax._covariance import cholesky_factor, covariance_kind
 from gmmjax._params import GMMParams, check_covariance_type
 
 
@@ -48,14 +48,7 @@ def _sklearn_gaussian_mixture():
 def _sklearn_precision_cholesky(covariances: np.ndarray, covariance_type: str) -> np.ndarray:
     """scikit-learn's ``precisions_cholesky_`` from covariances, in float64 NumPy (as scikit-learn
     computes it), so that the converted model predicts with scikit-learn's own numbers."""
-    if covariance_type in ("full", "tied"):
-        from scipy.linalg import solve_triangular  # scikit-learn depends on scipy
-
-        matrices = covariances.reshape((-1,) + covariances.shape[-2:])
-        eye = np.eye(covariances.shape[-1])
-        factors = [solve_triangular(np.linalg.cholesky(c), eye, lower=True).T for c in matrices]
-        return np.stack(factors).reshape(covariances.shape)
-    return 1.0 / np.sqrt(covariances)
+    return covariance_kind(covariance_type).sklearn_precision_cholesky(covariances)
 
 
 def params_to_sklearn(params: GMMParams, **gaussian_mixture_kwargs):
@@ -93,10 +86,7 @@ def params_to_sklearn(params: GMMParams, **gaussian_mixture_kwargs):
     gm.means_ = np.asarray(params.means, np.float64)
     gm.covariances_ = covariances
     gm.precisions_cholesky_ = prec_chol
-    if covariance_type in ("full", "tied"):
-        gm.precisions_ = prec_chol @ np.swapaxes(prec_chol, -1, -2)
-    else:
-        gm.precisions_ = prec_chol**2
+    gm.precisions_ = covariance_kind(covariance_type).precisions_from_precision_cholesky(prec_chol, xp=np)
     gm.n_features_in_ = params.num_features
     gm.converged_, gm.n_iter_, gm.lower_bound_ = True, 0, -np.inf
     return gm
@@ -199,13 +189,8 @@ def sklearn_not_fitted_error_type(gmmjax_not_fitted_error: type, reconstruct) ->
 def _component_scales(params: GMMParams):
     """Lower Cholesky factors ``(..., K, D, D)`` (full, tied) or standard deviations
     ``(..., K, D)`` (diag, spherical), broadcast to one per component."""
-    means = params.means
     factor = cholesky_factor(params.covariances, params.covariance_type)
-    if params.covariance_type == "tied":  # (..., D, D) shared by all components
-        return jnp.broadcast_to(factor[..., None, :, :], means.shape + means.shape[-1:])
-    if params.covariance_type == "spherical":  # (..., K) one scale for all features
-        return jnp.broadcast_to(factor[..., None], means.shape)
-    return factor
+    return covariance_kind(params.covariance_type).component_scales(factor, params.means)
 
 
 def to_numpyro(params: GMMParams):
@@ -228,11 +213,8 @@ def to_numpyro(params: GMMParams):
     """
     params = _check_params(params)
     ndist = _require("numpyro.distributions", "numpyro", "numpyro", "to_numpyro")
-    scales = _component_scales(params)
-    if params.covariance_type in ("full", "tied"):
-        components = ndist.MultivariateNormal(params.means, scale_tril=scales)
-    else:
-        components = ndist.Normal(params.means, scales).to_event(1)
+    components = covariance_kind(params.covariance_type).numpyro_components(ndist, params.means,
+                                                                           _component_scales(params))
     return ndist.MixtureSameFamily(ndist.Categorical(probs=params.weights), components)
 
 
@@ -255,9 +237,6 @@ def to_distrax(params: GMMParams):
     """
     params = _check_params(params)
     distrax = _require("distrax", "distrax", "distrax", "to_distrax")
-    scales = _component_scales(params)
-    if params.covariance_type in ("full", "tied"):
-        components = distrax.MultivariateNormalTri(params.means, scale_tri=scales)
-    else:
-        components = distrax.MultivariateNormalDiag(params.means, scale_diag=scales)
+    components = covariance_kind(params.covariance_type).distrax_components(distrax, params.means,
+                                                                           _component_scales(params))
     return distrax.MixtureSameFamily(distrax.Categorical(probs=params.weights), components)

@@ -8,7 +8,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from gmmjax._names import COVARIANCE_TYPES  # jax-free, for the command line
+from gmmjax._covariance import COVARIANCE_KINDS
+
+# The covariance types' names, in the order of gmmjax._covariance.COVARIANCE_KINDS (one
+# class per type there): ("full", "tied", "diag", "spherical"). gmmjax._names repeats them
+# for the JAX-free command line (tests/test_covariance_kinds.py checks that they agree).
+COVARIANCE_TYPES = tuple(COVARIANCE_KINDS)
 
 
 def check_covariance_type(covariance_type: Any) -> str:

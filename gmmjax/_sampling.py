@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmmjax import _validation as v
-from gmmjax._covariance import cholesky_factor
+from gmmjax._covariance import cholesky_factor, covariance_kind
 from gmmjax._params import GMMParams, check_covariance_type
 
 DEFAULT_KEY_SEED = 0
@@ -36,15 +36,7 @@ def sample(key: jax.Array, params: GMMParams, num_samples: int):
     noise = jax.random.normal(noise_key, (num_samples, num_features), dtype)
     factor = cholesky_factor(params.covariances, params.covariance_type)
     onehot = jax.nn.one_hot(labels, num_components, dtype=dtype)  # (n, K)
-    if params.covariance_type == "full":
-        transformed = jnp.einsum("kde,ne->knd", factor, noise)  # (K, n, D)
-        offsets = jnp.einsum("nk,knd->nd", onehot, transformed)
-    elif params.covariance_type == "tied":
-        offsets = noise @ factor.T
-    elif params.covariance_type == "diag":
-        offsets = noise * (onehot @ factor)
-    else:
-        offsets = noise * (onehot @ factor)[:, None]
+    offsets = covariance_kind(params.covariance_type).sample_offsets(factor, onehot, noise)
     return onehot @ params.means + offsets, labels.astype(jnp.int32)
 
 

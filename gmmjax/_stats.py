@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
-from gmmjax._covariance import covariances_from_moments, regularize_covariances, scatter, weighted_sums
+from gmmjax._covariance import (covariance_kind, covariances_from_moments, regularize_covariances, scatter,
+                                weighted_sums)
 from gmmjax._chunks import resolve_chunk_size, sum_over_chunks
 from gmmjax._density import ComponentTerms, component_terms, log_joint_from_residuals, residuals_about
 from gmmjax._params import GMMParams
@@ -89,12 +90,30 @@ _EXPANDED_LIMIT = 1e-3
 _EXACT_SLOTS = 4
 
 
+@jax.custom_batching.custom_vmap
+def uniform_branch(index: jax.Array) -> jax.Array:
+    """``index`` itself; under ``vmap``, the largest index of the batch, for every lane.
+
+    A ``lax.switch`` on a batched index runs *every* branch for every lane and selects per
+    lane. Where a larger index is a more exact choice that is also correct for the lanes
+    that would take a smaller one (as the E-step's forms below), taking the batch's maximum
+    keeps the index unbatched, so one branch runs for the whole batch (equinox's "unvmap
+    max" rule). The rule calls the function again, so nested ``vmap``s (and the vmapped
+    body of :func:`gmmjax._loops.compacting_while_loop`) reduce over every batch axis.
+    """
+    return index
+
+
+@uniform_branch.def_vmap
+def _uniform_branch_vmap(axis_size, in_batched, index):
+    del axis_size
+    (batched,) = in_batched
+    return uniform_branch(jnp.max(index) if batched else index), False
+
+
 def _diagonal_precisions(terms: ComponentTerms, num_features: int) -> jax.Array:
     """``(K, D)`` precisions ``1/σ²_kd`` of diag or spherical components."""
-    squared = terms.prec_chol**2
-    if terms.covariance_type == "spherical":
-        return jnp.broadcast_to(squared[:, None], (squared.shape[0], num_features))
-    return squared
+    return covariance_kind(terms.covariance_type).diagonal_precisions(terms.prec_chol, num_features)
 
 
 def _expanded_e_step(terms: ComponentTerms, center: jax.Array, exact: jax.Array, X, sample_weight, chunk: int):
@@ -153,8 +172,9 @@ def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = No
     chunk about the weighted mean of the means, computing the four components farthest from
     it (in their own standard deviations) exactly from residuals, while that is accurate
     for all others (each within ≈90 of its own standard deviations in float32); otherwise
-    the exact residual form runs for all (chosen per pass with ``lax.cond``; under ``vmap``
-    both run).
+    the exact residual form runs for all (chosen per pass with ``lax.switch``; under ``vmap``
+    one form runs for the whole batch: the most exact one any lane needs, see
+    :func:`uniform_branch`).
 
     Args:
       params: current parameters.
@@ -175,7 +195,7 @@ def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = No
                                X, sample_weight, chunk)
 
     num_components, num_features = params.num_components, params.num_features
-    if params.covariance_type in ("full", "tied"):
+    if covariance_kind(params.covariance_type).matrix:
         return residual_pass()
     weights = params.weights / jnp.sum(params.weights)
     center = weights @ params.means
@@ -189,6 +209,8 @@ def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = No
     # 0: the expanded form is accurate for every component; 1: for all but the `slots`
     # worst, which are computed exactly; 2: neither, the exact residual form for all.
     branch = jnp.where(worst[0] <= limit, 0, jnp.where(worst[slots] <= limit, 1, 2))
+    # Under vmap, one branch for the whole batch: the most exact one any lane needs.
+    branch = uniform_branch(branch)
 
     def expanded(exact):
         # Temporaries (c, 2D + K + S·D) rather than (K, c, D): the same memory holds more rows.
@@ -269,7 +291,7 @@ def m_step_with_diagnostics(stats: SufficientStats, shift: jax.Array, reg_covar,
         # the means) as it is without them; a weight of exactly 0 keeps them out of E-steps.
         counts = jnp.where(active, counts, 0.0)
         means = _where_active(active, means)
-        if stats.covariance_type != "tied":
+        if not covariance_kind(stats.covariance_type).shared:
             raw_cov = _where_active(active, raw_cov)
     covariances, repaired = regularize_covariances(raw_cov, jnp.asarray(reg_covar, dtype), stats.covariance_type,
                                                    means)

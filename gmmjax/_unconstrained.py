@@ -34,11 +34,10 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 
 from gmmjax._chunks import map_over_chunks, resolve_chunk_size
-from gmmjax._covariance import precision_cholesky
+from gmmjax._covariance import _on_diagonal, covariance_kind  # noqa: F401 (_on_diagonal: for _gradient)
 from gmmjax._density import ComponentTerms, log_joint_from_residuals, residuals_about
 from gmmjax._params import GMMParams, MixtureParamsBase
 
@@ -74,21 +73,6 @@ jax.tree_util.register_dataclass(
 )
 
 
-def _is_matrix(covariance_type: str) -> bool:
-    return covariance_type in ("full", "tied")
-
-
-def _diagonal_mask(matrices: jax.Array) -> jax.Array:
-    """Boolean identity matrices of ``matrices``' shape (explicit broadcast over batch axes)."""
-    return jnp.broadcast_to(jnp.eye(matrices.shape[-1], dtype=bool), matrices.shape)
-
-
-def _on_diagonal(matrices: jax.Array, diagonal: jax.Array, off_diagonal) -> jax.Array:
-    """``diagonal`` (``(..., D)``) on the diagonal of ``matrices``' shape, ``off_diagonal`` elsewhere."""
-    return jnp.where(_diagonal_mask(matrices), jnp.broadcast_to(diagonal[..., None, :], matrices.shape),
-                     off_diagonal)
-
-
 def log_diagonal_bound(dtype) -> float:
     """``B = −log(tiny)/4``: stored log-diagonal entries are clipped to ``[−B, B]``."""
     return -math.log(float(jnp.finfo(dtype).tiny)) / 4.0
@@ -96,16 +80,13 @@ def log_diagonal_bound(dtype) -> float:
 
 def raw_log_diagonal(u: UnconstrainedParams) -> jax.Array:
     """The stored log-diagonal of ``P`` (unclipped): ``(K, D)`` full/diag, ``(D,)`` tied, ``(K,)`` spherical."""
-    raw = u.raw_precision_cholesky
-    return jnp.diagonal(raw, axis1=-2, axis2=-1) if _is_matrix(u.covariance_type) else raw
+    return covariance_kind(u.covariance_type).raw_log_diagonal(u.raw_precision_cholesky)
 
 
 def with_raw_log_diagonal(u: UnconstrainedParams, log_diagonal: jax.Array) -> UnconstrainedParams:
     """``u`` with the stored log-diagonal of ``P`` replaced (shape as :func:`raw_log_diagonal`)."""
-    if not _is_matrix(u.covariance_type):
-        return u.replace(raw_precision_cholesky=log_diagonal)
-    raw = u.raw_precision_cholesky
-    return u.replace(raw_precision_cholesky=_on_diagonal(raw, log_diagonal, raw))
+    kind = covariance_kind(u.covariance_type)
+    return u.replace(raw_precision_cholesky=kind.with_raw_log_diagonal(u.raw_precision_cholesky, log_diagonal))
 
 
 def _clipped_log_diagonal(u: UnconstrainedParams) -> jax.Array:
@@ -115,11 +96,8 @@ def _clipped_log_diagonal(u: UnconstrainedParams) -> jax.Array:
 
 def precision_cholesky_from_unconstrained(u: UnconstrainedParams) -> jax.Array:
     """The precision Cholesky factor ``P`` (scikit-learn's ``precisions_cholesky_``) of ``u``."""
-    log_diagonal = _clipped_log_diagonal(u)
-    if not _is_matrix(u.covariance_type):
-        return jnp.exp(log_diagonal)
-    raw = u.raw_precision_cholesky
-    return _on_diagonal(raw, jnp.exp(log_diagonal), jnp.triu(raw, 1))
+    kind = covariance_kind(u.covariance_type)
+    return kind.assemble_precision_cholesky(u.raw_precision_cholesky, jnp.exp(_clipped_log_diagonal(u)))
 
 
 def to_unconstrained(params: GMMParams) -> UnconstrainedParams:
@@ -149,12 +127,8 @@ def to_unconstrained(params: GMMParams) -> UnconstrainedParams:
     weights = params.weights
     finfo = jnp.finfo(weights.dtype)
     logits = jnp.where(weights > 0, jnp.log(jnp.maximum(weights, finfo.tiny)), finfo.min / 8)
-    prec_chol = precision_cholesky(params.covariances, params.covariance_type)
-    if _is_matrix(params.covariance_type):
-        log_diagonal = jnp.log(jnp.diagonal(prec_chol, axis1=-2, axis2=-1))
-        raw = _on_diagonal(prec_chol, log_diagonal, jnp.triu(prec_chol, 1))
-    else:
-        raw = jnp.log(prec_chol)
+    kind = covariance_kind(params.covariance_type)
+    raw = kind.raw_from_precision_cholesky(kind.precision_cholesky(params.covariances))
     return UnconstrainedParams(logits, params.means, raw, params.covariance_type)
 
 
@@ -173,14 +147,8 @@ def from_unconstrained(u: UnconstrainedParams) -> GMMParams:
       :class:`GMMParams` in ``u``'s dtype.
     """
     weights = jax.nn.softmax(u.logits, axis=-1)
-    if _is_matrix(u.covariance_type):
-        prec_chol = precision_cholesky_from_unconstrained(u)
-        eye = jnp.broadcast_to(jnp.eye(prec_chol.shape[-1], dtype=prec_chol.dtype), prec_chol.shape)
-        inverse = solve_triangular(prec_chol, eye, lower=False)  # P⁻¹, upper triangular
-        covariances = jnp.swapaxes(inverse, -1, -2) @ inverse
-        covariances = 0.5 * (covariances + jnp.swapaxes(covariances, -1, -2))
-    else:
-        covariances = jnp.exp(-2.0 * _clipped_log_diagonal(u))
+    covariances = covariance_kind(u.covariance_type).covariances_from_raw(u.raw_precision_cholesky,
+                                                                          _clipped_log_diagonal(u))
     return GMMParams(weights, u.means, covariances, u.covariance_type)
 
 
@@ -192,11 +160,7 @@ def component_terms_from_unconstrained(u: UnconstrainedParams) -> ComponentTerms
     ``component_terms(from_unconstrained(u))`` up to rounding.
     """
     num_features = u.num_features
-    log_diagonal = _clipped_log_diagonal(u)
-    if u.covariance_type == "spherical":
-        log_det = num_features * log_diagonal
-    else:
-        log_det = jnp.sum(log_diagonal, axis=-1)  # (K,), or () for tied
+    log_det = covariance_kind(u.covariance_type).log_det_from_log_diagonal(_clipped_log_diagonal(u), num_features)
     log_scale = jax.nn.log_softmax(u.logits, axis=-1) + log_det - 0.5 * num_features * math.log(2.0 * math.pi)
     return ComponentTerms(u.means, precision_cholesky_from_unconstrained(u), log_scale, u.covariance_type)
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmmjax._covariance import covariance_shape
+from gmmjax._covariance import covariance_kind, covariance_shape
 from gmmjax._params import check_covariance_type
 
 
@@ -215,10 +215,10 @@ def check_covariance_like(name: str, value, num_components: int, num_features: i
     if is_traced(value):
         return value
     arr = _concrete(name, value, covariance_shape(num_components, num_features, covariance_type))
-    if covariance_type in ("full", "tied"):
+    if covariance_kind(covariance_type).matrix:
         mats = arr.reshape((-1, num_features, num_features))
         for k, mat in enumerate(mats):
-            where = f" (component {k})" if covariance_type == "full" else ""
+            where = "" if covariance_kind(covariance_type).shared else f" (component {k})"
             if not np.allclose(mat, mat.T, rtol=1e-5, atol=1e-8 * max(1.0, np.abs(mat).max())):
                 raise ValueError(f"{name}{where} must be a symmetric matrix.")
             try:

@@ -33,6 +33,7 @@ from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 from gmmjax import _validation as v
+from gmmjax._covariance import covariance_kind
 from gmmjax._estimator import GaussianMixtureModel, _responsibilities
 from gmmjax._driver import FitResult
 from gmmjax._model_selection import CRITERIA, SelectionResult
@@ -82,15 +83,8 @@ def _mixture_params(model_or_params) -> GMMParams:
 
 def _full_covariances(params: GMMParams) -> np.ndarray:
     """The covariance of every component as a ``(K, D, D)`` float64 NumPy array, whatever the type."""
-    k, d = params.num_components, params.num_features
     cov = np.asarray(params.covariances, np.float64)
-    if params.covariance_type == "full":
-        return cov
-    if params.covariance_type == "tied":
-        return np.broadcast_to(cov, (k, d, d)).copy()
-    if params.covariance_type == "diag":
-        return cov[:, :, None] * np.eye(d)
-    return cov[:, None, None] * np.eye(d)
+    return covariance_kind(params.covariance_type).dense(cov, params.num_components, params.num_features, xp=np)
 
 
 def _principal_axes(covariance: np.ndarray):
