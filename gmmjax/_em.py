@@ -26,7 +26,6 @@ from gmmjax._driver import (
 from gmmjax._implicit import attach_fixed_point
 from gmmjax._loops import compacting_while_loop
 from gmmjax._options import FitOptions, fit_options
-from gmmjax._params import GMMParams
 from gmmjax._progress import DEFAULT_VERBOSE_INTERVAL, check_verbose, report_em_step
 from gmmjax._stats import _em_step_with_diagnostics
 

@@ -41,23 +41,21 @@ Stability (no NaN, whatever the optimizer does):
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.scipy.linalg import solve_triangular
 
 from gmmjax import _validation as v
 from gmmjax._chunks import sum_over_chunks
+from gmmjax._covariance import covariance_kind
 from gmmjax._density import log_joint_from_residuals, residuals_about
 from gmmjax._driver import FitResult, FitState, call_compiled, check_fit_inputs, compiled, initial_params, run_restarts
 from gmmjax._options import FitOptions, fit_options
 from gmmjax._stats import _weighted_posteriors, total_weight
 from gmmjax._unconstrained import (
     UnconstrainedParams,
-    _on_diagonal,
     component_terms_from_unconstrained,
     from_unconstrained,
     log_diagonal_bound,
@@ -102,12 +100,7 @@ class Frame(NamedTuple):
 def component_frame(u: UnconstrainedParams) -> Frame:
     """The :class:`Frame` of the starting parameters ``u`` (one triangular solve per matrix, once)."""
     factor = precision_cholesky_from_unconstrained(u)
-    if u.covariance_type in ("full", "tied"):
-        eye = jnp.broadcast_to(jnp.eye(factor.shape[-1], dtype=factor.dtype), factor.shape)
-        inverse = solve_triangular(factor, eye, lower=False)
-    else:
-        inverse = 1.0 / factor
-    return Frame(u.means, factor, inverse, raw_log_diagonal(u))
+    return Frame(u.means, factor, covariance_kind(u.covariance_type).factor_inverse(factor), raw_log_diagonal(u))
 
 
 def standard_start(u: UnconstrainedParams) -> UnconstrainedParams:
@@ -118,19 +111,11 @@ def standard_start(u: UnconstrainedParams) -> UnconstrainedParams:
 
 def unstandardize(u: UnconstrainedParams, frame: Frame) -> UnconstrainedParams:
     """Parameters in the data's coordinates from parameters in ``frame`` (``O(K·D³)``, no solve)."""
-    covariance_type = u.covariance_type
+    kind = covariance_kind(u.covariance_type)
     log_diagonal = frame.log_diagonal + raw_log_diagonal(u)
-    if covariance_type in ("diag", "spherical"):
-        inverse = frame.inverse if covariance_type == "diag" else frame.inverse[:, None]
-        return u.replace(means=frame.center + u.means * inverse, raw_precision_cholesky=log_diagonal)
-    offsets = u.means @ frame.inverse if covariance_type == "tied" else jnp.einsum("kd,kde->ke", u.means,
-                                                                                   frame.inverse)
-    raw = u.raw_precision_cholesky
-    # T itself (no clip: the projection of the fit keeps its diagonal in range); only the
-    # strictly upper part of F·T is kept, its log-diagonal is the sum of the logs.
-    fitted = _on_diagonal(raw, jnp.exp(raw_log_diagonal(u)), jnp.triu(raw, 1))
-    return with_raw_log_diagonal(u.replace(means=frame.center + offsets, raw_precision_cholesky=frame.factor @ fitted),
-                                 log_diagonal)
+    return u.replace(means=kind.unstandardize_means(u.means, frame.center, frame.inverse),
+                     raw_precision_cholesky=kind.unstandardize_raw(u.raw_precision_cholesky, frame.factor,
+                                                                   log_diagonal))
 
 
 def log_diagonal_limits(frame: Frame, reg_covar, dtype):
@@ -182,22 +167,29 @@ def _optimized_coordinates(u: UnconstrainedParams):
     is ignored; its gradient is always zero, and such dead coordinates break derivatives
     *through* the fit (Adam's ``√ν`` at ``ν = 0`` has an infinite derivative: 0·∞ = NaN in,
     e.g., the gradient with respect to ``sample_weight``). The optimizer therefore sees only
-    the upper triangle, ``(…, D(D+1)/2)``; the fit itself is unchanged.
+    the used entries (:meth:`~gmmjax._covariance.CovarianceKind.pack_raw`); the fit itself is
+    unchanged.
     """
-    if u.covariance_type not in ("full", "tied"):
-        return (lambda tree: tree), (lambda tree: tree)
-    num_features = u.num_features
-    rows, cols = np.triu_indices(num_features)
+    kind, num_features = covariance_kind(u.covariance_type), u.num_features
 
     def pack(tree):
-        return tree.replace(raw_precision_cholesky=tree.raw_precision_cholesky[..., rows, cols])
+        return tree.replace(raw_precision_cholesky=kind.pack_raw(tree.raw_precision_cholesky))
 
     def unpack(tree):
-        packed = tree.raw_precision_cholesky
-        square = jnp.zeros(packed.shape[:-1] + (num_features, num_features), packed.dtype)
-        return tree.replace(raw_precision_cholesky=square.at[..., rows, cols].set(packed))
+        return tree.replace(raw_precision_cholesky=kind.unpack_raw(tree.raw_precision_cholesky, num_features))
 
     return pack, unpack
+
+
+class _StepCarry(NamedTuple):
+    """The carry of the gradient fit's scan."""
+
+    coordinates: UnconstrainedParams  # the optimizer's (packed) coordinates
+    opt_state: Any
+    converged: jax.Array  # () bool: tol met (stops updating)
+    n_iter: jax.Array  # () int32: steps taken
+    previous: jax.Array  # () the mean log-likelihood before the last step
+    collapsed: jax.Array  # (K,) bool
 
 
 def _all_finite(tree) -> jax.Array:
@@ -254,8 +246,8 @@ def run_gradient(u_std: UnconstrainedParams, frame: Frame, X, sample_weight, key
         return total / weight_sum, jax.tree_util.tree_map(lambda g: -g / weight_sum, gradient), loss_of
 
 
-    def take_step(carry, step):
-        coordinates, opt_state, _, n_iter, previous, collapsed = carry
+    def take_step(carry: _StepCarry, step):
+        coordinates, opt_state = carry.coordinates, carry.opt_state
         u = unpack(coordinates)
         mean_ll, loss_gradient, loss_of = objective_and_gradient(u, step)
         loss_gradient = pack(loss_gradient)
@@ -269,34 +261,31 @@ def run_gradient(u_std: UnconstrainedParams, frame: Frame, X, sample_weight, key
         new_u = with_raw_log_diagonal(stepped, jnp.clip(log_diagonal, low, high))
         finite = jnp.isfinite(mean_ll) & _all_finite(loss_gradient) & _all_finite(new_u)
         keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(finite, a, b), new, old)
-        # per component: (K, D) -> (K,); tied: one covariance for all; spherical: (K,) already
-        hit = {"full": lambda h: jnp.any(h, axis=-1), "diag": lambda h: jnp.any(h, axis=-1),
-               "tied": jnp.any, "spherical": lambda h: h}[u.covariance_type](hit_floor)
-        collapsed = collapsed | (finite & jnp.broadcast_to(hit, collapsed.shape))
-        converged = (jnp.abs(mean_ll - previous) < tol) if tol is not None else jnp.array(False)
+        hit = covariance_kind(u.covariance_type).per_covariance(hit_floor)  # (K,), or () tied
+        collapsed = carry.collapsed | (finite & jnp.broadcast_to(hit, carry.collapsed.shape))
+        converged = (jnp.abs(mean_ll - carry.previous) < tol) if tol is not None else jnp.array(False)
         recorded = jnp.where(finite, mean_ll, jnp.nan)  # NaN marks a skipped step
-        return (keep(pack(new_u), coordinates), keep(new_state, opt_state), converged, n_iter + 1, mean_ll,
-                collapsed), recorded
+        return _StepCarry(keep(pack(new_u), coordinates), keep(new_state, opt_state), converged, carry.n_iter + 1,
+                          mean_ll, collapsed), recorded
 
-    def step_or_stop(carry, step):
-        done = carry[2]
-        return jax.lax.cond(done, lambda c: (c, jnp.array(jnp.nan, dtype)), lambda c: take_step(c, step), carry)
+    def step_or_stop(carry: _StepCarry, step):
+        return jax.lax.cond(carry.converged, lambda c: (c, jnp.array(jnp.nan, dtype)),
+                            lambda c: take_step(c, step), carry)
 
-    initial = (pack(u_std), transformation.init(pack(u_std)), jnp.array(False), jnp.array(0, jnp.int32),
-               jnp.array(-jnp.inf, dtype), collapsed)
+    initial = _StepCarry(pack(u_std), transformation.init(pack(u_std)), jnp.array(False), jnp.array(0, jnp.int32),
+                         jnp.array(-jnp.inf, dtype), collapsed)
     body = step_or_stop if tol is not None else take_step
-    (final_coordinates, _, converged, n_iter, last_ll, collapsed), history = jax.lax.scan(
-        body, initial, jnp.arange(num_steps, dtype=jnp.int32))
-    u_final = unpack(final_coordinates)
+    final, history = jax.lax.scan(body, initial, jnp.arange(num_steps, dtype=jnp.int32))
+    u_final, last_ll = unpack(final.coordinates), final.previous
     if batch_size is not None:  # the last batch estimate is noisy: one full pass for the result
         last_ll = _log_likelihood(u_final, frame, X, sample_weight, chunk_size) / full_weight
     return FitState(
         params=from_unconstrained(unstandardize(u_final, frame)),
         lower_bound=last_ll,
-        n_iter=n_iter,
-        converged=converged,
+        n_iter=final.n_iter,
+        converged=final.converged,
         lower_bound_history=history.astype(dtype),
-        collapsed_components=collapsed,
+        collapsed_components=final.collapsed,
     )
 
 

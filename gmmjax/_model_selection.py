@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gmmjax._covariance import covariance_kind
 from gmmjax._criteria import information_criteria
 from gmmjax._driver import FitResult, call_compiled, check_fit_inputs, compiled
 from gmmjax._em import fit_em_restarts
@@ -126,13 +127,7 @@ jax.tree_util.register_dataclass(
 def _first_components(params: GMMParams, num_components: int) -> GMMParams:
     """The first ``num_components`` components of (possibly batched) parameters."""
     k = num_components
-    covariances = params.covariances
-    if params.covariance_type == "full":
-        covariances = covariances[..., :k, :, :]
-    elif params.covariance_type == "diag":
-        covariances = covariances[..., :k, :]
-    elif params.covariance_type == "spherical":
-        covariances = covariances[..., :k]
+    covariances = covariance_kind(params.covariance_type).first_components(params.covariances, k)
     return params.replace(weights=params.weights[..., :k], means=params.means[..., :k, :], covariances=covariances)
 
 

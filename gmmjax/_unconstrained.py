@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
 from gmmjax._chunks import map_over_chunks, resolve_chunk_size
-from gmmjax._covariance import _on_diagonal, covariance_kind  # noqa: F401 (_on_diagonal: for _gradient)
+from gmmjax._covariance import covariance_kind
 from gmmjax._density import ComponentTerms, log_joint_from_residuals, residuals_about
 from gmmjax._params import GMMParams, MixtureParamsBase
 

@@ -115,5 +115,5 @@ def test_a_new_type_is_one_subclass(monkeypatch):
 def test_the_command_lines_names_agree_with_the_registry():
     from gmmjax import _names
 
-    assert _names.COVARIANCE_TYPES == gj.COVARIANCE_TYPES == tuple(_covariance.COVARIANCE_KINDS)
+    assert _names.COVARIANCE_TYPES == gj.COVARIANCE_TYPES == tuple(C.COVARIANCE_KINDS)
     assert _names.INIT_METHODS == gj.INIT_METHODS
