@@ -8,7 +8,7 @@ whitened residual of ``x`` under component ``k`` is ``(x - μ_k) P_k``.
 Everything that depends on the type lives in its class (``Full``, ``Tied``, ``Diag``,
 ``Spherical``; full and tied share the matrix maths of ``_MatrixKind``, diag and spherical
 the variance maths of ``_DiagonalKind``), looked up by name with :func:`covariance_kind`.
-The functions at the end of this module are the same operations by the type's name.
+The functions at the end of this module are written once for every type on top of the kinds.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class CovarianceKind:
 
     def covariances_from_moments(self, second_moments, counts, mean_offsets):
         """Unregularised covariances from moments about a per-component shift
-        (see :func:`covariances_from_moments`)."""
+        (see :meth:`covariances_from_moments`)."""
         raise NotImplementedError
 
     def variances(self, covariances):
@@ -576,13 +576,9 @@ def covariance_kind(covariance_type: str) -> CovarianceKind:
             from None
 
 
-# --------------------------------------------------------------------------- by name
-# The functional forms (by the type's name), as the rest of the library calls them.
+# --------------------------------------------------------------------------- shared by every type
 
 
-def cholesky_factor(covariances: jax.Array, covariance_type: str) -> jax.Array:
-    """Lower Cholesky factor ``L`` of each covariance (``cov = L Lᵀ``); square root for diag types."""
-    return covariance_kind(covariance_type).cholesky_factor(covariances)
 
 
 def precision_cholesky(covariances: jax.Array, covariance_type: str) -> jax.Array:
@@ -590,37 +586,14 @@ def precision_cholesky(covariances: jax.Array, covariance_type: str) -> jax.Arra
     return covariance_kind(covariance_type).precision_cholesky(covariances)
 
 
-def covariances_from_precisions(precisions: jax.Array, covariance_type: str) -> jax.Array:
-    """Inverts precision matrices (or precisions) given in scikit-learn's ``precisions_init`` shapes."""
-    return covariance_kind(covariance_type).covariances_from_precisions(precisions)
 
 
-def precisions_from_precision_cholesky(prec_chol: jax.Array, covariance_type: str) -> jax.Array:
-    """``P Pᵀ`` (or ``P²``): scikit-learn's ``precisions_`` from ``precisions_cholesky_``."""
-    return covariance_kind(covariance_type).precisions_from_precision_cholesky(prec_chol)
 
 
-def log_det_precision_cholesky(prec_chol: jax.Array, covariance_type: str, num_features: int) -> jax.Array:
-    """``log det P`` per component: ``(K,)``, or ``()`` for tied."""
-    return covariance_kind(covariance_type).log_det_precision_cholesky(prec_chol, num_features)
 
 
-def whitened_squared_norms(residuals: jax.Array, prec_chol: jax.Array, covariance_type: str) -> jax.Array:
-    """``‖(x_n - μ_k) P_k‖²`` for residuals ``(K, N, D)``; returns ``(K, N)``.
-
-    The residual is formed before whitening (rather than ``x P - μ P``) so that data far
-    from the origin, or components far apart, lose no digits in float32. Up to
-    :data:`SMALL_FEATURES` features, full and tied factors are applied feature by feature.
-    """
-    return covariance_kind(covariance_type).whitened_squared_norms(residuals, prec_chol)
 
 
-def scatter(residuals: jax.Array, weighted_resp: jax.Array, covariance_type: str) -> jax.Array:
-    """Weighted second moments of residuals ``(K, N, D)`` with weights ``(K, N)``.
-
-    Returns ``(K, D, D)`` for full/tied (one batched GEMM) and ``(K, D)`` for diag/spherical.
-    """
-    return covariance_kind(covariance_type).scatter(residuals, weighted_resp)
 
 
 def weighted_sums(residuals: jax.Array, weighted_resp: jax.Array) -> jax.Array:
@@ -630,24 +603,8 @@ def weighted_sums(residuals: jax.Array, weighted_resp: jax.Array) -> jax.Array:
     return jnp.einsum("kn,knd->kd", weighted_resp, residuals)
 
 
-def covariances_from_moments(
-    second_moments: jax.Array, counts: jax.Array, mean_offsets: jax.Array, covariance_type: str
-) -> jax.Array:
-    """Unregularised covariances from moments about a per-component shift.
-
-    Args:
-      second_moments: ``Σ_n r_nk (x_n - c_k)(x_n - c_k)ᵀ``: ``(K, D, D)`` (full/tied) or its
-        diagonal ``(K, D)`` (diag/spherical).
-      counts: ``(K,)`` effective counts ``N_k`` (already bounded away from zero).
-      mean_offsets: ``(K, D)`` ``μ_k - c_k``, small because the shift is the previous mean.
-      covariance_type: the covariance type.
-    """
-    return covariance_kind(covariance_type).covariances_from_moments(second_moments, counts, mean_offsets)
 
 
-def _variances(covariances: jax.Array, covariance_type: str) -> jax.Array:
-    """Per-feature variances: ``(K, D)`` (full, diag), ``(D,)`` (tied), ``(K,)`` (spherical)."""
-    return covariance_kind(covariance_type).variances(covariances)
 
 
 def regularize_covariances(covariances: jax.Array, reg_covar: jax.Array, covariance_type: str,
@@ -687,13 +644,3 @@ def regularize_covariances(covariances: jax.Array, reg_covar: jax.Array, covaria
     # reciprocal cannot overflow, for data whose spread is zero or itself tiny.
     floor = jnp.maximum(10 * eps**2 * spread, jnp.sqrt(jnp.finfo(cov.dtype).tiny))
     return kind.repair(cov, floor, finite_variances)
-
-
-def num_covariance_parameters(num_components: int, num_features: int, covariance_type: str) -> int:
-    """Free parameters in the covariances, as scikit-learn counts them."""
-    return covariance_kind(covariance_type).num_parameters(num_components, num_features)
-
-
-def covariance_shape(num_components: int, num_features: int, covariance_type: str) -> tuple:
-    """scikit-learn's covariance shape for the type."""
-    return covariance_kind(covariance_type).shape(num_components, num_features)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
 from gmmjax._chunks import resolve_chunk_size, sum_over_chunks
-from gmmjax._covariance import num_covariance_parameters
+from gmmjax._covariance import covariance_kind
 from gmmjax._density import _as_float_data, component_terms, log_joint_from_residuals, residuals_about
 from gmmjax._params import GMMParams
 
@@ -20,7 +20,7 @@ def num_parameters(num_components: int, num_features: int, covariance_type: str)
     ``num_components`` may also be an integer array (e.g. traced): the count is then an array.
     """
     return (
-        num_covariance_parameters(num_components, num_features, covariance_type)
+        covariance_kind(covariance_type).num_parameters(num_components, num_features)
         + num_components * num_features
         + num_components
         - 1

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
 from gmmjax._chunks import map_over_chunks, resolve_chunk_size
-from gmmjax._covariance import log_det_precision_cholesky, precision_cholesky, whitened_squared_norms
+from gmmjax._covariance import covariance_kind, precision_cholesky
 from gmmjax._params import GMMParams
 
 
@@ -45,7 +45,7 @@ def component_terms(params: GMMParams) -> ComponentTerms:
     """Factorises the covariances once, so that chunks of data only do matrix products."""
     num_features = params.num_features
     prec_chol = precision_cholesky(params.covariances, params.covariance_type)
-    log_det = log_det_precision_cholesky(prec_chol, params.covariance_type, num_features)
+    log_det = covariance_kind(params.covariance_type).log_det_precision_cholesky(prec_chol, num_features)
     log_scale = (jnp.log(params.weights) + log_det - 0.5 * num_features * math.log(2.0 * math.pi))
     return ComponentTerms(params.means, prec_chol, log_scale, params.covariance_type)
 
@@ -57,7 +57,7 @@ def residuals_about(X: jax.Array, centers: jax.Array) -> jax.Array:
 
 def log_joint_from_residuals(terms: ComponentTerms, residuals: jax.Array) -> jax.Array:
     """``log w_k + log N(x_n | k)`` as ``(K, N)`` from residuals ``(K, N, D)`` about ``terms.means``."""
-    squared_norms = whitened_squared_norms(residuals, terms.prec_chol, terms.covariance_type)
+    squared_norms = covariance_kind(terms.covariance_type).whitened_squared_norms(residuals, terms.prec_chol)
     # Beyond the dtype's range (|x - μ| ≳ 1e19 σ in float32) a squared distance is inf, and
     # posteriors become inf - inf = NaN; capped, such a point is merely extremely unlikely
     # under every component, with finite log-densities, posteriors and gradients.

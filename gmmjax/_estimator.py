@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmmjax import _validation as v
-from gmmjax._covariance import precision_cholesky, precisions_from_precision_cholesky
+from gmmjax._covariance import covariance_kind, precision_cholesky
 from gmmjax._density import log_prob, responsibilities
 from gmmjax._em import fit_em
 from gmmjax._options import fit_options
@@ -320,7 +320,7 @@ class GaussianMixtureModel:
         self.covariances_ = np.asarray(params.covariances)
         prec_chol = precision_cholesky(params.covariances, params.covariance_type)
         self.precisions_cholesky_ = np.asarray(prec_chol)
-        self.precisions_ = np.asarray(precisions_from_precision_cholesky(prec_chol, params.covariance_type))
+        self.precisions_ = np.asarray(covariance_kind(params.covariance_type).precisions_from_precision_cholesky(prec_chol))
 
     # The parameter pytree; a property over ``params_`` because scikit-learn requires that fit
     # add only attributes ending in "_".

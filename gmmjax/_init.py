@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from gmmjax._chunks import resolve_chunk_size, sum_over_chunks
-from gmmjax._covariance import covariances_from_precisions, weighted_sums
+from gmmjax._covariance import covariance_kind, weighted_sums
 from gmmjax._density import residuals_about
 from gmmjax._loops import compacting_while_loop
 from gmmjax._params import GMMParams
@@ -255,7 +255,7 @@ def initialize(
         params = GMMParams(
             jnp.asarray(weights_init, dtype),
             jnp.asarray(means_init, dtype),
-            covariances_from_precisions(jnp.asarray(precisions_init, dtype), covariance_type),
+            covariance_kind(covariance_type).covariances_from_precisions(jnp.asarray(precisions_init, dtype)),
             covariance_type,
         )
         return params, jnp.zeros(num_components, bool)
@@ -269,6 +269,6 @@ def initialize(
         params = params.replace(means=jnp.asarray(means_init, dtype))
     if precisions_init is not None:
         params = params.replace(
-            covariances=covariances_from_precisions(jnp.asarray(precisions_init, dtype), covariance_type)
+            covariances=covariance_kind(covariance_type).covariances_from_precisions(jnp.asarray(precisions_init, dtype))
         )
     return params, collapsed

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmmjax import _validation as v
-from gmmjax._covariance import cholesky_factor, covariance_kind
+from gmmjax._covariance import covariance_kind
 from gmmjax._params import GMMParams, check_covariance_type
 
 
@@ -189,7 +189,7 @@ def sklearn_not_fitted_error_type(gmmjax_not_fitted_error: type, reconstruct) ->
 def _component_scales(params: GMMParams):
     """Lower Cholesky factors ``(..., K, D, D)`` (full, tied) or standard deviations
     ``(..., K, D)`` (diag, spherical), broadcast to one per component."""
-    factor = cholesky_factor(params.covariances, params.covariance_type)
+    factor = covariance_kind(params.covariance_type).cholesky_factor(params.covariances)
     return covariance_kind(params.covariance_type).component_scales(factor, params.means)
 
 

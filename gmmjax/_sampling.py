@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmmjax import _validation as v
-from gmmjax._covariance import cholesky_factor, covariance_kind
+from gmmjax._covariance import covariance_kind
 from gmmjax._params import GMMParams, check_covariance_type
 
 DEFAULT_KEY_SEED = 0
@@ -34,7 +34,7 @@ def sample(key: jax.Array, params: GMMParams, num_samples: int):
     num_components, num_features = params.means.shape
     labels = jax.random.categorical(label_key, jnp.log(params.weights), shape=(num_samples,))
     noise = jax.random.normal(noise_key, (num_samples, num_features), dtype)
-    factor = cholesky_factor(params.covariances, params.covariance_type)
+    factor = covariance_kind(params.covariance_type).cholesky_factor(params.covariances)
     onehot = jax.nn.one_hot(labels, num_components, dtype=dtype)  # (n, K)
     offsets = covariance_kind(params.covariance_type).sample_offsets(factor, onehot, noise)
     return onehot @ params.means + offsets, labels.astype(jnp.int32)

@@ -8,8 +8,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
-from gmmjax._covariance import (covariance_kind, covariances_from_moments, regularize_covariances, scatter,
-                                weighted_sums)
+from gmmjax._covariance import covariance_kind, regularize_covariances, weighted_sums
 from gmmjax._chunks import resolve_chunk_size, sum_over_chunks
 from gmmjax._density import ComponentTerms, component_terms, log_joint_from_residuals, residuals_about
 from gmmjax._params import GMMParams
@@ -53,7 +52,7 @@ def _moments(residuals: jax.Array, weighted_resp: jax.Array, covariance_type: st
     return SufficientStats(
         counts=jnp.sum(weighted_resp, axis=1),
         first_moments=weighted_sums(residuals, weighted_resp),
-        second_moments=scatter(residuals, weighted_resp, covariance_type),
+        second_moments=covariance_kind(covariance_type).scatter(residuals, weighted_resp),
         covariance_type=covariance_type,
     )
 
@@ -283,7 +282,7 @@ def m_step_with_diagnostics(stats: SufficientStats, shift: jax.Array, reg_covar,
     # component gets a near-zero weight and keeps its mean instead of dividing by zero.
     counts = stats.counts + 10 * eps
     offsets = stats.first_moments / counts[:, None]
-    raw_cov = covariances_from_moments(stats.second_moments, counts, offsets, stats.covariance_type)
+    raw_cov = covariance_kind(stats.covariance_type).covariances_from_moments(stats.second_moments, counts, offsets)
     means = shift + offsets
     active = active_mask(stats.counts.shape[0], num_active)
     if active is not None:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmmjax._covariance import covariance_kind, covariance_shape
+from gmmjax._covariance import covariance_kind
 from gmmjax._params import check_covariance_type
 
 
@@ -214,7 +214,7 @@ def check_covariance_like(name: str, value, num_components: int, num_features: i
     check_covariance_type(covariance_type)
     if is_traced(value):
         return value
-    arr = _concrete(name, value, covariance_shape(num_components, num_features, covariance_type))
+    arr = _concrete(name, value, covariance_kind(covariance_type).shape(num_components, num_features))
     if covariance_kind(covariance_type).matrix:
         mats = arr.reshape((-1, num_features, num_features))
         for k, mat in enumerate(mats):
