@@ -206,10 +206,20 @@ class GaussianMixtureModel:
             if name not in valid:
                 raise ValueError(f"Invalid parameter {name!r} for GaussianMixtureModel; valid ones: {valid}.")
         for name, value in params.items():
-            setattr(self, name, value)
+            object.__setattr__(self, name, value)  # both names of a pair given: kept as given
             if _ALIASES.get(name) is not None and _ALIASES[name] not in params:
-                setattr(self, _ALIASES[name], None)
+                object.__setattr__(self, _ALIASES[name], None)
         return self
+
+    def __setattr__(self, name, value):
+        """Assigning one name of an alias pair after construction (``model.n_components = 1``,
+        as scikit-learn's estimator checks do) clears the other, as :meth:`set_params` does,
+        so the new value is the one used. Assignments in ``__init__`` (each name's first)
+        keep both names as given, so a conflicting construction still raises at ``fit``."""
+        other = _ALIASES.get(name)
+        if other is not None and value is not None and name in self.__dict__:
+            object.__setattr__(self, other, None)
+        object.__setattr__(self, name, value)
 
     def __sklearn_tags__(self):
         """scikit-learn's estimator tags (called by scikit-learn only, so it may import it)."""
