@@ -9,7 +9,7 @@ from gmmjax._chunks import auto_chunk_size
 from gmmjax._covariance import precision_cholesky
 from gmmjax._density import component_log_prob, log_prob, responsibilities
 from gmmjax._em import FitResult, fit_em
-from gmmjax._estimator import ConvergenceWarning, GaussianMixtureModel
+from gmmjax._estimator import ConvergenceWarning, GaussianMixtureModel, NotFittedError
 from gmmjax._gradient import fit_gradient
 from gmmjax._init import INIT_METHODS, kmeans, kmeans_plusplus
 from gmmjax._interop import params_from_sklearn, params_to_sklearn, to_distrax, to_numpyro
@@ -29,6 +29,7 @@ __all__ = [
     "GMMParams",
     "GaussianMixtureModel",
     "INIT_METHODS",
+    "NotFittedError",
     "SelectionResult",
     "SufficientStats",
     "UnconstrainedParams",
