@@ -64,10 +64,10 @@ class _LoopState(NamedTuple):
     collapsed: jax.Array
 
 
-def _initial_state(params: GMMParams, collapsed, max_iter: int, dtype) -> _LoopState:
+def _initial_state(params: GMMParams, collapsed, max_iter: int, dtype, lower_bound=None) -> _LoopState:
     return _LoopState(
         params=params,
-        lower_bound=jnp.array(-jnp.inf, dtype),
+        lower_bound=jnp.array(-jnp.inf, dtype) if lower_bound is None else jnp.asarray(lower_bound, dtype),
         n_iter=jnp.array(0, jnp.int32),
         converged=jnp.array(False),
         history=jnp.full((max_iter,), jnp.nan, dtype),
@@ -90,7 +90,8 @@ def _advance(state: _LoopState, operands, em_step_fn) -> _LoopState:
         lower_bound=lower_bound,
         n_iter=state.n_iter + 1,
         converged=converged,
-        history=state.history.at[state.n_iter].set(lower_bound),
+        # (max_iter=0: no history, and this body is traced but never runs)
+        history=state.history.at[state.n_iter].set(lower_bound) if state.history.shape[0] else state.history,
         collapsed=state.collapsed | new_collapsed,
     )
 
@@ -101,7 +102,8 @@ def _operands(X, sample_weight, tol, reg_covar, num_active):
 
 
 def run_em(params: GMMParams, X, sample_weight, *, max_iter: int, tol, reg_covar, collapsed=None,
-           chunk_size: int | None = None, num_active=None, report_every: int = 0, restart=None) -> _LoopState:
+           chunk_size: int | None = None, num_active=None, report_every: int = 0, restart=None,
+           lower_bound_init=None) -> _LoopState:
     """EM from ``params`` until the mean log-likelihood changes by less than ``tol`` or
     ``max_iter`` iterations have run, as one ``lax.while_loop`` on the device (each
     iteration one chunked pass over ``X``; no host round trip until the loop ends; under
@@ -128,11 +130,12 @@ def run_em(params: GMMParams, X, sample_weight, *, max_iter: int, tol, reg_covar
     if report_every:  # the restart index travels with its lane (compacting_while_loop regroups lanes)
         operands += (jnp.asarray(restart, jnp.int32),)
     # Under vmap (restarts, datasets) finished fits stop costing work (see _loops).
-    return compacting_while_loop(keep_going, step, _initial_state(params, collapsed, max_iter, X.dtype), operands)
+    return compacting_while_loop(keep_going, step, _initial_state(params, collapsed, max_iter, X.dtype,
+                                                                  lower_bound_init), operands)
 
 
 def run_em_unrolled(params: GMMParams, X, sample_weight, *, max_iter: int, tol, reg_covar, collapsed=None,
-                    chunk_size: int | None = None, num_active=None) -> _LoopState:
+                    chunk_size: int | None = None, num_active=None, lower_bound_init=None) -> _LoopState:
     """The same iterations as :func:`run_em`, as ``max_iter`` steps of a ``lax.scan`` that
     leave a fit unchanged once it has converged: differentiable in every mode (reverse,
     forward, higher order) in ``X``, ``sample_weight`` and ``reg_covar``.
@@ -150,7 +153,8 @@ def run_em_unrolled(params: GMMParams, X, sample_weight, *, max_iter: int, tol, 
         state = jax.lax.cond(state.converged, lambda s: s, lambda s: _advance(s, operands, em_step_fn), state)
         return state, None
 
-    return jax.lax.scan(step, _initial_state(params, collapsed, max_iter, X.dtype), None, length=max_iter)[0]
+    return jax.lax.scan(step, _initial_state(params, collapsed, max_iter, X.dtype, lower_bound_init), None,
+                        length=max_iter)[0]
 
 
 def restart_keys(key: jax.Array, n_init: int) -> jax.Array:
@@ -189,7 +193,7 @@ def check_differentiation(differentiation) -> str:
 
 def fit_restarts(key, X, sample_weight, tol, reg_covar, weights_init, means_init, precisions_init, *,
                  num_components, covariance_type, max_iter, n_init, init_params, chunk_size, restart_batch_size,
-                 num_active=None, report_every=0, differentiation="implicit") -> FitResult:
+                 num_active=None, report_every=0, differentiation="implicit", lower_bound_init=None) -> FitResult:
     """The body of :func:`fit_em` (arguments validated). With ``num_active`` (an int, may be
     traced, e.g. vmapped over), ``num_components`` is a maximum: only the first
     ``num_active`` components are fitted and the result equals that of
@@ -217,7 +221,8 @@ def fit_restarts(key, X, sample_weight, tol, reg_covar, weights_init, means_init
         )
         progress = dict(restart=restart_index) if report_every else {}
         return run(params, X_em, weight_em, max_iter=max_iter, tol=tol, reg_covar=reg_em,
-                   collapsed=collapsed, chunk_size=chunk_size, num_active=num_active, **progress)
+                   collapsed=collapsed, chunk_size=chunk_size, num_active=num_active,
+                   lower_bound_init=lower_bound_init, **progress)
 
     keys = restart_keys(key, n_init)
     # With progress on, each restart also carries its index (for the host-side reporter).
@@ -259,8 +264,9 @@ def resolve_restart_batch_size(restart_batch_size, n_init: int) -> int:
 
 
 def resolve_max_iter(max_iter, num_iters) -> int:
-    """``num_iters`` (the seed's name) and ``max_iter`` (scikit-learn's) are the same limit (default 100)."""
-    return v.check_int("num_iters (max_iter)", v.resolve_alias("num_iters", num_iters, "max_iter", max_iter, 100), 1)
+    """``num_iters`` (the seed's name) and ``max_iter`` (scikit-learn's) are the same limit (default 100).
+    ``0`` runs no iteration: the fit returns its initialisation (as scikit-learn does)."""
+    return v.check_int("num_iters (max_iter)", v.resolve_alias("num_iters", num_iters, "max_iter", max_iter, 100), 0)
 
 
 def check_initial_parameters(weights_init, means_init, precisions_init, num_components, num_features,
@@ -330,6 +336,7 @@ def fit_em(
     verbose: bool | int = False,
     verbose_interval: int = DEFAULT_VERBOSE_INTERVAL,
     differentiation: str = "implicit",
+    lower_bound_init: float | None = None,
 ) -> FitResult:
     """Fits a Gaussian mixture by EM, ``n_init`` restarts in one vmapped, jitted call.
 
@@ -374,7 +381,8 @@ def fit_em(
       X: ``(N, D)`` data; float64 is kept when ``jax_enable_x64`` is on, else float32.
       num_components: ``K``, the number of mixture components.
       covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
-      max_iter: iteration limit (default 100); ``num_iters`` is accepted as an alias.
+      max_iter: iteration limit (default 100); ``num_iters`` is accepted as an alias. ``0``
+        returns the initialisation (``n_iter`` 0, not converged, ``lower_bound`` ``-inf``).
       tol: convergence threshold on the change of the mean log-likelihood.
       reg_covar: non-negative value added to covariance diagonals.
       n_init: number of restarts.
@@ -399,6 +407,9 @@ def fit_em(
       differentiation: ``"implicit"`` or ``"unrolled"``: how derivatives pass through the
         fit (see above). Changes nothing when nobody differentiates, except that
         ``"unrolled"`` always runs ``max_iter`` (mostly idle) steps.
+      lower_bound_init: the lower bound the first iteration's is compared with in the
+        convergence test (``None``: ``-inf``); a warm start passes the previous fit's, as
+        scikit-learn does, so a fit continued one iteration at a time can converge.
 
     Returns:
       A :class:`FitResult`.
@@ -435,6 +446,7 @@ def fit_em(
         num_components=num_components, covariance_type=covariance_type, max_iter=max_iter,
         n_init=n_init, init_params=init_params, chunk_size=chunk_size, restart_batch_size=restart_batch_size,
         differentiation=differentiation,
+        lower_bound_init=jnp.asarray(-jnp.inf if lower_bound_init is None else lower_bound_init, X.dtype),
     )
     if not report_every:
         return fit()

@@ -27,7 +27,12 @@ from gmmjax._selection import bic as _bic
 
 
 class ConvergenceWarning(UserWarning):
-    """A fit stopped at its iteration limit before meeting ``tol``."""
+    """A fit stopped at its iteration limit before meeting ``tol``.
+
+    Once scikit-learn is imported, the warning issued is also a
+    ``sklearn.exceptions.ConvergenceWarning`` (see :func:`_convergence_warning`), so filters
+    on either class apply to it.
+    """
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -47,6 +52,18 @@ def _not_fitted_error(message: str) -> NotFittedError:
     from gmmjax._interop import sklearn_not_fitted_error_type
 
     return sklearn_not_fitted_error_type(NotFittedError, _not_fitted_error)(message)
+
+
+def _convergence_warning() -> type:
+    """The category of gmmjax's convergence warnings: :class:`ConvergenceWarning`; when
+    scikit-learn is loaded, a subclass that is also scikit-learn's ``ConvergenceWarning``,
+    so that ``warnings.simplefilter("ignore", sklearn.exceptions.ConvergenceWarning)`` (or
+    scikit-learn's ``ignore_warnings``) silences it too."""
+    if "sklearn" not in sys.modules:
+        return ConvergenceWarning
+    from gmmjax._interop import sklearn_convergence_warning_type
+
+    return sklearn_convergence_warning_type(ConvergenceWarning)
 
 
 _log_prob = jax.jit(log_prob, static_argnames="chunk_size")
@@ -272,6 +289,7 @@ class GaussianMixtureModel:
         init = dict(weights_init=self.weights_init, means_init=self.means_init,
                     precisions_init=self.precisions_init)
         n_init = self.n_init
+        lower_bound_init = None
         if self.warm_start and hasattr(self, "params"):
             # X itself is validated once, by fit_em; only its width matters here.
             num_features = np.shape(X)[-1] if np.ndim(X) == 2 else self.n_features_in_
@@ -281,6 +299,9 @@ class GaussianMixtureModel:
                                  "features as the previous fit: set warm_start=False to start afresh.")
             init = dict(weights_init=self.weights_, means_init=self.means_, precisions_init=self.precisions_)
             n_init = 1
+            # The convergence test continues from the previous fit's lower bound (scikit-learn's
+            # warm start), so that fitting one iteration at a time converges.
+            lower_bound_init = self.lower_bound_
         if fit_method == "gradient":
             result = fit_gradient(
                 key, X, num_components, optimizer=self.optimizer,
@@ -294,14 +315,16 @@ class GaussianMixtureModel:
                 key, X, num_components, covariance_type=self.covariance_type, max_iter=max_iter, tol=self.tol,
                 reg_covar=self.reg_covar, n_init=n_init, init_params=self.init_params,
                 sample_weight=sample_weight, chunk_size=self.chunk_size, restart_batch_size=self.restart_batch_size,
-                verbose=self.verbose, verbose_interval=self.verbose_interval, **init,
+                verbose=self.verbose, verbose_interval=self.verbose_interval, lower_bound_init=lower_bound_init,
+                **init,
             )
         self._store(result, result.params.num_features)
-        if fit_method == "em" and not self.converged_:
+        # max_iter=0 asks for the initialisation itself (scikit-learn's convention): no warning.
+        if fit_method == "em" and not self.converged_ and max_iter > 0:
             warnings.warn(
                 f"EM did not converge within {max_iter} iterations (tol={self.tol}): increase num_iters "
                 "(max_iter) or tol, try more restarts (n_init), or check for degenerate data.",
-                ConvergenceWarning, stacklevel=2,
+                _convergence_warning(), stacklevel=2,
             )
         if self.collapsed_components_.any():
             warnings.warn(
@@ -475,11 +498,11 @@ class GaussianMixtureModel:
                          covariance_type=selection.best_covariance_type)
         model._store(best, best.params.num_features)
         model.selection_ = selection
-        if not model.converged_:
+        if not model.converged_ and model._resolved_max_iter() > 0:
             warnings.warn(f"EM did not converge within {model._resolved_max_iter()} iterations for the selected "
                           f"model (K={best.params.num_components}, "
                           f"{selection.best_covariance_type}): increase max_iter or tol.",
-                          ConvergenceWarning, stacklevel=2)
+                          _convergence_warning(), stacklevel=2)
         return model
 
     # -- persistence -----------------------------------------------------------------------

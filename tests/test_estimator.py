@@ -287,6 +287,71 @@ def test_no_warning_when_converged(X):
     assert m.converged_
 
 
+def test_convergence_warning_is_scikit_learns_once_it_is_imported(X):
+    """Filters on scikit-learn's ConvergenceWarning (as scikit-learn users write them, e.g. its
+    ignore_warnings) silence gmmjax's too; gmmjax's class still catches it."""
+    sklearn_exceptions = pytest.importorskip("sklearn.exceptions")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.simplefilter("ignore", sklearn_exceptions.ConvergenceWarning)
+        GaussianMixtureModel(2, 1, tol=0.0).fit(X)
+    with pytest.warns(sklearn_exceptions.ConvergenceWarning, match="did not converge") as caught:
+        GaussianMixtureModel(2, 1, tol=0.0).fit(X)
+    assert all(issubclass(w.category, gj.ConvergenceWarning) for w in caught)
+
+
+def test_max_iter_zero_returns_the_initialisation_as_scikit_learn_does(X):
+    """scikit-learn's max_iter=0: the initial parameters (users read initial means this way),
+    n_iter_ 0, not converged, lower_bound_ -inf, an empty history, no ConvergenceWarning."""
+    from sklearn.mixture import GaussianMixture
+
+    means_init = np.array([[0.5, -0.5], [2.0, 3.5]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = GaussianMixtureModel(n_components=2, max_iter=0, means_init=means_init).fit(X)
+        theirs = GaussianMixture(n_components=2, max_iter=0, means_init=means_init, random_state=0).fit(X)
+    np.testing.assert_allclose(ours.means_, theirs.means_)
+    assert (ours.n_iter_, ours.converged_, ours.lower_bound_) == (theirs.n_iter_, theirs.converged_,
+                                                                  theirs.lower_bound_) == (0, False, -np.inf)
+    assert len(ours.lower_bounds_) == len(theirs.lower_bounds_) == 0
+    # without means_init: k-means' centers, the same as the starting point of a longer fit
+    first_step = GaussianMixtureModel(n_components=2, max_iter=1, tol=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gj.ConvergenceWarning)
+        first_step.fit(X)
+    initial = GaussianMixtureModel(n_components=2, max_iter=0).fit(X)
+    assert initial.lower_bound_ == -np.inf
+    # one EM step's lower bound is the log-likelihood of its starting (initial) parameters
+    assert first_step.lower_bound_ == pytest.approx(initial.score(X), rel=1e-5)
+    np.testing.assert_array_equal(GaussianMixtureModel(n_components=2, max_iter=0).fit_predict(X),
+                                  initial.predict(X))
+
+
+def test_warm_start_one_iteration_at_a_time_converges_like_scikit_learn(X):
+    """With warm_start and max_iter=1 each fit continues the convergence test from the previous
+    lower_bound_ (scikit-learn's rule): the same calls converge, with the same lower bounds."""
+    from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
+    from sklearn.mixture import GaussianMixture
+
+    init = dict(weights_init=np.array([0.5, 0.5]), means_init=np.array([[1.0, 1.0], [2.0, 2.0]]),
+                precisions_init=np.stack([np.eye(2)] * 2))
+    ours = GaussianMixtureModel(n_components=2, max_iter=1, warm_start=True, tol=1e-3, **init)
+    theirs = GaussianMixture(n_components=2, max_iter=1, warm_start=True, tol=1e-3, **init)
+    history = {"ours": [], "theirs": []}
+    for _ in range(40):
+        for name, model in (("ours", ours), ("theirs", theirs)):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model.fit(X)
+            warned = any(issubclass(w.category, SklearnConvergenceWarning) for w in caught)
+            history[name].append((model.converged_, warned, model.n_iter_, model.lower_bound_))
+        if theirs.converged_:
+            break
+    assert theirs.converged_ and len(history["theirs"]) > 2  # a test of the warm-started convergence test
+    assert [h[:3] for h in history["ours"]] == [h[:3] for h in history["theirs"]]
+    np.testing.assert_allclose([h[3] for h in history["ours"]], [h[3] for h in history["theirs"]], rtol=1e-5)
+
+
 def test_warm_start_continues_from_previous_parameters(X):
     m = GaussianMixtureModel(2, 100).fit(X)
     previous_bound = m.lower_bound_
@@ -439,8 +504,13 @@ def test_estimator_imports_and_fits_without_sklearn():
             sys.exit("to_sklearn() worked without scikit-learn")
         try:
             gmmjax.GaussianMixtureModel().predict(X)
-        except gmmjax._estimator.NotFittedError as exc:
-            assert type(exc) is gmmjax._estimator.NotFittedError  # not the scikit-learn flavour
+        except gmmjax.NotFittedError as exc:
+            assert type(exc) is gmmjax.NotFittedError  # not the scikit-learn flavour
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            gmmjax.GaussianMixtureModel(num_components=1, num_iters=1, tol=0.0).fit(X)
+        assert [w.category for w in caught] == [gmmjax.ConvergenceWarning], caught
         assert not any(name.split(".")[0] == "sklearn" for name in sys.modules)
         print("fitted without sklearn")
     """)
