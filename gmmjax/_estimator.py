@@ -7,6 +7,7 @@ it contains no mixture maths of its own. It imports without scikit-learn.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 import warnings
@@ -70,6 +71,63 @@ _log_prob = jax.jit(log_prob, static_argnames="chunk_size")
 _responsibilities = jax.jit(responsibilities, static_argnames="chunk_size")
 _bic_jit = jax.jit(_bic)
 _aic_jit = jax.jit(_aic)
+
+
+# -- row buckets: one compiled program per bucket, not per number of rows ------------------------
+# predict, predict_proba, score_samples, score, bic, aic and sample compile a program for each
+# shape they see (0.4-3 s on the CPU). A long-lived process calls them with every row count
+# (scikit-learn's own tests sample n = 1..99), so the rows are padded to a bucket and the
+# results sliced: the next power of two (at least ROW_BUCKET_MIN) up to ROW_BUCKET_POW2_MAX
+# rows, then the next multiple of a quarter of the power of two below (padding under 25%).
+ROW_BUCKET_MIN = 32
+ROW_BUCKET_POW2_MAX = 2**16
+
+
+def _row_bucket(num_rows: int) -> int:
+    """The number of rows the compiled program is built for when a method gets ``num_rows``."""
+    if num_rows <= ROW_BUCKET_POW2_MAX:
+        return max(ROW_BUCKET_MIN, 1 << (num_rows - 1).bit_length())
+    step = 1 << (num_rows.bit_length() - 3)
+    return -(-num_rows // step) * step
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _pad_rows_on_device(X, size):
+    return jnp.concatenate([X, jnp.broadcast_to(X[-1:], (size - X.shape[0], X.shape[1]))])
+
+
+def _padded_to_bucket(X):
+    """``(X', n)``: a 2-D ``X`` with ``n >= 1`` rows, padded to :func:`_row_bucket` rows by
+    repeating its last row (so the padding is as valid as the data: the checks that follow
+    see the same values). NumPy data (and JAX arrays on the CPU) are padded on the host,
+    which compiles nothing; JAX arrays elsewhere by a small program per row count. Anything
+    else comes back unchanged with ``n = None`` (no slicing) for the checks to report."""
+    if type(X).__module__.startswith("scipy.sparse") or v.is_traced(X):
+        return X, None
+    if isinstance(X, jax.Array):
+        if X.ndim != 2 or X.shape[0] == 0:
+            return X, None
+        if any(device.platform != "cpu" for device in X.devices()):
+            num_rows = X.shape[0]
+            size = _row_bucket(num_rows)
+            return (X if size == num_rows else _pad_rows_on_device(X, size)), num_rows
+    try:
+        arr = np.asarray(X)
+    except (TypeError, ValueError):
+        return X, None
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        return X, None
+    num_rows = arr.shape[0]
+    size = _row_bucket(num_rows)
+    if size > num_rows:
+        arr = np.concatenate([arr, np.repeat(arr[-1:], size - num_rows, axis=0)])
+    return arr, num_rows
+
+
+def _real_rows(X, num_rows):
+    """Sample weights ``(N,)``: 1 for the first ``num_rows`` rows of ``X``, 0 for the padding
+    (all ones when ``num_rows`` is ``None``), built on the host (nothing to compile)."""
+    return (np.arange(X.shape[0]) < (X.shape[0] if num_rows is None else num_rows)).astype(X.dtype)
 
 
 MAX_SEED = 2**63 - 1  # jax.random.key takes a signed 64-bit seed
@@ -370,9 +428,12 @@ class GaussianMixtureModel:
         return self.__dict__[name]
 
     def _check_input(self, X, method):
+        """``(params, X, n)``: ``X`` validated and padded to a row bucket (see
+        :func:`_row_bucket`), ``n`` its number of real rows (``result[:n]`` drops the padding)."""
         params = self._fitted_params(method)
+        X, num_rows = _padded_to_bucket(X)
         X = v.check_data(X, "X", num_features=params.num_features)
-        return params, X.astype(params.means.dtype)
+        return params, X.astype(params.means.dtype), num_rows
 
     def _fitted_params(self, method):
         if "params_" not in self.__dict__:
@@ -386,18 +447,18 @@ class GaussianMixtureModel:
 
     def predict_proba(self, X):
         """Posterior probability of each component: ``(N, K)``."""
-        params, X = self._check_input(X, "predict_proba")
-        return np.asarray(_responsibilities(params, X, chunk_size=self._chunk_size()))
+        params, X, n = self._check_input(X, "predict_proba")
+        return np.asarray(_responsibilities(params, X, chunk_size=self._chunk_size()))[:n]
 
     def predict(self, X):
         """Most probable component of each sample: ``(N,)`` int."""
-        params, X = self._check_input(X, "predict")
-        return np.argmax(np.asarray(_responsibilities(params, X, chunk_size=self._chunk_size())), axis=1)
+        params, X, n = self._check_input(X, "predict")
+        return np.argmax(np.asarray(_responsibilities(params, X, chunk_size=self._chunk_size()))[:n], axis=1)
 
     def score_samples(self, X):
         """Log-density of each sample: ``(N,)``."""
-        params, X = self._check_input(X, "score_samples")
-        return np.asarray(_log_prob(params, X, chunk_size=self._chunk_size()))
+        params, X, n = self._check_input(X, "score_samples")
+        return np.asarray(_log_prob(params, X, chunk_size=self._chunk_size()))[:n]
 
     def score(self, X, y=None):
         """Mean log-likelihood of ``X``."""
@@ -406,13 +467,13 @@ class GaussianMixtureModel:
 
     def bic(self, X):
         """Bayesian information criterion on ``X`` (lower is better)."""
-        params, X = self._check_input(X, "bic")
-        return float(_bic_jit(params, X))
+        params, X, n = self._check_input(X, "bic")
+        return float(_bic_jit(params, X, _real_rows(X, n)))
 
     def aic(self, X):
         """Akaike information criterion on ``X`` (lower is better)."""
-        params, X = self._check_input(X, "aic")
-        return float(_aic_jit(params, X))
+        params, X, n = self._check_input(X, "aic")
+        return float(_aic_jit(params, X, _real_rows(X, n)))
 
     def sample(self, n_samples=1, key=None):
         """Draws ``n_samples`` points; returns ``(X, labels)`` as NumPy arrays.
@@ -420,11 +481,18 @@ class GaussianMixtureModel:
         Without ``key``, a key derived from ``seed`` is used (same samples on each call).
         """
         params = self._fitted_params("sample")
-        n_samples = v.check_int("n_samples", n_samples, 1)
+        try:
+            n_samples = v.check_int("n_samples", n_samples, 1)
+        except ValueError as exc:  # scikit-learn's sentence first (code matches on it), then ours
+            raise ValueError(f"Invalid value for 'n_samples': {n_samples!r}. The sampling requires at least one "
+                             f"sample: {exc}") from None
         if key is None:
             key = jax.random.fold_in(_key_from_seed(self._resolved_seed()), 1)
-        X, labels = _sample_jit(key, params, n_samples)
-        return np.asarray(X), np.asarray(labels)
+        # One program per row bucket: draw the bucket's rows and keep the first n_samples. With
+        # JAX's default jax_threefry_partitionable, each row's draws depend on its index alone,
+        # so these are the rows gmmjax.sample(key, params, n_samples) draws.
+        X, labels = _sample_jit(key, params, _row_bucket(n_samples))
+        return np.asarray(X)[:n_samples], np.asarray(labels)[:n_samples]
 
     # -- interoperability (gmmjax/_interop.py; each library imported only when used) -------
     def to_sklearn(self):

@@ -5,6 +5,7 @@ the generating parameters, duplicated rows for integer sample weights)."""
 from __future__ import annotations
 
 import itertools
+import logging
 import subprocess
 import sys
 import textwrap
@@ -269,6 +270,110 @@ def test_sample_is_reproducible_and_key_dependent(fitted):
     np.testing.assert_array_equal(a, b)
     c, _ = m.sample(50, key=jax.random.key(123))
     assert not np.array_equal(a, c)
+
+
+# -- 2. row buckets: no compilation per row count ------------------------------------------------
+class _CompileCounter(logging.Handler):
+    """Counts XLA compilations reported by ``jax.log_compiles``."""
+
+    def __init__(self):
+        super().__init__()
+        self.compiled = []
+
+    def emit(self, record):
+        if "Finished XLA compilation" in record.getMessage():
+            self.compiled.append(record.getMessage())
+
+
+def _methods_on(m, X, n):
+    return (m.predict(X[:n]), m.predict_proba(X[:n]), m.score_samples(X[:n]), m.score(X[:n]), m.bic(X[:n]),
+            m.aic(X[:n]), m.sample(n))
+
+
+def test_new_row_counts_compile_nothing_and_give_the_unpadded_results(X, fitted):
+    """predict/predict_proba/score_samples/score/bic/aic/sample pad rows to a bucket (the next
+    power of two, at least 32) and slice: once a bucket is compiled, other row counts in it
+    compile nothing, and the results are those of the unpadded computation (scikit-learn's
+    on the same parameters; sample: gmmjax.sample's first rows)."""
+    import jax
+
+    from gmmjax._estimator import _row_bucket
+
+    assert [_row_bucket(n) for n in (1, 32, 33, 64, 65, 2**16, 2**16 + 1, 5 * 2**14, 5 * 2**14 + 1)] == [
+        32, 32, 64, 64, 128, 2**16, 5 * 2**14, 5 * 2**14, 6 * 2**14]
+    m = fitted["full"]
+    _methods_on(m, X, 5)  # compiles bucket 32 (if no earlier test did)
+    counter = _CompileCounter()
+    logger = logging.getLogger("jax")
+    logger.addHandler(counter)
+    try:
+        with jax.log_compiles():
+            results = {n: _methods_on(m, X, n) for n in (1, 2, 7, 20, 31, 32)}
+    finally:
+        logger.removeHandler(counter)
+    assert counter.compiled == []
+    twin = sklearn_twin(m, X)
+    for n, (labels, proba, log_density, score, bic, aic, (Xs, ys)) in results.items():
+        assert labels.shape == (n,) and proba.shape == (n, 2) and Xs.shape == (n, 2) and ys.shape == (n,)
+        np.testing.assert_allclose(log_density, twin.score_samples(X[:n]), rtol=1e-5)
+        np.testing.assert_allclose(proba, twin.predict_proba(X[:n]), rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(labels, np.argmax(proba, axis=1))
+        assert score == pytest.approx(twin.score(X[:n]), rel=1e-5)
+        assert bic == pytest.approx(twin.bic(X[:n]), rel=1e-5)
+        assert aic == pytest.approx(twin.aic(X[:n]), rel=1e-5)
+        key = jax.random.fold_in(jax.random.key(0), 1)  # sample()'s key for seed None
+        expected_X, expected_labels = gj.sample(key, m.params, n)
+        np.testing.assert_array_equal(Xs, np.asarray(expected_X))
+        np.testing.assert_array_equal(ys, np.asarray(expected_labels))
+
+
+def test_sample_n_samples_error_has_scikit_learns_phrase(fitted):
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match=r"Invalid value for 'n_samples'.*n_samples must be an integer >= 1"):
+            fitted["full"].sample(bad)
+
+
+# -- 2. error messages contain scikit-learn's ---------------------------------------------------
+def _bad_starting_parameters():
+    full_not_pd = np.stack([np.eye(2), np.ones((2, 2))])
+    full_not_pd[0, 0, 0] = -1.0
+    yield "full", dict(weights_init=np.full((2, 1), 0.5))
+    yield "full", dict(weights_init=np.array([1.2, 1.7]))
+    yield "full", dict(weights_init=np.array([1.2, -0.2]))
+    yield "full", dict(weights_init=np.array([0.3, 0.4]))
+    yield "full", dict(means_init=np.zeros((3, 2)))
+    yield "full", dict(precisions_init=np.ones((3, 2, 2)))
+    yield "full", dict(precisions_init=full_not_pd)
+    yield "tied", dict(precisions_init=np.ones((3, 3)))
+    yield "tied", dict(precisions_init=full_not_pd[0])
+    yield "diag", dict(precisions_init=np.ones((3, 2)))
+    yield "diag", dict(precisions_init=np.full((2, 2), -1.0))
+    yield "spherical", dict(precisions_init=np.ones(3))
+    yield "spherical", dict(precisions_init=np.full(2, -1.0))
+
+
+@pytest.mark.parametrize("ct, bad", list(_bad_starting_parameters()))
+def test_starting_parameter_errors_contain_scikit_learns_message(X, ct, bad):
+    """Code that matches scikit-learn's messages (its _check_weights, _check_means,
+    _check_precisions) keeps working: gmmjax's message contains scikit-learn's, then explains."""
+    from sklearn.mixture import GaussianMixture
+
+    with pytest.raises(ValueError) as theirs:
+        GaussianMixture(n_components=2, covariance_type=ct, **bad).fit(X)
+    with pytest.raises(ValueError) as ours:
+        GaussianMixtureModel(n_components=2, covariance_type=ct, **bad).fit(X)
+    assert str(theirs.value) in str(ours.value)
+    assert len(str(ours.value)) > len(str(theirs.value)) + 20  # and gmmjax's explanation follows
+
+
+def test_too_few_samples_error_contains_scikit_learns_message(X):
+    from sklearn.mixture import GaussianMixture
+
+    with pytest.raises(ValueError) as theirs:
+        GaussianMixture(n_components=3).fit(X[:2])
+    with pytest.raises(ValueError, match="provide more samples or decrease num_components") as ours:
+        GaussianMixtureModel(n_components=3).fit(X[:2])
+    assert str(theirs.value) in str(ours.value)
 
 
 # -- 2. convergence ---------------------------------------------------------------------------
