@@ -25,6 +25,7 @@ from gmmjax._params import GMMParams
 from gmmjax._sampling import _sample_jit
 from gmmjax._selection import aic as _aic
 from gmmjax._selection import bic as _bic
+from gmmjax._selection import num_parameters
 
 
 class ConvergenceWarning(UserWarning):
@@ -380,8 +381,10 @@ class GaussianMixtureModel:
         # max_iter=0 asks for the initialisation itself (scikit-learn's convention): no warning.
         if fit_method == "em" and not self.converged_ and max_iter > 0:
             warnings.warn(
-                f"EM did not converge within {max_iter} iterations (tol={self.tol}): increase num_iters "
-                "(max_iter) or tol, try more restarts (n_init), or check for degenerate data.",
+                # scikit-learn's sentence first (code matches on it), then what gmmjax knows
+                "Best performing initialization did not converge. Try different init parameters, or increase "
+                f"max_iter, tol, or check for degenerate data. EM did not converge within {max_iter} iterations "
+                f"(tol={self.tol}): increase num_iters (max_iter) or tol, or try more restarts (n_init).",
                 _convergence_warning(), stacklevel=2,
             )
         if self.collapsed_components_.any():
@@ -423,7 +426,7 @@ class GaussianMixtureModel:
     def _fitted(self, name):
         if name not in self.__dict__:
             raise _not_fitted_error(
-                f"This GaussianMixtureModel is not fitted yet: call fit(X) before using {name.rstrip('_')}."
+                f"This GaussianMixtureModel instance is not fitted yet: call fit(X) before using {name.rstrip('_')}."
             )
         return self.__dict__[name]
 
@@ -437,7 +440,7 @@ class GaussianMixtureModel:
 
     def _fitted_params(self, method):
         if "params_" not in self.__dict__:
-            raise _not_fitted_error(f"This GaussianMixtureModel is not fitted yet: call fit(X) before {method}().")
+            raise _not_fitted_error(f"This GaussianMixtureModel instance is not fitted yet: call fit(X) before {method}().")
         return self.params_
 
     # -- inference -------------------------------------------------------------------------
@@ -464,6 +467,12 @@ class GaussianMixtureModel:
         """Mean log-likelihood of ``X``."""
         self._fitted_params("score")  # so that the not-fitted message names score(), not score_samples()
         return float(np.mean(self.score_samples(X)))
+
+    def _n_parameters(self) -> int:
+        """Number of free parameters of the fitted mixture (scikit-learn's ``GaussianMixture``
+        has this private method; its tests and some user code call it)."""
+        params = self._fitted_params("_n_parameters")
+        return num_parameters(params.num_components, params.num_features, params.covariance_type)
 
     def bic(self, X):
         """Bayesian information criterion on ``X`` (lower is better)."""

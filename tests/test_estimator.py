@@ -403,6 +403,12 @@ def test_convergence_warning_is_scikit_learns_once_it_is_imported(X):
     with pytest.warns(sklearn_exceptions.ConvergenceWarning, match="did not converge") as caught:
         GaussianMixtureModel(2, 1, tol=0.0).fit(X)
     assert all(issubclass(w.category, gj.ConvergenceWarning) for w in caught)
+    # and its message begins with scikit-learn's own (code matching it keeps working)
+    from sklearn.mixture import GaussianMixture
+
+    with pytest.warns(sklearn_exceptions.ConvergenceWarning) as theirs:
+        GaussianMixture(2, max_iter=1, tol=0.0).fit(X)
+    assert str(caught[0].message).startswith(str(theirs[0].message))
 
 
 def test_max_iter_zero_returns_the_initialisation_as_scikit_learn_does(X):
