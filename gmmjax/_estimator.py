@@ -164,7 +164,8 @@ class GaussianMixtureModel:
 
     Args:
       num_components: number of components ``K`` (alias ``n_components``; default 1).
-      num_iters: EM iteration limit (alias ``max_iter``; default 100).
+      num_iters: EM iteration limit (alias ``max_iter``; default 100); ``0`` keeps the
+        initialisation (scikit-learn's way to read initial means).
       covariance_type: ``"full"`` (default), ``"tied"``, ``"diag"`` or ``"spherical"``.
       tol: convergence threshold on the change of the mean log-likelihood (default 1e-3).
       reg_covar: non-negative value added to covariance diagonals (default 1e-6).
@@ -181,7 +182,8 @@ class GaussianMixtureModel:
       restart_batch_size: restarts run together (vmapped); ``None``: all ``n_init``.
       verbose: show the fit's progress on stderr (see :func:`gmmjax.fit_em`); default off.
       verbose_interval: iterations between progress reports (default 10).
-      n_components, max_iter, random_state: scikit-learn's names for the above.
+      n_components, max_iter, random_state: scikit-learn's names for the above. Setting one
+        name of a pair later (``set_params`` or assignment) clears the other.
       fit_method: ``"em"`` (default) or ``"gradient"``: maximise the log-likelihood with an
         optax optimizer (:func:`gmmjax.fit_gradient`) from the same initialisation. A
         gradient fit runs ``num_steps`` steps; ``num_iters``/``max_iter`` and ``tol`` apply
