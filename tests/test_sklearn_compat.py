@@ -6,7 +6,7 @@ The checks run for the three constructions users write: ``GaussianMixtureModel()
 ``GaussianMixtureModel(num_components=2)`` (the original example's name) and
 ``GaussianMixtureModel(n_components=2)``. scikit-learn's checks fit on about 17 differently
 shaped datasets; gmmjax compiles its fit for each new shape (1–2 s), so the complete run
-(~2 min of CPU) is marked ``slow`` and the default suite runs a representative subset that
+(~1–2 min of CPU) is marked ``slow`` and the default suite runs a representative subset that
 reuses a few shapes (for the default construction: every check that fits nothing, and fitting,
 pickling, idempotence, feature-count, sample-weight and pipeline checks; for the two K=2
 constructions: the checks that assign ``n_components`` and the sample-weight equivalence).
