@@ -402,7 +402,7 @@ def worker_restarts(args):
 
 def worker_restart_types(args):
     """W8/W9: diag/spherical restarts: ``fit_em(n_init=4)`` (one vmapped call) against the same
-    four fits one by one (restart ``r`` is ``fit_em(split(key, 4)[r])``), both warm, in this process."""
+    four fits one by one (restart ``r`` is ``fit_em(restart_keys(key, 4)[r])``), both warm, in this process."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -413,7 +413,7 @@ def worker_restart_types(args):
     n, d, k, cov = args.n, spec["d"], spec["k"], spec["cov"]
     Xj = jnp.asarray(make_data(n, d, k).astype(np.float32))
     key = jax.random.key(0)
-    keys = jax.random.split(key, W8_RESTARTS)
+    keys = gj.restart_keys(key, W8_RESTARTS)
     options = dict(covariance_type=cov, max_iter=W8_ITERS, tol=0.0)
     out = {"library": "gmmjax", "workload": args.workload, "n": n, "cov": cov, "restarts": W8_RESTARTS}
     with LoadMeter() as load:

@@ -8,9 +8,9 @@ from gmmjax._cache import enable_compilation_cache
 from gmmjax._chunks import auto_chunk_size
 from gmmjax._covariance import precision_cholesky
 from gmmjax._density import component_log_prob, log_prob, responsibilities
-from gmmjax._driver import FitResult, FitState
+from gmmjax._driver import FitResult, FitState, restart_keys
 from gmmjax._em import fit_em
-from gmmjax._estimator import ConvergenceWarning, GaussianMixtureModel
+from gmmjax._estimator import ConvergenceWarning, GaussianMixtureModel, NotFittedError
 from gmmjax._gradient import fit_gradient
 from gmmjax._init import INIT_METHODS, kmeans, kmeans_plusplus
 from gmmjax._interop import params_from_sklearn, params_to_sklearn, to_distrax, to_numpyro
@@ -33,6 +33,7 @@ __all__ = [
     "GMMParams",
     "GaussianMixtureModel",
     "INIT_METHODS",
+    "NotFittedError",
     "SelectionResult",
     "SufficientStats",
     "UnconstrainedParams",
@@ -57,6 +58,7 @@ __all__ = [
     "params_to_sklearn",
     "precision_cholesky",
     "responsibilities",
+    "restart_keys",
     "sample",
     "select_num_components",
     "to_distrax",

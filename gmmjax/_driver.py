@@ -131,9 +131,25 @@ def choose_best(states: FitState) -> FitResult:
 
 
 def restart_keys(key: jax.Array, n_init: int) -> jax.Array:
-    """Keys of the ``n_init`` restarts: ``key`` itself for one restart, else ``split(key, n_init)``,
-    so restart ``r`` of a batched fit equals a single fit with ``split(key, n_init)[r]``."""
-    return key[None] if n_init == 1 else jax.random.split(key, n_init)
+    """``(n_init,)`` keys of the restarts of a fit with ``key``: restart ``r`` of a batched fit
+    equals the single fit with ``restart_keys(key, n_init)[r]``.
+
+    Restart 0 uses ``key`` itself, so ``n_init=R`` always includes the fit with ``n_init=1``
+    and the same key, and is never worse than it (scikit-learn's restarts behave so too: its
+    first initialisation is that of ``n_init=1``). Restart ``r ≥ 1`` uses
+    ``split(key, n_init − 1)[r − 1]``, which does not depend on ``n_init`` (with JAX's
+    default ``jax_threefry_partitionable``): more restarts add fits, they never change the
+    first ones.
+
+    Example:
+      >>> import jax, gmmjax as gj
+      >>> keys = gj.restart_keys(jax.random.key(0), 3)
+      >>> bool((jax.random.key_data(keys[0]) == jax.random.key_data(jax.random.key(0))).all())
+      True
+    """
+    if n_init == 1:
+        return key[None]
+    return jnp.concatenate([key[None], jax.random.split(key, n_init - 1)])
 
 
 def run_restarts(key: jax.Array, options: FitOptions, fit_one: Callable[[jax.Array, jax.Array], FitState]) -> FitResult:

@@ -7,6 +7,7 @@ it contains no mixture maths of its own. It imports without scikit-learn.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 import warnings
@@ -19,16 +20,22 @@ from gmmjax import _validation as v
 from gmmjax._covariance import covariance_kind, precision_cholesky
 from gmmjax._density import log_prob, responsibilities
 from gmmjax._em import fit_em
-from gmmjax._options import fit_options
+from gmmjax._options import FitOptions, fit_options
 from gmmjax._gradient import DEFAULT_NUM_STEPS, fit_gradient
 from gmmjax._params import GMMParams
 from gmmjax._sampling import _sample_jit
 from gmmjax._criteria import aic as _aic
 from gmmjax._criteria import bic as _bic
+from gmmjax._criteria import num_parameters
 
 
 class ConvergenceWarning(UserWarning):
-    """A fit stopped at its iteration limit before meeting ``tol``."""
+    """A fit stopped at its iteration limit before meeting ``tol``.
+
+    Once scikit-learn is imported, the warning issued is also a
+    ``sklearn.exceptions.ConvergenceWarning`` (see :func:`_convergence_warning`), so filters
+    on either class apply to it.
+    """
 
 
 class NotFittedError(ValueError, AttributeError):
@@ -50,10 +57,79 @@ def _not_fitted_error(message: str) -> NotFittedError:
     return sklearn_not_fitted_error_type(NotFittedError, _not_fitted_error)(message)
 
 
+def _convergence_warning() -> type:
+    """The category of gmmjax's convergence warnings: :class:`ConvergenceWarning`; when
+    scikit-learn is loaded, a subclass that is also scikit-learn's ``ConvergenceWarning``,
+    so that ``warnings.simplefilter("ignore", sklearn.exceptions.ConvergenceWarning)`` (or
+    scikit-learn's ``ignore_warnings``) silences it too."""
+    if "sklearn" not in sys.modules:
+        return ConvergenceWarning
+    from gmmjax._interop import sklearn_convergence_warning_type
+
+    return sklearn_convergence_warning_type(ConvergenceWarning)
+
+
 _log_prob = jax.jit(log_prob, static_argnames="chunk_size")
 _responsibilities = jax.jit(responsibilities, static_argnames="chunk_size")
 _bic_jit = jax.jit(_bic)
 _aic_jit = jax.jit(_aic)
+
+
+# -- row buckets: one compiled program per bucket, not per number of rows ------------------------
+# predict, predict_proba, score_samples, score, bic, aic and sample compile a program for each
+# shape they see (0.4-3 s on the CPU). A long-lived process calls them with every row count
+# (scikit-learn's own tests sample n = 1..99), so the rows are padded to a bucket and the
+# results sliced: the next power of two (at least ROW_BUCKET_MIN) up to ROW_BUCKET_POW2_MAX
+# rows, then the next multiple of a quarter of the power of two below (padding under 25%).
+ROW_BUCKET_MIN = 32
+ROW_BUCKET_POW2_MAX = 2**16
+
+
+def _row_bucket(num_rows: int) -> int:
+    """The number of rows the compiled program is built for when a method gets ``num_rows``."""
+    if num_rows <= ROW_BUCKET_POW2_MAX:
+        return max(ROW_BUCKET_MIN, 1 << (num_rows - 1).bit_length())
+    step = 1 << (num_rows.bit_length() - 3)
+    return -(-num_rows // step) * step
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _pad_rows_on_device(X, size):
+    return jnp.concatenate([X, jnp.broadcast_to(X[-1:], (size - X.shape[0], X.shape[1]))])
+
+
+def _padded_to_bucket(X):
+    """``(X', n)``: a 2-D ``X`` with ``n >= 1`` rows, padded to :func:`_row_bucket` rows by
+    repeating its last row (so the padding is as valid as the data: the checks that follow
+    see the same values). NumPy data (and JAX arrays on the CPU) are padded on the host,
+    which compiles nothing; JAX arrays elsewhere by a small program per row count. Anything
+    else comes back unchanged with ``n = None`` (no slicing) for the checks to report."""
+    if type(X).__module__.startswith("scipy.sparse") or v.is_traced(X):
+        return X, None
+    if isinstance(X, jax.Array):
+        if X.ndim != 2 or X.shape[0] == 0:
+            return X, None
+        if any(device.platform != "cpu" for device in X.devices()):
+            num_rows = X.shape[0]
+            size = _row_bucket(num_rows)
+            return (X if size == num_rows else _pad_rows_on_device(X, size)), num_rows
+    try:
+        arr = np.asarray(X)
+    except (TypeError, ValueError):
+        return X, None
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        return X, None
+    num_rows = arr.shape[0]
+    size = _row_bucket(num_rows)
+    if size > num_rows:
+        arr = np.concatenate([arr, np.repeat(arr[-1:], size - num_rows, axis=0)])
+    return arr, num_rows
+
+
+def _real_rows(X, num_rows):
+    """Sample weights ``(N,)``: 1 for the first ``num_rows`` rows of ``X``, 0 for the padding
+    (all ones when ``num_rows`` is ``None``), built on the host (nothing to compile)."""
+    return (np.arange(X.shape[0]) < (X.shape[0] if num_rows is None else num_rows)).astype(X.dtype)
 
 
 MAX_SEED = 2**63 - 1  # jax.random.key takes a signed 64-bit seed
@@ -89,7 +165,8 @@ class GaussianMixtureModel:
 
     Args:
       num_components: number of components ``K`` (alias ``n_components``; default 1).
-      num_iters: EM iteration limit (alias ``max_iter``; default 100).
+      num_iters: EM iteration limit (alias ``max_iter``; default 100); ``0`` keeps the
+        initialisation (scikit-learn's way to read initial means).
       covariance_type: ``"full"`` (default), ``"tied"``, ``"diag"`` or ``"spherical"``.
       tol: convergence threshold on the change of the mean log-likelihood (default 1e-3).
       reg_covar: non-negative value added to covariance diagonals (default 1e-6).
@@ -106,7 +183,8 @@ class GaussianMixtureModel:
       restart_batch_size: restarts run together (vmapped); ``None``: all ``n_init``.
       verbose: show the fit's progress on stderr (see :func:`gmmjax.fit_em`); default off.
       verbose_interval: iterations between progress reports (default 10).
-      n_components, max_iter, random_state: scikit-learn's names for the above.
+      n_components, max_iter, random_state: scikit-learn's names for the above. Setting one
+        name of a pair later (``set_params`` or assignment) clears the other.
       fit_method: ``"em"`` (default) or ``"gradient"``: maximise the log-likelihood with an
         optax optimizer (:func:`gmmjax.fit_gradient`) from the same initialisation. A
         gradient fit runs ``num_steps`` steps; ``num_iters``/``max_iter`` and ``tol`` apply
@@ -207,10 +285,20 @@ class GaussianMixtureModel:
             if name not in valid:
                 raise ValueError(f"Invalid parameter {name!r} for GaussianMixtureModel; valid ones: {valid}.")
         for name, value in params.items():
-            setattr(self, name, value)
+            object.__setattr__(self, name, value)  # both names of a pair given: kept as given
             if _ALIASES.get(name) is not None and _ALIASES[name] not in params:
-                setattr(self, _ALIASES[name], None)
+                object.__setattr__(self, _ALIASES[name], None)
         return self
+
+    def __setattr__(self, name, value):
+        """Assigning one name of an alias pair after construction (``model.n_components = 1``,
+        as scikit-learn's estimator checks do) clears the other, as :meth:`set_params` does,
+        so the new value is the one used. Assignments in ``__init__`` (each name's first)
+        keep both names as given, so a conflicting construction still raises at ``fit``."""
+        other = _ALIASES.get(name)
+        if other is not None and value is not None and name in self.__dict__:
+            object.__setattr__(self, other, None)
+        object.__setattr__(self, name, value)
 
     def __sklearn_tags__(self):
         """scikit-learn's estimator tags (called by scikit-learn only, so it may import it)."""
@@ -239,6 +327,14 @@ class GaussianMixtureModel:
     def _chunk_size(self):
         return None if self.chunk_size is None else v.check_int("chunk_size", self.chunk_size, 1)
 
+    def _fit_options(self) -> FitOptions:
+        """The constructor's fit settings as one :class:`~gmmjax.FitOptions` (checked there)."""
+        return FitOptions(covariance_type=self.covariance_type, max_iter=self._resolved_max_iter(), n_init=self.n_init,
+                          init_params=self.init_params, chunk_size=self.chunk_size,
+                          restart_batch_size=self.restart_batch_size, tol=self.tol, reg_covar=self.reg_covar,
+                          weights_init=self.weights_init, means_init=self.means_init,
+                          precisions_init=self.precisions_init)
+
     def _resolved_fit_method(self) -> str:
         if self.fit_method not in ("em", "gradient"):
             raise ValueError(f"fit_method must be 'em' or 'gradient', got {self.fit_method!r}.")
@@ -260,39 +356,37 @@ class GaussianMixtureModel:
         num_components = self._resolved_num_components()
         max_iter = self._resolved_max_iter()
         key = _key_from_seed(self._resolved_seed())
-        init = dict(weights_init=self.weights_init, means_init=self.means_init,
-                    precisions_init=self.precisions_init)
-        n_init = self.n_init
+        options = self._fit_options()
         if self.warm_start and hasattr(self, "params"):
-            # X itself is validated once, by fit_em; only its width matters here.
+            # X itself is validated once, by the fit; only its width matters here.
             num_features = np.shape(X)[-1] if np.ndim(X) == 2 else self.n_features_in_
             if self.params.covariance_type != self.covariance_type or self.means_.shape != (num_components,
                                                                                             num_features):
                 raise ValueError("warm_start needs the same num_components, covariance_type and number of "
                                  "features as the previous fit: set warm_start=False to start afresh.")
-            init = dict(weights_init=self.weights_, means_init=self.means_, precisions_init=self.precisions_)
-            n_init = 1
+            # One restart from the previous solution; the convergence test continues from the
+            # previous fit's lower bound (scikit-learn's warm start), so that fitting one
+            # iteration at a time converges.
+            options = options.replace(weights_init=self.weights_, means_init=self.means_,
+                                      precisions_init=self.precisions_, n_init=1, lower_bound_init=self.lower_bound_)
         if fit_method == "gradient":
             result = fit_gradient(
-                key, X, num_components, optimizer=self.optimizer,
+                key, X, num_components, options, optimizer=self.optimizer,
                 num_steps=DEFAULT_NUM_STEPS if self.num_steps is None else self.num_steps,
-                batch_size=self.batch_size, covariance_type=self.covariance_type, reg_covar=self.reg_covar,
-                n_init=n_init, init_params=self.init_params, sample_weight=sample_weight,
-                chunk_size=self.chunk_size, **init,
+                batch_size=self.batch_size, sample_weight=sample_weight,
             )
         else:
-            result = fit_em(
-                key, X, num_components, covariance_type=self.covariance_type, max_iter=max_iter, tol=self.tol,
-                reg_covar=self.reg_covar, n_init=n_init, init_params=self.init_params,
-                sample_weight=sample_weight, chunk_size=self.chunk_size, restart_batch_size=self.restart_batch_size,
-                verbose=self.verbose, verbose_interval=self.verbose_interval, **init,
-            )
+            result = fit_em(key, X, num_components, options, sample_weight=sample_weight, verbose=self.verbose,
+                            verbose_interval=self.verbose_interval)
         self._store(result, result.params.num_features)
-        if fit_method == "em" and not self.converged_:
+        # max_iter=0 asks for the initialisation itself (scikit-learn's convention): no warning.
+        if fit_method == "em" and not self.converged_ and max_iter > 0:
             warnings.warn(
-                f"EM did not converge within {max_iter} iterations (tol={self.tol}): increase num_iters "
-                "(max_iter) or tol, try more restarts (n_init), or check for degenerate data.",
-                ConvergenceWarning, stacklevel=2,
+                # scikit-learn's sentence first (code matches on it), then what gmmjax knows
+                "Best performing initialization did not converge. Try different init parameters, or increase "
+                f"max_iter, tol, or check for degenerate data. EM did not converge within {max_iter} iterations "
+                f"(tol={self.tol}): increase num_iters (max_iter) or tol, or try more restarts (n_init).",
+                _convergence_warning(), stacklevel=2,
             )
         if self.collapsed_components_.any():
             warnings.warn(
@@ -333,18 +427,21 @@ class GaussianMixtureModel:
     def _fitted(self, name):
         if name not in self.__dict__:
             raise _not_fitted_error(
-                f"This GaussianMixtureModel is not fitted yet: call fit(X) before using {name.rstrip('_')}."
+                f"This GaussianMixtureModel instance is not fitted yet: call fit(X) before using {name.rstrip('_')}."
             )
         return self.__dict__[name]
 
     def _check_input(self, X, method):
+        """``(params, X, n)``: ``X`` validated and padded to a row bucket (see
+        :func:`_row_bucket`), ``n`` its number of real rows (``result[:n]`` drops the padding)."""
         params = self._fitted_params(method)
+        X, num_rows = _padded_to_bucket(X)
         X = v.check_data(X, "X", num_features=params.num_features)
-        return params, X.astype(params.means.dtype)
+        return params, X.astype(params.means.dtype), num_rows
 
     def _fitted_params(self, method):
         if "params_" not in self.__dict__:
-            raise _not_fitted_error(f"This GaussianMixtureModel is not fitted yet: call fit(X) before {method}().")
+            raise _not_fitted_error(f"This GaussianMixtureModel instance is not fitted yet: call fit(X) before {method}().")
         return self.params_
 
     # -- inference -------------------------------------------------------------------------
@@ -354,33 +451,39 @@ class GaussianMixtureModel:
 
     def predict_proba(self, X):
         """Posterior probability of each component: ``(N, K)``."""
-        params, X = self._check_input(X, "predict_proba")
-        return np.asarray(_responsibilities(params, X, chunk_size=self._chunk_size()))
+        params, X, n = self._check_input(X, "predict_proba")
+        return np.asarray(_responsibilities(params, X, chunk_size=self._chunk_size()))[:n]
 
     def predict(self, X):
         """Most probable component of each sample: ``(N,)`` int."""
-        params, X = self._check_input(X, "predict")
-        return np.argmax(np.asarray(_responsibilities(params, X, chunk_size=self._chunk_size())), axis=1)
+        params, X, n = self._check_input(X, "predict")
+        return np.argmax(np.asarray(_responsibilities(params, X, chunk_size=self._chunk_size()))[:n], axis=1)
 
     def score_samples(self, X):
         """Log-density of each sample: ``(N,)``."""
-        params, X = self._check_input(X, "score_samples")
-        return np.asarray(_log_prob(params, X, chunk_size=self._chunk_size()))
+        params, X, n = self._check_input(X, "score_samples")
+        return np.asarray(_log_prob(params, X, chunk_size=self._chunk_size()))[:n]
 
     def score(self, X, y=None):
         """Mean log-likelihood of ``X``."""
         self._fitted_params("score")  # so that the not-fitted message names score(), not score_samples()
         return float(np.mean(self.score_samples(X)))
 
+    def _n_parameters(self) -> int:
+        """Number of free parameters of the fitted mixture (scikit-learn's ``GaussianMixture``
+        has this private method; its tests and some user code call it)."""
+        params = self._fitted_params("_n_parameters")
+        return num_parameters(params.num_components, params.num_features, params.covariance_type)
+
     def bic(self, X):
         """Bayesian information criterion on ``X`` (lower is better)."""
-        params, X = self._check_input(X, "bic")
-        return float(_bic_jit(params, X))
+        params, X, n = self._check_input(X, "bic")
+        return float(_bic_jit(params, X, _real_rows(X, n)))
 
     def aic(self, X):
         """Akaike information criterion on ``X`` (lower is better)."""
-        params, X = self._check_input(X, "aic")
-        return float(_aic_jit(params, X))
+        params, X, n = self._check_input(X, "aic")
+        return float(_aic_jit(params, X, _real_rows(X, n)))
 
     def sample(self, n_samples=1, key=None):
         """Draws ``n_samples`` points; returns ``(X, labels)`` as NumPy arrays.
@@ -388,12 +491,19 @@ class GaussianMixtureModel:
         Without ``key``, a key derived from ``seed`` is used (same samples on each call).
         """
         params = self._fitted_params("sample")
-        n_samples = v.check_int("n_samples", n_samples, 1)
+        try:
+            n_samples = v.check_int("n_samples", n_samples, 1)
+        except ValueError as exc:  # scikit-learn's sentence first (code matches on it), then ours
+            raise ValueError(f"Invalid value for 'n_samples': {n_samples!r}. The sampling requires at least one "
+                             f"sample: {exc}") from None
         v.check_sample_memory(n_samples, params)  # MemoryError before XLA would abort the process
         if key is None:
             key = jax.random.fold_in(_key_from_seed(self._resolved_seed()), 1)
-        X, labels = _sample_jit(key, params, n_samples)
-        return np.asarray(X), np.asarray(labels)
+        # One program per row bucket: draw the bucket's rows and keep the first n_samples. With
+        # JAX's default jax_threefry_partitionable, each row's draws depend on its index alone,
+        # so these are the rows gmmjax.sample(key, params, n_samples) draws.
+        X, labels = _sample_jit(key, params, _row_bucket(n_samples))
+        return np.asarray(X)[:n_samples], np.asarray(labels)[:n_samples]
 
     # -- interoperability (gmmjax/_interop.py; each library imported only when used) -------
     def to_sklearn(self):
@@ -457,21 +567,19 @@ class GaussianMixtureModel:
         if model.fit_method != "em":
             raise ValueError(f"select() fits by EM; fit_method={model.fit_method!r} is not supported there.")
         selection = select_num_components(
-            _key_from_seed(model._resolved_seed()), X, num_components, covariance_types=covariance_types,
-            criterion=criterion, n_init=model.n_init, max_iter=model._resolved_max_iter(), tol=model.tol,
-            reg_covar=model.reg_covar, init_params=model.init_params, sample_weight=sample_weight,
-            chunk_size=model.chunk_size, restart_batch_size=model.restart_batch_size,
+            _key_from_seed(model._resolved_seed()), X, num_components, model._fit_options(),
+            covariance_types=covariance_types, criterion=criterion, sample_weight=sample_weight,
         )
         best = selection.best_fit()
         model.set_params(num_components=best.params.num_components, n_components=None,
                          covariance_type=selection.best_covariance_type)
         model._store(best, best.params.num_features)
         model.selection_ = selection
-        if not model.converged_:
+        if not model.converged_ and model._resolved_max_iter() > 0:
             warnings.warn(f"EM did not converge within {model._resolved_max_iter()} iterations for the selected "
                           f"model (K={best.params.num_components}, "
                           f"{selection.best_covariance_type}): increase max_iter or tol.",
-                          ConvergenceWarning, stacklevel=2)
+                          _convergence_warning(), stacklevel=2)
         return model
 
     # -- persistence -----------------------------------------------------------------------

@@ -365,7 +365,7 @@ def fit_gradient(
         mean log-likelihood ``Σ s_n log p(x_n) / Σ s_n``.
       **option_keywords: fields of :class:`~gmmjax.FitOptions` replacing those of
         ``options``, as in :func:`fit_em`: ``n_init`` (restart ``r`` uses
-        ``jax.random.split(key, n_init)[r]``, as EM), ``covariance_type``, ``init_params``,
+        ``gj.restart_keys(key, n_init)[r]``, as EM), ``covariance_type``, ``init_params``,
         ``reg_covar``, ``weights_init``/``means_init``/``precisions_init``, ``chunk_size``,
         ``restart_batch_size``.
 

@@ -77,6 +77,15 @@ def _draw_index(score: jax.Array, uniform: jax.Array) -> jax.Array:
     return jnp.minimum(index, last_positive)
 
 
+def _canonical_order(X: jax.Array) -> jax.Array:
+    """A permutation of the rows ``(N,)`` that depends on their values, not their positions:
+    sorted by ``X @ cos(1..D)``, ties by ``X @ sin(1..D)`` (directions with no rational linear
+    relation, so distinct rows tie only by rounding). Draws made in this order pick the same
+    row whatever the row order, and a row of integer weight ``m`` the same as ``m`` copies of it."""
+    j = jnp.arange(1, X.shape[1] + 1, dtype=X.dtype)
+    return jnp.lexsort((jnp.sum(X * jnp.sin(j)[None, :], axis=1), jnp.sum(X * jnp.cos(j)[None, :], axis=1)))
+
+
 def _sequential_seeding(key, X, num_components, sample_weight, distance_weighted: bool, num_active=None):
     """Draws ``K`` centers from the data one at a time.
 
@@ -95,14 +104,16 @@ def _sequential_seeding(key, X, num_components, sample_weight, distance_weighted
     ``num_active`` centers are drawn; the others repeat center 0.
     """
     uniforms = jax.random.uniform(key, (num_components,), X.dtype)
-    first = _draw_index(sample_weight, uniforms[0])
+    order = _canonical_order(X)  # (rows drawn in it: see _canonical_order)
+    draw_index = lambda score, uniform: order[_draw_index(score[order], uniform)]
+    first = draw_index(sample_weight, uniforms[0])
     centers = jnp.broadcast_to(X[first][None, :], (num_components, X.shape[1]))
     min_sq = jnp.sum((X - X[first][None, :]) ** 2, axis=-1)
 
     def add_center(k, carry):
         centers, min_sq = carry
         score = sample_weight * (min_sq if distance_weighted else (min_sq > 0).astype(X.dtype))
-        index = _draw_index(jnp.where(jnp.sum(score) > 0, score, sample_weight), uniforms[k])
+        index = draw_index(jnp.where(jnp.sum(score) > 0, score, sample_weight), uniforms[k])
         new_min_sq = jnp.minimum(min_sq, jnp.sum((X - X[index][None, :]) ** 2, axis=-1))
         if num_active is None:
             return centers.at[k].set(X[index]), new_min_sq

@@ -185,6 +185,19 @@ def sklearn_not_fitted_error_type(gmmjax_not_fitted_error: type, reconstruct) ->
     })
 
 
+@functools.cache
+def sklearn_convergence_warning_type(gmmjax_convergence_warning: type) -> type:
+    """A subclass of both gmmjax's and scikit-learn's ``ConvergenceWarning`` (made on first use,
+    once scikit-learn is loaded), so that warning filters naming either class apply to it
+    (e.g. ``warnings.simplefilter("ignore", sklearn.exceptions.ConvergenceWarning)``)."""
+    from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
+
+    return type("ConvergenceWarning", (gmmjax_convergence_warning, SklearnConvergenceWarning), {
+        "__module__": gmmjax_convergence_warning.__module__,
+        "__doc__": gmmjax_convergence_warning.__doc__,
+    })
+
+
 # -- numpyro and distrax --------------------------------------------------------------------------
 def _component_scales(params: GMMParams):
     """Lower Cholesky factors ``(..., K, D, D)`` (full, tied) or standard deviations

@@ -100,6 +100,7 @@ def check_data(X, name: str = "X", *, num_features: int | None = None, min_sampl
         )
     if n < min_samples:
         raise ValueError(
+            f"Expected n_samples >= n_components but got n_components = {min_samples}, n_samples = {n}: "
             f"{name} has {n} samples, fewer than num_components={min_samples}: "
             "provide more samples or decrease num_components."
         )
@@ -180,10 +181,19 @@ def check_sample_weight(sample_weight, num_samples: int, dtype):
     return jnp.broadcast_to(jnp.asarray(sample_weight, dtype), (num_samples,))
 
 
-def _concrete(name, value, shape):
+# The messages about starting parameters begin with scikit-learn's own sentence for the same
+# condition (its _check_weights, _check_means, _check_precisions), so that code matching on
+# scikit-learn's messages keeps working; gmmjax's explanation follows. scikit-learn calls the
+# parameters 'weights', 'means' and '<covariance_type> precision'.
+def _sklearn_name(name: str) -> str:
+    return name[: -len("_init")] if name.endswith("_init") else name
+
+
+def _concrete(name, value, shape, sklearn_name=None):
     arr = np.asarray(value, dtype=np.float64)
     if arr.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {arr.shape}.")
+        raise ValueError(f"The parameter '{sklearn_name or _sklearn_name(name)}' should have the shape of "
+                         f"{tuple(shape)}, but got {arr.shape}: {name} must have shape {tuple(shape)}, got {arr.shape}.")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or infinity.")
     return arr
@@ -193,10 +203,15 @@ def check_weights(name: str, weights, num_components: int, atol: float = 1e-6):
     if is_traced(weights):
         return weights
     w = _concrete(name, weights, (num_components,))
-    if np.any(w < 0):
-        raise ValueError(f"{name} must be non-negative, got {w}.")
+    if np.any(w < 0) or np.any(w > 1):
+        # scikit-learn's sentence prints the minimum as "max value" and the maximum as "min
+        # value"; it is reproduced as it is so that code matching it keeps working.
+        raise ValueError(f"The parameter '{_sklearn_name(name)}' should be in the range [0, 1], but got max value "
+                         f"{w.min():.5f}, min value {w.max():.5f}: {name} must be non-negative and at most 1, "
+                         f"got {w} (from {w.min():.6g} to {w.max():.6g}).")
     if abs(w.sum() - 1.0) > atol:
-        raise ValueError(f"{name} must sum to 1, got sum {w.sum():.8g}: divide by the sum to normalise.")
+        raise ValueError(f"The parameter '{_sklearn_name(name)}' should be normalized, but got sum(weights) = "
+                         f"{w.sum():.5f}: {name} must sum to 1, got sum {w.sum():.8g}: divide by the sum to normalise.")
     return weights
 
 
@@ -214,19 +229,23 @@ def check_covariance_like(name: str, value, num_components: int, num_features: i
     check_covariance_type(covariance_type)
     if is_traced(value):
         return value
-    arr = _concrete(name, value, covariance_kind(covariance_type).shape(num_components, num_features))
-    if covariance_kind(covariance_type).matrix:
+    sklearn_name = f"{covariance_type} {kind}"  # scikit-learn's name, e.g. 'full precision'
+    covariance = covariance_kind(covariance_type)
+    arr = _concrete(name, value, covariance.shape(num_components, num_features), sklearn_name)
+    if covariance.matrix:
         mats = arr.reshape((-1, num_features, num_features))
         for k, mat in enumerate(mats):
-            where = "" if covariance_kind(covariance_type).shared else f" (component {k})"
+            where = "" if covariance.shared else f" (component {k})"
+            sklearn_says = f"'{sklearn_name}' should be symmetric, positive-definite: "
             if not np.allclose(mat, mat.T, rtol=1e-5, atol=1e-8 * max(1.0, np.abs(mat).max())):
-                raise ValueError(f"{name}{where} must be a symmetric matrix.")
+                raise ValueError(f"{sklearn_says}{name}{where} must be a symmetric matrix.")
             try:
                 np.linalg.cholesky(mat)
             except np.linalg.LinAlgError:
-                raise ValueError(f"{name}{where} must be positive definite.") from None
+                raise ValueError(f"{sklearn_says}{name}{where} must be positive definite.") from None
     elif np.any(arr <= 0):
-        raise ValueError(f"{name} must be positive ({kind}s of '{covariance_type}' components).")
+        raise ValueError(f"'{sklearn_name}' should be positive: {name} must be positive ({kind}s of "
+                         f"'{covariance_type}' components).")
     return value
 
 

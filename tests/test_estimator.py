@@ -5,6 +5,7 @@ the generating parameters, duplicated rows for integer sample weights)."""
 from __future__ import annotations
 
 import itertools
+import logging
 import subprocess
 import sys
 import textwrap
@@ -271,6 +272,110 @@ def test_sample_is_reproducible_and_key_dependent(fitted):
     assert not np.array_equal(a, c)
 
 
+# -- 2. row buckets: no compilation per row count ------------------------------------------------
+class _CompileCounter(logging.Handler):
+    """Counts XLA compilations reported by ``jax.log_compiles``."""
+
+    def __init__(self):
+        super().__init__()
+        self.compiled = []
+
+    def emit(self, record):
+        if "Finished XLA compilation" in record.getMessage():
+            self.compiled.append(record.getMessage())
+
+
+def _methods_on(m, X, n):
+    return (m.predict(X[:n]), m.predict_proba(X[:n]), m.score_samples(X[:n]), m.score(X[:n]), m.bic(X[:n]),
+            m.aic(X[:n]), m.sample(n))
+
+
+def test_new_row_counts_compile_nothing_and_give_the_unpadded_results(X, fitted):
+    """predict/predict_proba/score_samples/score/bic/aic/sample pad rows to a bucket (the next
+    power of two, at least 32) and slice: once a bucket is compiled, other row counts in it
+    compile nothing, and the results are those of the unpadded computation (scikit-learn's
+    on the same parameters; sample: gmmjax.sample's first rows)."""
+    import jax
+
+    from gmmjax._estimator import _row_bucket
+
+    assert [_row_bucket(n) for n in (1, 32, 33, 64, 65, 2**16, 2**16 + 1, 5 * 2**14, 5 * 2**14 + 1)] == [
+        32, 32, 64, 64, 128, 2**16, 5 * 2**14, 5 * 2**14, 6 * 2**14]
+    m = fitted["full"]
+    _methods_on(m, X, 5)  # compiles bucket 32 (if no earlier test did)
+    counter = _CompileCounter()
+    logger = logging.getLogger("jax")
+    logger.addHandler(counter)
+    try:
+        with jax.log_compiles():
+            results = {n: _methods_on(m, X, n) for n in (1, 2, 7, 20, 31, 32)}
+    finally:
+        logger.removeHandler(counter)
+    assert counter.compiled == []
+    twin = sklearn_twin(m, X)
+    for n, (labels, proba, log_density, score, bic, aic, (Xs, ys)) in results.items():
+        assert labels.shape == (n,) and proba.shape == (n, 2) and Xs.shape == (n, 2) and ys.shape == (n,)
+        np.testing.assert_allclose(log_density, twin.score_samples(X[:n]), rtol=1e-5)
+        np.testing.assert_allclose(proba, twin.predict_proba(X[:n]), rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(labels, np.argmax(proba, axis=1))
+        assert score == pytest.approx(twin.score(X[:n]), rel=1e-5)
+        assert bic == pytest.approx(twin.bic(X[:n]), rel=1e-5)
+        assert aic == pytest.approx(twin.aic(X[:n]), rel=1e-5)
+        key = jax.random.fold_in(jax.random.key(0), 1)  # sample()'s key for seed None
+        expected_X, expected_labels = gj.sample(key, m.params, n)
+        np.testing.assert_array_equal(Xs, np.asarray(expected_X))
+        np.testing.assert_array_equal(ys, np.asarray(expected_labels))
+
+
+def test_sample_n_samples_error_has_scikit_learns_phrase(fitted):
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match=r"Invalid value for 'n_samples'.*n_samples must be an integer >= 1"):
+            fitted["full"].sample(bad)
+
+
+# -- 2. error messages contain scikit-learn's ---------------------------------------------------
+def _bad_starting_parameters():
+    full_not_pd = np.stack([np.eye(2), np.ones((2, 2))])
+    full_not_pd[0, 0, 0] = -1.0
+    yield "full", dict(weights_init=np.full((2, 1), 0.5))
+    yield "full", dict(weights_init=np.array([1.2, 1.7]))
+    yield "full", dict(weights_init=np.array([1.2, -0.2]))
+    yield "full", dict(weights_init=np.array([0.3, 0.4]))
+    yield "full", dict(means_init=np.zeros((3, 2)))
+    yield "full", dict(precisions_init=np.ones((3, 2, 2)))
+    yield "full", dict(precisions_init=full_not_pd)
+    yield "tied", dict(precisions_init=np.ones((3, 3)))
+    yield "tied", dict(precisions_init=full_not_pd[0])
+    yield "diag", dict(precisions_init=np.ones((3, 2)))
+    yield "diag", dict(precisions_init=np.full((2, 2), -1.0))
+    yield "spherical", dict(precisions_init=np.ones(3))
+    yield "spherical", dict(precisions_init=np.full(2, -1.0))
+
+
+@pytest.mark.parametrize("ct, bad", list(_bad_starting_parameters()))
+def test_starting_parameter_errors_contain_scikit_learns_message(X, ct, bad):
+    """Code that matches scikit-learn's messages (its _check_weights, _check_means,
+    _check_precisions) keeps working: gmmjax's message contains scikit-learn's, then explains."""
+    from sklearn.mixture import GaussianMixture
+
+    with pytest.raises(ValueError) as theirs:
+        GaussianMixture(n_components=2, covariance_type=ct, **bad).fit(X)
+    with pytest.raises(ValueError) as ours:
+        GaussianMixtureModel(n_components=2, covariance_type=ct, **bad).fit(X)
+    assert str(theirs.value) in str(ours.value)
+    assert len(str(ours.value)) > len(str(theirs.value)) + 20  # and gmmjax's explanation follows
+
+
+def test_too_few_samples_error_contains_scikit_learns_message(X):
+    from sklearn.mixture import GaussianMixture
+
+    with pytest.raises(ValueError) as theirs:
+        GaussianMixture(n_components=3).fit(X[:2])
+    with pytest.raises(ValueError, match="provide more samples or decrease num_components") as ours:
+        GaussianMixtureModel(n_components=3).fit(X[:2])
+    assert str(theirs.value) in str(ours.value)
+
+
 # -- 2. convergence ---------------------------------------------------------------------------
 def test_convergence_warning_when_iteration_limit_hit(X):
     with pytest.warns(gj.ConvergenceWarning, match=r"did not converge within 1 iterations"):
@@ -285,6 +390,77 @@ def test_no_warning_when_converged(X):
         warnings.simplefilter("error")
         m = GaussianMixtureModel(2, 100).fit(X)
     assert m.converged_
+
+
+def test_convergence_warning_is_scikit_learns_once_it_is_imported(X):
+    """Filters on scikit-learn's ConvergenceWarning (as scikit-learn users write them, e.g. its
+    ignore_warnings) silence gmmjax's too; gmmjax's class still catches it."""
+    sklearn_exceptions = pytest.importorskip("sklearn.exceptions")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.simplefilter("ignore", sklearn_exceptions.ConvergenceWarning)
+        GaussianMixtureModel(2, 1, tol=0.0).fit(X)
+    with pytest.warns(sklearn_exceptions.ConvergenceWarning, match="did not converge") as caught:
+        GaussianMixtureModel(2, 1, tol=0.0).fit(X)
+    assert all(issubclass(w.category, gj.ConvergenceWarning) for w in caught)
+    # and its message begins with scikit-learn's own (code matching it keeps working)
+    from sklearn.mixture import GaussianMixture
+
+    with pytest.warns(sklearn_exceptions.ConvergenceWarning) as theirs:
+        GaussianMixture(2, max_iter=1, tol=0.0).fit(X)
+    assert str(caught[0].message).startswith(str(theirs[0].message))
+
+
+def test_max_iter_zero_returns_the_initialisation_as_scikit_learn_does(X):
+    """scikit-learn's max_iter=0: the initial parameters (users read initial means this way),
+    n_iter_ 0, not converged, lower_bound_ -inf, an empty history, no ConvergenceWarning."""
+    from sklearn.mixture import GaussianMixture
+
+    means_init = np.array([[0.5, -0.5], [2.0, 3.5]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = GaussianMixtureModel(n_components=2, max_iter=0, means_init=means_init).fit(X)
+        theirs = GaussianMixture(n_components=2, max_iter=0, means_init=means_init, random_state=0).fit(X)
+    np.testing.assert_allclose(ours.means_, theirs.means_)
+    assert (ours.n_iter_, ours.converged_, ours.lower_bound_) == (theirs.n_iter_, theirs.converged_,
+                                                                  theirs.lower_bound_) == (0, False, -np.inf)
+    assert len(ours.lower_bounds_) == len(theirs.lower_bounds_) == 0
+    # without means_init: k-means' centers, the same as the starting point of a longer fit
+    first_step = GaussianMixtureModel(n_components=2, max_iter=1, tol=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", gj.ConvergenceWarning)
+        first_step.fit(X)
+    initial = GaussianMixtureModel(n_components=2, max_iter=0).fit(X)
+    assert initial.lower_bound_ == -np.inf
+    # one EM step's lower bound is the log-likelihood of its starting (initial) parameters
+    assert first_step.lower_bound_ == pytest.approx(initial.score(X), rel=1e-5)
+    np.testing.assert_array_equal(GaussianMixtureModel(n_components=2, max_iter=0).fit_predict(X),
+                                  initial.predict(X))
+
+
+def test_warm_start_one_iteration_at_a_time_converges_like_scikit_learn(X):
+    """With warm_start and max_iter=1 each fit continues the convergence test from the previous
+    lower_bound_ (scikit-learn's rule): the same calls converge, with the same lower bounds."""
+    from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
+    from sklearn.mixture import GaussianMixture
+
+    init = dict(weights_init=np.array([0.5, 0.5]), means_init=np.array([[1.0, 1.0], [2.0, 2.0]]),
+                precisions_init=np.stack([np.eye(2)] * 2))
+    ours = GaussianMixtureModel(n_components=2, max_iter=1, warm_start=True, tol=1e-3, **init)
+    theirs = GaussianMixture(n_components=2, max_iter=1, warm_start=True, tol=1e-3, **init)
+    history = {"ours": [], "theirs": []}
+    for _ in range(40):
+        for name, model in (("ours", ours), ("theirs", theirs)):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model.fit(X)
+            warned = any(issubclass(w.category, SklearnConvergenceWarning) for w in caught)
+            history[name].append((model.converged_, warned, model.n_iter_, model.lower_bound_))
+        if theirs.converged_:
+            break
+    assert theirs.converged_ and len(history["theirs"]) > 2  # a test of the warm-started convergence test
+    assert [h[:3] for h in history["ours"]] == [h[:3] for h in history["theirs"]]
+    np.testing.assert_allclose([h[3] for h in history["ours"]], [h[3] for h in history["theirs"]], rtol=1e-5)
 
 
 def test_warm_start_continues_from_previous_parameters(X):
@@ -439,8 +615,13 @@ def test_estimator_imports_and_fits_without_sklearn():
             sys.exit("to_sklearn() worked without scikit-learn")
         try:
             gmmjax.GaussianMixtureModel().predict(X)
-        except gmmjax._estimator.NotFittedError as exc:
-            assert type(exc) is gmmjax._estimator.NotFittedError  # not the scikit-learn flavour
+        except gmmjax.NotFittedError as exc:
+            assert type(exc) is gmmjax.NotFittedError  # not the scikit-learn flavour
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            gmmjax.GaussianMixtureModel(num_components=1, num_iters=1, tol=0.0).fit(X)
+        assert [w.category for w in caught] == [gmmjax.ConvergenceWarning], caught
         assert not any(name.split(".")[0] == "sklearn" for name in sys.modules)
         print("fitted without sklearn")
     """)

@@ -3,7 +3,7 @@
 
 Oracle: the gradients of the same fits done one at a time (``n_init=1``, no ``vmap``: a
 plain ``lax.while_loop``), independent of the compacting loop. Restart ``r`` of a batched
-fit is the single fit with ``split(key, n_init)[r]`` (see :func:`gmmjax._em.restart_keys`).
+fit is the single fit with ``restart_keys(key, n_init)[r]`` (see :func:`gmmjax.restart_keys`).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def test_gradient_through_eight_restarts_equals_the_best_single_fit(problem):
     Xs, weights, reg_covar = problem
     key = jax.random.key(5)
     grads, best = _grad(Xs[0], weights[0], reg_covar, key, n_init=LANES)
-    single, _ = _grad(Xs[0], weights[0], reg_covar, jax.random.split(key, LANES)[int(best)])
+    single, _ = _grad(Xs[0], weights[0], reg_covar, gj.restart_keys(key, LANES)[int(best)])
     assert np.abs(np.asarray(single[0])).max() > 0  # not a trivially zero gradient
     _assert_grads_close(grads, single)
 

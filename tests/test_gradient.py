@@ -120,7 +120,7 @@ def test_minibatches_are_keyed_and_reach_em(X, fitted):
 
 
 def test_jit_and_vmap_over_datasets_and_restarts_equal_single_fits(X):
-    """Restart ``r`` of a fit is the single fit with ``split(key, n_init)[r]`` (restarts are
+    """Restart ``r`` of a fit is the single fit with ``restart_keys(key, n_init)[r]`` (restarts are
     vmapped inside; here they differ by their minibatches), and a jitted vmap over datasets
     equals fitting each dataset alone (the single fits are the minibatch test's)."""
     _, start = _user_start(X)
@@ -131,7 +131,7 @@ def test_jit_and_vmap_over_datasets_and_restarts_equal_single_fits(X):
     batched = fit(keys, datasets)
     assert batched.restart_lower_bounds.shape == (2, 2) and batched.lower_bound_history.shape == (2, 2, STEPS)
     for i in range(2):
-        for r, restart_key in enumerate(jax.random.split(keys[i], 2)):
+        for r, restart_key in enumerate(gj.restart_keys(keys[i], 2)):
             single = gj.fit_gradient(restart_key, datasets[i], 2, num_steps=STEPS, batch_size=64, **start)
             np.testing.assert_allclose(batched.restart_params.means[i, r], single.params.means, rtol=1e-4,
                                        atol=1e-4)

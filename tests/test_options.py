@@ -118,3 +118,15 @@ def test_the_gradient_fit_and_model_selection_take_the_same_options():
                                np.asarray(gj.fit_em(KEY, X, 2, options).params.means), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="model selection fits several"):
         gj.select_num_components(KEY, X, 2, means_init=np.zeros((2, 2)))
+
+
+def test_more_restarts_include_the_single_fit_and_keep_the_first_ones():
+    """Restart 0 is the fit with the key itself and restart r does not depend on n_init, so
+    n_init=5 is never worse than n_init=1 (scikit-learn's test_multiple_init)."""
+    single = gj.fit_em(KEY, X, 2, init_params="random_from_data", max_iter=20)
+    three = gj.fit_em(KEY, X, 2, n_init=3, init_params="random_from_data", max_iter=20)
+    five = gj.fit_em(KEY, X, 2, n_init=5, init_params="random_from_data", max_iter=20)
+    np.testing.assert_allclose(float(five.restart_lower_bounds[0]), float(single.lower_bound), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(five.restart_lower_bounds[:3]), np.asarray(three.restart_lower_bounds),
+                               rtol=1e-6)
+    assert float(five.lower_bound) >= float(single.lower_bound)

@@ -76,10 +76,10 @@ def test_jit_matches_eager(data, covariance_type):
 
 
 def test_vmapped_restarts_equal_single_fits(data):
-    """Restart r of a batched fit equals a single fit with jax.random.split(key, n_init)[r]."""
+    """Restart r of a batched fit equals a single fit with gj.restart_keys(key, n_init)[r]."""
     key = jax.random.key(42)
     batched = gj.fit_em(key, data, K, n_init=4, init_params="random_from_data", max_iter=MAX_ITER)
-    keys = jax.random.split(key, 4)
+    keys = gj.restart_keys(key, 4)
     for r in range(4):
         single = gj.fit_em(keys[r], data, K, n_init=1, init_params="random_from_data", max_iter=MAX_ITER)
         restart_r = jax.tree_util.tree_map(lambda leaf: leaf[r], batched.restart_params)

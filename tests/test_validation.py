@@ -59,7 +59,7 @@ BAD_FIT_INPUTS = {
     "init_params": ({"init_params": "kmedoids"}, None, r"init_params must be one of .*got 'kmedoids'"),
     "n_init 0": ({"n_init": 0}, None, r"n_init must be an integer >= 1, got 0"),
     "n_init float": ({"n_init": 1.5}, None, r"n_init must be an integer >= 1, got 1\.5"),
-    "max_iter 0": ({"max_iter": 0}, None, r"max_iter.* must be an integer >= 1, got 0"),
+    "max_iter -1": ({"max_iter": -1}, None, r"max_iter.* must be an integer >= 0, got -1"),  # 0: the initialisation
     "negative tol": ({"tol": -1e-3}, None, r"tol must be a non-negative finite number, got -0\.001"),
     "nan tol": ({"tol": float("nan")}, None, r"tol must be a non-negative finite number, got nan"),
     "string tol": ({"tol": "small"}, None, r"tol must be a non-negative number, got 'small'"),
