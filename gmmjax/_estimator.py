@@ -46,6 +46,18 @@ class NotFittedError(ValueError, AttributeError):
     """
 
 
+# scikit-learn's sentence for an unfitted GaussianMixture, to the letter: code (and scikit-learn's
+# own tests) match on it.
+SKLEARN_NOT_FITTED = ("This GaussianMixture instance is not fitted yet. Call 'fit' with appropriate arguments before "
+                      "using this estimator.")
+
+
+def _not_fitted(what_to_do: str) -> NotFittedError:
+    """The :class:`NotFittedError` of a method called before ``fit``: scikit-learn's sentence,
+    then ``what_to_do``."""
+    return _not_fitted_error(f"{SKLEARN_NOT_FITTED} (GaussianMixtureModel is not fitted yet: {what_to_do})")
+
+
 def _not_fitted_error(message: str) -> NotFittedError:
     """A :class:`NotFittedError`; when scikit-learn is loaded, one that is also scikit-learn's
     ``NotFittedError``, so that scikit-learn's tools and ``except`` clauses recognise it.
@@ -426,9 +438,8 @@ class GaussianMixtureModel:
 
     def _fitted(self, name):
         if name not in self.__dict__:
-            raise _not_fitted_error(
-                f"This GaussianMixtureModel instance is not fitted yet: call fit(X) before using {name.rstrip('_')}."
-            )
+            raise _not_fitted(
+                f"call fit(X) before using {name.rstrip('_')}.")
         return self.__dict__[name]
 
     def _check_input(self, X, method):
@@ -441,7 +452,7 @@ class GaussianMixtureModel:
 
     def _fitted_params(self, method):
         if "params_" not in self.__dict__:
-            raise _not_fitted_error(f"This GaussianMixtureModel instance is not fitted yet: call fit(X) before {method}().")
+            raise _not_fitted(f"call fit(X) before {method}().")
         return self.params_
 
     # -- inference -------------------------------------------------------------------------

@@ -6,6 +6,7 @@ is compared against. Used both in-process (pytest) and by ``_x64_parity_script.p
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
@@ -232,3 +233,13 @@ def e_step_statistics(params, covariance_type, X, sample_weight):
         second = np.stack([(r[:, j:j + 1] * (X - m[j]) ** 2).sum(0) for j in range(len(w))])
     ll = (sample_weight * mixture_log_prob(w, m, c, covariance_type, X)).sum()
     return counts, first, second, ll
+
+
+def assert_trees_close(actual, desired, rtol=0.0, atol=0.0):
+    """Two pytrees of the same structure whose leaves agree within ``rtol``/``atol``
+    (``np.testing.assert_allclose`` per leaf; both 0: equal, NaN where the other is NaN)."""
+    actual_leaves, actual_tree = jax.tree_util.tree_flatten(actual)
+    desired_leaves, desired_tree = jax.tree_util.tree_flatten(desired)
+    assert actual_tree == desired_tree, (actual_tree, desired_tree)
+    for a, b in zip(actual_leaves, desired_leaves):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)

@@ -88,8 +88,7 @@ def test_densities_in_chunks_match_oracle_and_gradient(odd_data, covariance_type
                                    O.responsibilities(w, m, c, covariance_type, X), atol=1e-5)
     # reverse-mode through the chunked loop equals the single-chunk gradient
     grad = lambda cs: jax.grad(lambda p: jnp.sum(gj.log_prob(p, X, chunk_size=cs)))(params)
-    for a, b in zip(jax.tree_util.tree_leaves(grad(5)), jax.tree_util.tree_leaves(grad(N_ODD))):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+    O.assert_trees_close(grad(5), grad(N_ODD), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("init_params", ["kmeans", "random"])
@@ -99,8 +98,7 @@ def test_fit_em_result_does_not_depend_on_chunk_size(init_params):
             for cs in (None, 64, 301)]
     for other in fits[1:]:
         assert int(other.n_iter) == int(fits[0].n_iter)
-        for a, b in zip(jax.tree_util.tree_leaves(fits[0].params), jax.tree_util.tree_leaves(other.params)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-4)
+        O.assert_trees_close(fits[0].params, other.params, rtol=2e-4, atol=2e-4)
 
 
 def test_restart_batches_equal_one_vmapped_batch():

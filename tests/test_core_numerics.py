@@ -175,8 +175,7 @@ def test_e_step_statistics_match_oracle_and_are_additive(small_data, covariance_
     m_step = jax.jit(gj.m_step)
     new_whole = m_step(stats, params.means)
     new_parts = m_step(summed, params.means)
-    for a, b in zip(jax.tree_util.tree_leaves(new_whole), jax.tree_util.tree_leaves(new_parts)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    O.assert_trees_close(new_whole, new_parts, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("covariance_type", COV_TYPES)
@@ -214,8 +213,7 @@ def test_sample_weight_two_equals_duplicated_rows(small_data, covariance_type):
     e_step = jax.jit(gj.e_step)
     s_w, ll_w = e_step(params, jnp.asarray(X), jnp.asarray(sw, jnp.float32))
     s_d, ll_d = e_step(params, jnp.asarray(X_dup))
-    for a, b in zip(jax.tree_util.tree_leaves(s_w), jax.tree_util.tree_leaves(s_d)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-4)
+    O.assert_trees_close(s_w, s_d, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(float(ll_w), float(ll_d), rtol=1e-5)
     # whole fits from the same starting parameters
     init = dict(weights_init=np.asarray(params.weights), means_init=np.asarray(params.means),
@@ -224,14 +222,12 @@ def test_sample_weight_two_equals_duplicated_rows(small_data, covariance_type):
     kw = dict(covariance_type=covariance_type, tol=0.0, max_iter=10, **init)
     r_w = gj.fit_em(jax.random.key(0), X, 3, sample_weight=sw.astype(np.float64), **kw)
     r_d = gj.fit_em(jax.random.key(0), X_dup, 3, **kw)
-    for a, b in zip(jax.tree_util.tree_leaves(r_w.params), jax.tree_util.tree_leaves(r_d.params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    O.assert_trees_close(r_w.params, r_d.params, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(float(r_w.lower_bound), float(r_d.lower_bound), rtol=1e-5)
     # and sample_weight=2 everywhere changes nothing (the lower bound is per unit weight)
     r_2 = gj.fit_em(jax.random.key(0), X, 3, sample_weight=np.full(len(X), 2.0), **kw)
     r_1 = gj.fit_em(jax.random.key(0), X, 3, **kw)
-    for a, b in zip(jax.tree_util.tree_leaves(r_2), jax.tree_util.tree_leaves(r_1)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    O.assert_trees_close(r_2, r_1, rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- sampling

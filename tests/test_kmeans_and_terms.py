@@ -45,5 +45,4 @@ def test_component_terms_pass_through_jit(X, covariance_type):
     np.testing.assert_allclose(np.asarray(log_joint).T, O.component_log_joint(w, m, c, covariance_type, np.asarray(X)),
                                rtol=1e-5, atol=1e-5)
     eager = component_terms(params)
-    for a, b in zip(jax.tree_util.tree_leaves(terms), jax.tree_util.tree_leaves(eager)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+    O.assert_trees_close(terms, eager, rtol=1e-6)

@@ -70,7 +70,5 @@ def test_fit_em_vmapped_over_many_datasets_equals_single_fits():
         one = single(keys[i], jnp.asarray(datasets[i]))
         assert int(batched.n_iter[i]) == int(one.n_iter)
         n_iters.add(int(one.n_iter))
-        for a, b in zip(jax.tree_util.tree_leaves(one.params),
-                        jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda leaf: leaf[i], batched.params))):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+        O.assert_trees_close(one.params, jax.tree_util.tree_map(lambda leaf: leaf[i], batched.params), rtol=1e-4, atol=1e-4)
     assert len(n_iters) > 1

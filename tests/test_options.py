@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import _oracles as O
 import gmmjax as gj
 from _oracles import make_blobs
 from gmmjax import _em
@@ -53,8 +54,7 @@ def test_keyword_form_equals_the_options_object():
     by_keywords = gj.fit_em(KEY, X, 2, covariance_type="diag", n_init=2, num_iters=30, tol=1e-4)
     overridden = gj.fit_em(KEY, X, 2, options.replace(n_init=1), n_init=2)  # keywords replace fields
     for other in (by_keywords, overridden):
-        for a, b in zip(jax.tree_util.tree_leaves(by_object), jax.tree_util.tree_leaves(other)):
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        O.assert_trees_close(by_object, other)
 
 
 def test_new_leaf_values_reuse_the_compiled_fit():

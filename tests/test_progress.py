@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import _oracles as O
 import gmmjax as gj
 from gmmjax import _em, _progress
 from gmmjax._cli import DEMO_COVARIANCES, DEMO_MEANS, DEMO_WEIGHTS
@@ -166,8 +167,7 @@ def test_restart_batches_report_every_restart(X, received):
 def test_progress_does_not_change_the_fit(X, n_init):
     loud = gj.fit_em(jax.random.key(1), X, 2, n_init=n_init, verbose=True, verbose_interval=INTERVAL, **FIT)
     quiet = gj.fit_em(jax.random.key(1), X, 2, n_init=n_init, **FIT)
-    for a, b in zip(jax.tree_util.tree_leaves(loud), jax.tree_util.tree_leaves(quiet)):
-        np.testing.assert_array_equal(a, b)
+    O.assert_trees_close(loud, quiet)
 
 
 # -- what the user sees: phases, time left, terminals and files (fake streams and clocks) ----------

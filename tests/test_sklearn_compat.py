@@ -190,7 +190,8 @@ def test_check_is_fitted_and_not_fitted_error_are_scikit_learns(X):
         model.predict(X)
     error = info.value
     assert isinstance(error, gj.NotFittedError) and isinstance(error, ValueError)
-    assert "This GaussianMixtureModel instance is not fitted yet" in str(error)  # scikit-learn's phrase
+    assert str(error).startswith("This GaussianMixture instance is not fitted yet. Call 'fit' with appropriate "
+                                 "arguments before using this estimator.")  # scikit-learn's sentence
     assert isinstance(error, AttributeError)
     copy = pickle.loads(pickle.dumps(error))  # e.g. sent back by a joblib worker
     assert type(copy) is type(error) and copy.args == error.args

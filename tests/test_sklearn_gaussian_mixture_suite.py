@@ -24,8 +24,6 @@ import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-_CLASS_NAME = ("matches scikit-learn's NotFittedError message, which names the class: 'This GaussianMixture "
-               "instance is not fitted yet' (gmmjax: 'This GaussianMixtureModel instance is not fitted yet')")
 _PRIVATE = "tests scikit-learn's private internals, not the estimator's behaviour"
 _FLOAT32 = ("float32 by default: global_dtype=float64 asserts float64 fitted arrays (gmmjax keeps float64 only "
             "with jax_enable_x64)")
@@ -33,10 +31,6 @@ _FLOAT32_DIGITS = "float32 by default: compares to 7 decimals, beyond float32's 
 
 # Expected failures in both modes: test name (a name without "[...]" covers every parametrization).
 EXPECTED_FAILURES = {
-    "test_gaussian_mixture_predict_predict_proba": _CLASS_NAME,
-    "test_score": _CLASS_NAME,
-    "test_score_samples": _CLASS_NAME,
-    "test_sample": _CLASS_NAME + " (the sampling itself passes: gmmjax's test_estimator checks the moments)",
     "test_regularisation": ("reg_covar=0 on data with a singular covariance: scikit-learn raises ValueError, gmmjax "
                             "regularises the collapsed component with extra jitter and warns (never a NaN, never a "
                             "failed fit)"),
@@ -60,12 +54,7 @@ EXPECTED_FAILURES_FLOAT32 = {
 
 
 # Expected failures with JAX_ENABLE_X64=1 only.
-EXPECTED_FAILURES_X64 = {
-    "test_multiple_init": (
-        "asserts that n_init=5 scores at least as well as n_init=1 with the same random_state; scikit-learn's "
-        "first of 5 initialisations is its single one, gmmjax's restarts use split(key, 5) and do not include "
-        "the n_init=1 start (here the single start finds the better optimum; it passes in float32)"),
-}
+EXPECTED_FAILURES_X64: dict[str, str] = {}
 
 
 def _expected(test_id: str, x64: bool) -> str | None:

@@ -33,14 +33,6 @@ def _random_params(covariance_type, k=3, d=2, seed=0, dtype=np.float32):
     return gj.GMMParams(jnp.asarray(w, dtype), jnp.asarray(m, dtype), jnp.asarray(c, dtype), covariance_type)
 
 
-def _assert_trees_close(a, b, rtol=1e-5, atol=1e-5):
-    la, ta = jax.tree_util.tree_flatten(a)
-    lb, tb = jax.tree_util.tree_flatten(b)
-    assert ta == tb
-    for x, y in zip(la, lb):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
-
-
 # --------------------------------------------------------------------------- jit == eager
 
 
@@ -54,14 +46,14 @@ def test_jit_matches_eager(data, covariance_type):
     X = jnp.asarray(data)
     sw = jnp.asarray(np.random.default_rng(2).uniform(0.5, 2.0, N), jnp.float32)
 
-    _assert_trees_close(jax.jit(gj.log_prob)(params, X), gj.log_prob(params, X))
+    O.assert_trees_close(jax.jit(gj.log_prob)(params, X), gj.log_prob(params, X), rtol=1e-5, atol=1e-5)
     stats_j, ll_j = jax.jit(gj.e_step)(params, X, sw)
     stats_e, ll_e = gj.e_step(params, X, sw)
-    _assert_trees_close((stats_j, ll_j), (stats_e, ll_e), rtol=1e-5, atol=1e-4)
-    _assert_trees_close(jax.jit(gj.m_step)(stats_e, params.means, 1e-6), gj.m_step(stats_e, params.means, 1e-6))
+    O.assert_trees_close((stats_j, ll_j), (stats_e, ll_e), rtol=1e-5, atol=1e-4)
+    O.assert_trees_close(jax.jit(gj.m_step)(stats_e, params.means, 1e-6), gj.m_step(stats_e, params.means, 1e-6), rtol=1e-5, atol=1e-5)
     new_j, lb_j = jax.jit(gj.em_step)(params, X, sw, 1e-6)
     new_e, lb_e = gj.em_step(params, X, sw, 1e-6)
-    _assert_trees_close((new_j, lb_j), (new_e, lb_e))
+    O.assert_trees_close((new_j, lb_j), (new_e, lb_e), rtol=1e-5, atol=1e-5)
     # the step moved the parameters (the comparison is about real work)
     assert float(jnp.max(jnp.abs(new_e.means - params.means))) > 1e-2
 
@@ -83,7 +75,7 @@ def test_vmapped_restarts_equal_single_fits(data):
     for r in range(4):
         single = gj.fit_em(keys[r], data, K, n_init=1, init_params="random_from_data", max_iter=MAX_ITER)
         restart_r = jax.tree_util.tree_map(lambda leaf: leaf[r], batched.restart_params)
-        _assert_trees_close(restart_r, single.params, rtol=1e-4, atol=1e-4)
+        O.assert_trees_close(restart_r, single.params, rtol=1e-4, atol=1e-4)
         assert int(batched.restart_n_iter[r]) == int(single.n_iter)
         np.testing.assert_allclose(float(batched.restart_lower_bounds[r]), float(single.lower_bound), rtol=1e-5)
         np.testing.assert_allclose(np.asarray(batched.lower_bound_history[r]),
@@ -96,7 +88,7 @@ def test_vmapped_restarts_equal_single_fits(data):
                                    rtol=1e-5, atol=1e-5)
     # the best restart is the one reported
     best = int(batched.best_restart)
-    _assert_trees_close(batched.params, jax.tree_util.tree_map(lambda leaf: leaf[best], batched.restart_params),
+    O.assert_trees_close(batched.params, jax.tree_util.tree_map(lambda leaf: leaf[best], batched.restart_params),
                         rtol=0, atol=0)
 
 
@@ -112,7 +104,7 @@ def test_vmap_fit_em_over_datasets(blobs):
     assert batched.params.means.shape == (3, K, D)
     for i in range(3):
         single = fit(keys[i], Xs[i])
-        _assert_trees_close(jax.tree_util.tree_map(lambda leaf: leaf[i], batched), single, rtol=1e-4, atol=1e-4)
+        O.assert_trees_close(jax.tree_util.tree_map(lambda leaf: leaf[i], batched), single, rtol=1e-4, atol=1e-4)
 
 
 def test_user_jit_of_fit_em_matches_direct_call(data):
@@ -123,7 +115,7 @@ def test_user_jit_of_fit_em_matches_direct_call(data):
     kw = dict(n_init=1, init_params="random_from_data", max_iter=MAX_ITER)
     got = jitted(key, jnp.asarray(data), K, tol=jnp.float32(1e-3), **kw)
     want = gj.fit_em(key, data, K, tol=1e-3, **kw)
-    _assert_trees_close(got, want, rtol=1e-5, atol=1e-5)
+    O.assert_trees_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- gradients
