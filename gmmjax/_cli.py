@@ -571,7 +571,8 @@ def _add_em_options(p, n_init_help: str):
     """The EM options ``fit`` and ``select`` share (same names, defaults and checks)."""
     p.add_argument("--n-init", type=_int_at_least(1), default=1, help=n_init_help)
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
-    p.add_argument("--max-iter", type=_int_at_least(1), default=100, help="EM iteration limit (default 100)")
+    p.add_argument("--max-iter", type=_int_at_least(0), default=100,
+                   help="EM iteration limit (default 100; 0: the initialisation itself)")
     p.add_argument("--tol", type=_nonnegative_float, default=1e-3,
                    help="stop when the mean log-likelihood changes by less (default 1e-3)")
     p.add_argument("--reg-covar", type=_nonnegative_float, default=1e-6,

@@ -131,7 +131,7 @@ def _first_components(params: GMMParams, num_components: int) -> GMMParams:
     return params.replace(weights=params.weights[..., :k], means=params.means[..., :k, :], covariances=covariances)
 
 
-def _select(key, X, sample_weight, options: FitOptions, candidates, criterion_index, *, num_components,
+def _fit_and_score_all(key, X, sample_weight, options: FitOptions, candidates, criterion_index, *, num_components,
             covariance_types) -> dict:
     """The compiled program (``num_components``: the largest ``K`` tried); the criterion is
     data (an index into CRITERIA), so that changing it does not compile again."""
@@ -218,7 +218,7 @@ def check_criterion(criterion) -> str:
     return criterion
 
 
-_select_for_size = compiled(_select, static_argnames=("num_components", "covariance_types"))
+_fit_and_score_all_for_size = compiled(_fit_and_score_all, static_argnames=("num_components", "covariance_types"))
 
 
 def select_num_components(
@@ -288,7 +288,7 @@ def select_num_components(
     # All J fits share each pass over a chunk: size chunks for the whole batch.
     inputs = check_fit_inputs(key, X, None, options, sample_weight, max_components=candidates[-1],
                               fits_per_pass=len(candidates))
-    fields = call_compiled(_select_for_size, inputs, jnp.asarray(candidates, jnp.int32),
+    fields = call_compiled(_fit_and_score_all_for_size, inputs, jnp.asarray(candidates, jnp.int32),
                            jnp.asarray(CRITERIA.index(criterion), jnp.int32), num_components=candidates[-1],
                            fits=len(candidates) * len(covariance_types), covariance_types=covariance_types)
     return SelectionResult(**fields, covariance_types=covariance_types, criterion=criterion)

@@ -365,8 +365,9 @@ BAD_INPUTS = [  # (arguments, exit code, what stderr says); {d}: the test direct
     ("sample {m} -n 1000000000000", 1, "Drawing 1000000000000 samples of 2 features needs about"),
     ("fit {d}/one-feature.csv -k 1 --plot {d}/one.png", 1, "--plot draws two or more features, but"),
     # Hand-edited model files: one line naming the file and the field, never NaN or a traceback.
-    ("predict {d}/not-pd.npz {d}/data.csv", 1, "not-pd.npz' is a damaged gmmjax model file: covariances (component 0) "
-                                               "must be positive definite"),
+    ("predict {d}/not-pd.npz {d}/data.csv", 1, "not-pd.npz' is a damaged gmmjax model file: 'full covariance' should "
+                                               "be symmetric, positive-definite: covariances (component 0) must be "
+                                               "positive definite"),
     ("score {d}/nan-weights.npz {d}/data.csv", 1, "nan-weights.npz' is a damaged gmmjax model file: weights contains "
                                                   "NaN"),
     ("predict {d}/three-weights.npz {d}/data.csv", 1, "weights must have shape (2,), got (3,)"),

@@ -97,7 +97,7 @@ def test_a_new_type_is_one_subclass(monkeypatch):
     copy = diag.replace(covariance_type="diag_copy")
     np.testing.assert_array_equal(np.asarray(gj.log_prob(copy, X)), np.asarray(gj.log_prob(diag, X)))
     step_copy, step_diag = gj.em_step(copy, X), gj.em_step(diag, X)
-    O.assert_trees_close(step_copy, step_diag)
+    O.assert_trees_close(jax.tree_util.tree_leaves(step_copy), jax.tree_util.tree_leaves(step_diag))  # names differ
     np.testing.assert_array_equal(np.asarray(gj.sample(jax.random.key(0), copy, 5)[0]),
                                   np.asarray(gj.sample(jax.random.key(0), diag, 5)[0]))
     u = gj.to_unconstrained(copy)

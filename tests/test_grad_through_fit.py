@@ -112,7 +112,7 @@ def test_gradient_with_restarts_is_that_of_the_best_restart(problem, grads, mode
     lower_bounds = np.asarray(result.restart_lower_bounds)
     assert np.ptp(lower_bounds) > 1e-3, "the restarts should reach different optima"
     best = int(result.best_restart)
-    best_key = jax.random.split(keys[0], 3)[best]
+    best_key = gj.restart_keys(keys[0], 3)[best]
     single, single_result = _grad(Xs[0], weights[0], reg_covar, best_key, mode=mode)
     np.testing.assert_allclose(float(single_result.lower_bound), lower_bounds[best], rtol=1e-6)
     _assert_grads_close(restart_grads, single, rtol=1e-5, name=mode)
