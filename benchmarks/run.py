@@ -196,13 +196,13 @@ def worker_peak(args):
     for name, dtype in (("float32", np.float32), ("float64", np.float64)):
         a = np.random.default_rng(0).random((n, n)).astype(dtype)
         b = a.copy()
-        seconds = min(_timed(lambda: a @ b, 3) for _ in range(2))
+        seconds = min(_timed(lambda: a @ b, 3) for _ in range(2))  # noqa: B023  _timed() calls it at once, in this iteration
         out[f"numpy_{name}"] = 2 * n**3 / seconds / 1e9
         if not args.quick:
             from threadpoolctl import threadpool_limits
 
             with threadpool_limits(1):
-                seconds = _timed(lambda: a @ b, 3)
+                seconds = _timed(lambda: a @ b, 3)  # noqa: B023  _timed() calls it at once, in this iteration
             out[f"numpy_{name}_1thread"] = 2 * n**3 / seconds / 1e9
     import jax
 
@@ -215,7 +215,7 @@ def worker_peak(args):
     for name, dtype in (("float32", jnp.float32), ("float64", jnp.float64)):
         a = jnp.asarray(np.random.default_rng(0).random((n, n)), dtype)
         matmul(a, a).block_until_ready()
-        seconds = _timed(lambda: matmul(a, a).block_until_ready(), 5)
+        seconds = _timed(lambda: matmul(a, a).block_until_ready(), 5)  # noqa: B023  _timed() calls it at once, in this iteration
         out[f"xla_{name}"] = 2 * n**3 / seconds / 1e9
     big = np.ones((8 if args.quick else 64) * 2**20 // 8 * 4)  # 32 or 256 MB float64
     dst = np.empty_like(big)

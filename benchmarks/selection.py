@@ -59,6 +59,7 @@ def _cold_and_warm(fn, repeats):
 
 def gmmjax_select(key, X, types, k_max):
     import jax
+
     import gmmjax as gj
 
     def run():
@@ -73,6 +74,7 @@ def gmmjax_select(key, X, types, k_max):
 
 def gmmjax_loop(key, X, types, k_max):
     import jax
+
     import gmmjax as gj
 
     bic = jax.jit(gj.bic)

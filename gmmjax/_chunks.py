@@ -12,7 +12,7 @@ chunk (``O(chunk_size · K · D)``), whatever ``N`` is.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

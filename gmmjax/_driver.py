@@ -18,7 +18,8 @@ from its key and returns a :class:`FitState`. The driver owns the rest:
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

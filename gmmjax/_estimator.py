@@ -18,15 +18,15 @@ import numpy as np
 
 from gmmjax import _validation as v
 from gmmjax._covariance import covariance_kind, precision_cholesky
-from gmmjax._density import log_prob, responsibilities
-from gmmjax._em import fit_em
-from gmmjax._options import FitOptions, fit_options
-from gmmjax._gradient import DEFAULT_NUM_STEPS, fit_gradient
-from gmmjax._params import GMMParams
-from gmmjax._sampling import _sample_jit
 from gmmjax._criteria import aic as _aic
 from gmmjax._criteria import bic as _bic
 from gmmjax._criteria import num_parameters
+from gmmjax._density import log_prob, responsibilities
+from gmmjax._em import fit_em
+from gmmjax._gradient import DEFAULT_NUM_STEPS, fit_gradient
+from gmmjax._options import FitOptions, fit_options
+from gmmjax._params import GMMParams
+from gmmjax._sampling import _sample_jit
 
 
 class ConvergenceWarning(UserWarning):
@@ -529,7 +529,7 @@ class GaussianMixtureModel:
         return model_to_sklearn(self)
 
     @classmethod
-    def from_sklearn(cls, gaussian_mixture) -> "GaussianMixtureModel":
+    def from_sklearn(cls, gaussian_mixture) -> GaussianMixtureModel:
         """A fitted model from a fitted ``sklearn.mixture.GaussianMixture`` (same predictions)."""
         from gmmjax._interop import model_from_sklearn
 
@@ -550,7 +550,7 @@ class GaussianMixtureModel:
     # -- model selection ---------------------------------------------------------------------
     @classmethod
     def select(cls, X, num_components, *, covariance_types="full", criterion="bic", sample_weight=None,
-               **estimator_kwargs) -> "GaussianMixtureModel":
+               **estimator_kwargs) -> GaussianMixtureModel:
         """Fits every number of components (and covariance type) in one compiled program
         (:func:`gmmjax.select_num_components`) and returns the best model, fitted.
 
@@ -607,7 +607,7 @@ class GaussianMixtureModel:
         save_model(self, path)
 
     @classmethod
-    def load(cls, path) -> "GaussianMixtureModel":
+    def load(cls, path) -> GaussianMixtureModel:
         """Loads a model written by :meth:`save`."""
         from gmmjax._io import load_model
 

@@ -349,8 +349,9 @@ def fit_gradient(
       num_components: ``K``.
       optimizer: an optax ``GradientTransformation``; ``None`` means
         ``optax.adam(1e-2)``. Optimizers that need the loss itself (``optax.lbfgs()``'s line
-        search: ``value``, ``grad``, ``value_fn``) get it, on the step's rows. It is static configuration: pass the *same* object again to
-        reuse the compiled fit (a new ``optax.adam(...)`` call compiles anew).
+        search: ``value``, ``grad``, ``value_fn``) get it, on the step's rows. It is static
+        configuration: pass the *same* object again to reuse the compiled fit (a new
+        ``optax.adam(...)`` call compiles anew).
       num_steps: optimizer steps per restart (default 1000).
       batch_size: ``None`` for full-batch steps; else rows per step, drawn uniformly with
         replacement, keyed per step inside the scan (sample weights weight the batch mean).

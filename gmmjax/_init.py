@@ -9,10 +9,9 @@ from gmmjax._chunks import resolve_chunk_size, sum_over_chunks
 from gmmjax._covariance import covariance_kind, weighted_sums
 from gmmjax._density import residuals_about
 from gmmjax._loops import compacting_while_loop
+from gmmjax._names import INIT_METHODS  # jax-free, for the command line
 from gmmjax._params import GMMParams
 from gmmjax._stats import active_mask, m_step_with_diagnostics, stats_from_responsibilities
-
-from gmmjax._names import INIT_METHODS  # jax-free, for the command line
 
 # Lloyd iterations after k-means++ seeding for init_params="kmeans"; stops earlier once the
 # assignment no longer changes.

@@ -15,7 +15,7 @@ the batch size times the longest run; shapes stay static (one gather, one vmappe
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -23,10 +23,9 @@ from gmmjax._covariance import covariance_kind
 from gmmjax._criteria import information_criteria
 from gmmjax._driver import FitResult, call_compiled, check_fit_inputs, compiled
 from gmmjax._em import fit_em_restarts
+from gmmjax._names import CRITERIA  # jax-free, for the command line
 from gmmjax._options import FitOptions, fit_options
 from gmmjax._params import COVARIANCE_TYPES, GMMParams, check_covariance_type
-
-from gmmjax._names import CRITERIA  # jax-free, for the command line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +139,14 @@ def _select(key, X, sample_weight, options: FitOptions, candidates, criterion_in
         type_options = options.replace(covariance_type=covariance_type)
 
         def fit_and_score(num_active):
-            fit = fit_em_restarts(key, X, sample_weight, type_options, num_components=num_components,
-                                  num_active=num_active)
+            fit = fit_em_restarts(
+                key,
+                X,
+                sample_weight,
+                type_options,  # noqa: B023  jax.vmap below traces fit_and_score at once, in this iteration
+                num_components=num_components,
+                num_active=num_active,
+            )
             return fit, information_criteria(fit.params, X, sample_weight, num_active=num_active,
                                              chunk_size=options.chunk_size)
 

@@ -87,7 +87,7 @@ class FitOptions:
             if getattr(self, name) is not None:
                 normalise(name, v.check_int(name, getattr(self, name), 1))
 
-    def replace(self, **changes) -> "FitOptions":
+    def replace(self, **changes) -> FitOptions:
         """A copy with the given fields replaced (checked again)."""
         return dataclasses.replace(self, **changes)
 

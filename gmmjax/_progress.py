@@ -12,9 +12,10 @@ On the host, :class:`ProgressReporter` aggregates the restarts and shows them on
 phase with its clock while the fit compiles and initialises (no report arrives then), then
 iterations with an estimate of the time left measured on the iterations alone; a ``tqdm`` bar
 on a terminal when ``tqdm`` is installed (``pip install "gmmjax[progress]"``), plain
-newline-terminated lines otherwise (no terminal, e.g. stderr redirected to a file, or no tqdm). The compiled program does not know the reporter: it calls
-:func:`_deliver`, which forwards to the reporter of the fit running now
-(:func:`reporting`), so one compilation serves every call.
+newline-terminated lines otherwise (no terminal, e.g. stderr redirected to a file, or no
+tqdm). The compiled program does not know the reporter: it calls :func:`_deliver`, which
+forwards to the reporter of the fit running now (:func:`reporting`), so one compilation
+serves every call.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ DEFAULT_VERBOSE_INTERVAL = 10
 STARTING = "compiling and initialising"
 
 # Reporters of the fits running now (innermost last); the compiled callback forwards to the last.
-_ACTIVE: list["ProgressReporter"] = []
+_ACTIVE: list[ProgressReporter] = []
 _ACTIVE_LOCK = threading.Lock()
 
 

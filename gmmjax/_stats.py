@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
-from gmmjax._covariance import covariance_kind, regularize_covariances, weighted_sums
 from gmmjax._chunks import resolve_chunk_size, sum_over_chunks
+from gmmjax._covariance import covariance_kind, regularize_covariances, weighted_sums
 from gmmjax._density import ComponentTerms, component_terms, log_joint_from_residuals, residuals_about
 from gmmjax._params import GMMParams
 
@@ -36,7 +36,7 @@ class SufficientStats:
     second_moments: jax.Array
     covariance_type: str = "full"
 
-    def __add__(self, other: "SufficientStats") -> "SufficientStats":
+    def __add__(self, other: SufficientStats) -> SufficientStats:
         return jax.tree_util.tree_map(jnp.add, self, other)
 
 

@@ -17,7 +17,6 @@ import numpy as np
 from gmmjax._covariance import covariance_kind
 from gmmjax._params import check_covariance_type
 
-
 # One fused max-reduction (NaN propagates through max); ``all(isfinite(a))`` would
 # materialise an (N, D) boolean temporary.
 _max_abs = jax.jit(lambda a: jnp.max(jnp.abs(a)))

@@ -29,13 +29,13 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 import matplotlib.lines as mlines
 import matplotlib.patches as mpatches
 import matplotlib.patheffects as patheffects
-from matplotlib.ticker import MaxNLocator
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from gmmjax import _validation as v
 from gmmjax._covariance import covariance_kind
-from gmmjax._estimator import GaussianMixtureModel, _responsibilities
 from gmmjax._driver import FitResult
+from gmmjax._estimator import GaussianMixtureModel, _responsibilities
 from gmmjax._model_selection import CRITERIA, SelectionResult
 from gmmjax._params import GMMParams
 

@@ -16,7 +16,6 @@ import numpy as np
 import _oracles as O
 import gmmjax as gj
 
-
 CHECKS = {}
 
 
@@ -71,7 +70,7 @@ def fd_log_prob(covariance_type):
     h = 1e-6
     for name in ("logits", "means", "raw_precision_cholesky"):
         value = np.asarray(getattr(u, name))
-        fd = O.central_difference(lambda a: float(total(u.replace(**{name: jnp.asarray(a)}), X)), value, h)
+        fd = O.central_difference(lambda a: float(total(u.replace(**{name: jnp.asarray(a)}), X)), value, h)  # noqa: B023  called at once
         O.assert_rel_close(getattr(grad_u, name), fd, 1e-6, f"d/d{name}", floor=1e-2)
     if covariance_type in ("full", "tied"):  # the ignored lower triangle has zero gradient
         np.testing.assert_array_equal(np.tril(np.asarray(grad_u.raw_precision_cholesky), -1), 0.0)

@@ -30,7 +30,6 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _oracles as O  # noqa: E402
-
 import gmmjax as gj  # noqa: E402
 
 CHECKS = {}

@@ -23,9 +23,9 @@ _TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
-from _oracles import make_blobs  # noqa: E402
-
 import jax  # noqa: E402
+
+from _oracles import make_blobs  # noqa: E402
 
 # Implicit rank promotion (e.g. (K, N) - (N,)) hides broadcasting bugs: the library must
 # spell out every broadcast, so the tests run with it turned into an error.

@@ -25,8 +25,7 @@ import pytest
 
 import _oracles as O
 import gmmjax as gj
-from gmmjax import _cli
-from gmmjax import GaussianMixtureModel
+from gmmjax import GaussianMixtureModel, _cli
 
 TRUE_WEIGHTS = [0.6, 0.4]
 TRUE_MEANS = [[0.0, 0.0], [3.0, 3.0]]

@@ -12,9 +12,9 @@ import warnings
 import jax
 import numpy as np
 import pytest
-from _oracles import make_blobs, mixture_log_prob
 
 import gmmjax as gj
+from _oracles import make_blobs, mixture_log_prob
 from gmmjax import GaussianMixtureModel
 
 sklearn_mixture = pytest.importorskip("sklearn.mixture")

@@ -223,7 +223,7 @@ def test_jit_and_vmap_over_datasets(data, selection):
     select = jax.jit(jax.vmap(lambda key, X: gj.select_num_components(key, X, K_MAX)))
     batch = select(jnp.stack([KEY, other_key]), jnp.stack([jnp.asarray(data), jnp.asarray(other_data)]))
     assert batch.bic.shape == (2, 1, K_MAX) and batch.covariance_types == ("full",)
-    first, second = (jax.tree_util.tree_map(lambda leaf: leaf[d], batch) for d in range(2))
+    first, second = (jax.tree_util.tree_map(lambda leaf: leaf[d], batch) for d in range(2))  # noqa: B023  tree_map calls it at once
     for k in range(1, K_MAX + 1):
         _assert_same_fit(first.fit_for("full", k), selection.fit_for("full", k))
     _assert_close(first.bic[0], selection.bic[0], rtol=1e-5)

@@ -74,7 +74,7 @@ def run_notebook(path: pathlib.Path) -> int:
         folder.mkdir(parents=True, exist_ok=True)
     saver = None
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401  (only whether it is installed: the notebooks run without it)
     except ImportError:
         pass
     else:

@@ -23,11 +23,10 @@ import matplotlib.image as mimage  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from _oracles import full_covariances, make_blobs  # noqa: E402
 
 import gmmjax as gj  # noqa: E402
-from gmmjax.plot import (ellipse_geometry, plot_criteria, plot_lower_bounds, plot_mixture,  # noqa: E402
-                         plot_selection)
+from _oracles import full_covariances, make_blobs  # noqa: E402
+from gmmjax.plot import plot_criteria, plot_lower_bounds, plot_mixture, plot_selection  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

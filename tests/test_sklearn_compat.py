@@ -274,8 +274,9 @@ def test_setting_one_name_of_an_alias_pair_replaces_the_other(X):
 
 # -- random_state semantics -----------------------------------------------------------------------
 def test_numpy_random_state_is_drawn_from_at_each_fit():
-    from gmmjax._estimator import _key_from_seed
     import jax
+
+    from gmmjax._estimator import _key_from_seed
 
     def key_data(seed):
         return jax.random.key_data(_key_from_seed(seed)).tolist()

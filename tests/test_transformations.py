@@ -74,7 +74,7 @@ def test_vmapped_restarts_equal_single_fits(data):
     keys = gj.restart_keys(key, 4)
     for r in range(4):
         single = gj.fit_em(keys[r], data, K, n_init=1, init_params="random_from_data", max_iter=MAX_ITER)
-        restart_r = jax.tree_util.tree_map(lambda leaf: leaf[r], batched.restart_params)
+        restart_r = jax.tree_util.tree_map(lambda leaf: leaf[r], batched.restart_params)  # noqa: B023  tree_map calls it at once
         O.assert_trees_close(restart_r, single.params, rtol=1e-4, atol=1e-4)
         assert int(batched.restart_n_iter[r]) == int(single.n_iter)
         np.testing.assert_allclose(float(batched.restart_lower_bounds[r]), float(single.lower_bound), rtol=1e-5)
@@ -83,7 +83,7 @@ def test_vmapped_restarts_equal_single_fits(data):
     # log_prob vmapped over the restarts' parameters equals a loop
     per_restart = jax.vmap(gj.log_prob, in_axes=(0, None))(batched.restart_params, data)
     for r in range(4):
-        restart_r = jax.tree_util.tree_map(lambda leaf: leaf[r], batched.restart_params)
+        restart_r = jax.tree_util.tree_map(lambda leaf: leaf[r], batched.restart_params)  # noqa: B023  tree_map calls it at once
         np.testing.assert_allclose(np.asarray(per_restart[r]), np.asarray(gj.log_prob(restart_r, data)),
                                    rtol=1e-5, atol=1e-5)
     # the best restart is the one reported
@@ -104,7 +104,7 @@ def test_vmap_fit_em_over_datasets(blobs):
     assert batched.params.means.shape == (3, K, D)
     for i in range(3):
         single = fit(keys[i], Xs[i])
-        O.assert_trees_close(jax.tree_util.tree_map(lambda leaf: leaf[i], batched), single, rtol=1e-4, atol=1e-4)
+        O.assert_trees_close(jax.tree_util.tree_map(lambda leaf: leaf[i], batched), single, rtol=1e-4, atol=1e-4)  # noqa: B023  tree_map calls it at once
 
 
 def test_user_jit_of_fit_em_matches_direct_call(data):
