@@ -262,6 +262,7 @@ def _read_text_table(path, options: TableOptions) -> Data:
         elif len(names) != num_columns:
             raise CLIError(f"{path}, line {rows[0] + 1}: {num_columns} values, but the header (line "
                            f"{content[0] + 1}) names {len(names)} columns")
+    index_col: int | None
     if options.index_col is not None:
         index_col = _resolve_column(options.index_col, names, num_columns, "--index-col", path)
     else:
@@ -385,7 +386,7 @@ def read_data(path, key: str | None = None, options: TableOptions | None = None)
         if len(set(used)) != len(used):
             raise CLIError(f"{path}: --columns {','.join(options.columns)} uses a column more than once")
         X = X[:, used]
-    dropped = ()
+    dropped: tuple[int, ...] = ()
     if options.dropna and np.issubdtype(X.dtype, np.floating):
         missing = np.isnan(X).any(axis=1)
         if missing.all():

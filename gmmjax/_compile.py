@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -74,6 +76,14 @@ def under_caller_jit() -> bool:
 
 def _has_tracers(tree) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+class SizedJit(Protocol):
+    """What :func:`jit_for_size` returns: ``call(small, *args, **kwargs)`` and its ``variant``."""
+
+    def __call__(self, small: bool, *args: Any, **kwargs: Any) -> Any: ...
+
+    def variant(self, small: bool) -> Callable[..., Any]: ...
 
 
 def jit_for_size(fun, **jit_kwargs):

@@ -94,6 +94,7 @@ class CovarianceKind:
         """The covariances of the first ``num_components`` components (batch axes kept)."""
         if self.shared:
             return covariances
+        assert self.component_ndim is not None  # None only for the shared (tied) kind
         return covariances[(Ellipsis, slice(None, num_components)) + (slice(None),) * self.component_ndim]
 
     # -- factors and densities

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from gmmjax import _validation as v
 from gmmjax._chunks import resolve_chunk_size
-from gmmjax._compile import is_small_program, jit_for_size
+from gmmjax._compile import SizedJit, is_small_program, jit_for_size
 from gmmjax._init import initialize
 from gmmjax._options import FitOptions, check_fit_options
 from gmmjax._params import GMMParams
@@ -248,7 +248,7 @@ def traced_leaves(options: FitOptions, dtype) -> FitOptions:
                            lower_bound_init=as_array(options.lower_bound_init))
 
 
-def compiled(fun: Callable, static_argnames: tuple = ()) -> Callable:
+def compiled(fun: Callable, static_argnames: tuple = ()) -> SizedJit:
     """gmmjax's ``jit`` of a fit's body ``fun(key, X, sample_weight, options, *args, **static)``:
     the options' static fields are part of its pytree structure, so only the names in
     ``static_argnames`` need listing. Call it through :func:`call_compiled`."""

@@ -11,6 +11,7 @@ import functools
 import inspect
 import sys
 import warnings
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,9 @@ from gmmjax._gradient import DEFAULT_NUM_STEPS, fit_gradient
 from gmmjax._options import FitOptions, fit_options
 from gmmjax._params import GMMParams
 from gmmjax._sampling import _sample_jit
+
+if TYPE_CHECKING:
+    from gmmjax._model_selection import SelectionResult
 
 
 class ConvergenceWarning(UserWarning):
@@ -224,6 +228,9 @@ class GaussianMixtureModel:
       >>> bool(model.converged_)
       True
     """
+
+    # Set by select() only (not by fit); declared for the type checker.
+    selection_: SelectionResult
 
     def __init__(
         self,

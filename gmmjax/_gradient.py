@@ -296,6 +296,7 @@ def _fit_gradient(key, X, sample_weight, options: FitOptions, tol, *, num_compon
         # from the same parameters.
         params, collapsed = initial_params(restart_key, X, sample_weight, options, num_components)
         u_start = to_unconstrained(params)
+        assert options.chunk_size is not None  # resolved by check_fit_inputs before the compiled fit
         return run_gradient(standard_start(u_start), component_frame(u_start), X, sample_weight,
                             jax.random.fold_in(restart_key, 1), optimizer=optimizer, num_steps=num_steps,
                             batch_size=batch_size, tol=tol if has_tol else None, reg_covar=options.reg_covar,

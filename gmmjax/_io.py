@@ -23,6 +23,7 @@ import json
 import os
 import warnings
 import zipfile
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +46,8 @@ def _json_storable(value) -> bool:
 
 
 def save_model(model, path) -> None:
-    hyper = {}
-    arrays = {}
+    hyper: dict[str, Any] = {}
+    arrays: dict[str, np.ndarray] = {}
     for name, value in model.get_params().items():
         if name in _INIT_ARRAYS:
             if value is not None:
@@ -79,7 +80,7 @@ def save_model(model, path) -> None:
         lower_bounds=model.lower_bounds_,
         collapsed_components=model.collapsed_components_,
         hyperparameters=np.str_(json.dumps(hyper)),
-        **arrays,
+        **arrays,  # type: ignore[arg-type]  # array names only: mypy cannot tell that none is savez's allow_pickle
     )
 
 

@@ -30,6 +30,10 @@ class MixtureParamsBase:
     :class:`~gmmjax.UnconstrainedParams`): a ``means`` leaf of shape ``(..., K, D)`` and a
     static ``covariance_type``."""
 
+    # Declared for the type checker only: each subclass (a dataclass) defines them as fields.
+    means: jax.Array
+    covariance_type: str
+
     def __post_init__(self):
         check_covariance_type(self.covariance_type)
 

@@ -147,7 +147,8 @@ class ProgressReporter:
         self._clock = clock
         self._lock = threading.Lock()
         self._start = clock()
-        self._first = None  # (time, work done) at the first report: the end of compiling and initialising
+        # (time, work done) at the first report: the end of compiling and initialising
+        self._first: tuple[float, int] | None = None
         self._closed = False
         tqdm = _load_tqdm() if _is_terminal(self.file) else None
         self._bar = None if tqdm is None else tqdm(total=n_init * max_iter, desc="EM", unit="it", file=self.file,

@@ -17,6 +17,7 @@ artists carry ``gid`` tags (``"gmmjax-data"``, ``"gmmjax-ellipse"``, ``"gmmjax-m
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 try:
     import matplotlib
@@ -39,10 +40,13 @@ from gmmjax._estimator import GaussianMixtureModel, _responsibilities
 from gmmjax._model_selection import CRITERIA, SelectionResult
 from gmmjax._params import GMMParams
 
+if TYPE_CHECKING:
+    from matplotlib.typing import LineStyleType  # matplotlib >= 3.8; only read by the type checker
+
 __all__ = ["plot_mixture", "plot_lower_bounds", "plot_criteria", "plot_selection", "ellipse_geometry"]
 
 # Ellipse line styles for successive ``n_std`` levels (the innermost solid).
-_LEVEL_STYLES = ("-", "--", ":", "-.")
+_LEVEL_STYLES: tuple[LineStyleType, ...] = ("-", "--", ":", "-.")
 
 
 def _new_axes(ax, figsize):
@@ -200,7 +204,7 @@ def plot_mixture(model_or_params, X=None, ax=None, labels=None, *, n_std: Sequen
     # Projection: the identity for 2-D data, else the data's (or the mixture's) principal axes.
     if num_features == 2:
         center, axes = np.zeros(2), np.eye(2)
-        axis_names = ("feature 0", "feature 1")
+        axis_names: tuple[str, ...] = ("feature 0", "feature 1")
     else:
         if data is not None:
             center = np.mean(data, axis=0)
@@ -343,22 +347,22 @@ def _name_minima(ax, ks, values: Mapping) -> None:
     colour). A label goes under its star (a minimum's own curve lies above it on both sides), or
     above it when another star sits just below at the same K; stars drawn on the same spot
     (ICL = BIC when the clusters do not overlap) share one label, "BIC, ICL"."""
-    minima = []  # (name, j, y)
+    minima: list[tuple[str, int, float]] = []  # (name, j, y)
     for name, arr in values.items():
         if not np.all(np.isnan(arr)):
-            t, j = np.unravel_index(np.nanargmin(arr), arr.shape)
-            minima.append((name, int(j), float(arr[t, j])))
+            t_min, j_min = np.unravel_index(np.nanargmin(arr), arr.shape)
+            minima.append((name, int(j_min), float(arr[t_min, j_min])))
     if not minima:
         return
     low, high = ax.get_ylim()
     ax.set_ylim(low - 0.08 * (high - low), high)  # room for the labels under the lowest stars
     # Distances in points on the figure, where the labels live (the scale of the axes as drawn now).
     points_per_unit = abs(ax.transData.transform((0, 1))[1] - ax.transData.transform((0, 0))[1]) * 72 / ax.figure.dpi
-    spots = []  # [j, y, names]
+    spots: list[tuple[int, float, list[str]]] = []  # (j, y, names)
     for name, j, y in minima:
         same = next((spot for spot in spots if spot[0] == j and abs(spot[1] - y) * points_per_unit < 5), None)
         if same is None:
-            spots.append([j, y, [name]])
+            spots.append((j, y, [name]))
         else:
             same[2].append(name)
     label_room = 24  # points: half a star and a line of small text
@@ -422,7 +426,7 @@ def plot_criteria(num_components, criteria: Mapping, covariance_types: Sequence[
     if covariance_types is None:
         if num_rows > 1:
             raise ValueError(f"the criteria have {num_rows} rows: pass covariance_types, one name per row.")
-        row_names = [None]
+        row_names: list[str | None] = [None]
     else:
         row_names = [str(name) for name in ([covariance_types] if isinstance(covariance_types, str)
                                             else covariance_types)]
@@ -431,7 +435,7 @@ def plot_criteria(num_components, criteria: Mapping, covariance_types: Sequence[
 
     ax = _new_axes(ax, figsize or ((6.4, 4.4) if num_rows == 1 else (8.0, 4.4)))
     markers = ("o", "s", "^", "D", "v")
-    styles = ("-", "--", ":", "-.")
+    styles: tuple[LineStyleType, ...] = ("-", "--", ":", "-.")
     one_row = num_rows == 1
     # One row: a colour per criterion. Several rows: a colour per covariance type, a style per criterion.
     for c, (name, arr) in enumerate(values.items()):
