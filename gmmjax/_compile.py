@@ -54,9 +54,12 @@ def _supported_options(options: tuple) -> dict:
     accepted = {name: value for name, value in options if accepts_option(name, value)}
     rejected = [name for name, _ in options if name not in accepted]
     if rejected:
-        warnings.warn(f"gmmjax: this XLA does not accept the compiler option(s) {rejected}; small fits compile "
-                      "with XLA's defaults instead (same results, slower compilation).", RuntimeWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"gmmjax: this XLA does not accept the compiler option(s) {rejected}; small fits compile "
+            "with XLA's defaults instead (same results, slower compilation).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return accepted
 
 

@@ -19,9 +19,7 @@ COVARIANCE_TYPES = tuple(COVARIANCE_KINDS)
 def check_covariance_type(covariance_type: Any) -> str:
     """Returns ``covariance_type`` if it is one of :data:`COVARIANCE_TYPES`, else raises."""
     if covariance_type not in COVARIANCE_TYPES:
-        raise ValueError(
-            f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}."
-        )
+        raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}.")
     return covariance_type
 
 

@@ -14,6 +14,7 @@ from gmmjax._loops import MIN_BATCH, compacting_while_loop
 
 def _collatz_steps(start, limit, offset):
     """Steps of the Collatz map until 1 (or ``limit``): very different trip counts per lane."""
+
     def cond(state, operands):
         value, steps, _ = state
         return (value > 1) & (steps < operands[0])
