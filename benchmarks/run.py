@@ -49,12 +49,23 @@ WORKLOADS = {
     "W6": dict(n=500, d=2, k=3, cov="full", what="1000 independent datasets"),
     "W7": dict(n=600, d=2, k=2, cov="full", what="the original example, end to end"),
     "W8": dict(n=50_000, d=8, k=8, cov="diag", what="4 restarts × 10 iterations: one batched fit vs 4 single fits"),
-    "W9": dict(n=50_000, d=8, k=8, cov="spherical",
-               what="4 restarts × 10 iterations: one batched fit vs 4 single fits"),
+    "W9": dict(
+        n=50_000, d=8, k=8, cov="spherical", what="4 restarts × 10 iterations: one batched fit vs 4 single fits"
+    ),
     "M1": dict(n=10_000_000, d=16, k=16, cov="full", what="memory: chunked fit of 640 MB of float32"),
 }
-QUICK = {"W1": 4000, "W2": 4000, "W3": 4000, "W4": 4000, "W5": 2000, "W6": 200, "W7": 600, "W8": 2000, "W9": 2000,
-         "M1": 20_000}
+QUICK = {
+    "W1": 4000,
+    "W2": 4000,
+    "W3": 4000,
+    "W4": 4000,
+    "W5": 2000,
+    "W6": 200,
+    "W7": 600,
+    "W8": 2000,
+    "W9": 2000,
+    "M1": 20_000,
+}
 W6_DATASETS, W6_DATASETS_QUICK = 1000, 20
 W5_RESTARTS, W5_ITERS = 16, 10
 W8_RESTARTS, W8_ITERS = 4, 10
@@ -86,8 +97,9 @@ def initial_parameters(X, k: int, cov: str, seed: int = 1):
     means = X[rng.choice(X.shape[0], size=k, replace=False)]
     weights = np.full(k, 1.0 / k)
     if cov == "full":
-        precisions = np.broadcast_to(np.linalg.inv(np.cov(X.T).reshape(X.shape[1], X.shape[1])),
-                                     (k, X.shape[1], X.shape[1])).copy()
+        precisions = np.broadcast_to(
+            np.linalg.inv(np.cov(X.T).reshape(X.shape[1], X.shape[1])), (k, X.shape[1], X.shape[1])
+        ).copy()
     else:
         precisions = np.broadcast_to(1.0 / X.var(axis=0), (k, X.shape[1])).copy()
     return weights, means, precisions
@@ -121,8 +133,13 @@ class LoadMeter:
         self_times = os.times()
         hz = os.sysconf("SC_CLK_TCK")
         busy = (total1 - self.total0) - (idle1 - self.idle0)
-        own = sum(getattr(self_times, f) - getattr(self.self0, f)
-                  for f in ("user", "system", "children_user", "children_system")) * hz
+        own = (
+            sum(
+                getattr(self_times, f) - getattr(self.self0, f)
+                for f in ("user", "system", "children_user", "children_system")
+            )
+            * hz
+        )
         span = max(total1 - self.total0, 1)
         self.other_cpu_fraction = max(0.0, (busy - own) / span)
         self.load_after = os.getloadavg()[0]
@@ -196,13 +213,13 @@ def worker_peak(args):
     for name, dtype in (("float32", np.float32), ("float64", np.float64)):
         a = np.random.default_rng(0).random((n, n)).astype(dtype)
         b = a.copy()
-        seconds = min(_timed(lambda: a @ b, 3) for _ in range(2))
+        seconds = min(_timed(lambda: a @ b, 3) for _ in range(2))  # noqa: B023  _timed() calls it at once, in this iteration
         out[f"numpy_{name}"] = 2 * n**3 / seconds / 1e9
         if not args.quick:
             from threadpoolctl import threadpool_limits
 
             with threadpool_limits(1):
-                seconds = _timed(lambda: a @ b, 3)
+                seconds = _timed(lambda: a @ b, 3)  # noqa: B023  _timed() calls it at once, in this iteration
             out[f"numpy_{name}_1thread"] = 2 * n**3 / seconds / 1e9
     import jax
 
@@ -215,7 +232,7 @@ def worker_peak(args):
     for name, dtype in (("float32", jnp.float32), ("float64", jnp.float64)):
         a = jnp.asarray(np.random.default_rng(0).random((n, n)), dtype)
         matmul(a, a).block_until_ready()
-        seconds = _timed(lambda: matmul(a, a).block_until_ready(), 5)
+        seconds = _timed(lambda: matmul(a, a).block_until_ready(), 5)  # noqa: B023  _timed() calls it at once, in this iteration
         out[f"xla_{name}"] = 2 * n**3 / seconds / 1e9
     big = np.ones((8 if args.quick else 64) * 2**20 // 8 * 4)  # 32 or 256 MB float64
     dst = np.empty_like(big)
@@ -233,8 +250,17 @@ def _gmmjax_fit_fn(X, k, cov, init, *, n_init=1, init_params="kmeans", use_init=
 
     def fit(iters):
         kwargs = dict(weights_init=weights, means_init=means, precisions_init=precisions) if use_init else {}
-        result = gj.fit_em(jax.random.key(0), X, k, covariance_type=cov, max_iter=iters, tol=0.0,
-                           n_init=n_init, init_params=init_params, **kwargs)
+        result = gj.fit_em(
+            jax.random.key(0),
+            X,
+            k,
+            covariance_type=cov,
+            max_iter=iters,
+            tol=0.0,
+            n_init=n_init,
+            init_params=init_params,
+            **kwargs,
+        )
         return jax.block_until_ready(result)
 
     return fit
@@ -296,8 +322,7 @@ def worker_fit(args):
 
         with LoadMeter() as load:
             per_iter, _ = _per_iteration(fit, a, b, args.repeats)
-            kmeans_fit = lambda: GaussianMixture(k, covariance_type=cov, max_iter=1, tol=0.0,
-                                                 random_state=0).fit(X)
+            kmeans_fit = lambda: GaussianMixture(k, covariance_type=cov, max_iter=1, tol=0.0, random_state=0).fit(X)
             out["init_s"] = max(_timed(kmeans_fit, args.repeats) - per_iter, 0.0)
         out["threads"] = args.threads or "default"
         out["mean_log_likelihood"] = float(fit(b).lower_bound_)
@@ -317,8 +342,9 @@ def worker_fit(args):
         baseline = _rss_mb()
 
         def fit(iters):
-            gmm = GaussianMixtureModelJax.from_squeezed(means=means, covariances=covariances, weights=weights,
-                                                        covariance_type=cov)
+            gmm = GaussianMixtureModelJax.from_squeezed(
+                means=means, covariances=covariances, weights=weights, covariance_type=cov
+            )
             return jax.block_until_ready(EMFitter(max_iter=iters, tol=-1.0).fit(x=Xj, gmm=gmm))
 
         with LoadMeter() as load:
@@ -326,10 +352,15 @@ def worker_fit(args):
         out["mean_log_likelihood"] = float(fit(b).log_likelihood)
     else:
         raise SystemExit(f"unknown library {lib}")
-    out.update(per_iter_s=per_iter, peak_mb=_peak_rss_mb() - baseline, baseline_mb=baseline,
-               data_mb=n * d * np.dtype(dtype).itemsize / 2**20,
-               load_before=load.load_before, load_after=load.load_after,
-               other_cpu=load.other_cpu_fraction)
+    out.update(
+        per_iter_s=per_iter,
+        peak_mb=_peak_rss_mb() - baseline,
+        baseline_mb=baseline,
+        data_mb=n * d * np.dtype(dtype).itemsize / 2**20,
+        load_before=load.load_before,
+        load_after=load.load_after,
+        other_cpu=load.other_cpu_fraction,
+    )
     return out
 
 
@@ -354,8 +385,17 @@ def worker_restarts(args):
             batch = args.restart_batch or None
 
             def fit():
-                return jax.block_until_ready(gj.fit_em(jax.random.key(0), Xj, k, n_init=W5_RESTARTS,
-                                                       max_iter=W5_ITERS, tol=0.0, restart_batch_size=batch))
+                return jax.block_until_ready(
+                    gj.fit_em(
+                        jax.random.key(0),
+                        Xj,
+                        k,
+                        n_init=W5_RESTARTS,
+                        max_iter=W5_ITERS,
+                        tol=0.0,
+                        restart_batch_size=batch,
+                    )
+                )
 
             start = time.perf_counter()
             fit()
@@ -370,8 +410,7 @@ def worker_restarts(args):
 
             warnings.simplefilter("ignore")
             with threadpool_limits(args.threads):
-                fit = lambda: GaussianMixture(k, n_init=W5_RESTARTS, max_iter=W5_ITERS, tol=0.0,
-                                              random_state=0).fit(X)
+                fit = lambda: GaussianMixture(k, n_init=W5_RESTARTS, max_iter=W5_ITERS, tol=0.0, random_state=0).fit(X)
                 out["total_s"] = _timed(fit, args.repeats)
             out["threads"] = args.threads or "default"
         elif lib == "gmmx":
@@ -386,8 +425,10 @@ def worker_restarts(args):
             def fit():
                 for weights, means, precisions in inits:  # a loop of compiled fits (same shapes)
                     gmm = GaussianMixtureModelJax.from_squeezed(
-                        means=means.astype(np.float32), covariances=np.linalg.inv(precisions).astype(np.float32),
-                        weights=weights.astype(np.float32))
+                        means=means.astype(np.float32),
+                        covariances=np.linalg.inv(precisions).astype(np.float32),
+                        weights=weights.astype(np.float32),
+                    )
                     jax.block_until_ready(fitter.fit(x=Xj, gmm=gmm))
 
             start = time.perf_counter()
@@ -395,8 +436,12 @@ def worker_restarts(args):
             out["first_s"] = time.perf_counter() - start
             out["total_s"] = _timed(fit, args.repeats)
             out["note"] = "initialised from random data rows (gmmx has no own restarts)"
-    out.update(peak_mb=_peak_rss_mb() - baseline, load_before=load.load_before, load_after=load.load_after,
-               other_cpu=load.other_cpu_fraction)
+    out.update(
+        peak_mb=_peak_rss_mb() - baseline,
+        load_before=load.load_before,
+        load_after=load.load_after,
+        other_cpu=load.other_cpu_fraction,
+    )
     return out
 
 
@@ -422,8 +467,9 @@ def worker_restart_types(args):
         together, one_by_one = batched(), singles()  # compiles both
         # the same fits: the comparison is of the same work
         for r, single in enumerate(one_by_one):
-            np.testing.assert_allclose(np.asarray(together.restart_lower_bounds[r]), np.asarray(single.lower_bound),
-                                       rtol=1e-4)
+            np.testing.assert_allclose(
+                np.asarray(together.restart_lower_bounds[r]), np.asarray(single.lower_bound), rtol=1e-4
+            )
         out["batched_s"] = _timed(batched, args.repeats)
         out["singles_s"] = _timed(singles, args.repeats)
     out["singles_over_batched"] = out["singles_s"] / out["batched_s"]
@@ -497,13 +543,15 @@ def worker_example(args):
             imports="import gmmjax as gj",
             generate="np.asarray(gj.generate_gmm_data(600, weights, means, covariances))",
             fit="gj.GaussianMixtureModel(num_components=2, num_iters=100).fit(data)",
-            repeats=args.repeats + 1)
+            repeats=args.repeats + 1,
+        )
     else:
         code = W7_SCRIPT.format(
             imports="from sklearn.mixture import GaussianMixture\nimport gmmjax as gj",
             generate="np.asarray(gj.generate_gmm_data(600, weights, means, covariances))",
             fit="GaussianMixture(2, max_iter=100, random_state=0).fit(data)",
-            repeats=args.repeats + 1)
+            repeats=args.repeats + 1,
+        )
     with LoadMeter() as load:
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -532,14 +580,29 @@ def worker_memory(args):
         start = time.perf_counter()
         result = jax.block_until_ready(gj.fit_em(jax.random.key(1), X, k, max_iter=3, tol=0.0))
         seconds = time.perf_counter() - start
-    return dict(library="gmmjax", workload="M1", n=n, data_mb=X.nbytes / 2**20, baseline_mb=baseline,
-                peak_mb=_peak_rss_mb() - baseline, seconds_3_iterations_with_compile=seconds,
-                mean_log_likelihood=float(result.lower_bound), load_before=load.load_before,
-                other_cpu=load.other_cpu_fraction)
+    return dict(
+        library="gmmjax",
+        workload="M1",
+        n=n,
+        data_mb=X.nbytes / 2**20,
+        baseline_mb=baseline,
+        peak_mb=_peak_rss_mb() - baseline,
+        seconds_3_iterations_with_compile=seconds,
+        mean_log_likelihood=float(result.lower_bound),
+        load_before=load.load_before,
+        other_cpu=load.other_cpu_fraction,
+    )
 
 
-WORKERS = {"peak": worker_peak, "fit": worker_fit, "restarts": worker_restarts, "datasets": worker_datasets,
-           "example": worker_example, "memory": worker_memory, "restart_types": worker_restart_types}
+WORKERS = {
+    "peak": worker_peak,
+    "fit": worker_fit,
+    "restarts": worker_restarts,
+    "datasets": worker_datasets,
+    "example": worker_example,
+    "memory": worker_memory,
+    "restart_types": worker_restart_types,
+}
 
 
 # ----------------------------------------------------------------------------- orchestration
@@ -561,8 +624,9 @@ def _run_in_process(kind: str, args, repeats: int, options: dict):
     """A worker called in this process (--quick: a smoke run of tiny sizes, where per-process
     memory figures do not matter and a fresh interpreter per measurement would be most of
     the time)."""
-    worker_args = argparse.Namespace(**{**vars(args), **_WORKER_DEFAULTS, **options, "worker": kind,
-                                        "repeats": repeats})
+    worker_args = argparse.Namespace(
+        **{**vars(args), **_WORKER_DEFAULTS, **options, "worker": kind, "repeats": repeats}
+    )
     try:
         return WORKERS[kind](worker_args)
     except Exception as exc:  # noqa: BLE001 - reported like a failed worker process
@@ -589,9 +653,15 @@ def run_worker(kind: str, args, repeats: int | None = None, **options):
         print(f"  worker failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}", file=sys.stderr)
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed", **options}
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"  {kind} {options}: " + ", ".join(
-        f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in result.items()
-        if key not in ("library", "workload")), flush=True)
+    print(
+        f"  {kind} {options}: "
+        + ", ".join(
+            f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+            for key, value in result.items()
+            if key not in ("library", "workload")
+        ),
+        flush=True,
+    )
     return result
 
 
@@ -650,25 +720,39 @@ def _label(r):
 
 def write_report(args, peak, results, out_dir: Path, generated: str | None = None):
     lines = ["# gmmjax benchmark results", ""]
-    lines.append(f"Generated by `python benchmarks/run.py{' --quick' if args.quick else ''}"
-                 f"{' --scale ' + str(args.scale) if args.scale != 1 else ''}` on "
-                 f"{generated or time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Machine: {_cpu_name()}, "
-                 f"{os.cpu_count()} CPUs"
-                 f"{'; JAX runs on ' + peak['jax_device'] if peak and 'jax_device' in peak else ''}"
-                 f"; Python {platform.python_version()}; versions: {_versions()}.")
-    lines.append("Every row is one worker process; ratios are against scikit-learn float32 (default BLAS "
-                 "threads) measured in the same run. `other load` is the 1-minute load average before the "
-                 "measurement / the fraction of the machine's CPU time used by other processes during it.")
+    lines.append(
+        f"Generated by `python benchmarks/run.py{' --quick' if args.quick else ''}"
+        f"{' --scale ' + str(args.scale) if args.scale != 1 else ''}` on "
+        f"{generated or time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Machine: {_cpu_name()}, "
+        f"{os.cpu_count()} CPUs"
+        f"{'; JAX runs on ' + peak['jax_device'] if peak and 'jax_device' in peak else ''}"
+        f"; Python {platform.python_version()}; versions: {_versions()}."
+    )
+    lines.append(
+        "Every row is one worker process; ratios are against scikit-learn float32 (default BLAS "
+        "threads) measured in the same run. `other load` is the 1-minute load average before the "
+        "measurement / the fraction of the machine's CPU time used by other processes during it."
+    )
     lines.append("")
     if peak and "error" not in peak:
-        lines += ["## The limit: matrix multiply 2048³ (GFLOP/s) and copy bandwidth", "",
-                  "| kernel | float32 | float64 |", "|---|---|---|",
-                  f"| NumPy/OpenBLAS, default threads | {_fmt(peak['numpy_float32'])} | {_fmt(peak['numpy_float64'])} |"]
+        lines += [
+            "## The limit: matrix multiply 2048³ (GFLOP/s) and copy bandwidth",
+            "",
+            "| kernel | float32 | float64 |",
+            "|---|---|---|",
+            f"| NumPy/OpenBLAS, default threads | {_fmt(peak['numpy_float32'])} | {_fmt(peak['numpy_float64'])} |",
+        ]
         if "numpy_float32_1thread" in peak:
-            lines.append(f"| NumPy/OpenBLAS, 1 thread | {_fmt(peak['numpy_float32_1thread'])} | "
-                         f"{_fmt(peak['numpy_float64_1thread'])} |")
-        lines += [f"| XLA `jnp.dot` | {_fmt(peak['xla_float32'])} | {_fmt(peak['xla_float64'])} |", "",
-                  f"Copy bandwidth (NumPy `copyto`, read + write): {_fmt(peak['copy_GBps'])} GB/s.", ""]
+            lines.append(
+                f"| NumPy/OpenBLAS, 1 thread | {_fmt(peak['numpy_float32_1thread'])} | "
+                f"{_fmt(peak['numpy_float64_1thread'])} |"
+            )
+        lines += [
+            f"| XLA `jnp.dot` | {_fmt(peak['xla_float32'])} | {_fmt(peak['xla_float64'])} |",
+            "",
+            f"Copy bandwidth (NumPy `copyto`, read + write): {_fmt(peak['copy_GBps'])} GB/s.",
+            "",
+        ]
 
     fits = [r for r in results if r.get("kind") == "fit" and "error" not in r]
     for name in ("W1", "W2", "W3", "W4"):
@@ -678,13 +762,23 @@ def write_report(args, peak, results, out_dir: Path, generated: str | None = Non
         spec = WORKLOADS[name]
         r0 = rows[0]
         flops = flops_per_iteration(r0["n"], r0["d"], r0["k"], r0["cov"])
-        ref = next((r for r in rows if r["library"] == "sklearn" and r["dtype"] == "float32"
-                    and r.get("threads") in (None, "default")), None)
-        lines += [f"## {name}: N={r0['n']:,} D={r0['d']} K={r0['k']} {r0['cov']} ({spec['what']})", "",
-                  f"{flops / 1e9:.3g} GFLOP per iteration.", "",
-                  "| library | s/iter | GFLOP/s | % OpenBLAS peak | % XLA peak | speed-up vs sklearn f32 | "
-                  "init s | compile s | peak MB (data MB) | mean log-lik | other load |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        ref = next(
+            (
+                r
+                for r in rows
+                if r["library"] == "sklearn" and r["dtype"] == "float32" and r.get("threads") in (None, "default")
+            ),
+            None,
+        )
+        lines += [
+            f"## {name}: N={r0['n']:,} D={r0['d']} K={r0['k']} {r0['cov']} ({spec['what']})",
+            "",
+            f"{flops / 1e9:.3g} GFLOP per iteration.",
+            "",
+            "| library | s/iter | GFLOP/s | % OpenBLAS peak | % XLA peak | speed-up vs sklearn f32 | "
+            "init s | compile s | peak MB (data MB) | mean log-lik | other load |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
             gflops = flops / r["per_iter_s"] / 1e9
             blas = peak.get(f"numpy_{r['dtype']}") if peak else None
@@ -695,13 +789,17 @@ def write_report(args, peak, results, out_dir: Path, generated: str | None = Non
                 f"{_fmt(100 * gflops / blas if blas else None, 2)} | {_fmt(100 * gflops / xla if xla else None, 2)} | "
                 f"{_fmt(speedup)}× | {_fmt(r.get('init_s'))} | {_fmt(r.get('compile_s'))} | "
                 f"{_fmt(r['peak_mb'], 4)} ({_fmt(r['data_mb'], 4)}) | {_fmt(r.get('mean_log_likelihood'), 7)} | "
-                f"{r['load_before']:.2f} / {100 * r['other_cpu']:.0f}% |")
+                f"{r['load_before']:.2f} / {100 * r['other_cpu']:.0f}% |"
+            )
         if name == "W1" and peak:
             gj_row = next((r for r in rows if r["library"] == "gmmjax" and r["dtype"] == "float32"), None)
             if gj_row:
                 bandwidth = r0["n"] * r0["d"] * 4 / gj_row["per_iter_s"] / 1e9
-                lines += ["", f"gmmjax float32 reads the data once per iteration: {bandwidth:.3g} GB/s of "
-                          f"{_fmt(peak['copy_GBps'])} GB/s copy bandwidth."]
+                lines += [
+                    "",
+                    f"gmmjax float32 reads the data once per iteration: {bandwidth:.3g} GB/s of "
+                    f"{_fmt(peak['copy_GBps'])} GB/s copy bandwidth.",
+                ]
         lines.append("")
 
     for name, title in (("W5", "total seconds for one fit (warm)"), ("W6", "total seconds for all fits")):
@@ -710,12 +808,19 @@ def write_report(args, peak, results, out_dir: Path, generated: str | None = Non
             continue
         ref = next((r for r in rows if r["library"] == "sklearn" and r.get("threads") in (None, "default")), None)
         spec = WORKLOADS[name]
-        detail = (f"{W5_RESTARTS} restarts × {W5_ITERS} iterations, N={rows[0]['n']:,} D={spec['d']} K={spec['k']}"
-                  if name == "W5" else
-                  f"{rows[0].get('datasets')} datasets of N={rows[0]['n']} D={spec['d']} K={spec['k']}, "
-                  "default tol and max_iter, k-means init")
-        lines += [f"## {name}: {detail}", "", f"| library | {title} | first call (with compile) | speed-up vs sklearn | "
-                  "speed-up incl. compile | other load |", "|---|---|---|---|---|---|"]
+        detail = (
+            f"{W5_RESTARTS} restarts × {W5_ITERS} iterations, N={rows[0]['n']:,} D={spec['d']} K={spec['k']}"
+            if name == "W5"
+            else f"{rows[0].get('datasets')} datasets of N={rows[0]['n']} D={spec['d']} K={spec['k']}, "
+            "default tol and max_iter, k-means init"
+        )
+        lines += [
+            f"## {name}: {detail}",
+            "",
+            f"| library | {title} | first call (with compile) | speed-up vs sklearn | "
+            "speed-up incl. compile | other load |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in rows:
             label = r["library"]
             if r.get("restart_batch_size"):
@@ -726,8 +831,10 @@ def write_report(args, peak, results, out_dir: Path, generated: str | None = Non
                 label += f" — {r['note']}"
             speed = ref["total_s"] / r["total_s"] if ref else None
             speed_first = ref["total_s"] / r["first_s"] if ref and r.get("first_s") else None
-            lines.append(f"| {label} | {_fmt(r['total_s'])} | {_fmt(r.get('first_s'))} | {_fmt(speed)}× | "
-                         f"{_fmt(speed_first)}× | {r['load_before']:.2f} / {100 * r['other_cpu']:.0f}% |")
+            lines.append(
+                f"| {label} | {_fmt(r['total_s'])} | {_fmt(r.get('first_s'))} | {_fmt(speed)}× | "
+                f"{_fmt(speed_first)}× | {r['load_before']:.2f} / {100 * r['other_cpu']:.0f}% |"
+            )
         lines.append("")
 
     for name in ("W8", "W9"):
@@ -735,30 +842,45 @@ def write_report(args, peak, results, out_dir: Path, generated: str | None = Non
         if not rows:
             continue
         spec = WORKLOADS[name]
-        lines += [f"## {name}: {spec['cov']} restarts, {W8_RESTARTS} × {W8_ITERS} iterations, N={rows[0]['n']:,} "
-                  f"D={spec['d']} K={spec['k']}: fit_em(n_init={W8_RESTARTS}) vs the same fits one by one", "",
-                  "| library | batched s | one by one s | one by one / batched (≥ 1: batching pays) | other load |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            f"## {name}: {spec['cov']} restarts, {W8_RESTARTS} × {W8_ITERS} iterations, N={rows[0]['n']:,} "
+            f"D={spec['d']} K={spec['k']}: fit_em(n_init={W8_RESTARTS}) vs the same fits one by one",
+            "",
+            "| library | batched s | one by one s | one by one / batched (≥ 1: batching pays) | other load |",
+            "|---|---|---|---|---|",
+        ]
         for r in rows:
-            lines.append(f"| {r['library']} | {_fmt(r['batched_s'])} | {_fmt(r['singles_s'])} | "
-                         f"{_fmt(r['singles_over_batched'])}× | {r['load_before']:.2f} / {100 * r['other_cpu']:.0f}% |")
+            lines.append(
+                f"| {r['library']} | {_fmt(r['batched_s'])} | {_fmt(r['singles_s'])} | "
+                f"{_fmt(r['singles_over_batched'])}× | {r['load_before']:.2f} / {100 * r['other_cpu']:.0f}% |"
+            )
         lines.append("")
 
     rows = [r for r in results if r.get("workload") == "W7" and "error" not in r]
     if rows:
-        lines += ["## W7: the original example (600 samples, 2 components) in a fresh process", "",
-                  "| library | import + data s | first fit s (compile included) | later fits s |", "|---|---|---|---|"]
+        lines += [
+            "## W7: the original example (600 samples, 2 components) in a fresh process",
+            "",
+            "| library | import + data s | first fit s (compile included) | later fits s |",
+            "|---|---|---|---|",
+        ]
         for r in rows:
-            lines.append(f"| {r['library']} | {_fmt(r['import_and_data_s'])} | {_fmt(r['first_fit_s'])} | "
-                         f"{_fmt(r['later_fit_s'])} |")
+            lines.append(
+                f"| {r['library']} | {_fmt(r['import_and_data_s'])} | {_fmt(r['first_fit_s'])} | "
+                f"{_fmt(r['later_fit_s'])} |"
+            )
         lines.append("")
     rows = [r for r in results if r.get("workload") == "M1" and "error" not in r]
     if rows:
         r = rows[0]
-        lines += [f"## M1: bounded memory — gmmjax fit_em, N={r['n']:,} D=16 K=16 full float32, 3 iterations", "",
-                  f"Data {r['data_mb']:.0f} MB; peak resident memory beyond the process with its data: "
-                  f"{r['peak_mb']:.0f} MB (compilation included); "
-                  f"{r['seconds_3_iterations_with_compile']:.3g} s including compilation and k-means init.", ""]
+        lines += [
+            f"## M1: bounded memory — gmmjax fit_em, N={r['n']:,} D=16 K=16 full float32, 3 iterations",
+            "",
+            f"Data {r['data_mb']:.0f} MB; peak resident memory beyond the process with its data: "
+            f"{r['peak_mb']:.0f} MB (compilation included); "
+            f"{r['seconds_3_iterations_with_compile']:.3g} s including compilation and k-means init.",
+            "",
+        ]
     failed = [r for r in results if "error" in r]
     if failed:
         lines += ["## Failed workers", ""] + [f"- {r}" for r in failed] + [""]
@@ -804,15 +926,25 @@ def write_plot(results, out_dir: Path) -> bool:
     palette = {"gmmjax": "tab:blue", "gmmx": "tab:orange", "sklearn": "tab:gray"}
     for name in ("W1", "W2", "W3", "W4", "W5", "W6"):
         rows = [r for r in results if r.get("workload") == name and "error" not in r]
-        ref = next((r for r in rows if r["library"] == "sklearn" and r.get("dtype", "float32") == "float32"
-                    and r.get("threads") in (None, "default")), None)
+        ref = next(
+            (
+                r
+                for r in rows
+                if r["library"] == "sklearn"
+                and r.get("dtype", "float32") == "float32"
+                and r.get("threads") in (None, "default")
+            ),
+            None,
+        )
         if ref is None:
             continue
         key = "per_iter_s" if "per_iter_s" in ref else "total_s"
         for r in rows:
             if r is ref:
                 continue
-            labels.append(f"{name} {_label(r)}" + (f" rb={r['restart_batch_size']}" if r.get("restart_batch_size") else ""))
+            labels.append(
+                f"{name} {_label(r)}" + (f" rb={r['restart_batch_size']}" if r.get("restart_batch_size") else "")
+            )
             values.append(ref[key] / r[key])
             colors.append(palette.get(r["library"], "tab:green"))
     if not values:
@@ -846,10 +978,14 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--restart-batch", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--update", action="store_true",
-                        help="replace only the selected workloads' rows in an existing results.json")
-    parser.add_argument("--report-only", action="store_true",
-                        help="rewrite RESULTS.md and results.png from results.json (e.g. after editing NOTES.md)")
+    parser.add_argument(
+        "--update", action="store_true", help="replace only the selected workloads' rows in an existing results.json"
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite RESULTS.md and results.png from results.json (e.g. after editing NOTES.md)",
+    )
     args = parser.parse_args(argv)
 
     if args.report_only:
@@ -880,9 +1016,18 @@ def main(argv=None):
         rerun = {r["workload"] for r in results}
         results = [r for r in previous["results"] if r.get("workload") not in rerun] + results
         results.sort(key=lambda r: list(WORKLOADS).index(r["workload"]) if r.get("workload") in WORKLOADS else 99)
-    (args.out / "results.json").write_text(json.dumps({"peak": peak, "results": results, "quick": args.quick,
-                                                       "scale": args.scale,
-                                                       "generated": time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, indent=1))
+    (args.out / "results.json").write_text(
+        json.dumps(
+            {
+                "peak": peak,
+                "results": results,
+                "quick": args.quick,
+                "scale": args.scale,
+                "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            },
+            indent=1,
+        )
+    )
     write_report(args, peak, results, args.out)
     write_plot(results, args.out)
     print(f"wrote {args.out / 'RESULTS.md'}")

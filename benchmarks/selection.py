@@ -59,6 +59,7 @@ def _cold_and_warm(fn, repeats):
 
 def gmmjax_select(key, X, types, k_max):
     import jax
+
     import gmmjax as gj
 
     def run():
@@ -73,6 +74,7 @@ def gmmjax_select(key, X, types, k_max):
 
 def gmmjax_loop(key, X, types, k_max):
     import jax
+
     import gmmjax as gj
 
     bic = jax.jit(gj.bic)
@@ -100,8 +102,9 @@ def sklearn_loop(X, types, k_max):
             warnings.simplefilter("ignore", ConvergenceWarning)
             for t, covariance_type in enumerate(types):
                 for k in range(1, k_max + 1):
-                    gm = GaussianMixture(k, covariance_type=covariance_type, max_iter=MAX_ITER, tol=TOL,
-                                         random_state=0).fit(X)
+                    gm = GaussianMixture(
+                        k, covariance_type=covariance_type, max_iter=MAX_ITER, tol=TOL, random_state=0
+                    ).fit(X)
                     table[t, k - 1] = gm.bic(X)
                     iterations += gm.n_iter_
                     component_iterations += gm.n_iter_ * k
@@ -153,14 +156,26 @@ def main(argv=None):
         X = jax.numpy.asarray(X64, jax.numpy.float32)
         for types in TYPE_SETS:
             label = "all 4 types" if len(types) == 4 else "/".join(types)
-            for method, fn in (("select (one program)", gmmjax_select(key, X, types, k_max)),
-                               ("fit_em loop", gmmjax_loop(key, X, types, k_max)),
-                               ("sklearn loop", sklearn_loop(X64.astype(np.float32), types, k_max))):
+            for method, fn in (
+                ("select (one program)", gmmjax_select(key, X, types, k_max)),
+                ("fit_em loop", gmmjax_loop(key, X, types, k_max)),
+                ("sklearn loop", sklearn_loop(X64.astype(np.float32), types, k_max)),
+            ):
                 load = os.getloadavg()[0]
                 cold, warm, (table, iterations, component_iterations) = _cold_and_warm(fn, repeats)
-                rows.append(dict(data=f"{n:,}×{d}", types=label, method=method, cold=cold, warm=warm,
-                                 best=_best(table, types), iterations=iterations,
-                                 component_iterations=component_iterations, load=load))
+                rows.append(
+                    dict(
+                        data=f"{n:,}×{d}",
+                        types=label,
+                        method=method,
+                        cold=cold,
+                        warm=warm,
+                        best=_best(table, types),
+                        iterations=iterations,
+                        component_iterations=component_iterations,
+                        load=load,
+                    )
+                )
                 print(rows[-1], flush=True)
 
     lines = [
@@ -180,8 +195,10 @@ def main(argv=None):
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['data']} | {r['types']} | {r['method']} | {r['cold']:.2f} | {r['warm']:.3f} | "
-                     f"{r['iterations']} | {r['component_iterations']} | {r['best']} | {r['load']:.1f} |")
+        lines.append(
+            f"| {r['data']} | {r['types']} | {r['method']} | {r['cold']:.2f} | {r['warm']:.3f} | "
+            f"{r['iterations']} | {r['component_iterations']} | {r['best']} | {r['load']:.1f} |"
+        )
     lines += ["", READING]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -7,6 +7,7 @@ estimator on top. See ``README.md`` for examples.
 from gmmjax._cache import enable_compilation_cache
 from gmmjax._chunks import auto_chunk_size
 from gmmjax._covariance import precision_cholesky
+from gmmjax._criteria import aic, bic, icl, num_parameters
 from gmmjax._density import component_log_prob, log_prob, responsibilities
 from gmmjax._driver import FitResult, FitState, restart_keys
 from gmmjax._em import fit_em
@@ -18,7 +19,6 @@ from gmmjax._model_selection import SelectionResult, select_num_components
 from gmmjax._options import FitOptions
 from gmmjax._params import COVARIANCE_TYPES, GMMParams
 from gmmjax._sampling import generate_gmm_data, sample
-from gmmjax._criteria import aic, bic, icl, num_parameters
 from gmmjax._stats import SufficientStats, e_step, em_step, m_step
 from gmmjax._unconstrained import UnconstrainedParams, from_unconstrained, to_unconstrained, unconstrained_log_prob
 

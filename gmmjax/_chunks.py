@@ -12,7 +12,7 @@ chunk (``O(chunk_size · K · D)``), whatever ``N`` is.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +28,7 @@ CHUNK_TARGET_BYTES = 8 * 2**20
 _ROW_MULTIPLE = 8
 
 
-def auto_chunk_size(num_samples: int, num_components: int, num_features: int, dtype,
-                    batch: int = 1) -> int:
+def auto_chunk_size(num_samples: int, num_components: int, num_features: int, dtype, batch: int = 1) -> int:
     """Rows per chunk so that one ``(batch, K, chunk, D)`` temporary is ≈ ``CHUNK_TARGET_BYTES``.
 
     Args:
@@ -47,8 +46,9 @@ def auto_chunk_size(num_samples: int, num_components: int, num_features: int, dt
     return int(min(rows, num_samples))
 
 
-def resolve_chunk_size(chunk_size, num_samples: int, num_components: int, num_features: int, dtype,
-                       batch: int = 1) -> int:
+def resolve_chunk_size(
+    chunk_size, num_samples: int, num_components: int, num_features: int, dtype, batch: int = 1
+) -> int:
     """``chunk_size`` clipped to ``N``, or the automatic size when it is ``None``."""
     if chunk_size is None:
         return auto_chunk_size(num_samples, num_components, num_features, dtype, batch)
@@ -121,9 +121,11 @@ def map_over_chunks(fn: Callable, rows, chunk_size: int):
 
     def write_chunk(i, out):
         start = jnp.minimum(i * chunk, num_samples - chunk)
-        chunk_out = fn(jax.tree_util.tree_map(lambda leaf: jax.lax.dynamic_slice_in_dim(leaf, start, chunk, axis=0),
-                                              rows))
-        return jax.tree_util.tree_map(lambda full, part: jax.lax.dynamic_update_slice_in_dim(full, part, start, axis=0),
-                                      out, chunk_out)
+        chunk_out = fn(
+            jax.tree_util.tree_map(lambda leaf: jax.lax.dynamic_slice_in_dim(leaf, start, chunk, axis=0), rows)
+        )
+        return jax.tree_util.tree_map(
+            lambda full, part: jax.lax.dynamic_update_slice_in_dim(full, part, start, axis=0), out, chunk_out
+        )
 
     return jax.lax.fori_loop(0, num_chunks, write_chunk, out)

@@ -88,12 +88,14 @@ def _nonnegative_float(text):
 
 def _num_components_range(text):
     """``-k`` of ``select``: ``A:B`` (A..B), ``K`` (1..K) or a comma list, as an increasing tuple."""
+
     def integer(field):
         try:
             value = int(field)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected A:B (e.g. 1:10), K (for 1..K) or a comma list of "
-                                             f"integers (e.g. 2,4,8), got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected A:B (e.g. 1:10), K (for 1..K) or a comma list of integers (e.g. 2,4,8), got {text!r}"
+            ) from None
         if value < 1:
             raise argparse.ArgumentTypeError(f"numbers of components must be at least 1, got {value} in {text!r}")
         return value
@@ -121,8 +123,10 @@ def _covariance_types(text):
     types = tuple(field.strip() for field in text.split(","))
     for name in types:
         if name not in COVARIANCE_TYPES:
-            raise argparse.ArgumentTypeError(f"unknown covariance type {name!r}: choose from "
-                                             f"{', '.join(COVARIANCE_TYPES)}, a comma list of them, or all")
+            raise argparse.ArgumentTypeError(
+                f"unknown covariance type {name!r}: choose from "
+                f"{', '.join(COVARIANCE_TYPES)}, a comma list of them, or all"
+            )
     if len(set(types)) != len(types):
         raise argparse.ArgumentTypeError(f"{text!r} lists a covariance type more than once")
     return types
@@ -217,8 +221,9 @@ def _resolve_column(spec: str, names, num_columns: int, what: str, path) -> int:
         known = f"its columns are {', '.join(map(repr, names))}" if names is not None else "it has no header line"
         raise CLIError(f"{path}: {what} {spec!r} is not a column name ({known}) nor a 0-based index") from None
     if not 0 <= index < num_columns:
-        raise CLIError(f"{path}: {what} {index} is out of range: the file has {num_columns} columns (0 to "
-                       f"{num_columns - 1})")
+        raise CLIError(
+            f"{path}: {what} {index} is out of range: the file has {num_columns} columns (0 to {num_columns - 1})"
+        )
     return index
 
 
@@ -260,8 +265,11 @@ def _read_text_table(path, options: TableOptions) -> Data:
         if len(names) == num_columns - 1:  # R's write.table: no name above the row names
             names.insert(0, "")
         elif len(names) != num_columns:
-            raise CLIError(f"{path}, line {rows[0] + 1}: {num_columns} values, but the header (line "
-                           f"{content[0] + 1}) names {len(names)} columns")
+            raise CLIError(
+                f"{path}, line {rows[0] + 1}: {num_columns} values, but the header (line "
+                f"{content[0] + 1}) names {len(names)} columns"
+            )
+    index_col: int | None
     if options.index_col is not None:
         index_col = _resolve_column(options.index_col, names, num_columns, "--index-col", path)
     else:
@@ -286,8 +294,7 @@ def _read_text_table(path, options: TableOptions) -> Data:
             if index_col is None and options.columns is None:
                 X = np.loadtxt(data_texts, delimiter=delimiter, ndmin=2, dtype=np.float64)
                 X = X if X.shape[1] == num_columns else None
-            elif delimiter is not None and all(
-                    text.count(delimiter) == num_columns - 1 for text in data_texts):
+            elif delimiter is not None and all(text.count(delimiter) == num_columns - 1 for text in data_texts):
                 X = np.loadtxt(data_texts, delimiter=delimiter, ndmin=2, dtype=np.float64, usecols=used)
         except ValueError:
             X = None
@@ -308,17 +315,25 @@ def _read_text_table(path, options: TableOptions) -> Data:
                     keep[r] = False
                     break
                 what = "an empty field" if not field else repr(field)
-                raise CLIError(f"{path}, line {i + 1}, {_column_label(c, names)}: missing value ({what}): fill it "
-                               "in, or leave out such rows with --dropna")
+                raise CLIError(
+                    f"{path}, line {i + 1}, {_column_label(c, names)}: missing value ({what}): fill it "
+                    "in, or leave out such rows with --dropna"
+                )
             value = _number(field, decimal)
             if value is None:
-                hint = f" (the decimal mark is {decimal!r}: see --decimal)" if _number(field, "," if decimal == "."
-                                                                                     else ".") is not None else ""
-                raise CLIError(f"{path}, line {i + 1}, {_column_label(c, names)}: cannot read {field!r} as a "
-                               f"number{hint}")
+                hint = (
+                    f" (the decimal mark is {decimal!r}: see --decimal)"
+                    if _number(field, "," if decimal == "." else ".") is not None
+                    else ""
+                )
+                raise CLIError(
+                    f"{path}, line {i + 1}, {_column_label(c, names)}: cannot read {field!r} as a number{hint}"
+                )
             if not np.isfinite(value):
-                raise CLIError(f"{path}, line {i + 1}, {_column_label(c, names)}: {field!r} is not a finite "
-                               "number: remove or replace it")
+                raise CLIError(
+                    f"{path}, line {i + 1}, {_column_label(c, names)}: {field!r} is not a finite "
+                    "number: remove or replace it"
+                )
             values[r, j] = value
     if not keep.any():
         raise CLIError(f"{path}: every data row has a missing value: none is left after --dropna")
@@ -340,13 +355,20 @@ def read_data(path, key: str | None = None, options: TableOptions | None = None)
     if key is not None and ext != ".npz":
         raise CLIError(f"--key selects an array inside an .npz file; {path} is not one")
     if ext not in TEXT_EXTENSIONS:
-        text_only = [flag for flag, given in (("--index-col", options.index_col is not None),
-                                              ("--header/--no-header", options.header is not None),
-                                              ("--delimiter", options.delimiter is not None),
-                                              ("--decimal", options.decimal != ".")) if given]
+        text_only = [
+            flag
+            for flag, given in (
+                ("--index-col", options.index_col is not None),
+                ("--header/--no-header", options.header is not None),
+                ("--delimiter", options.delimiter is not None),
+                ("--decimal", options.decimal != "."),
+            )
+            if given
+        ]
         if text_only and ext in (".npy", ".npz"):
-            raise CLIError(f"{' and '.join(text_only)} read text tables ({', '.join(TEXT_EXTENSIONS)}); "
-                           f"{path} is a {ext} file")
+            raise CLIError(
+                f"{' and '.join(text_only)} read text tables ({', '.join(TEXT_EXTENSIONS)}); {path} is a {ext} file"
+            )
     try:
         if ext in TEXT_EXTENSIONS:
             return _read_text_table(path, options)
@@ -365,14 +387,18 @@ def read_data(path, key: str | None = None, options: TableOptions | None = None)
                     raise CLIError(f"{path} has no array {key!r}; it holds {names}")
                 X = archive[key]
         else:
-            raise CLIError(f"{path}: unknown data format {ext or '(no extension)'!r}: "
-                           f"use .npy, .npz or {', '.join(TEXT_EXTENSIONS)}")
+            raise CLIError(
+                f"{path}: unknown data format {ext or '(no extension)'!r}: "
+                f"use .npy, .npz or {', '.join(TEXT_EXTENSIONS)}"
+            )
     except UnicodeDecodeError:
         raise CLIError(f"{path}: not a text table (it is not UTF-8 text)") from None
     except (OSError, ValueError, EOFError) as exc:
         if "pickle" in str(exc):  # an object array, or np.load's guess for a file that is neither .npy nor .npz
-            raise CLIError(f"{path}: not a NumPy {ext} file of numbers (an array of Python objects needs pickle, "
-                           "and gmmjax never unpickles a file)") from None
+            raise CLIError(
+                f"{path}: not a NumPy {ext} file of numbers (an array of Python objects needs pickle, "
+                "and gmmjax never unpickles a file)"
+            ) from None
         raise CLIError(f"{path}: cannot read it as {ext[1:]}: {exc}") from None
     if not (np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.bool_)) or np.iscomplexobj(X):
         raise CLIError(f"{path}: expected real numbers, got an array of dtype {X.dtype}")
@@ -385,7 +411,7 @@ def read_data(path, key: str | None = None, options: TableOptions | None = None)
         if len(set(used)) != len(used):
             raise CLIError(f"{path}: --columns {','.join(options.columns)} uses a column more than once")
         X = X[:, used]
-    dropped = ()
+    dropped: tuple[int, ...] = ()
     if options.dropna and np.issubdtype(X.dtype, np.floating):
         missing = np.isnan(X).any(axis=1)
         if missing.all():
@@ -395,8 +421,10 @@ def read_data(path, key: str | None = None, options: TableOptions | None = None)
     bad = ~np.isfinite(X)
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise CLIError(f"{path} contains {int(bad.sum())} NaN or infinite value(s) (the first in data row {row + 1}, "
-                       f"column index {col}): remove or impute them (--dropna leaves out rows with NaN)")
+        raise CLIError(
+            f"{path} contains {int(bad.sum())} NaN or infinite value(s) (the first in data row {row + 1}, "
+            f"column index {col}): remove or impute them (--dropna leaves out rows with NaN)"
+        )
     return Data(X, None, dropped)
 
 
@@ -420,8 +448,9 @@ def load_model(path):
 
 def _check_features(model, X, data_path, model_path):
     if X.shape[1] != model.n_features_in_:
-        raise CLIError(f"{data_path} has {X.shape[1]} features, but the model {model_path} was fitted on "
-                       f"{model.n_features_in_}")
+        raise CLIError(
+            f"{data_path} has {X.shape[1]} features, but the model {model_path} was fitted on {model.n_features_in_}"
+        )
 
 
 ARRAY_EXTENSIONS = (".npy",) + TEXT_EXTENSIONS
@@ -434,8 +463,9 @@ def check_output(path, extensions=ARRAY_EXTENSIONS) -> None:
         return
     ext = _extension(path)
     if ext not in extensions:
-        raise CLIError(f"{path}: unknown output format {ext or '(no extension)'!r}: use "
-                       f"{' or '.join(e for e in extensions if e)}")
+        raise CLIError(
+            f"{path}: unknown output format {ext or '(no extension)'!r}: use {' or '.join(e for e in extensions if e)}"
+        )
     folder = os.path.dirname(os.fspath(path))
     if folder and not os.path.isdir(folder):
         raise CLIError(f"{path}: the folder {folder} does not exist")
@@ -493,25 +523,35 @@ def _enable_cache(command: str) -> None:
     try:
         enable_compilation_cache()
     except OSError as exc:
-        _print_warning(command, f"the compilation cache is off ({exc}); set GMMJAX_CACHE_DIR to a writable "
-                                "folder, or GMMJAX_NO_CACHE=1 to silence this")
+        _print_warning(
+            command,
+            f"the compilation cache is off ({exc}); set GMMJAX_CACHE_DIR to a writable "
+            "folder, or GMMJAX_NO_CACHE=1 to silence this",
+        )
 
 
 def _delimiter(text):
-    named = {"tab": "\t", "\\t": "\t", "space": WHITESPACE, "whitespace": WHITESPACE, " ": WHITESPACE,
-             "comma": ",", "semicolon": ";"}
+    named = {
+        "tab": "\t",
+        "\\t": "\t",
+        "space": WHITESPACE,
+        "whitespace": WHITESPACE,
+        " ": WHITESPACE,
+        "comma": ",",
+        "semicolon": ";",
+    }
     value = named.get(text.lower(), text)
     if value == WHITESPACE:
         return value
     if len(value) != 1:
         raise argparse.ArgumentTypeError(f"expected one character, tab or whitespace, got {text!r}")
-    if value in "\"#\n\r" or value.isalnum() or value in ".-+":
+    if value in '"#\n\r' or value.isalnum() or value in ".-+":
         raise argparse.ArgumentTypeError(f"{text!r} cannot separate numbers: use e.g. , ; tab or whitespace")
     return value
 
 
 def _decimal(text):
-    if len(text) != 1 or text.isalnum() or text in "-+#\"":
+    if len(text) != 1 or text.isalnum() or text in '-+#"':
         raise argparse.ArgumentTypeError(f"expected one character such as . or , got {text!r}")
     return text
 
@@ -519,8 +559,9 @@ def _decimal(text):
 def _column_list(text):
     entries = tuple(field.strip() for field in text.split(","))
     if not all(entries):
-        raise argparse.ArgumentTypeError(f"expected a comma list of column names or 0-based indices (e.g. x,y or "
-                                         f"1,2), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a comma list of column names or 0-based indices (e.g. x,y or 1,2), got {text!r}"
+        )
     return entries
 
 
@@ -532,27 +573,54 @@ def _add_data_options(p):
         "fields is not a number, or when it is ,0,1,... (pandas' to_csv of a DataFrame made from an "
         "array); any other header of numbers needs --header. A first column with an empty header name (pandas' "
         "index) or without a name (R's write.table) holds row labels and is left out. Empty fields, NA, "
-        "NaN, null are missing values: an error naming line and column, unless --dropna.")
+        "NaN, null are missing values: an error naming line and column, unless --dropna.",
+    )
     g.add_argument("--key", metavar="NAME", help="array to read from an .npz DATA file")
-    g.add_argument("--columns", type=_column_list, metavar="COLS",
-                   help="features to use: header names or 0-based indices, comma-separated (e.g. x,y or 1,2; a "
-                        "name wins over an index); default: every column but the index column")
+    g.add_argument(
+        "--columns",
+        type=_column_list,
+        metavar="COLS",
+        help="features to use: header names or 0-based indices, comma-separated (e.g. x,y or 1,2; a "
+        "name wins over an index); default: every column but the index column",
+    )
     g.add_argument("--index-col", metavar="COL", help="a column of row labels to leave out (name or 0-based index)")
-    g.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
-                   help="the first line is (--header) or is not (--no-header) a line of column names "
-                        "(default: detected, see above)")
-    g.add_argument("--dropna", action="store_true",
-                   help="leave out rows with a missing value in a used column (their count goes to stderr)")
-    g.add_argument("--delimiter", type=_delimiter, metavar="D",
-                   help="field separator: one character, tab or whitespace (default: comma, semicolon or tab, "
-                        "whichever the first line holds, else whitespace)")
-    g.add_argument("--decimal", type=_decimal, default=".", metavar="C",
-                   help="decimal mark (default .; with --decimal , the delimiter is detected among ; and tab)")
+    g.add_argument(
+        "--header",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the first line is (--header) or is not (--no-header) a line of column names "
+        "(default: detected, see above)",
+    )
+    g.add_argument(
+        "--dropna",
+        action="store_true",
+        help="leave out rows with a missing value in a used column (their count goes to stderr)",
+    )
+    g.add_argument(
+        "--delimiter",
+        type=_delimiter,
+        metavar="D",
+        help="field separator: one character, tab or whitespace (default: comma, semicolon or tab, "
+        "whichever the first line holds, else whitespace)",
+    )
+    g.add_argument(
+        "--decimal",
+        type=_decimal,
+        default=".",
+        metavar="C",
+        help="decimal mark (default .; with --decimal , the delimiter is detected among ; and tab)",
+    )
 
 
 def _table_options(args) -> TableOptions:
-    return TableOptions(columns=args.columns, index_col=args.index_col, header=args.header, dropna=args.dropna,
-                        delimiter=args.delimiter, decimal=args.decimal)
+    return TableOptions(
+        columns=args.columns,
+        index_col=args.index_col,
+        header=args.header,
+        dropna=args.dropna,
+        delimiter=args.delimiter,
+        decimal=args.decimal,
+    )
 
 
 def _read_data(args) -> Data:
@@ -561,9 +629,12 @@ def _read_data(args) -> Data:
     if data.dropped_lines:
         lines = ", ".join(map(str, data.dropped_lines[:5])) + (", ..." if len(data.dropped_lines) > 5 else "")
         unit = "line" if _extension(args.data) in TEXT_EXTENSIONS else "row"
-        print(f"gmmjax {args.command}: note: --dropna left out {len(data.dropped_lines)} row"
-              f"{'s' * (len(data.dropped_lines) > 1)} with missing values ({unit}{'s' * (len(data.dropped_lines) > 1)} "
-              f"{lines}); {data.X.shape[0]} remain", file=sys.stderr)
+        print(
+            f"gmmjax {args.command}: note: --dropna left out {len(data.dropped_lines)} row"
+            f"{'s' * (len(data.dropped_lines) > 1)} with missing values ({unit}{'s' * (len(data.dropped_lines) > 1)} "
+            f"{lines}); {data.X.shape[0]} remain",
+            file=sys.stderr,
+        )
     return data
 
 
@@ -571,12 +642,21 @@ def _add_em_options(p, n_init_help: str):
     """The EM options ``fit`` and ``select`` share (same names, defaults and checks)."""
     p.add_argument("--n-init", type=_int_at_least(1), default=1, help=n_init_help)
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
-    p.add_argument("--max-iter", type=_int_at_least(0), default=100,
-                   help="EM iteration limit (default 100; 0: the initialisation itself)")
-    p.add_argument("--tol", type=_nonnegative_float, default=1e-3,
-                   help="stop when the mean log-likelihood changes by less (default 1e-3)")
-    p.add_argument("--reg-covar", type=_nonnegative_float, default=1e-6,
-                   help="added to covariance diagonals (default 1e-6)")
+    p.add_argument(
+        "--max-iter",
+        type=_int_at_least(0),
+        default=100,
+        help="EM iteration limit (default 100; 0: the initialisation itself)",
+    )
+    p.add_argument(
+        "--tol",
+        type=_nonnegative_float,
+        default=1e-3,
+        help="stop when the mean log-likelihood changes by less (default 1e-3)",
+    )
+    p.add_argument(
+        "--reg-covar", type=_nonnegative_float, default=1e-6, help="added to covariance diagonals (default 1e-6)"
+    )
     p.add_argument("--init-params", choices=INIT_METHODS, default="kmeans", help="initialisation (default kmeans)")
     _add_data_options(p)
 
@@ -584,19 +664,27 @@ def _add_em_options(p, n_init_help: str):
 # -- fit ---------------------------------------------------------------------------------------------
 def _add_fit(commands):
     p = commands.add_parser(
-        "fit", help="fit a mixture to a data file and print it",
+        "fit",
+        help="fit a mixture to a data file and print it",
         description="Fit a Gaussian mixture by EM to DATA (.npy, .npz, .csv) and print the weights, means, "
-                    "mean log-likelihood, BIC/AIC, iterations and convergence.")
+        "mean log-likelihood, BIC/AIC, iterations and convergence.",
+    )
     p.add_argument("data", metavar="DATA", help="data file: .npy, .npz (see --key) or .csv/.txt/.tsv")
-    p.add_argument("-k", "--num-components", type=_int_at_least(1), required=True, metavar="K",
-                   help="number of components")
+    p.add_argument(
+        "-k", "--num-components", type=_int_at_least(1), required=True, metavar="K", help="number of components"
+    )
     p.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full", help="(default full)")
     _add_em_options(p, n_init_help="restarts, run as one batch (default 1)")
     p.add_argument("-o", "--output", metavar="MODEL.npz", help="save the fitted model (.npz)")
     p.add_argument("--plot", metavar="FIG.png", help="save a picture of the data and the fitted components")
     p.add_argument("-v", "--verbose", action="store_true", help="show the fit's progress on stderr")
-    p.add_argument("--verbose-interval", type=_int_at_least(1), default=10, metavar="N",
-                   help="iterations between progress reports (default 10)")
+    p.add_argument(
+        "--verbose-interval",
+        type=_int_at_least(1),
+        default=10,
+        metavar="N",
+        help="iterations between progress reports (default 10)",
+    )
     p.set_defaults(run=_run_fit)
 
 
@@ -607,8 +695,9 @@ def _plot_module():
 
         from gmmjax import plot
     except ImportError as exc:
-        raise CLIError(f"--plot needs matplotlib and gmmjax.plot ({_one_line(exc)}): "
-                       "pip install 'gmmjax[plots]'") from None
+        raise CLIError(
+            f"--plot needs matplotlib and gmmjax.plot ({_one_line(exc)}): pip install 'gmmjax[plots]'"
+        ) from None
     return plot
 
 
@@ -621,8 +710,14 @@ def _close(figure) -> None:
 
 def _format_vector(values) -> str:
     # Wide data: the first and last few features, so that a row stays on one line.
-    return np.array2string(np.asarray(values, dtype=np.float64), precision=4, suppress_small=True,
-                           threshold=8, edgeitems=3, max_line_width=10_000)
+    return np.array2string(
+        np.asarray(values, dtype=np.float64),
+        precision=4,
+        suppress_small=True,
+        threshold=8,
+        edgeitems=3,
+        max_line_width=10_000,
+    )
 
 
 def _print_feature_names(names) -> None:
@@ -640,17 +735,29 @@ def _run_fit(args) -> int:
     data = _read_data(args)
     X = data.X
     if args.num_components > X.shape[0]:
-        raise CLIError(f"{args.data} has {X.shape[0]} samples, fewer than -k {args.num_components}: "
-                       "use fewer components or more data")
+        raise CLIError(
+            f"{args.data} has {X.shape[0]} samples, fewer than -k {args.num_components}: "
+            "use fewer components or more data"
+        )
     if plot is not None and X.shape[1] < 2:
-        raise CLIError(f"--plot draws two or more features, but {args.data} has one: leave out --plot (for "
-                       "1-D data plot a histogram and the model's density, e.g. from gmmjax score --per-sample)")
+        raise CLIError(
+            f"--plot draws two or more features, but {args.data} has one: leave out --plot (for "
+            "1-D data plot a histogram and the model's density, e.g. from gmmjax score --per-sample)"
+        )
     from gmmjax import GaussianMixtureModel
 
     model = GaussianMixtureModel(
-        num_components=args.num_components, num_iters=args.max_iter, covariance_type=args.covariance_type,
-        tol=args.tol, reg_covar=args.reg_covar, n_init=args.n_init, init_params=args.init_params, seed=args.seed,
-        verbose=args.verbose, verbose_interval=args.verbose_interval)
+        num_components=args.num_components,
+        num_iters=args.max_iter,
+        covariance_type=args.covariance_type,
+        tol=args.tol,
+        reg_covar=args.reg_covar,
+        n_init=args.n_init,
+        init_params=args.init_params,
+        seed=args.seed,
+        verbose=args.verbose,
+        verbose_interval=args.verbose_interval,
+    )
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -659,8 +766,10 @@ def _run_fit(args) -> int:
     for warning in caught:  # one line each, after the progress output
         _print_warning("fit", warning.message)
 
-    print(f"gmmjax fit {args.data}: {X.shape[0]} samples × {X.shape[1]} features, K={args.num_components}, "
-          f"covariance {args.covariance_type}, {args.n_init} restart{'s' * (args.n_init > 1)}, seed {args.seed}")
+    print(
+        f"gmmjax fit {args.data}: {X.shape[0]} samples × {X.shape[1]} features, K={args.num_components}, "
+        f"covariance {args.covariance_type}, {args.n_init} restart{'s' * (args.n_init > 1)}, seed {args.seed}"
+    )
     _print_feature_names(data.feature_names)
     print(f"{'component':>9}  {'weight':>7}  mean")
     for k, (weight, mean) in enumerate(zip(model.weights_, model.means_)):
@@ -687,17 +796,29 @@ def _run_fit(args) -> int:
 # -- select -------------------------------------------------------------------------------------------
 def _add_select(commands):
     p = commands.add_parser(
-        "select", help="choose the number of components (and covariance type) by BIC, AIC or ICL",
+        "select",
+        help="choose the number of components (and covariance type) by BIC, AIC or ICL",
         description="Fit a mixture for every number of components in -k (and every covariance type asked "
-                    "for) as one compiled program, print BIC, AIC and ICL for each, the winner marked, and "
-                    "the winner; -o saves it, --plot draws the criteria over K.")
+        "for) as one compiled program, print BIC, AIC and ICL for each, the winner marked, and "
+        "the winner; -o saves it, --plot draws the criteria over K.",
+    )
     p.add_argument("data", metavar="DATA", help="data file: .npy, .npz (see --key) or .csv/.txt/.tsv")
-    p.add_argument("-k", "--num-components", type=_num_components_range, required=True, metavar="K",
-                   help="numbers of components to try: A:B (A..B), K (1..K) or a comma list such as 2,4,8")
-    p.add_argument("--covariance-type", type=_covariance_types, default=("full",), metavar="TYPE",
-                   help=f"{', '.join(COVARIANCE_TYPES)}, a comma list of them, or all (default full)")
-    p.add_argument("--criterion", choices=CRITERIA, default="bic",
-                   help="what the best model minimises (default bic)")
+    p.add_argument(
+        "-k",
+        "--num-components",
+        type=_num_components_range,
+        required=True,
+        metavar="K",
+        help="numbers of components to try: A:B (A..B), K (1..K) or a comma list such as 2,4,8",
+    )
+    p.add_argument(
+        "--covariance-type",
+        type=_covariance_types,
+        default=("full",),
+        metavar="TYPE",
+        help=f"{', '.join(COVARIANCE_TYPES)}, a comma list of them, or all (default full)",
+    )
+    p.add_argument("--criterion", choices=CRITERIA, default="bic", help="what the best model minimises (default bic)")
     _add_em_options(p, n_init_help="restarts per fit (default 1)")
     p.add_argument("-o", "--output", metavar="MODEL.npz", help="save the best model (.npz)")
     p.add_argument("--plot", metavar="FIG.png", help="save a picture of the criteria over the number of components")
@@ -719,41 +840,61 @@ def _run_select(args) -> int:
     X = data.X
     candidates, types = args.num_components, args.covariance_type
     if candidates[-1] > X.shape[0]:
-        raise CLIError(f"{args.data} has {X.shape[0]} samples, fewer than the largest K {candidates[-1]}: "
-                       "try fewer components or provide more data")
+        raise CLIError(
+            f"{args.data} has {X.shape[0]} samples, fewer than the largest K {candidates[-1]}: "
+            "try fewer components or provide more data"
+        )
     from gmmjax import GaussianMixtureModel
 
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = GaussianMixtureModel.select(
-            X, candidates, covariance_types=types, criterion=args.criterion, n_init=args.n_init,
-            max_iter=args.max_iter, tol=args.tol, reg_covar=args.reg_covar, init_params=args.init_params,
-            seed=args.seed)
+            X,
+            candidates,
+            covariance_types=types,
+            criterion=args.criterion,
+            n_init=args.n_init,
+            max_iter=args.max_iter,
+            tol=args.tol,
+            reg_covar=args.reg_covar,
+            init_params=args.init_params,
+            seed=args.seed,
+        )
     elapsed = time.perf_counter() - start
     for warning in caught:
         _print_warning("select", warning.message)
 
     selection = model.selection_
-    table = {name: np.asarray(getattr(selection, name)) for name in
-             ("bic", "aic", "icl", "mean_log_likelihood", "n_iter", "converged")}
+    table = {
+        name: np.asarray(getattr(selection, name))
+        for name in ("bic", "aic", "icl", "mean_log_likelihood", "n_iter", "converged")
+    }
     best = (int(selection.best_type_index), int(selection.best_index))
     criterion = args.criterion.upper()
-    print(f"gmmjax select {args.data}: {X.shape[0]} samples × {X.shape[1]} features, "
-          f"K = {_describe_range(candidates)}, covariance {', '.join(types)}, "
-          f"{args.n_init} restart{'s' * (args.n_init > 1)} each, seed {args.seed}")
+    print(
+        f"gmmjax select {args.data}: {X.shape[0]} samples × {X.shape[1]} features, "
+        f"K = {_describe_range(candidates)}, covariance {', '.join(types)}, "
+        f"{args.n_init} restart{'s' * (args.n_init > 1)} each, seed {args.seed}"
+    )
     _print_feature_names(data.feature_names)
     width = max(len("type"), *map(len, types))
-    print(f"{'type':<{width}}  {'K':>3}  {'BIC':>13}  {'AIC':>13}  {'ICL':>13}  {'mean log-lik':>12}  "
-          f"{'iterations':>10}  converged")
+    print(
+        f"{'type':<{width}}  {'K':>3}  {'BIC':>13}  {'AIC':>13}  {'ICL':>13}  {'mean log-lik':>12}  "
+        f"{'iterations':>10}  converged"
+    )
     for t, covariance_type in enumerate(types):
         for j, k in enumerate(candidates):
             mark = f"  <- best by {criterion}" if (t, j) == best else ""
-            print(f"{covariance_type:<{width}}  {k:>3}  {table['bic'][t, j]:13.4f}  {table['aic'][t, j]:13.4f}  "
-                  f"{table['icl'][t, j]:13.4f}  {table['mean_log_likelihood'][t, j]:12.6f}  "
-                  f"{table['n_iter'][t, j]:>10}  {'yes' if table['converged'][t, j] else 'no'}{mark}")
-    print(f"best by {criterion}: K={model.num_components}, {model.covariance_type} covariances "
-          f"({criterion} {float(selection.scores[best]):.4f})")
+            print(
+                f"{covariance_type:<{width}}  {k:>3}  {table['bic'][t, j]:13.4f}  {table['aic'][t, j]:13.4f}  "
+                f"{table['icl'][t, j]:13.4f}  {table['mean_log_likelihood'][t, j]:12.6f}  "
+                f"{table['n_iter'][t, j]:>10}  {'yes' if table['converged'][t, j] else 'no'}{mark}"
+            )
+    print(
+        f"best by {criterion}: K={model.num_components}, {model.covariance_type} covariances "
+        f"({criterion} {float(selection.scores[best]):.4f})"
+    )
     num_fits = len(types) * len(candidates)
     print(f"time for {num_fits} fit{'s' * (num_fits > 1)} in one program (including compilation) {elapsed:.2f} s")
     if args.output is not None:
@@ -761,8 +902,10 @@ def _run_select(args) -> int:
         print(f"best model saved to {args.output if _extension(args.output) else args.output + '.npz'}")
     if plot is not None:
         ax = plot.plot_selection(model)
-        ax.set_title(f"{os.path.basename(args.data)}: best by {criterion} is K={model.num_components}, "
-                     f"{model.covariance_type} covariances")
+        ax.set_title(
+            f"{os.path.basename(args.data)}: best by {criterion} is K={model.num_components}, "
+            f"{model.covariance_type} covariances"
+        )
         ax.figure.savefig(args.plot, dpi=120, bbox_inches="tight")
         _close(ax.figure)
         print(f"picture saved to {args.plot}")
@@ -785,9 +928,11 @@ def _load_model_and_data(args):
 
 def _add_predict(commands):
     p = commands.add_parser(
-        "predict", help="most probable component of each sample",
+        "predict",
+        help="most probable component of each sample",
         description="Write the most probable component (0..K-1) of each sample of DATA, one per line, or with "
-                    "--proba the (N, K) posterior probabilities, to stdout or to -o FILE (.csv or .npy).")
+        "--proba the (N, K) posterior probabilities, to stdout or to -o FILE (.csv or .npy).",
+    )
     _add_model_and_data(p)
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (.csv, .txt, .tsv or .npy), not stdout")
     p.add_argument("--proba", action="store_true", help="write the (N, K) component probabilities instead")
@@ -807,9 +952,11 @@ def _run_predict(args) -> int:
 # -- score --------------------------------------------------------------------------------------------
 def _add_score(commands):
     p = commands.add_parser(
-        "score", help="mean log-likelihood of data under a model",
+        "score",
+        help="mean log-likelihood of data under a model",
         description="Print the mean log-likelihood of DATA under MODEL (the log-density averaged over samples); "
-                    "--per-sample FILE also writes each sample's log-density.")
+        "--per-sample FILE also writes each sample's log-density.",
+    )
     _add_model_and_data(p)
     p.add_argument("--per-sample", metavar="FILE", help="write each sample's log-density (.csv or .npy)")
     p.set_defaults(run=_run_score)
@@ -829,8 +976,10 @@ def _run_score(args) -> int:
 # -- sample -------------------------------------------------------------------------------------------
 def _add_sample(commands):
     p = commands.add_parser(
-        "sample", help="draw samples from a model",
-        description="Draw N samples from MODEL and write them (N, D) to -o FILE (.npy or .csv) or to stdout.")
+        "sample",
+        help="draw samples from a model",
+        description="Draw N samples from MODEL and write them (N, D) to -o FILE (.npy or .csv) or to stdout.",
+    )
     p.add_argument("model", metavar="MODEL", help="model file written by gmmjax fit -o")
     p.add_argument("-n", "--num-samples", type=_int_at_least(1), default=1000, help="(default 1000)")
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
@@ -877,8 +1026,13 @@ def run_demo(num_samples: int = 600, seed: int = 0, out=None) -> int:
     import gmmjax as gj
 
     start = time.perf_counter()
-    data = gj.generate_gmm_data(num_samples=num_samples, weights=DEMO_WEIGHTS, means=DEMO_MEANS,
-                                covariances=DEMO_COVARIANCES, key=jax.random.key(seed))
+    data = gj.generate_gmm_data(
+        num_samples=num_samples,
+        weights=DEMO_WEIGHTS,
+        means=DEMO_MEANS,
+        covariances=DEMO_COVARIANCES,
+        key=jax.random.key(seed),
+    )
     model = gj.GaussianMixtureModel(num_components=2, num_iters=100, seed=seed)
     model.fit(data)
     elapsed = time.perf_counter() - start
@@ -887,8 +1041,10 @@ def run_demo(num_samples: int = 600, seed: int = 0, out=None) -> int:
     out = sys.stdout if out is None else out
     p = lambda *a: print(*a, file=out)  # noqa: E731
     with np.printoptions(precision=3, suppress=True):  # local: no global side effect
-        p(f"gmmjax demo: {num_samples} samples from the original 2-component example (jax {jax.__version__}, "
-          f"{jax.devices()[0].platform})")
+        p(
+            f"gmmjax demo: {num_samples} samples from the original 2-component example (jax {jax.__version__}, "
+            f"{jax.devices()[0].platform})"
+        )
         for k, j in enumerate(order):
             p(f"component {k}:")
             p(f"  weight      true {DEMO_WEIGHTS[k]:.3f}   estimated {model.weights[j]:.3f}")
@@ -901,9 +1057,12 @@ def run_demo(num_samples: int = 600, seed: int = 0, out=None) -> int:
 
 
 def _add_demo(commands):
-    p = commands.add_parser("demo", help="fit the original 2-component example and print the result",
-                            description="Fit the original 2-component example and print true vs "
-                                        "estimated parameters, log-likelihood, iterations and time.")
+    p = commands.add_parser(
+        "demo",
+        help="fit the original 2-component example and print the result",
+        description="Fit the original 2-component example and print true vs "
+        "estimated parameters, log-likelihood, iterations and time.",
+    )
     p.add_argument("-n", "--num-samples", type=_int_at_least(2), default=600, help="number of samples (default 600)")
     p.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     p.set_defaults(run=lambda args: run_demo(args.num_samples, args.seed))
@@ -915,16 +1074,22 @@ _COMMANDS = (_add_fit, _add_select, _add_predict, _add_score, _add_sample, _add_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gmmjax", description="Gaussian mixture models in JAX.",
-                     epilog="Run 'gmmjax COMMAND --help' for a command's options.")
+    parser = _Parser(
+        prog="gmmjax",
+        description="Gaussian mixture models in JAX.",
+        epilog="Run 'gmmjax COMMAND --help' for a command's options.",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _COMMANDS:
         add(commands)
     for p in commands.choices.values():
-        p.add_argument("--no-cache", action="store_true",
-                       help="do not use the persistent compilation cache (also GMMJAX_NO_CACHE=1); by default "
-                            "compiled programs are kept in $GMMJAX_CACHE_DIR, else $XDG_CACHE_HOME/gmmjax/xla, "
-                            "else ~/.cache/gmmjax/xla")
+        p.add_argument(
+            "--no-cache",
+            action="store_true",
+            help="do not use the persistent compilation cache (also GMMJAX_NO_CACHE=1); by default "
+            "compiled programs are kept in $GMMJAX_CACHE_DIR, else $XDG_CACHE_HOME/gmmjax/xla, "
+            "else ~/.cache/gmmjax/xla",
+        )
     return parser
 
 

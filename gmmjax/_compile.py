@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -52,9 +54,12 @@ def _supported_options(options: tuple) -> dict:
     accepted = {name: value for name, value in options if accepts_option(name, value)}
     rejected = [name for name, _ in options if name not in accepted]
     if rejected:
-        warnings.warn(f"gmmjax: this XLA does not accept the compiler option(s) {rejected}; small fits compile "
-                      "with XLA's defaults instead (same results, slower compilation).", RuntimeWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"gmmjax: this XLA does not accept the compiler option(s) {rejected}; small fits compile "
+            "with XLA's defaults instead (same results, slower compilation).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return accepted
 
 
@@ -74,6 +79,14 @@ def under_caller_jit() -> bool:
 
 def _has_tracers(tree) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+class SizedJit(Protocol):
+    """What :func:`jit_for_size` returns: ``call(small, *args, **kwargs)`` and its ``variant``."""
+
+    def __call__(self, small: bool, *args: Any, **kwargs: Any) -> Any: ...
+
+    def variant(self, small: bool) -> Callable[..., Any]: ...
 
 
 def jit_for_size(fun, **jit_kwargs):

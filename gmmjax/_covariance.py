@@ -44,8 +44,7 @@ def _diagonal_mask(matrices: jax.Array) -> jax.Array:
 
 def _on_diagonal(matrices: jax.Array, diagonal: jax.Array, off_diagonal) -> jax.Array:
     """``diagonal`` (``(..., D)``) on the diagonal of ``matrices``' shape, ``off_diagonal`` elsewhere."""
-    return jnp.where(_diagonal_mask(matrices), jnp.broadcast_to(diagonal[..., None, :], matrices.shape),
-                     off_diagonal)
+    return jnp.where(_diagonal_mask(matrices), jnp.broadcast_to(diagonal[..., None, :], matrices.shape), off_diagonal)
 
 
 # --------------------------------------------------------------------------- one class per type
@@ -94,6 +93,7 @@ class CovarianceKind:
         """The covariances of the first ``num_components`` components (batch axes kept)."""
         if self.shared:
             return covariances
+        assert self.component_ndim is not None  # None only for the shared (tied) kind
         return covariances[(Ellipsis, slice(None, num_components)) + (slice(None),) * self.component_ndim]
 
     # -- factors and densities
@@ -277,10 +277,18 @@ class _MatrixKind(CovarianceKind):
         if num_features <= SMALL_FEATURES:
             columns = _feature_columns(residuals)
             weighted = [column * weighted_resp for column in columns]
-            entries = {(d, e): jnp.sum(weighted[d] * columns[e], axis=-1)
-                       for d in range(num_features) for e in range(d, num_features)}
-            return jnp.stack([jnp.stack([entries[min(d, e), max(d, e)] for e in range(num_features)], axis=-1)
-                              for d in range(num_features)], axis=-2)
+            entries = {
+                (d, e): jnp.sum(weighted[d] * columns[e], axis=-1)
+                for d in range(num_features)
+                for e in range(d, num_features)
+            }
+            return jnp.stack(
+                [
+                    jnp.stack([entries[min(d, e), max(d, e)] for e in range(num_features)], axis=-1)
+                    for d in range(num_features)
+                ],
+                axis=-2,
+            )
         return jnp.matmul(jnp.swapaxes(residuals * weighted_resp[..., None], -1, -2), residuals)
 
     def variances(self, covariances):
@@ -572,28 +580,17 @@ def covariance_kind(covariance_type: str) -> CovarianceKind:
     try:
         return COVARIANCE_KINDS[covariance_type]
     except (KeyError, TypeError):
-        raise ValueError(f"covariance_type must be one of {tuple(COVARIANCE_KINDS)}, got {covariance_type!r}.") \
-            from None
+        raise ValueError(
+            f"covariance_type must be one of {tuple(COVARIANCE_KINDS)}, got {covariance_type!r}."
+        ) from None
 
 
 # --------------------------------------------------------------------------- shared by every type
 
 
-
-
 def precision_cholesky(covariances: jax.Array, covariance_type: str) -> jax.Array:
     """Precision Cholesky factor of ``covariances``, same shape (scikit-learn's ``precisions_cholesky_``)."""
     return covariance_kind(covariance_type).precision_cholesky(covariances)
-
-
-
-
-
-
-
-
-
-
 
 
 def weighted_sums(residuals: jax.Array, weighted_resp: jax.Array) -> jax.Array:
@@ -603,12 +600,7 @@ def weighted_sums(residuals: jax.Array, weighted_resp: jax.Array) -> jax.Array:
     return jnp.einsum("kn,knd->kd", weighted_resp, residuals)
 
 
-
-
-
-
-def regularize_covariances(covariances: jax.Array, reg_covar: jax.Array, covariance_type: str,
-                           means: jax.Array):
+def regularize_covariances(covariances: jax.Array, reg_covar: jax.Array, covariance_type: str, means: jax.Array):
     """Adds ``reg_covar`` to the diagonal and guarantees a factorisable covariance.
 
     Two things can still break the Cholesky factor in the working precision: a feature

@@ -46,8 +46,9 @@ class InformationCriteria(NamedTuple):
     num_samples: jax.Array
 
 
-def information_criteria(params: GMMParams, X: jax.typing.ArrayLike, sample_weight=None, *, num_active=None,
-                         chunk_size: int | None = None) -> InformationCriteria:
+def information_criteria(
+    params: GMMParams, X: jax.typing.ArrayLike, sample_weight=None, *, num_active=None, chunk_size: int | None = None
+) -> InformationCriteria:
     """BIC, AIC and ICL of ``params`` on ``X`` in one chunked pass over the data.
 
     Args:
@@ -78,8 +79,13 @@ def information_criteria(params: GMMParams, X: jax.typing.ArrayLike, sample_weig
     num_components = params.num_components if num_active is None else num_active
     p = jnp.asarray(num_parameters(num_components, params.num_features, params.covariance_type), X.dtype)
     bic = -2.0 * log_likelihood + p * jnp.log(num_samples)
-    return InformationCriteria(bic=bic, aic=-2.0 * log_likelihood + 2.0 * p, icl=bic - 2.0 * log_map,
-                               log_likelihood=log_likelihood, num_samples=num_samples)
+    return InformationCriteria(
+        bic=bic,
+        aic=-2.0 * log_likelihood + 2.0 * p,
+        icl=bic - 2.0 * log_map,
+        log_likelihood=log_likelihood,
+        num_samples=num_samples,
+    )
 
 
 def bic(params: GMMParams, X: jax.typing.ArrayLike, sample_weight=None) -> jax.Array:

@@ -46,7 +46,7 @@ def component_terms(params: GMMParams) -> ComponentTerms:
     num_features = params.num_features
     prec_chol = precision_cholesky(params.covariances, params.covariance_type)
     log_det = covariance_kind(params.covariance_type).log_det_precision_cholesky(prec_chol, num_features)
-    log_scale = (jnp.log(params.weights) + log_det - 0.5 * num_features * math.log(2.0 * math.pi))
+    log_scale = jnp.log(params.weights) + log_det - 0.5 * num_features * math.log(2.0 * math.pi)
     return ComponentTerms(params.means, prec_chol, log_scale, params.covariance_type)
 
 
@@ -74,8 +74,9 @@ def _map_rows(params: GMMParams, X, chunk_size, row_fn):
     X = _as_float_data(params, X)
     terms = component_terms(params)
     chunk = resolve_chunk_size(chunk_size, X.shape[0], params.num_components, params.num_features, X.dtype)
-    return map_over_chunks(lambda X_chunk: row_fn(log_joint_from_residuals(terms, residuals_about(X_chunk, terms.means)).T),
-                           X, chunk)
+    return map_over_chunks(
+        lambda X_chunk: row_fn(log_joint_from_residuals(terms, residuals_about(X_chunk, terms.means)).T), X, chunk
+    )
 
 
 def component_log_prob(params: GMMParams, X: jax.typing.ArrayLike, *, chunk_size: int | None = None) -> jax.Array:

@@ -18,14 +18,15 @@ from its key and returns a :class:`FitState`. The driver owns the rest:
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from gmmjax import _validation as v
 from gmmjax._chunks import resolve_chunk_size
-from gmmjax._compile import is_small_program, jit_for_size
+from gmmjax._compile import SizedJit, is_small_program, jit_for_size
 from gmmjax._init import initialize
 from gmmjax._options import FitOptions, check_fit_options
 from gmmjax._params import GMMParams
@@ -126,8 +127,14 @@ def choose_best(states: FitState) -> FitResult:
     score = jnp.where(jnp.isnan(states.lower_bound), -jnp.inf, states.lower_bound)
     best = jnp.argmax(score)
     chosen = jax.tree_util.tree_map(lambda leaf: leaf[best], states)
-    return FitResult(params=chosen.params, lower_bound=chosen.lower_bound, n_iter=chosen.n_iter,
-                     converged=chosen.converged, best_restart=best, restarts=states)
+    return FitResult(
+        params=chosen.params,
+        lower_bound=chosen.lower_bound,
+        n_iter=chosen.n_iter,
+        converged=chosen.converged,
+        best_restart=best,
+        restarts=states,
+    )
 
 
 def restart_keys(key: jax.Array, n_init: int) -> jax.Array:
@@ -171,15 +178,24 @@ def run_restarts(key: jax.Array, options: FitOptions, fit_one: Callable[[jax.Arr
     return choose_best(states)
 
 
-def initial_params(key: jax.Array, X: jax.Array, sample_weight, options: FitOptions, num_components: int,
-                   num_active=None):
+def initial_params(
+    key: jax.Array, X: jax.Array, sample_weight, options: FitOptions, num_components: int, num_active=None
+):
     """Starting parameters of one restart from ``options`` (``init_params`` and ``*_init``):
     ``(params, collapsed)`` (see :func:`gmmjax._init.initialize`). The same for every kind of
     fit with the same key, so EM and gradient fits are comparable start for start."""
     return initialize(
-        key, X, num_components, covariance_type=options.covariance_type, init_params=options.init_params,
-        sample_weight=sample_weight, reg_covar=options.reg_covar, weights_init=options.weights_init,
-        means_init=options.means_init, precisions_init=options.precisions_init, chunk_size=options.chunk_size,
+        key,
+        X,
+        num_components,
+        covariance_type=options.covariance_type,
+        init_params=options.init_params,
+        sample_weight=sample_weight,
+        reg_covar=options.reg_covar,
+        weights_init=options.weights_init,
+        means_init=options.means_init,
+        precisions_init=options.precisions_init,
+        chunk_size=options.chunk_size,
         num_active=num_active,
     )
 
@@ -207,8 +223,16 @@ class FitInputs(NamedTuple):
     options: FitOptions
 
 
-def check_fit_inputs(key, X, num_components: int | None, options: FitOptions, sample_weight=None, *,
-                     max_components: int | None = None, fits_per_pass: int = 1) -> FitInputs:
+def check_fit_inputs(
+    key,
+    X,
+    num_components: int | None,
+    options: FitOptions,
+    sample_weight=None,
+    *,
+    max_components: int | None = None,
+    fits_per_pass: int = 1,
+) -> FitInputs:
     """Checks a fit's inputs at the boundary, with messages that say what to do, and resolves
     the options' sizes for this data.
 
@@ -233,8 +257,9 @@ def check_fit_inputs(key, X, num_components: int | None, options: FitOptions, sa
     if sample_weight is not None:
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0], X.dtype)
     restart_batch_size = resolve_restart_batch_size(options.restart_batch_size, options.n_init)
-    chunk_size = resolve_chunk_size(options.chunk_size, X.shape[0], largest or 1, X.shape[1], X.dtype,
-                                    batch=fits_per_pass * restart_batch_size)
+    chunk_size = resolve_chunk_size(
+        options.chunk_size, X.shape[0], largest or 1, X.shape[1], X.dtype, batch=fits_per_pass * restart_batch_size
+    )
     options = options.replace(restart_batch_size=restart_batch_size, chunk_size=chunk_size)
     return FitInputs(key, X, sample_weight, options)
 
@@ -243,27 +268,40 @@ def traced_leaves(options: FitOptions, dtype) -> FitOptions:
     """``options`` with ``tol``, ``reg_covar`` (and ``lower_bound_init``) as arrays of the data's
     dtype: traced by the compiled fit, so new values reuse it."""
     as_array = lambda value: None if value is None else jnp.asarray(value, dtype)  # noqa: E731
-    return options.replace(tol=as_array(options.tol), reg_covar=as_array(options.reg_covar),
-                           lower_bound_init=as_array(options.lower_bound_init))
+    return options.replace(
+        tol=as_array(options.tol),
+        reg_covar=as_array(options.reg_covar),
+        lower_bound_init=as_array(options.lower_bound_init),
+    )
 
 
-def compiled(fun: Callable, static_argnames: tuple = ()) -> Callable:
+def compiled(fun: Callable, static_argnames: tuple = ()) -> SizedJit:
     """gmmjax's ``jit`` of a fit's body ``fun(key, X, sample_weight, options, *args, **static)``:
     the options' static fields are part of its pytree structure, so only the names in
     ``static_argnames`` need listing. Call it through :func:`call_compiled`."""
     return jit_for_size(fun, static_argnames=static_argnames)
 
 
-def call_compiled(fit: Callable, inputs: FitInputs, *args, num_components: int, fits: int = 1,
-                  report_every: int = 0, **static):
+def call_compiled(
+    fit: Callable, inputs: FitInputs, *args, num_components: int, fits: int = 1, report_every: int = 0, **static
+):
     """Runs a :func:`compiled` fit on checked ``inputs``: with cheaper compile settings for
     small problems (:mod:`gmmjax._compile`; ``fits``: how many fits the program runs), and,
     with ``report_every`` (static; 0: off), progress shown while it runs (the call then
     waits for the result)."""
     X = inputs.X
     small = is_small_program(X.shape[0], X.shape[1], num_components, fits * inputs.options.n_init)
-    run = functools.partial(fit, small, inputs.key, X, inputs.sample_weight, traced_leaves(inputs.options, X.dtype),
-                            *args, num_components=num_components, **static)
+    run = functools.partial(
+        fit,
+        small,
+        inputs.key,
+        X,
+        inputs.sample_weight,
+        traced_leaves(inputs.options, X.dtype),
+        *args,
+        num_components=num_components,
+        **static,
+    )
     if not report_every:
         return run()
     with reporting(inputs.options.n_init, inputs.options.max_iter):

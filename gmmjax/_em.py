@@ -58,8 +58,9 @@ def em_iteration(state: FitState, operands: EMOperands, em_step_fn) -> FitState:
 
     ``em_step_fn(params, X, sample_weight, reg_covar, num_active=...) -> (params, collapsed, lower_bound)``.
     """
-    new_params, new_collapsed, lower_bound = em_step_fn(state.params, operands.X, operands.sample_weight,
-                                                        operands.reg_covar, num_active=operands.num_active)
+    new_params, new_collapsed, lower_bound = em_step_fn(
+        state.params, operands.X, operands.sample_weight, operands.reg_covar, num_active=operands.num_active
+    )
     return FitState(
         params=new_params,
         lower_bound=lower_bound,
@@ -70,8 +71,9 @@ def em_iteration(state: FitState, operands: EMOperands, em_step_fn) -> FitState:
     )
 
 
-def run_em(start: FitState, operands: EMOperands, *, max_iter: int, chunk_size: int | None = None,
-           report_every: int = 0) -> FitState:
+def run_em(
+    start: FitState, operands: EMOperands, *, max_iter: int, chunk_size: int | None = None, report_every: int = 0
+) -> FitState:
     """EM from ``start`` until the mean log-likelihood changes by less than ``operands.tol`` or
     ``max_iter`` iterations have run, as one ``lax.while_loop`` on the device (each
     iteration one chunked pass over ``X``; no host round trip until the loop ends; under
@@ -90,16 +92,22 @@ def run_em(start: FitState, operands: EMOperands, *, max_iter: int, chunk_size: 
     def step(state: FitState, operands: EMOperands) -> FitState:
         new_state = em_iteration(state, operands, em_step_fn)
         if report_every:  # static switch: when off the loop has no callback at all
-            report_em_step(operands.restart, keep_going(state, operands), new_state.n_iter, new_state.lower_bound,
-                           new_state.converged, keep_going(new_state, operands), report_every)
+            report_em_step(
+                operands.restart,
+                keep_going(state, operands),
+                new_state.n_iter,
+                new_state.lower_bound,
+                new_state.converged,
+                keep_going(new_state, operands),
+                report_every,
+            )
         return new_state
 
     # Under vmap (restarts, datasets) finished fits stop costing work (see _loops).
     return compacting_while_loop(keep_going, step, start, operands)
 
 
-def run_em_unrolled(start: FitState, operands: EMOperands, *, max_iter: int,
-                    chunk_size: int | None = None) -> FitState:
+def run_em_unrolled(start: FitState, operands: EMOperands, *, max_iter: int, chunk_size: int | None = None) -> FitState:
     """The same iterations as :func:`run_em`, as ``max_iter`` steps of a ``lax.scan`` that
     leave a fit unchanged once it has converged: differentiable in every mode (reverse,
     forward, higher order) in ``X``, ``sample_weight`` and ``reg_covar``.
@@ -125,8 +133,17 @@ def check_differentiation(differentiation) -> str:
     return differentiation
 
 
-def fit_em_restarts(key, X, sample_weight, options: FitOptions, *, num_components: int, num_active=None,
-                    report_every: int = 0, differentiation: str = "implicit") -> FitResult:
+def fit_em_restarts(
+    key,
+    X,
+    sample_weight,
+    options: FitOptions,
+    *,
+    num_components: int,
+    num_active=None,
+    report_every: int = 0,
+    differentiation: str = "implicit",
+) -> FitResult:
     """The body of :func:`fit_em` (inputs checked, sizes resolved, ``tol``/``reg_covar`` arrays).
 
     With ``num_active`` (an int, may be traced, e.g. vmapped over), ``num_components`` is a
@@ -147,19 +164,22 @@ def fit_em_restarts(key, X, sample_weight, options: FitOptions, *, num_component
         X_em, weight_em, reg_em = X_const, weight_const, options_const.reg_covar
 
     def fit_one(restart_key, restart_index) -> FitState:
-        params, collapsed = initial_params(restart_key, X_const, weight_const, options_const, num_components,
-                                           num_active)
+        params, collapsed = initial_params(
+            restart_key, X_const, weight_const, options_const, num_components, num_active
+        )
         start = initial_state(params, collapsed, options.max_iter, options_const.lower_bound_init)
         if options.max_iter == 0:  # scikit-learn's max_iter=0: the initialisation itself
             return start
-        operands = EMOperands(X_em, weight_em, options_const.tol, reg_em, num_active,
-                              restart_index if report_every else None)
+        operands = EMOperands(
+            X_em, weight_em, options_const.tol, reg_em, num_active, restart_index if report_every else None
+        )
         return run(start, operands, max_iter=options.max_iter, chunk_size=options.chunk_size)
 
     result = run_restarts(key, options, fit_one)
     if differentiation == "implicit" and num_active is None and options.max_iter > 0:
-        params, lower_bound = attach_fixed_point(result.params, result.lower_bound, X, sample_weight,
-                                                 options.reg_covar, options.chunk_size, options.max_iter)
+        params, lower_bound = attach_fixed_point(
+            result.params, result.lower_bound, X, sample_weight, options.reg_covar, options.chunk_size, options.max_iter
+        )
         result = result._replace(params=params, lower_bound=lower_bound)
     return result
 
@@ -263,7 +283,14 @@ def fit_em(
     inputs = check_fit_inputs(key, X, num_components, options, sample_weight)
     report_every = check_verbose(verbose, verbose_interval, inputs.key, inputs.X)
     if report_every and differentiation == "unrolled":
-        raise ValueError("verbose progress is reported from the EM while loop; differentiation='unrolled' runs "
-                         "a scan instead: use verbose=False or differentiation='implicit'.")
-    return call_compiled(_fit_em_for_size, inputs, num_components=int(num_components), report_every=report_every,
-                         differentiation=differentiation)
+        raise ValueError(
+            "verbose progress is reported from the EM while loop; differentiation='unrolled' runs "
+            "a scan instead: use verbose=False or differentiation='implicit'."
+        )
+    return call_compiled(
+        _fit_em_for_size,
+        inputs,
+        num_components=int(num_components),
+        report_every=report_every,
+        differentiation=differentiation,
+    )

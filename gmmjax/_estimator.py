@@ -11,6 +11,7 @@ import functools
 import inspect
 import sys
 import warnings
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -18,15 +19,18 @@ import numpy as np
 
 from gmmjax import _validation as v
 from gmmjax._covariance import covariance_kind, precision_cholesky
-from gmmjax._density import log_prob, responsibilities
-from gmmjax._em import fit_em
-from gmmjax._options import FitOptions, fit_options
-from gmmjax._gradient import DEFAULT_NUM_STEPS, fit_gradient
-from gmmjax._params import GMMParams
-from gmmjax._sampling import _sample_jit
 from gmmjax._criteria import aic as _aic
 from gmmjax._criteria import bic as _bic
 from gmmjax._criteria import num_parameters
+from gmmjax._density import log_prob, responsibilities
+from gmmjax._em import fit_em
+from gmmjax._gradient import DEFAULT_NUM_STEPS, fit_gradient
+from gmmjax._options import FitOptions, fit_options
+from gmmjax._params import GMMParams
+from gmmjax._sampling import _sample_jit
+
+if TYPE_CHECKING:
+    from gmmjax._model_selection import SelectionResult
 
 
 class ConvergenceWarning(UserWarning):
@@ -48,8 +52,10 @@ class NotFittedError(ValueError, AttributeError):
 
 # scikit-learn's sentence for an unfitted GaussianMixture, to the letter: code (and scikit-learn's
 # own tests) match on it.
-SKLEARN_NOT_FITTED = ("This GaussianMixture instance is not fitted yet. Call 'fit' with appropriate arguments before "
-                      "using this estimator.")
+SKLEARN_NOT_FITTED = (
+    "This GaussianMixture instance is not fitted yet. Call 'fit' with appropriate arguments before "
+    "using this estimator."
+)
 
 
 def _not_fitted(what_to_do: str) -> NotFittedError:
@@ -148,8 +154,14 @@ MAX_SEED = 2**63 - 1  # jax.random.key takes a signed 64-bit seed
 
 # Two names for one setting: setting one of them (alone) clears the other, so that
 # ``set_params(n_components=3)`` (as GridSearchCV does) replaces a positional num_components.
-_ALIASES = {"num_components": "n_components", "n_components": "num_components",
-            "num_iters": "max_iter", "max_iter": "num_iters", "seed": "random_state", "random_state": "seed"}
+_ALIASES = {
+    "num_components": "n_components",
+    "n_components": "num_components",
+    "num_iters": "max_iter",
+    "max_iter": "num_iters",
+    "seed": "random_state",
+    "random_state": "seed",
+}
 
 
 def _key_from_seed(seed) -> jax.Array:
@@ -168,8 +180,10 @@ def _key_from_seed(seed) -> jax.Array:
         return jax.random.key(int(seed.randint(np.iinfo(np.int32).max)))
     if isinstance(seed, np.random.Generator):
         return jax.random.key(int(seed.integers(np.iinfo(np.int32).max)))
-    raise ValueError(f"seed (random_state) must be an int, None or a jax.random key (or a NumPy RandomState or "
-                     f"Generator), got {seed!r}.")
+    raise ValueError(
+        f"seed (random_state) must be an int, None or a jax.random key (or a NumPy RandomState or "
+        f"Generator), got {seed!r}."
+    )
 
 
 class GaussianMixtureModel:
@@ -224,6 +238,9 @@ class GaussianMixtureModel:
       >>> bool(model.converged_)
       True
     """
+
+    # Set by select() only (not by fit); declared for the type checker.
+    selection_: SelectionResult
 
     def __init__(
         self,
@@ -324,8 +341,11 @@ class GaussianMixtureModel:
 
     def __repr__(self):
         defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
-        changed = [f"{k}={v!r}" for k, v in self.get_params().items()
-                   if not (v is defaults[k] or (isinstance(v, (int, float, str)) and v == defaults[k]))]
+        changed = [
+            f"{k}={v!r}"
+            for k, v in self.get_params().items()
+            if not (v is defaults[k] or (isinstance(v, (int, float, str)) and v == defaults[k]))
+        ]
         return f"GaussianMixtureModel({', '.join(changed)})"
 
     # -- resolved configuration --------------------------------------------------------------
@@ -341,21 +361,34 @@ class GaussianMixtureModel:
 
     def _fit_options(self) -> FitOptions:
         """The constructor's fit settings as one :class:`~gmmjax.FitOptions` (checked there)."""
-        return FitOptions(covariance_type=self.covariance_type, max_iter=self._resolved_max_iter(), n_init=self.n_init,
-                          init_params=self.init_params, chunk_size=self.chunk_size,
-                          restart_batch_size=self.restart_batch_size, tol=self.tol, reg_covar=self.reg_covar,
-                          weights_init=self.weights_init, means_init=self.means_init,
-                          precisions_init=self.precisions_init)
+        return FitOptions(
+            covariance_type=self.covariance_type,
+            max_iter=self._resolved_max_iter(),
+            n_init=self.n_init,
+            init_params=self.init_params,
+            chunk_size=self.chunk_size,
+            restart_batch_size=self.restart_batch_size,
+            tol=self.tol,
+            reg_covar=self.reg_covar,
+            weights_init=self.weights_init,
+            means_init=self.means_init,
+            precisions_init=self.precisions_init,
+        )
 
     def _resolved_fit_method(self) -> str:
         if self.fit_method not in ("em", "gradient"):
             raise ValueError(f"fit_method must be 'em' or 'gradient', got {self.fit_method!r}.")
         if self.fit_method == "em":
-            given = [f"{name}={getattr(self, name)!r}" for name in ("optimizer", "num_steps", "batch_size")
-                     if getattr(self, name) is not None]
+            given = [
+                f"{name}={getattr(self, name)!r}"
+                for name in ("optimizer", "num_steps", "batch_size")
+                if getattr(self, name) is not None
+            ]
             if given:
-                raise ValueError(f"{', '.join(given)} given, but optimizer, num_steps and batch_size are used only "
-                                 "by fit_method='gradient': set fit_method='gradient' or leave them None.")
+                raise ValueError(
+                    f"{', '.join(given)} given, but optimizer, num_steps and batch_size are used only "
+                    "by fit_method='gradient': set fit_method='gradient' or leave them None."
+                )
         return self.fit_method
 
     def _resolved_seed(self):
@@ -372,24 +405,45 @@ class GaussianMixtureModel:
         if self.warm_start and hasattr(self, "params"):
             # X itself is validated once, by the fit; only its width matters here.
             num_features = np.shape(X)[-1] if np.ndim(X) == 2 else self.n_features_in_
-            if self.params.covariance_type != self.covariance_type or self.means_.shape != (num_components,
-                                                                                            num_features):
-                raise ValueError("warm_start needs the same num_components, covariance_type and number of "
-                                 "features as the previous fit: set warm_start=False to start afresh.")
+            if self.params.covariance_type != self.covariance_type or self.means_.shape != (
+                num_components,
+                num_features,
+            ):
+                raise ValueError(
+                    "warm_start needs the same num_components, covariance_type and number of "
+                    "features as the previous fit: set warm_start=False to start afresh."
+                )
             # One restart from the previous solution; the convergence test continues from the
             # previous fit's lower bound (scikit-learn's warm start), so that fitting one
             # iteration at a time converges.
-            options = options.replace(weights_init=self.weights_, means_init=self.means_,
-                                      precisions_init=self.precisions_, n_init=1, lower_bound_init=self.lower_bound_)
+            options = options.replace(
+                weights_init=self.weights_,
+                means_init=self.means_,
+                precisions_init=self.precisions_,
+                n_init=1,
+                lower_bound_init=self.lower_bound_,
+            )
         if fit_method == "gradient":
             result = fit_gradient(
-                key, X, num_components, options, optimizer=self.optimizer,
+                key,
+                X,
+                num_components,
+                options,
+                optimizer=self.optimizer,
                 num_steps=DEFAULT_NUM_STEPS if self.num_steps is None else self.num_steps,
-                batch_size=self.batch_size, sample_weight=sample_weight,
+                batch_size=self.batch_size,
+                sample_weight=sample_weight,
             )
         else:
-            result = fit_em(key, X, num_components, options, sample_weight=sample_weight, verbose=self.verbose,
-                            verbose_interval=self.verbose_interval)
+            result = fit_em(
+                key,
+                X,
+                num_components,
+                options,
+                sample_weight=sample_weight,
+                verbose=self.verbose,
+                verbose_interval=self.verbose_interval,
+            )
         self._store(result, result.params.num_features)
         # max_iter=0 asks for the initialisation itself (scikit-learn's convention): no warning.
         if fit_method == "em" and not self.converged_ and max_iter > 0:
@@ -398,13 +452,16 @@ class GaussianMixtureModel:
                 "Best performing initialization did not converge. Try different init parameters, or increase "
                 f"max_iter, tol, or check for degenerate data. EM did not converge within {max_iter} iterations "
                 f"(tol={self.tol}): increase num_iters (max_iter) or tol, or try more restarts (n_init).",
-                _convergence_warning(), stacklevel=2,
+                _convergence_warning(),
+                stacklevel=2,
             )
         if self.collapsed_components_.any():
             warnings.warn(
                 f"Components {np.flatnonzero(self.collapsed_components_).tolist()} became empty or singular "
                 "during the fit and were regularised: decrease num_components, increase reg_covar, or scale "
-                "the data.", UserWarning, stacklevel=2,
+                "the data.",
+                UserWarning,
+                stacklevel=2,
             )
         return self
 
@@ -426,7 +483,9 @@ class GaussianMixtureModel:
         self.covariances_ = np.asarray(params.covariances)
         prec_chol = precision_cholesky(params.covariances, params.covariance_type)
         self.precisions_cholesky_ = np.asarray(prec_chol)
-        self.precisions_ = np.asarray(covariance_kind(params.covariance_type).precisions_from_precision_cholesky(prec_chol))
+        self.precisions_ = np.asarray(
+            covariance_kind(params.covariance_type).precisions_from_precision_cholesky(prec_chol)
+        )
 
     # The parameter pytree; a property over ``params_`` because scikit-learn requires that fit
     # add only attributes ending in "_".
@@ -438,8 +497,7 @@ class GaussianMixtureModel:
 
     def _fitted(self, name):
         if name not in self.__dict__:
-            raise _not_fitted(
-                f"call fit(X) before using {name.rstrip('_')}.")
+            raise _not_fitted(f"call fit(X) before using {name.rstrip('_')}.")
         return self.__dict__[name]
 
     def _check_input(self, X, method):
@@ -505,8 +563,9 @@ class GaussianMixtureModel:
         try:
             n_samples = v.check_int("n_samples", n_samples, 1)
         except ValueError as exc:  # scikit-learn's sentence first (code matches on it), then ours
-            raise ValueError(f"Invalid value for 'n_samples': {n_samples!r}. The sampling requires at least one "
-                             f"sample: {exc}") from None
+            raise ValueError(
+                f"Invalid value for 'n_samples': {n_samples!r}. The sampling requires at least one sample: {exc}"
+            ) from None
         v.check_sample_memory(n_samples, params)  # MemoryError before XLA would abort the process
         if key is None:
             key = jax.random.fold_in(_key_from_seed(self._resolved_seed()), 1)
@@ -529,7 +588,7 @@ class GaussianMixtureModel:
         return model_to_sklearn(self)
 
     @classmethod
-    def from_sklearn(cls, gaussian_mixture) -> "GaussianMixtureModel":
+    def from_sklearn(cls, gaussian_mixture) -> GaussianMixtureModel:
         """A fitted model from a fitted ``sklearn.mixture.GaussianMixture`` (same predictions)."""
         from gmmjax._interop import model_from_sklearn
 
@@ -549,8 +608,9 @@ class GaussianMixtureModel:
 
     # -- model selection ---------------------------------------------------------------------
     @classmethod
-    def select(cls, X, num_components, *, covariance_types="full", criterion="bic", sample_weight=None,
-               **estimator_kwargs) -> "GaussianMixtureModel":
+    def select(
+        cls, X, num_components, *, covariance_types="full", criterion="bic", sample_weight=None, **estimator_kwargs
+    ) -> GaussianMixtureModel:
         """Fits every number of components (and covariance type) in one compiled program
         (:func:`gmmjax.select_num_components`) and returns the best model, fitted.
 
@@ -569,28 +629,46 @@ class GaussianMixtureModel:
         """
         from gmmjax._model_selection import select_num_components
 
-        chosen_elsewhere = {"num_components", "n_components", "covariance_type", "weights_init", "means_init",
-                            "precisions_init", "warm_start"} & set(estimator_kwargs)
+        chosen_elsewhere = {
+            "num_components",
+            "n_components",
+            "covariance_type",
+            "weights_init",
+            "means_init",
+            "precisions_init",
+            "warm_start",
+        } & set(estimator_kwargs)
         if chosen_elsewhere:
-            raise ValueError(f"select() chooses or does not use {sorted(chosen_elsewhere)}: pass num_components "
-                             "(the values to try) and covariance_types instead.")
+            raise ValueError(
+                f"select() chooses or does not use {sorted(chosen_elsewhere)}: pass num_components "
+                "(the values to try) and covariance_types instead."
+            )
         model = cls(**estimator_kwargs)
         if model.fit_method != "em":
             raise ValueError(f"select() fits by EM; fit_method={model.fit_method!r} is not supported there.")
         selection = select_num_components(
-            _key_from_seed(model._resolved_seed()), X, num_components, model._fit_options(),
-            covariance_types=covariance_types, criterion=criterion, sample_weight=sample_weight,
+            _key_from_seed(model._resolved_seed()),
+            X,
+            num_components,
+            model._fit_options(),
+            covariance_types=covariance_types,
+            criterion=criterion,
+            sample_weight=sample_weight,
         )
         best = selection.best_fit()
-        model.set_params(num_components=best.params.num_components, n_components=None,
-                         covariance_type=selection.best_covariance_type)
+        model.set_params(
+            num_components=best.params.num_components, n_components=None, covariance_type=selection.best_covariance_type
+        )
         model._store(best, best.params.num_features)
         model.selection_ = selection
         if not model.converged_ and model._resolved_max_iter() > 0:
-            warnings.warn(f"EM did not converge within {model._resolved_max_iter()} iterations for the selected "
-                          f"model (K={best.params.num_components}, "
-                          f"{selection.best_covariance_type}): increase max_iter or tol.",
-                          _convergence_warning(), stacklevel=2)
+            warnings.warn(
+                f"EM did not converge within {model._resolved_max_iter()} iterations for the selected "
+                f"model (K={best.params.num_components}, "
+                f"{selection.best_covariance_type}): increase max_iter or tol.",
+                _convergence_warning(),
+                stacklevel=2,
+            )
         return model
 
     # -- persistence -----------------------------------------------------------------------
@@ -607,7 +685,7 @@ class GaussianMixtureModel:
         save_model(self, path)
 
     @classmethod
-    def load(cls, path) -> "GaussianMixtureModel":
+    def load(cls, path) -> GaussianMixtureModel:
         """Loads a model written by :meth:`save`."""
         from gmmjax._io import load_model
 

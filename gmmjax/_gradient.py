@@ -75,6 +75,7 @@ DEFAULT_OPTIMIZER = optax.adam(DEFAULT_LEARNING_RATE)
 # --------------------------------------------------------------------------- standardised coordinates
 # (each component's own whitened coordinates at the start)
 
+
 class Frame(NamedTuple):
     """Each component's own whitened coordinates at the start of a fit.
 
@@ -105,17 +106,17 @@ def component_frame(u: UnconstrainedParams) -> Frame:
 
 def standard_start(u: UnconstrainedParams) -> UnconstrainedParams:
     """``u`` in its own :func:`component_frame`: zero means, identity factors, the same logits."""
-    return u.replace(means=jnp.zeros_like(u.means),
-                     raw_precision_cholesky=jnp.zeros_like(u.raw_precision_cholesky))
+    return u.replace(means=jnp.zeros_like(u.means), raw_precision_cholesky=jnp.zeros_like(u.raw_precision_cholesky))
 
 
 def unstandardize(u: UnconstrainedParams, frame: Frame) -> UnconstrainedParams:
     """Parameters in the data's coordinates from parameters in ``frame`` (``O(K·D³)``, no solve)."""
     kind = covariance_kind(u.covariance_type)
     log_diagonal = frame.log_diagonal + raw_log_diagonal(u)
-    return u.replace(means=kind.unstandardize_means(u.means, frame.center, frame.inverse),
-                     raw_precision_cholesky=kind.unstandardize_raw(u.raw_precision_cholesky, frame.factor,
-                                                                   log_diagonal))
+    return u.replace(
+        means=kind.unstandardize_means(u.means, frame.center, frame.inverse),
+        raw_precision_cholesky=kind.unstandardize_raw(u.raw_precision_cholesky, frame.factor, log_diagonal),
+    )
 
 
 def log_diagonal_limits(frame: Frame, reg_covar, dtype):
@@ -151,13 +152,13 @@ def _log_likelihood_and_gradient(u_std, frame, X, weight, chunk):
     forward and backward pass and the memory stays ``O(chunk · K · D)``.
     """
     value_and_grad = jax.value_and_grad(_chunk_log_likelihood)
-    return sum_over_chunks(lambda X_chunk, w_chunk, _: value_and_grad(u_std, frame, X_chunk, w_chunk),
-                           X, weight, chunk)
+    return sum_over_chunks(lambda X_chunk, w_chunk, _: value_and_grad(u_std, frame, X_chunk, w_chunk), X, weight, chunk)
 
 
 def _log_likelihood(u_std, frame, X, weight, chunk):
-    return sum_over_chunks(lambda X_chunk, w_chunk, _: _chunk_log_likelihood(u_std, frame, X_chunk, w_chunk),
-                           X, weight, chunk)
+    return sum_over_chunks(
+        lambda X_chunk, w_chunk, _: _chunk_log_likelihood(u_std, frame, X_chunk, w_chunk), X, weight, chunk
+    )
 
 
 def _optimized_coordinates(u: UnconstrainedParams):
@@ -199,8 +200,21 @@ def _all_finite(tree) -> jax.Array:
 # --------------------------------------------------------------------------- the loop
 
 
-def run_gradient(u_std: UnconstrainedParams, frame: Frame, X, sample_weight, key, *, optimizer, num_steps: int,
-                 batch_size: int | None, tol, reg_covar, chunk_size: int, collapsed=None) -> FitState:
+def run_gradient(
+    u_std: UnconstrainedParams,
+    frame: Frame,
+    X,
+    sample_weight,
+    key,
+    *,
+    optimizer,
+    num_steps: int,
+    batch_size: int | None,
+    tol,
+    reg_covar,
+    chunk_size: int,
+    collapsed=None,
+) -> FitState:
     """``num_steps`` optimizer steps from parameters in ``frame``, as one ``lax.scan``.
 
     Each step evaluates the weighted mean log-likelihood (of all the data, or of
@@ -245,7 +259,6 @@ def run_gradient(u_std: UnconstrainedParams, frame: Frame, X, sample_weight, key
         loss_of = lambda coordinates: -_log_likelihood(unpack(coordinates), frame, X_rows, w_rows, chunk) / weight_sum
         return total / weight_sum, jax.tree_util.tree_map(lambda g: -g / weight_sum, gradient), loss_of
 
-
     def take_step(carry: _StepCarry, step):
         coordinates, opt_state = carry.coordinates, carry.opt_state
         u = unpack(coordinates)
@@ -253,8 +266,9 @@ def run_gradient(u_std: UnconstrainedParams, frame: Frame, X, sample_weight, key
         loss_gradient = pack(loss_gradient)
         # Optimizers that take the loss itself (optax.lbfgs's line search) get it; others
         # ignore these arguments.
-        updates, new_state = transformation.update(loss_gradient, opt_state, coordinates, value=-mean_ll,
-                                                   grad=loss_gradient, value_fn=loss_of)
+        updates, new_state = transformation.update(
+            loss_gradient, opt_state, coordinates, value=-mean_ll, grad=loss_gradient, value_fn=loss_of
+        )
         stepped = unpack(optax.apply_updates(coordinates, updates))
         log_diagonal = raw_log_diagonal(stepped)
         hit_floor = log_diagonal > high
@@ -265,15 +279,23 @@ def run_gradient(u_std: UnconstrainedParams, frame: Frame, X, sample_weight, key
         collapsed = carry.collapsed | (finite & jnp.broadcast_to(hit, carry.collapsed.shape))
         converged = (jnp.abs(mean_ll - carry.previous) < tol) if tol is not None else jnp.array(False)
         recorded = jnp.where(finite, mean_ll, jnp.nan)  # NaN marks a skipped step
-        return _StepCarry(keep(pack(new_u), coordinates), keep(new_state, opt_state), converged, carry.n_iter + 1,
-                          mean_ll, collapsed), recorded
+        return _StepCarry(
+            keep(pack(new_u), coordinates), keep(new_state, opt_state), converged, carry.n_iter + 1, mean_ll, collapsed
+        ), recorded
 
     def step_or_stop(carry: _StepCarry, step):
-        return jax.lax.cond(carry.converged, lambda c: (c, jnp.array(jnp.nan, dtype)),
-                            lambda c: take_step(c, step), carry)
+        return jax.lax.cond(
+            carry.converged, lambda c: (c, jnp.array(jnp.nan, dtype)), lambda c: take_step(c, step), carry
+        )
 
-    initial = _StepCarry(pack(u_std), transformation.init(pack(u_std)), jnp.array(False), jnp.array(0, jnp.int32),
-                         jnp.array(-jnp.inf, dtype), collapsed)
+    initial = _StepCarry(
+        pack(u_std),
+        transformation.init(pack(u_std)),
+        jnp.array(False),
+        jnp.array(0, jnp.int32),
+        jnp.array(-jnp.inf, dtype),
+        collapsed,
+    )
     body = step_or_stop if tol is not None else take_step
     final, history = jax.lax.scan(body, initial, jnp.arange(num_steps, dtype=jnp.int32))
     u_final, last_ll = unpack(final.coordinates), final.previous
@@ -289,17 +311,29 @@ def run_gradient(u_std: UnconstrainedParams, frame: Frame, X, sample_weight, key
     )
 
 
-def _fit_gradient(key, X, sample_weight, options: FitOptions, tol, *, num_components, num_steps, batch_size,
-                  optimizer, has_tol) -> FitResult:
+def _fit_gradient(
+    key, X, sample_weight, options: FitOptions, tol, *, num_components, num_steps, batch_size, optimizer, has_tol
+) -> FitResult:
     def fit_one(restart_key, _) -> FitState:
         # The same initialisation as fit_em with the same key: restart r of both starts
         # from the same parameters.
         params, collapsed = initial_params(restart_key, X, sample_weight, options, num_components)
         u_start = to_unconstrained(params)
-        return run_gradient(standard_start(u_start), component_frame(u_start), X, sample_weight,
-                            jax.random.fold_in(restart_key, 1), optimizer=optimizer, num_steps=num_steps,
-                            batch_size=batch_size, tol=tol if has_tol else None, reg_covar=options.reg_covar,
-                            chunk_size=options.chunk_size, collapsed=collapsed)
+        assert options.chunk_size is not None  # resolved by check_fit_inputs before the compiled fit
+        return run_gradient(
+            standard_start(u_start),
+            component_frame(u_start),
+            X,
+            sample_weight,
+            jax.random.fold_in(restart_key, 1),
+            optimizer=optimizer,
+            num_steps=num_steps,
+            batch_size=batch_size,
+            tol=tol if has_tol else None,
+            reg_covar=options.reg_covar,
+            chunk_size=options.chunk_size,
+            collapsed=collapsed,
+        )
 
     return run_restarts(key, options, fit_one)
 
@@ -309,13 +343,15 @@ def check_optimizer(optimizer):
     if optimizer is None:
         return DEFAULT_OPTIMIZER
     if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
-        raise ValueError(f"optimizer must be an optax GradientTransformation (e.g. optax.adam(1e-2)) or None, "
-                         f"got {optimizer!r}.")
+        raise ValueError(
+            f"optimizer must be an optax GradientTransformation (e.g. optax.adam(1e-2)) or None, got {optimizer!r}."
+        )
     return optimizer
 
 
-_fit_gradient_for_size = compiled(_fit_gradient, static_argnames=("num_components", "num_steps", "batch_size",
-                                                                  "optimizer", "has_tol"))
+_fit_gradient_for_size = compiled(
+    _fit_gradient, static_argnames=("num_components", "num_steps", "batch_size", "optimizer", "has_tol")
+)
 
 
 def fit_gradient(
@@ -349,8 +385,9 @@ def fit_gradient(
       num_components: ``K``.
       optimizer: an optax ``GradientTransformation``; ``None`` means
         ``optax.adam(1e-2)``. Optimizers that need the loss itself (``optax.lbfgs()``'s line
-        search: ``value``, ``grad``, ``value_fn``) get it, on the step's rows. It is static configuration: pass the *same* object again to
-        reuse the compiled fit (a new ``optax.adam(...)`` call compiles anew).
+        search: ``value``, ``grad``, ``value_fn``) get it, on the step's rows. It is static
+        configuration: pass the *same* object again to reuse the compiled fit (a new
+        ``optax.adam(...)`` call compiles anew).
       num_steps: optimizer steps per restart (default 1000).
       batch_size: ``None`` for full-batch steps; else rows per step, drawn uniformly with
         replacement, keyed per step inside the scan (sample weights weight the batch mean).
@@ -391,8 +428,10 @@ def fit_gradient(
     """
     em_only = sorted({"max_iter", "num_iters", "lower_bound_init"} & set(option_keywords))
     if em_only:
-        raise ValueError(f"{', '.join(em_only)} set EM's iterations; fit_gradient runs num_steps optimizer steps "
-                         "(and stops early only with its own tol): use num_steps instead.")
+        raise ValueError(
+            f"{', '.join(em_only)} set EM's iterations; fit_gradient runs num_steps optimizer steps "
+            "(and stops early only with its own tol): use num_steps instead."
+        )
     options = fit_options(options, **option_keywords)
     optimizer = check_optimizer(optimizer)
     num_steps = v.check_int("num_steps", num_steps, 1)
@@ -401,6 +440,13 @@ def fit_gradient(
     has_tol = tol is not None
     tol = v.check_nonnegative_float("tol", tol) if has_tol else 0.0
     inputs = check_fit_inputs(key, X, num_components, options, sample_weight)
-    return call_compiled(_fit_gradient_for_size, inputs, jnp.asarray(tol, inputs.X.dtype),
-                         num_components=int(num_components), num_steps=num_steps, batch_size=batch_size,
-                         optimizer=optimizer, has_tol=has_tol)
+    return call_compiled(
+        _fit_gradient_for_size,
+        inputs,
+        jnp.asarray(tol, inputs.X.dtype),
+        num_components=int(num_components),
+        num_steps=num_steps,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        has_tol=has_tol,
+    )

@@ -118,8 +118,7 @@ def solve_adjoint(affine_map, zero, max_iter: int):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def attach_fixed_point(params: GMMParams, lower_bound, X, sample_weight, reg_covar, chunk_size: int,
-                       max_iter: int):
+def attach_fixed_point(params: GMMParams, lower_bound, X, sample_weight, reg_covar, chunk_size: int, max_iter: int):
     """Returns ``(params, lower_bound)`` unchanged; reverse-mode derivatives treat them as
     the EM fixed point ``p*(X, sample_weight, reg_covar)`` and ``L(p*, X, sample_weight)``.
 
@@ -155,8 +154,9 @@ def _attach_bwd(chunk_size, max_iter, residuals, cotangents):
         (both cotangents in one pass over the data, chunk by chunk)."""
         stats_bar, shift_bar, _ = m_pullback(adjoint)
         through_e_step = e_step_vjp_params(params, X, sample_weight, (stats_bar, bound_bar_sum), chunk_size)
-        return jax.tree_util.tree_map(jnp.add, params_bar, through_e_step.replace(
-            means=through_e_step.means + shift_bar))
+        return jax.tree_util.tree_map(
+            jnp.add, params_bar, through_e_step.replace(means=through_e_step.means + shift_bar)
+        )
 
     adjoint = solve_adjoint(adjoint_map, _tree_zeros_like(params), max(max_iter, ADJOINT_MIN_ITER))
     stats_bar, _, reg_covar_bar = m_pullback(adjoint)

@@ -9,10 +9,9 @@ from gmmjax._chunks import resolve_chunk_size, sum_over_chunks
 from gmmjax._covariance import covariance_kind, weighted_sums
 from gmmjax._density import residuals_about
 from gmmjax._loops import compacting_while_loop
+from gmmjax._names import INIT_METHODS  # jax-free, for the command line
 from gmmjax._params import GMMParams
 from gmmjax._stats import active_mask, m_step_with_diagnostics, stats_from_responsibilities
-
-from gmmjax._names import INIT_METHODS  # jax-free, for the command line
 
 # Lloyd iterations after k-means++ seeding for init_params="kmeans"; stops earlier once the
 # assignment no longer changes.
@@ -118,8 +117,7 @@ def _sequential_seeding(key, X, num_components, sample_weight, distance_weighted
         if num_active is None:
             return centers.at[k].set(X[index]), new_min_sq
         drawn = k < num_active
-        return (centers.at[k].set(jnp.where(drawn, X[index], centers[k])),
-                jnp.where(drawn, new_min_sq, min_sq))
+        return (centers.at[k].set(jnp.where(drawn, X[index], centers[k])), jnp.where(drawn, new_min_sq, min_sq))
 
     centers, _ = jax.lax.fori_loop(1, num_components, add_center, (centers, min_sq))
     return centers
@@ -129,8 +127,9 @@ def _ones_if_none(X: jax.Array, sample_weight: jax.Array | None) -> jax.Array:
     return jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
 
 
-def kmeans_plusplus(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax.Array | None = None, *,
-                    num_active=None) -> jax.Array:
+def kmeans_plusplus(
+    key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax.Array | None = None, *, num_active=None
+) -> jax.Array:
     """k-means++ seeding: ``(K, D)`` centers drawn from the data ``(N, D)``.
 
     Each further center is drawn with probability proportional to the weighted squared
@@ -139,12 +138,21 @@ def kmeans_plusplus(key: jax.Array, X: jax.Array, num_components: int, sample_we
     ``kmeans_plusplus(key, X, num_active, ...)`` draws; the others repeat center 0.
     ``sample_weight`` ``None`` means ones.
     """
-    return _sequential_seeding(key, X, num_components, _ones_if_none(X, sample_weight), distance_weighted=True,
-                               num_active=num_active)
+    return _sequential_seeding(
+        key, X, num_components, _ones_if_none(X, sample_weight), distance_weighted=True, num_active=num_active
+    )
 
 
-def kmeans(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax.Array | None = None,
-           max_steps: int = KMEANS_MAX_STEPS, *, chunk_size: int | None = None, num_active=None) -> jax.Array:
+def kmeans(
+    key: jax.Array,
+    X: jax.Array,
+    num_components: int,
+    sample_weight: jax.Array | None = None,
+    max_steps: int = KMEANS_MAX_STEPS,
+    *,
+    chunk_size: int | None = None,
+    num_active=None,
+) -> jax.Array:
     """k-means++ seeding followed by weighted Lloyd steps; returns ``(K, D)`` centers.
 
     A cluster that loses all its points keeps its previous center. Each Lloyd step is one
@@ -180,13 +188,16 @@ def kmeans(key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax
         return moved & (step < max_steps)
 
     # Under vmap, k-means runs that have stopped no longer cost work (see _loops).
-    centers, _, _ = compacting_while_loop(keep_going, lloyd, (centers, jnp.array(True), jnp.array(0)),
-                                          (X, sample_weight, active_mask(num_components, num_active)))
+    centers, _, _ = compacting_while_loop(
+        keep_going,
+        lloyd,
+        (centers, jnp.array(True), jnp.array(0)),
+        (X, sample_weight, active_mask(num_components, num_active)),
+    )
     return centers
 
 
-def initial_responsibility_fn(key, X, num_components, sample_weight, init_params, chunk_size=None,
-                              num_active=None):
+def initial_responsibility_fn(key, X, num_components, sample_weight, init_params, chunk_size=None, num_active=None):
     """Starting responsibilities for one of :data:`INIT_METHODS`, as a function of a chunk.
 
     ``"kmeans"``, ``"k-means++"`` and ``"random_from_data"`` (distinct data points drawn at
@@ -209,6 +220,7 @@ def initial_responsibility_fn(key, X, num_components, sample_weight, init_params
     """
     active = active_mask(num_components, num_active)
     if init_params == "random":
+
         def random_resp(X_chunk, row_offset):
             rows = row_offset + jnp.arange(X_chunk.shape[0])
             draw = lambda row: jax.random.uniform(jax.random.fold_in(key, row), (num_components,), X.dtype)
@@ -224,8 +236,9 @@ def initial_responsibility_fn(key, X, num_components, sample_weight, init_params
     sample_key, seed_key = jax.random.split(key) if needs_seeding_sample(X, num_components) else (key, key)
     X_seed, w_seed = seeding_sample(sample_key, X, sample_weight, num_components)
     if init_params == "random_from_data":
-        centers = _sequential_seeding(seed_key, X_seed, num_components, w_seed, distance_weighted=False,
-                                      num_active=num_active)
+        centers = _sequential_seeding(
+            seed_key, X_seed, num_components, w_seed, distance_weighted=False, num_active=num_active
+        )
     elif init_params == "k-means++":
         centers = kmeans_plusplus(seed_key, X_seed, num_components, w_seed, num_active=num_active)
     else:
@@ -270,8 +283,9 @@ def initialize(
             covariance_type,
         )
         return params, jnp.zeros(num_components, bool)
-    resp_fn, shift = initial_responsibility_fn(key, X, num_components, sample_weight, init_params, chunk_size,
-                                               num_active)
+    resp_fn, shift = initial_responsibility_fn(
+        key, X, num_components, sample_weight, init_params, chunk_size, num_active
+    )
     stats = stats_from_responsibilities(X, resp_fn, shift, covariance_type, sample_weight, chunk_size=chunk_size)
     params, collapsed = m_step_with_diagnostics(stats, shift, reg_covar, num_active)
     if weights_init is not None:
@@ -280,6 +294,8 @@ def initialize(
         params = params.replace(means=jnp.asarray(means_init, dtype))
     if precisions_init is not None:
         params = params.replace(
-            covariances=covariance_kind(covariance_type).covariances_from_precisions(jnp.asarray(precisions_init, dtype))
+            covariances=covariance_kind(covariance_type).covariances_from_precisions(
+                jnp.asarray(precisions_init, dtype)
+            )
         )
     return params, collapsed

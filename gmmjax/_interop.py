@@ -30,8 +30,10 @@ def _require(module: str, package: str, extra: str, purpose: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ImportError(f"{purpose} needs {package}, which is not installed: pip install 'gmmjax[{extra}]' "
-                          f"(or pip install {package}). ({exc})") from exc
+        raise ImportError(
+            f"{purpose} needs {package}, which is not installed: pip install 'gmmjax[{extra}]' "
+            f"(or pip install {package}). ({exc})"
+        ) from exc
 
 
 def _check_params(params) -> GMMParams:
@@ -75,11 +77,12 @@ def params_to_sklearn(params: GMMParams, **gaussian_mixture_kwargs):
     params = _check_params(params)
     GaussianMixture = _sklearn_gaussian_mixture()
     if np.ndim(params.means) != 2:
-        raise ValueError(f"params must hold one mixture (means of shape (K, D)), got means of shape "
-                         f"{np.shape(params.means)}: convert one element of a batch at a time.")
+        raise ValueError(
+            f"params must hold one mixture (means of shape (K, D)), got means of shape "
+            f"{np.shape(params.means)}: convert one element of a batch at a time."
+        )
     covariance_type = params.covariance_type
-    gm = GaussianMixture(n_components=params.num_components, covariance_type=covariance_type,
-                         **gaussian_mixture_kwargs)
+    gm = GaussianMixture(n_components=params.num_components, covariance_type=covariance_type, **gaussian_mixture_kwargs)
     covariances = np.asarray(params.covariances, np.float64)
     prec_chol = _sklearn_precision_cholesky(covariances, covariance_type)
     gm.weights_ = np.asarray(params.weights, np.float64)
@@ -114,13 +117,25 @@ def params_from_sklearn(gaussian_mixture) -> GMMParams:
         value = np.asarray(value)
         return jnp.asarray(value, dtype=v.working_dtype(value.dtype))
 
-    return GMMParams(leaf(gaussian_mixture.weights_), leaf(gaussian_mixture.means_),
-                     leaf(gaussian_mixture.covariances_), covariance_type)
+    return GMMParams(
+        leaf(gaussian_mixture.weights_),
+        leaf(gaussian_mixture.means_),
+        leaf(gaussian_mixture.covariances_),
+        covariance_type,
+    )
 
 
 # Constructor arguments that mean the same in both estimators (same names, same values).
-_SHARED_HYPERPARAMETERS = ("tol", "reg_covar", "n_init", "init_params", "weights_init", "means_init",
-                           "precisions_init", "warm_start")
+_SHARED_HYPERPARAMETERS = (
+    "tol",
+    "reg_covar",
+    "n_init",
+    "init_params",
+    "weights_init",
+    "means_init",
+    "precisions_init",
+    "warm_start",
+)
 
 
 def model_to_sklearn(model):
@@ -146,10 +161,18 @@ def model_from_sklearn(cls, gaussian_mixture):
     sk = gaussian_mixture.get_params()
     hyper = {name: sk[name] for name in _SHARED_HYPERPARAMETERS}
     random_state = sk["random_state"]
-    seed = int(random_state) if isinstance(random_state, (int, np.integer)) and not isinstance(random_state,
-                                                                                                bool) else None
-    model = cls(n_components=params.num_components, max_iter=sk["max_iter"],
-                covariance_type=params.covariance_type, random_state=seed, **hyper)
+    seed = (
+        int(random_state)
+        if isinstance(random_state, (int, np.integer)) and not isinstance(random_state, bool)
+        else None
+    )
+    model = cls(
+        n_components=params.num_components,
+        max_iter=sk["max_iter"],
+        covariance_type=params.covariance_type,
+        random_state=seed,
+        **hyper,
+    )
     model._set_params_attributes(params)
     lower_bound = float(getattr(gaussian_mixture, "lower_bound_", np.nan))
     model.converged_ = bool(getattr(gaussian_mixture, "converged_", True))
@@ -166,8 +189,13 @@ def sklearn_tags():
     estimator on dense 2-D numeric data without NaN (scikit-learn's ``GaussianMixture`` tags)."""
     from sklearn.utils import Tags, TargetTags
 
-    return Tags(estimator_type="density_estimator", target_tags=TargetTags(required=False),
-                transformer_tags=None, regressor_tags=None, classifier_tags=None)
+    return Tags(
+        estimator_type="density_estimator",
+        target_tags=TargetTags(required=False),
+        transformer_tags=None,
+        regressor_tags=None,
+        classifier_tags=None,
+    )
 
 
 @functools.cache
@@ -178,11 +206,15 @@ def sklearn_not_fitted_error_type(gmmjax_not_fitted_error: type, reconstruct) ->
     workers), since a class made at run time cannot be found by name."""
     from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 
-    return type("NotFittedError", (gmmjax_not_fitted_error, SklearnNotFittedError), {
-        "__module__": gmmjax_not_fitted_error.__module__,
-        "__doc__": gmmjax_not_fitted_error.__doc__,
-        "__reduce__": lambda self: (reconstruct, self.args),
-    })
+    return type(
+        "NotFittedError",
+        (gmmjax_not_fitted_error, SklearnNotFittedError),
+        {
+            "__module__": gmmjax_not_fitted_error.__module__,
+            "__doc__": gmmjax_not_fitted_error.__doc__,
+            "__reduce__": lambda self: (reconstruct, self.args),
+        },
+    )
 
 
 @functools.cache
@@ -192,10 +224,14 @@ def sklearn_convergence_warning_type(gmmjax_convergence_warning: type) -> type:
     (e.g. ``warnings.simplefilter("ignore", sklearn.exceptions.ConvergenceWarning)``)."""
     from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
 
-    return type("ConvergenceWarning", (gmmjax_convergence_warning, SklearnConvergenceWarning), {
-        "__module__": gmmjax_convergence_warning.__module__,
-        "__doc__": gmmjax_convergence_warning.__doc__,
-    })
+    return type(
+        "ConvergenceWarning",
+        (gmmjax_convergence_warning, SklearnConvergenceWarning),
+        {
+            "__module__": gmmjax_convergence_warning.__module__,
+            "__doc__": gmmjax_convergence_warning.__doc__,
+        },
+    )
 
 
 # -- numpyro and distrax --------------------------------------------------------------------------
@@ -226,8 +262,9 @@ def to_numpyro(params: GMMParams):
     """
     params = _check_params(params)
     ndist = _require("numpyro.distributions", "numpyro", "numpyro", "to_numpyro")
-    components = covariance_kind(params.covariance_type).numpyro_components(ndist, params.means,
-                                                                           _component_scales(params))
+    components = covariance_kind(params.covariance_type).numpyro_components(
+        ndist, params.means, _component_scales(params)
+    )
     return ndist.MixtureSameFamily(ndist.Categorical(probs=params.weights), components)
 
 
@@ -250,6 +287,7 @@ def to_distrax(params: GMMParams):
     """
     params = _check_params(params)
     distrax = _require("distrax", "distrax", "distrax", "to_distrax")
-    components = covariance_kind(params.covariance_type).distrax_components(distrax, params.means,
-                                                                           _component_scales(params))
+    components = covariance_kind(params.covariance_type).distrax_components(
+        distrax, params.means, _component_scales(params)
+    )
     return distrax.MixtureSameFamily(distrax.Categorical(probs=params.weights), components)

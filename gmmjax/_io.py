@@ -23,6 +23,7 @@ import json
 import os
 import warnings
 import zipfile
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,8 +46,8 @@ def _json_storable(value) -> bool:
 
 
 def save_model(model, path) -> None:
-    hyper = {}
-    arrays = {}
+    hyper: dict[str, Any] = {}
+    arrays: dict[str, np.ndarray] = {}
     for name, value in model.get_params().items():
         if name in _INIT_ARRAYS:
             if value is not None:
@@ -60,10 +61,16 @@ def save_model(model, path) -> None:
             hyper[name] = value
         if not _json_storable(hyper.get(name)):
             # Objects (an optax optimizer, a NumPy RandomState/Generator as random_state) would need pickle.
-            what = ("optimizer object (a pair of functions)" if name == "optimizer"
-                    else f"{name} object ({type(value).__name__})")
-            warnings.warn(f"The {what} is not saved: the loaded model has {name}=None; "
-                          f"set_params({name}=...) before refitting.", UserWarning, stacklevel=3)
+            what = (
+                "optimizer object (a pair of functions)"
+                if name == "optimizer"
+                else f"{name} object ({type(value).__name__})"
+            )
+            warnings.warn(
+                f"The {what} is not saved: the loaded model has {name}=None; set_params({name}=...) before refitting.",
+                UserWarning,
+                stacklevel=3,
+            )
             hyper[name] = None
     np.savez(
         os.fspath(path) if not hasattr(path, "write") else path,
@@ -79,7 +86,7 @@ def save_model(model, path) -> None:
         lower_bounds=model.lower_bounds_,
         collapsed_components=model.collapsed_components_,
         hyperparameters=np.str_(json.dumps(hyper)),
-        **arrays,
+        **arrays,  # type: ignore[arg-type]  # array names only: mypy cannot tell that none is savez's allow_pickle
     )
 
 
@@ -110,7 +117,8 @@ class _Archive:
                     f"{self.label} is not a valid gmmjax model file: its field {name!r} is an array of Python "
                     "objects (stored with pickle). gmmjax model files hold only numbers and strings, and gmmjax "
                     "never unpickles a file (unpickling can run arbitrary code): re-create the model file with "
-                    "GaussianMixtureModel.save or gmmjax fit -o.") from None
+                    "GaussianMixtureModel.save or gmmjax fit -o."
+                ) from None
             raise self.error(f"its field {name!r} cannot be read ({exc}).") from None
         except (OSError, EOFError, zipfile.BadZipFile) as exc:
             raise self.error(f"its field {name!r} cannot be read ({exc}).") from None
@@ -160,26 +168,41 @@ def load_model(cls, path):
     except OSError as exc:
         raise ValueError(f"Cannot read a gmmjax model from {label}: {exc}") from None
     except (ValueError, EOFError):  # NumPy's own message would suggest unpickling the file
-        raise ValueError(f"{label} is not a gmmjax model file: not a NumPy .npz archive (models are written "
-                         "by GaussianMixtureModel.save or gmmjax fit -o).") from None
+        raise ValueError(
+            f"{label} is not a gmmjax model file: not a NumPy .npz archive (models are written "
+            "by GaussianMixtureModel.save or gmmjax fit -o)."
+        ) from None
     if not isinstance(archive, np.lib.npyio.NpzFile):  # a bare .npy array
         raise ValueError(f"{label} is not a gmmjax model file (a single .npy array, not an .npz archive).")
     with archive:
         fields = _Archive(archive, label)
         if "format" not in fields or fields["format"].dtype.kind != "U" or str(fields["format"]) != FORMAT_NAME:
             raise ValueError(f"{label} is not a gmmjax model file (no format={FORMAT_NAME!r} entry).")
-        required = ("format_version", "covariance_type", "weights", "means", "covariances", "converged",
-                    "n_iter", "lower_bound", "lower_bounds", "collapsed_components", "hyperparameters")
+        required = (
+            "format_version",
+            "covariance_type",
+            "weights",
+            "means",
+            "covariances",
+            "converged",
+            "n_iter",
+            "lower_bound",
+            "lower_bounds",
+            "collapsed_components",
+            "hyperparameters",
+        )
         missing = [name for name in required if name not in fields]
         if missing:
             raise fields.error(f"it lacks {missing}.")
         version = fields.scalar("format_version", "iu", "an integer")
         if version < 1:
-            raise fields.error(f"format_version must be a positive integer ({FORMAT_VERSION} for this gmmjax), "
-                               f"got {version}.")
+            raise fields.error(
+                f"format_version must be a positive integer ({FORMAT_VERSION} for this gmmjax), got {version}."
+            )
         if version > FORMAT_VERSION:
-            raise ValueError(f"{label} has format_version {version}; this gmmjax reads up to {FORMAT_VERSION}: "
-                             "upgrade gmmjax.")
+            raise ValueError(
+                f"{label} has format_version {version}; this gmmjax reads up to {FORMAT_VERSION}: upgrade gmmjax."
+            )
         covariance_type = fields.check(check_covariance_type, fields.string("covariance_type"))
 
         # The mixture: the checks the library applies to weights_init, means_init and precisions_init.
@@ -189,11 +212,15 @@ def load_model(cls, path):
         num_components, num_features = means.shape
         dtype = np.result_type(weights, means, covariances)
         # A float32 sum of K weights is 1 up to a few K·eps.
-        fields.check(v.check_weights, "weights", weights, num_components,
-                     atol=max(1e-6, 4 * num_components * float(np.finfo(weights.dtype).eps)))
+        fields.check(
+            v.check_weights,
+            "weights",
+            weights,
+            num_components,
+            atol=max(1e-6, 4 * num_components * float(np.finfo(weights.dtype).eps)),
+        )
         fields.check(v.check_means, "means", means, num_components, num_features)
-        fields.check(v.check_covariance_like, "covariances", covariances, num_components, num_features,
-                     covariance_type)
+        fields.check(v.check_covariance_like, "covariances", covariances, num_components, num_features, covariance_type)
 
         converged = fields.scalar("converged", "b", "true or false (a NumPy bool)")
         n_iter = fields.scalar("n_iter", "iu", "an integer")
@@ -202,12 +229,16 @@ def load_model(cls, path):
         lower_bound = fields.scalar("lower_bound", "fiu", "a number")
         lower_bounds = fields["lower_bounds"]
         if lower_bounds.ndim != 1 or lower_bounds.dtype.kind not in "fiu":
-            raise fields.error(f"lower_bounds must be a 1-D array of numbers, got dtype {lower_bounds.dtype} and "
-                               f"shape {lower_bounds.shape}.")
+            raise fields.error(
+                f"lower_bounds must be a 1-D array of numbers, got dtype {lower_bounds.dtype} and "
+                f"shape {lower_bounds.shape}."
+            )
         collapsed = fields["collapsed_components"]
         if collapsed.dtype.kind != "b" or collapsed.shape != (num_components,):
-            raise fields.error(f"collapsed_components must be {num_components} booleans (one per component), got "
-                               f"dtype {collapsed.dtype} and shape {collapsed.shape}.")
+            raise fields.error(
+                f"collapsed_components must be {num_components} booleans (one per component), got "
+                f"dtype {collapsed.dtype} and shape {collapsed.shape}."
+            )
 
         hyper = _hyperparameters(cls, fields)
         for name in _INIT_ARRAYS:
@@ -221,11 +252,11 @@ def load_model(cls, path):
             try:
                 hyper["seed"] = jax.random.wrap_key_data(jnp.asarray(key_data))
             except (TypeError, ValueError) as exc:
-                raise fields.error(f"seed_key_data is not the data of a jax.random key ({_first_line(exc)}).") \
-                    from None
+                raise fields.error(f"seed_key_data is not the data of a jax.random key ({_first_line(exc)}).") from None
         model = cls(**hyper)
-        params = GMMParams(jnp.asarray(weights, dtype), jnp.asarray(means, dtype), jnp.asarray(covariances, dtype),
-                           covariance_type)
+        params = GMMParams(
+            jnp.asarray(weights, dtype), jnp.asarray(means, dtype), jnp.asarray(covariances, dtype), covariance_type
+        )
         model._set_params_attributes(params)
         model.converged_ = bool(converged)
         model.n_iter_ = int(n_iter)
@@ -249,13 +280,15 @@ def _hyperparameters(cls, fields: _Archive) -> dict:
     except ValueError as exc:
         raise fields.error(f"hyperparameters is not valid JSON ({exc}).") from None
     if not isinstance(hyper, dict):
-        raise fields.error(f"hyperparameters must be a JSON object of the constructor's arguments, got "
-                           f"{type(hyper).__name__}.")
+        raise fields.error(
+            f"hyperparameters must be a JSON object of the constructor's arguments, got {type(hyper).__name__}."
+        )
     valid = [name for name in inspect.signature(cls).parameters if name not in _INIT_ARRAYS]
     for name, value in hyper.items():
         if name not in valid:
             raise fields.error(f"hyperparameters has an unknown key {name!r}; valid keys: {', '.join(valid)}.")
         if not isinstance(value, _JSON_SCALARS):
-            raise fields.error(f"hyperparameters[{name!r}] must be a number, string, true/false or null, got "
-                               f"{json.dumps(value)[:60]}.")
+            raise fields.error(
+                f"hyperparameters[{name!r}] must be a number, string, true/false or null, got {json.dumps(value)[:60]}."
+            )
     return hyper

@@ -15,7 +15,7 @@ the batch size times the longest run; shapes stay static (one gather, one vmappe
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +33,9 @@ MIN_BATCH = 8
 def _broadcast_unbatched(tree, batched, axis_size: int):
     return jax.tree_util.tree_map(
         lambda leaf, is_batched: leaf if is_batched else jnp.broadcast_to(leaf, (axis_size,) + jnp.shape(leaf)),
-        tree, batched)
+        tree,
+        batched,
+    )
 
 
 def compacting_while_loop(cond_fun: Callable, body_fun: Callable, init_val, operands):
@@ -65,8 +67,10 @@ def compacting_while_loop(cond_fun: Callable, body_fun: Callable, init_val, oper
         ops_axes = op_tree.unflatten([0 if flag else None for flag in op_flags])
         out_batched = jax.tree_util.tree_map(lambda _: True, state)
         if axis_size < MIN_BATCH:
-            plain = jax.vmap(lambda s, o: jax.lax.while_loop(lambda t: cond_fun(t, o), lambda t: body_fun(t, o), s),
-                             in_axes=(0, ops_axes))
+            plain = jax.vmap(
+                lambda s, o: jax.lax.while_loop(lambda t: cond_fun(t, o), lambda t: body_fun(t, o), s),
+                in_axes=(0, ops_axes),
+            )
             return plain(state, ops), out_batched
 
         group = max(math.ceil(axis_size / GROUP_FRACTION), MIN_GROUP)

@@ -23,10 +23,9 @@ from gmmjax._covariance import covariance_kind
 from gmmjax._criteria import information_criteria
 from gmmjax._driver import FitResult, call_compiled, check_fit_inputs, compiled
 from gmmjax._em import fit_em_restarts
+from gmmjax._names import CRITERIA  # jax-free, for the command line
 from gmmjax._options import FitOptions, fit_options
 from gmmjax._params import COVARIANCE_TYPES, GMMParams, check_covariance_type
-
-from gmmjax._names import CRITERIA  # jax-free, for the command line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,8 +117,18 @@ class SelectionResult:
 
 jax.tree_util.register_dataclass(
     SelectionResult,
-    data_fields=["num_components", "bic", "aic", "icl", "mean_log_likelihood", "n_iter", "converged", "fits",
-                 "best_type_index", "best_index"],
+    data_fields=[
+        "num_components",
+        "bic",
+        "aic",
+        "icl",
+        "mean_log_likelihood",
+        "n_iter",
+        "converged",
+        "fits",
+        "best_type_index",
+        "best_index",
+    ],
     meta_fields=["covariance_types", "criterion"],
 )
 
@@ -131,8 +140,9 @@ def _first_components(params: GMMParams, num_components: int) -> GMMParams:
     return params.replace(weights=params.weights[..., :k], means=params.means[..., :k, :], covariances=covariances)
 
 
-def _fit_and_score_all(key, X, sample_weight, options: FitOptions, candidates, criterion_index, *, num_components,
-            covariance_types) -> dict:
+def _fit_and_score_all(
+    key, X, sample_weight, options: FitOptions, candidates, criterion_index, *, num_components, covariance_types
+) -> dict:
     """The compiled program (``num_components``: the largest ``K`` tried); the criterion is
     data (an index into CRITERIA), so that changing it does not compile again."""
     fits, tables = [], []
@@ -140,10 +150,17 @@ def _fit_and_score_all(key, X, sample_weight, options: FitOptions, candidates, c
         type_options = options.replace(covariance_type=covariance_type)
 
         def fit_and_score(num_active):
-            fit = fit_em_restarts(key, X, sample_weight, type_options, num_components=num_components,
-                                  num_active=num_active)
-            return fit, information_criteria(fit.params, X, sample_weight, num_active=num_active,
-                                             chunk_size=options.chunk_size)
+            fit = fit_em_restarts(
+                key,
+                X,
+                sample_weight,
+                type_options,  # noqa: B023  jax.vmap below traces fit_and_score at once, in this iteration
+                num_components=num_components,
+                num_active=num_active,
+            )
+            return fit, information_criteria(
+                fit.params, X, sample_weight, num_active=num_active, chunk_size=options.chunk_size
+            )
 
         fit, scores = jax.vmap(fit_and_score)(candidates)
         fits.append(fit)
@@ -170,25 +187,31 @@ def check_num_components_range(num_components, num_samples: int) -> tuple:
     if isinstance(num_components, numbers.Integral) and not isinstance(num_components, bool):
         candidates = tuple(range(1, int(num_components) + 1))
         if num_components < 1:
-            raise ValueError(f"num_components must be at least 1 (it means trying K = 1..num_components), "
-                             f"got {num_components}.")
+            raise ValueError(
+                f"num_components must be at least 1 (it means trying K = 1..num_components), got {num_components}."
+            )
     else:
         try:
             candidates = tuple(num_components)
         except TypeError:
-            raise ValueError("num_components must be an int K_max (to try K = 1..K_max) or a sequence of ints, "
-                             f"e.g. range(2, 9); got {num_components!r}.") from None
-        if not candidates or not all(isinstance(k, numbers.Integral) and not isinstance(k, bool)
-                                     for k in candidates):
-            raise ValueError("num_components must be an int K_max (to try K = 1..K_max) or a non-empty sequence "
-                             f"of ints, e.g. range(2, 9); got {num_components!r}.")
+            raise ValueError(
+                "num_components must be an int K_max (to try K = 1..K_max) or a sequence of ints, "
+                f"e.g. range(2, 9); got {num_components!r}."
+            ) from None
+        if not candidates or not all(isinstance(k, numbers.Integral) and not isinstance(k, bool) for k in candidates):
+            raise ValueError(
+                "num_components must be an int K_max (to try K = 1..K_max) or a non-empty sequence "
+                f"of ints, e.g. range(2, 9); got {num_components!r}."
+            )
         candidates = tuple(int(k) for k in candidates)
         if len(set(candidates)) != len(candidates):
             raise ValueError(f"num_components lists a value more than once: {list(candidates)}.")
         candidates = tuple(sorted(candidates))
     if candidates[0] < 1 or candidates[-1] > num_samples:
-        raise ValueError(f"numbers of components must lie within 1..{num_samples} (the number of samples); "
-                         f"got {list(candidates)}: decrease num_components or provide more samples.")
+        raise ValueError(
+            f"numbers of components must lie within 1..{num_samples} (the number of samples); "
+            f"got {list(candidates)}: decrease num_components or provide more samples."
+        )
     return candidates
 
 
@@ -205,8 +228,10 @@ def check_covariance_types(covariance_types) -> tuple:
         raise ValueError(f"covariance_types must name at least one of {COVARIANCE_TYPES} (or be 'all').")
     for covariance_type in types:
         if covariance_type not in COVARIANCE_TYPES:
-            raise ValueError(f"covariance_types must be 'all', one of {COVARIANCE_TYPES} or a sequence of them; "
-                             f"got {covariance_type!r}.")
+            raise ValueError(
+                f"covariance_types must be 'all', one of {COVARIANCE_TYPES} or a sequence of them; "
+                f"got {covariance_type!r}."
+            )
     if len(set(types)) != len(types):
         raise ValueError(f"covariance_types lists a type more than once: {list(types)}.")
     return tuple(check_covariance_type(t) for t in types)
@@ -281,14 +306,22 @@ def select_num_components(
     criterion = check_criterion(criterion)
     options = fit_options(options, **option_keywords)
     if "covariance_type" in option_keywords:
-        raise ValueError("select_num_components tries covariance_types; pass covariance_types=..., "
-                         "not covariance_type.")
+        raise ValueError(
+            "select_num_components tries covariance_types; pass covariance_types=..., not covariance_type."
+        )
     num_samples = np.shape(X)[0] if np.ndim(X) == 2 else 1  # check_fit_inputs explains other shapes
     candidates = check_num_components_range(num_components, num_samples)
     # All J fits share each pass over a chunk: size chunks for the whole batch.
-    inputs = check_fit_inputs(key, X, None, options, sample_weight, max_components=candidates[-1],
-                              fits_per_pass=len(candidates))
-    fields = call_compiled(_fit_and_score_all_for_size, inputs, jnp.asarray(candidates, jnp.int32),
-                           jnp.asarray(CRITERIA.index(criterion), jnp.int32), num_components=candidates[-1],
-                           fits=len(candidates) * len(covariance_types), covariance_types=covariance_types)
+    inputs = check_fit_inputs(
+        key, X, None, options, sample_weight, max_components=candidates[-1], fits_per_pass=len(candidates)
+    )
+    fields = call_compiled(
+        _fit_and_score_all_for_size,
+        inputs,
+        jnp.asarray(candidates, jnp.int32),
+        jnp.asarray(CRITERIA.index(criterion), jnp.int32),
+        num_components=candidates[-1],
+        fits=len(candidates) * len(covariance_types),
+        covariance_types=covariance_types,
+    )
     return SelectionResult(**fields, covariance_types=covariance_types, criterion=criterion)

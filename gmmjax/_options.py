@@ -87,7 +87,7 @@ class FitOptions:
             if getattr(self, name) is not None:
                 normalise(name, v.check_int(name, getattr(self, name), 1))
 
-    def replace(self, **changes) -> "FitOptions":
+    def replace(self, **changes) -> FitOptions:
         """A copy with the given fields replaced (checked again)."""
         return dataclasses.replace(self, **changes)
 
@@ -116,8 +116,10 @@ def fit_options(options: FitOptions | None = None, /, **keywords) -> FitOptions:
         raise TypeError(f"options must be a gmmjax.FitOptions (or None), got {options!r}.")
     unknown = sorted(set(keywords) - set(OPTION_NAMES) - set(OPTION_ALIASES))
     if unknown:
-        raise TypeError(f"unexpected keyword argument(s) {unknown}; fit options are {list(OPTION_NAMES)} "
-                        f"(and {list(OPTION_ALIASES)}).")
+        raise TypeError(
+            f"unexpected keyword argument(s) {unknown}; fit options are {list(OPTION_NAMES)} "
+            f"(and {list(OPTION_ALIASES)})."
+        )
     for alias, name in OPTION_ALIASES.items():
         if alias in keywords:
             value = v.resolve_alias(alias, keywords.pop(alias), name, keywords.get(name), None)
@@ -138,16 +140,24 @@ def check_fit_options(options: FitOptions, num_components: int | None, num_featu
     reg_covar = v.check_nonnegative_float("reg_covar", options.reg_covar)
     if num_components is None:
         if options.has_initial_parameters:
-            raise ValueError("weights_init, means_init and precisions_init need one number of components; "
-                             "model selection fits several: leave them None.")
+            raise ValueError(
+                "weights_init, means_init and precisions_init need one number of components; "
+                "model selection fits several: leave them None."
+            )
     else:
         if options.weights_init is not None:
             v.check_weights("weights_init", options.weights_init, num_components)
         if options.means_init is not None:
             v.check_means("means_init", options.means_init, num_components, num_features)
         if options.precisions_init is not None:
-            v.check_covariance_like("precisions_init", options.precisions_init, num_components, num_features,
-                                    options.covariance_type, kind="precision")
+            v.check_covariance_like(
+                "precisions_init",
+                options.precisions_init,
+                num_components,
+                num_features,
+                options.covariance_type,
+                kind="precision",
+            )
     lower_bound_init = options.lower_bound_init
     if lower_bound_init is not None and not v.is_traced(lower_bound_init):
         lower_bound_init = float(lower_bound_init)

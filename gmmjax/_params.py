@@ -19,9 +19,7 @@ COVARIANCE_TYPES = tuple(COVARIANCE_KINDS)
 def check_covariance_type(covariance_type: Any) -> str:
     """Returns ``covariance_type`` if it is one of :data:`COVARIANCE_TYPES`, else raises."""
     if covariance_type not in COVARIANCE_TYPES:
-        raise ValueError(
-            f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}."
-        )
+        raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}.")
     return covariance_type
 
 
@@ -29,6 +27,10 @@ class MixtureParamsBase:
     """What every parameter pytree of a mixture shares (:class:`GMMParams`,
     :class:`~gmmjax.UnconstrainedParams`): a ``means`` leaf of shape ``(..., K, D)`` and a
     static ``covariance_type``."""
+
+    # Declared for the type checker only: each subclass (a dataclass) defines them as fields.
+    means: jax.Array
+    covariance_type: str
 
     def __post_init__(self):
         check_covariance_type(self.covariance_type)

@@ -12,9 +12,10 @@ On the host, :class:`ProgressReporter` aggregates the restarts and shows them on
 phase with its clock while the fit compiles and initialises (no report arrives then), then
 iterations with an estimate of the time left measured on the iterations alone; a ``tqdm`` bar
 on a terminal when ``tqdm`` is installed (``pip install "gmmjax[progress]"``), plain
-newline-terminated lines otherwise (no terminal, e.g. stderr redirected to a file, or no tqdm). The compiled program does not know the reporter: it calls
-:func:`_deliver`, which forwards to the reporter of the fit running now
-(:func:`reporting`), so one compilation serves every call.
+newline-terminated lines otherwise (no terminal, e.g. stderr redirected to a file, or no
+tqdm). The compiled program does not know the reporter: it calls :func:`_deliver`, which
+forwards to the reporter of the fit running now (:func:`reporting`), so one compilation
+serves every call.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ DEFAULT_VERBOSE_INTERVAL = 10
 STARTING = "compiling and initialising"
 
 # Reporters of the fits running now (innermost last); the compiled callback forwards to the last.
-_ACTIVE: list["ProgressReporter"] = []
+_ACTIVE: list[ProgressReporter] = []
 _ACTIVE_LOCK = threading.Lock()
 
 
@@ -47,23 +48,31 @@ def _deliver(restart, n_iter, lower_bound, converged, report):
     if reporter is None:  # a compiled fit run outside reporting(): nobody is listening
         return
     mask = np.ravel(np.asarray(report))
-    reporter.update(np.ravel(np.asarray(restart))[mask], np.ravel(np.asarray(n_iter))[mask],
-                    np.ravel(np.asarray(lower_bound))[mask], np.ravel(np.asarray(converged))[mask])
+    reporter.update(
+        np.ravel(np.asarray(restart))[mask],
+        np.ravel(np.asarray(n_iter))[mask],
+        np.ravel(np.asarray(lower_bound))[mask],
+        np.ravel(np.asarray(converged))[mask],
+    )
 
 
 @jax.custom_batching.custom_vmap
 def _send(restart, n_iter, lower_bound, converged, report):
     # Under vmap the rule below hands the whole batch to this function: one host call per step.
-    jax.lax.cond(jnp.any(report),
-                 lambda: jax.debug.callback(_deliver, restart, n_iter, lower_bound, converged, report),
-                 lambda: None)
+    jax.lax.cond(
+        jnp.any(report),
+        lambda: jax.debug.callback(_deliver, restart, n_iter, lower_bound, converged, report),
+        lambda: None,
+    )
     return jnp.zeros((), jnp.int32)  # custom_vmap needs an output; the effect keeps the call alive
 
 
 @_send.def_vmap
 def _send_batched(axis_size, in_batched, *args):
-    args = [arg if batched else jnp.broadcast_to(arg, (axis_size,) + jnp.shape(arg))
-            for arg, batched in zip(args, in_batched)]
+    args = [
+        arg if batched else jnp.broadcast_to(arg, (axis_size,) + jnp.shape(arg))
+        for arg, batched in zip(args, in_batched)
+    ]
     _send(*args)  # unbatched call on (axis_size, ...) arrays; nested vmaps add axes here
     return jnp.zeros((), jnp.int32), False
 
@@ -146,11 +155,23 @@ class ProgressReporter:
         self._clock = clock
         self._lock = threading.Lock()
         self._start = clock()
-        self._first = None  # (time, work done) at the first report: the end of compiling and initialising
+        # (time, work done) at the first report: the end of compiling and initialising
+        self._first: tuple[float, int] | None = None
         self._closed = False
         tqdm = _load_tqdm() if _is_terminal(self.file) else None
-        self._bar = None if tqdm is None else tqdm(total=n_init * max_iter, desc="EM", unit="it", file=self.file,
-                                                   dynamic_ncols=True, leave=True, bar_format=_BAR_FORMAT)
+        self._bar = (
+            None
+            if tqdm is None
+            else tqdm(
+                total=n_init * max_iter,
+                desc="EM",
+                unit="it",
+                file=self.file,
+                dynamic_ncols=True,
+                leave=True,
+                bar_format=_BAR_FORMAT,
+            )
+        )
         if self._bar is not None:
             self._bar.set_postfix_str(f"{STARTING} 0.0 s")
         else:
@@ -204,9 +225,11 @@ class ProgressReporter:
 
     def summary(self) -> str:
         best = np.nanmax(self.lower_bound) if not np.all(np.isnan(self.lower_bound)) else np.nan
-        return (f"iteration {int(self.n_iter.max())}/{self.max_iter}, lower bound {best:.6g}, "
-                f"restarts converged {int(self.converged.sum())}/{self.n_init} "
-                f"(stopped {int(self.finished.sum())})")
+        return (
+            f"iteration {int(self.n_iter.max())}/{self.max_iter}, lower bound {best:.6g}, "
+            f"restarts converged {int(self.converged.sum())}/{self.n_init} "
+            f"(stopped {int(self.finished.sum())})"
+        )
 
     def _status(self) -> str:
         left = self.seconds_left()
@@ -257,8 +280,10 @@ def check_verbose(verbose, verbose_interval, *inputs) -> int:
     if not verbose:
         return 0
     if any(v.is_traced(x) for x in inputs):
-        raise ValueError("verbose=True reports the progress of a direct fit_em call; it cannot be used under "
-                         "jit/vmap of fit_em (traced inputs): call fit_em directly or set verbose=False.")
+        raise ValueError(
+            "verbose=True reports the progress of a direct fit_em call; it cannot be used under "
+            "jit/vmap of fit_em (traced inputs): call fit_em directly or set verbose=False."
+        )
     return interval
 
 

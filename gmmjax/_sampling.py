@@ -40,8 +40,9 @@ def sample(key: jax.Array, params: GMMParams, num_samples: int):
     return onehot @ params.means + offsets, labels.astype(jnp.int32)
 
 
-def generate_gmm_data(num_samples, weights, means, covariances, *, key=None, return_labels=False,
-                      covariance_type="full"):
+def generate_gmm_data(
+    num_samples, weights, means, covariances, *, key=None, return_labels=False, covariance_type="full"
+):
     """Draws synthetic data from a Gaussian mixture (the original example's generator).
 
     Args:
@@ -71,8 +72,7 @@ def generate_gmm_data(num_samples, weights, means, covariances, *, key=None, ret
     v.check_weights("weights", weights, num_components)
     v.check_means("means", means, num_components, num_features)
     v.check_covariance_like("covariances", covariances, num_components, num_features, covariance_type)
-    dtype = v.working_dtype(np.result_type(np.asarray(weights).dtype, means_arr.dtype,
-                                           np.asarray(covariances).dtype))
+    dtype = v.working_dtype(np.result_type(np.asarray(weights).dtype, means_arr.dtype, np.asarray(covariances).dtype))
     params = GMMParams(
         jnp.asarray(weights, dtype), jnp.asarray(means, dtype), jnp.asarray(covariances, dtype), covariance_type
     )

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
-from gmmjax._covariance import covariance_kind, regularize_covariances, weighted_sums
 from gmmjax._chunks import resolve_chunk_size, sum_over_chunks
+from gmmjax._covariance import covariance_kind, regularize_covariances, weighted_sums
 from gmmjax._density import ComponentTerms, component_terms, log_joint_from_residuals, residuals_about
 from gmmjax._params import GMMParams
 
@@ -36,7 +36,7 @@ class SufficientStats:
     second_moments: jax.Array
     covariance_type: str = "full"
 
-    def __add__(self, other: "SufficientStats") -> "SufficientStats":
+    def __add__(self, other: SufficientStats) -> SufficientStats:
         return jax.tree_util.tree_map(jnp.add, self, other)
 
 
@@ -141,11 +141,18 @@ def _expanded_e_step(terms: ComponentTerms, center: jax.Array, exact: jax.Array,
         log_joint = terms.log_scale[None, :] - 0.5 * jnp.maximum(sq_norms, 0.0)
         weighted_resp, log_likelihood = _weighted_posteriors(log_joint, w_chunk, component_axis=1)
         exact_moments = _moments(residuals, weighted_resp[:, exact].T, terms.covariance_type)
-        return (jnp.sum(weighted_resp, axis=0), weighted_resp.T @ centred, weighted_resp.T @ squares,
-                log_likelihood, exact_moments.first_moments, exact_moments.second_moments)
+        return (
+            jnp.sum(weighted_resp, axis=0),
+            weighted_resp.T @ centred,
+            weighted_resp.T @ squares,
+            log_likelihood,
+            exact_moments.first_moments,
+            exact_moments.second_moments,
+        )
 
-    counts, first_about_center, second_about_center, log_likelihood, exact_first, exact_second = \
-        sum_over_chunks(chunk_stats, X, sample_weight, chunk)
+    counts, first_about_center, second_about_center, log_likelihood, exact_first, exact_second = sum_over_chunks(
+        chunk_stats, X, sample_weight, chunk
+    )
     first = first_about_center - counts[:, None] * offsets
     second = second_about_center - 2.0 * offsets * first_about_center + counts[:, None] * offsets * offsets
     stats = SufficientStats(
@@ -157,8 +164,7 @@ def _expanded_e_step(terms: ComponentTerms, center: jax.Array, exact: jax.Array,
     return stats, log_likelihood
 
 
-def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = None, *,
-           chunk_size: int | None = None):
+def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = None, *, chunk_size: int | None = None):
     """E-step: statistics about ``params.means`` and the total log-likelihood.
 
     The data is visited ``chunk_size`` rows at a time inside one compiled loop, so the
@@ -190,8 +196,9 @@ def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = No
     chunk = resolve_chunk_size(chunk_size, X.shape[0], params.num_components, params.num_features, X.dtype)
 
     def residual_pass():
-        return sum_over_chunks(lambda X_chunk, w_chunk, _: _chunk_e_step(terms, X_chunk, w_chunk),
-                               X, sample_weight, chunk)
+        return sum_over_chunks(
+            lambda X_chunk, w_chunk, _: _chunk_e_step(terms, X_chunk, w_chunk), X, sample_weight, chunk
+        )
 
     num_components, num_features = params.num_components, params.num_features
     if covariance_kind(params.covariance_type).matrix:
@@ -217,8 +224,7 @@ def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = No
         wide_chunk = min(X.shape[0], chunk * max(1, num_components * num_features // width))
         return lambda: _expanded_e_step(terms, center, exact, X, sample_weight, wide_chunk)
 
-    return jax.lax.switch(branch, [expanded(worst_components[:0]), expanded(worst_components[:slots]),
-                                   residual_pass])
+    return jax.lax.switch(branch, [expanded(worst_components[:0]), expanded(worst_components[:slots]), residual_pass])
 
 
 def stats_from_responsibilities(
@@ -292,8 +298,7 @@ def m_step_with_diagnostics(stats: SufficientStats, shift: jax.Array, reg_covar,
         means = _where_active(active, means)
         if not covariance_kind(stats.covariance_type).shared:
             raw_cov = _where_active(active, raw_cov)
-    covariances, repaired = regularize_covariances(raw_cov, jnp.asarray(reg_covar, dtype), stats.covariance_type,
-                                                   means)
+    covariances, repaired = regularize_covariances(raw_cov, jnp.asarray(reg_covar, dtype), stats.covariance_type, means)
     params = GMMParams(
         weights=counts / jnp.sum(counts),
         means=means,
@@ -326,8 +331,14 @@ def m_step(stats: SufficientStats, shift: jax.Array, reg_covar=1e-6, *, num_acti
     return m_step_with_diagnostics(stats, shift, reg_covar, num_active)[0]
 
 
-def em_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = None, reg_covar=1e-6, *,
-            chunk_size: int | None = None):
+def em_step(
+    params: GMMParams,
+    X: jax.Array,
+    sample_weight: jax.Array | None = None,
+    reg_covar=1e-6,
+    *,
+    chunk_size: int | None = None,
+):
     """One EM iteration (E-step in chunks of ``chunk_size`` rows, see :func:`e_step`).
 
     Returns:

@@ -147,8 +147,9 @@ def from_unconstrained(u: UnconstrainedParams) -> GMMParams:
       :class:`GMMParams` in ``u``'s dtype.
     """
     weights = jax.nn.softmax(u.logits, axis=-1)
-    covariances = covariance_kind(u.covariance_type).covariances_from_raw(u.raw_precision_cholesky,
-                                                                          _clipped_log_diagonal(u))
+    covariances = covariance_kind(u.covariance_type).covariances_from_raw(
+        u.raw_precision_cholesky, _clipped_log_diagonal(u)
+    )
     return GMMParams(weights, u.means, covariances, u.covariance_type)
 
 
@@ -165,8 +166,9 @@ def component_terms_from_unconstrained(u: UnconstrainedParams) -> ComponentTerms
     return ComponentTerms(u.means, precision_cholesky_from_unconstrained(u), log_scale, u.covariance_type)
 
 
-def unconstrained_log_prob(u: UnconstrainedParams, X: jax.typing.ArrayLike, *,
-                           chunk_size: int | None = None) -> jax.Array:
+def unconstrained_log_prob(
+    u: UnconstrainedParams, X: jax.typing.ArrayLike, *, chunk_size: int | None = None
+) -> jax.Array:
     """Log-density of each sample, ``log Σ_k w_k N(x_n | μ_k, Σ_k)``, from unconstrained parameters.
 
     Equal to ``log_prob(from_unconstrained(u), X)`` up to rounding, but without a
@@ -186,4 +188,6 @@ def unconstrained_log_prob(u: UnconstrainedParams, X: jax.typing.ArrayLike, *,
     chunk = resolve_chunk_size(chunk_size, X.shape[0], u.num_components, u.num_features, X.dtype)
     return map_over_chunks(
         lambda X_chunk: logsumexp(log_joint_from_residuals(terms, residuals_about(X_chunk, terms.means)), axis=0),
-        X, chunk)
+        X,
+        chunk,
+    )

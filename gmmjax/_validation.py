@@ -17,7 +17,6 @@ import numpy as np
 from gmmjax._covariance import covariance_kind
 from gmmjax._params import check_covariance_type
 
-
 # One fused max-reduction (NaN propagates through max); ``all(isfinite(a))`` would
 # materialise an (N, D) boolean temporary.
 _max_abs = jax.jit(lambda a: jnp.max(jnp.abs(a)))
@@ -91,8 +90,10 @@ def check_data(X, name: str = "X", *, num_features: int | None = None, min_sampl
     n, d = arr.shape
     if n == 0 or d == 0:
         what = "sample" if n == 0 else "feature"
-        raise ValueError(f"{name} has 0 {what}(s) (shape={tuple(arr.shape)}) while a minimum of 1 is required: "
-                         "it needs at least one sample and one feature.")
+        raise ValueError(
+            f"{name} has 0 {what}(s) (shape={tuple(arr.shape)}) while a minimum of 1 is required: "
+            "it needs at least one sample and one feature."
+        )
     if num_features is not None and d != num_features:
         raise ValueError(
             f"{name} has {d} features, but GaussianMixtureModel is expecting {num_features} features as input: "
@@ -152,8 +153,10 @@ def check_int(name: str, value, minimum: int) -> int:
 def check_nonnegative_float(name: str, value) -> float:
     if is_traced(value):
         return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) and not (
-        np.ndim(value) == 0 and np.issubdtype(np.asarray(value).dtype, np.number)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        and not (np.ndim(value) == 0 and np.issubdtype(np.asarray(value).dtype, np.number))
     ):
         raise ValueError(f"{name} must be a non-negative number, got {value!r}.")
     value = float(value)
@@ -175,8 +178,10 @@ def check_sample_weight(sample_weight, num_samples: int, dtype):
         if not np.all(np.isfinite(sw)) or np.any(sw < 0):
             raise ValueError("sample_weight must be finite and non-negative.")
         if not sw.sum() > 0:
-            raise ValueError("sample_weight must have a positive sum, but all weights are zero: give at least one "
-                             "sample a positive weight.")
+            raise ValueError(
+                "sample_weight must have a positive sum, but all weights are zero: give at least one "
+                "sample a positive weight."
+            )
         return jnp.asarray(sw, dtype=dtype)
     return jnp.broadcast_to(jnp.asarray(sample_weight, dtype), (num_samples,))
 
@@ -192,8 +197,10 @@ def _sklearn_name(name: str) -> str:
 def _concrete(name, value, shape, sklearn_name=None):
     arr = np.asarray(value, dtype=np.float64)
     if arr.shape != tuple(shape):
-        raise ValueError(f"The parameter '{sklearn_name or _sklearn_name(name)}' should have the shape of "
-                         f"{tuple(shape)}, but got {arr.shape}: {name} must have shape {tuple(shape)}, got {arr.shape}.")
+        raise ValueError(
+            f"The parameter '{sklearn_name or _sklearn_name(name)}' should have the shape of "
+            f"{tuple(shape)}, but got {arr.shape}: {name} must have shape {tuple(shape)}, got {arr.shape}."
+        )
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or infinity.")
     return arr
@@ -206,12 +213,16 @@ def check_weights(name: str, weights, num_components: int, atol: float = 1e-6):
     if np.any(w < 0) or np.any(w > 1):
         # scikit-learn's sentence prints the minimum as "max value" and the maximum as "min
         # value"; it is reproduced as it is so that code matching it keeps working.
-        raise ValueError(f"The parameter '{_sklearn_name(name)}' should be in the range [0, 1], but got max value "
-                         f"{w.min():.5f}, min value {w.max():.5f}: {name} must be non-negative and at most 1, "
-                         f"got {w} (from {w.min():.6g} to {w.max():.6g}).")
+        raise ValueError(
+            f"The parameter '{_sklearn_name(name)}' should be in the range [0, 1], but got max value "
+            f"{w.min():.5f}, min value {w.max():.5f}: {name} must be non-negative and at most 1, "
+            f"got {w} (from {w.min():.6g} to {w.max():.6g})."
+        )
     if abs(w.sum() - 1.0) > atol:
-        raise ValueError(f"The parameter '{_sklearn_name(name)}' should be normalized, but got sum(weights) = "
-                         f"{w.sum():.5f}: {name} must sum to 1, got sum {w.sum():.8g}: divide by the sum to normalise.")
+        raise ValueError(
+            f"The parameter '{_sklearn_name(name)}' should be normalized, but got sum(weights) = "
+            f"{w.sum():.5f}: {name} must sum to 1, got sum {w.sum():.8g}: divide by the sum to normalise."
+        )
     return weights
 
 
@@ -222,8 +233,9 @@ def check_means(name: str, means, num_components: int, num_features: int):
     return means
 
 
-def check_covariance_like(name: str, value, num_components: int, num_features: int, covariance_type: str,
-                          kind: str = "covariance"):
+def check_covariance_like(
+    name: str, value, num_components: int, num_features: int, covariance_type: str, kind: str = "covariance"
+):
     """Checks a covariance (or precision) array in scikit-learn's shape for ``covariance_type``:
     symmetric and positive definite for the matrix types, positive otherwise."""
     check_covariance_type(covariance_type)
@@ -244,8 +256,9 @@ def check_covariance_like(name: str, value, num_components: int, num_features: i
             except np.linalg.LinAlgError:
                 raise ValueError(f"{sklearn_says}{name}{where} must be positive definite.") from None
     elif np.any(arr <= 0):
-        raise ValueError(f"'{sklearn_name}' should be positive: {name} must be positive ({kind}s of "
-                         f"'{covariance_type}' components).")
+        raise ValueError(
+            f"'{sklearn_name}' should be positive: {name} must be positive ({kind}s of '{covariance_type}' components)."
+        )
     return value
 
 
@@ -306,8 +319,9 @@ def check_sample_memory(num_samples: int, params, *, available: int | None = Non
         )
 
 
-def _bytes(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
+def _bytes(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024:
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1024
+    return f"{n:.1f} PiB"

@@ -17,32 +17,35 @@ artists carry ``gid`` tags (``"gmmjax-data"``, ``"gmmjax-ellipse"``, ``"gmmjax-m
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 try:
     import matplotlib
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
-        'gmmjax.plot needs matplotlib, an optional extra: pip install "gmmjax[plots]" '
-        "(or pip install matplotlib)."
+        'gmmjax.plot needs matplotlib, an optional extra: pip install "gmmjax[plots]" (or pip install matplotlib).'
     ) from exc
 
 import matplotlib.lines as mlines
 import matplotlib.patches as mpatches
 import matplotlib.patheffects as patheffects
-from matplotlib.ticker import MaxNLocator
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from gmmjax import _validation as v
 from gmmjax._covariance import covariance_kind
-from gmmjax._estimator import GaussianMixtureModel, _responsibilities
 from gmmjax._driver import FitResult
+from gmmjax._estimator import GaussianMixtureModel, _responsibilities
 from gmmjax._model_selection import CRITERIA, SelectionResult
 from gmmjax._params import GMMParams
+
+if TYPE_CHECKING:
+    from matplotlib.typing import LineStyleType  # matplotlib >= 3.8; only read by the type checker
 
 __all__ = ["plot_mixture", "plot_lower_bounds", "plot_criteria", "plot_selection", "ellipse_geometry"]
 
 # Ellipse line styles for successive ``n_std`` levels (the innermost solid).
-_LEVEL_STYLES = ("-", "--", ":", "-.")
+_LEVEL_STYLES: tuple[LineStyleType, ...] = ("-", "--", ":", "-.")
 
 
 def _new_axes(ax, figsize):
@@ -73,11 +76,14 @@ def _mixture_params(model_or_params) -> GMMParams:
     elif isinstance(model_or_params, GaussianMixtureModel):
         params = model_or_params._fitted_params("plot_mixture")
     else:
-        raise ValueError("plot_mixture needs a fitted GaussianMixtureModel or a GMMParams, got "
-                         f"{type(model_or_params).__name__}.")
+        raise ValueError(
+            f"plot_mixture needs a fitted GaussianMixtureModel or a GMMParams, got {type(model_or_params).__name__}."
+        )
     if np.ndim(params.means) != 2:
-        raise ValueError(f"plot_mixture draws one mixture: means must be (K, D), got shape {np.shape(params.means)} "
-                         "(select one set of batched parameters first, e.g. with jax.tree_util.tree_map).")
+        raise ValueError(
+            f"plot_mixture draws one mixture: means must be (K, D), got shape {np.shape(params.means)} "
+            "(select one set of batched parameters first, e.g. with jax.tree_util.tree_map)."
+        )
     return params
 
 
@@ -123,8 +129,17 @@ def ellipse_geometry(covariance, n_std: float = 1.0):
     return 2.0 * n_std * np.sqrt(eigenvalues[1]), 2.0 * n_std * np.sqrt(eigenvalues[0]), angle
 
 
-def plot_mixture(model_or_params, X=None, ax=None, labels=None, *, n_std: Sequence[float] = (1.0, 2.0),
-                 max_points: int | None = 20_000, legend: bool = True, figsize=(6.4, 5.2)):
+def plot_mixture(
+    model_or_params,
+    X=None,
+    ax=None,
+    labels=None,
+    *,
+    n_std: Sequence[float] = (1.0, 2.0),
+    max_points: int | None = 20_000,
+    legend: bool = True,
+    figsize=(6.4, 5.2),
+):
     """Data coloured by component, with covariance ellipses and the component means.
 
     Data with two features is drawn as is. With more, everything is projected on the first
@@ -165,8 +180,10 @@ def plot_mixture(model_or_params, X=None, ax=None, labels=None, *, n_std: Sequen
     params = _mixture_params(model_or_params)
     num_components, num_features = params.num_components, params.num_features
     if num_features < 2:
-        raise ValueError("plot_mixture needs at least 2 features; for 1-D data plot a histogram and "
-                         "exp(gmmjax.log_prob(params, x)) instead.")
+        raise ValueError(
+            "plot_mixture needs at least 2 features; for 1-D data plot a histogram and "
+            "exp(gmmjax.log_prob(params, x)) instead."
+        )
     levels = [float(s) for s in np.atleast_1d(np.asarray(n_std, np.float64))]
     if not levels or not all(np.isfinite(s) and s > 0 for s in levels):
         raise ValueError(f"n_std must be positive numbers of standard deviations, got {n_std!r}.")
@@ -184,8 +201,10 @@ def plot_mixture(model_or_params, X=None, ax=None, labels=None, *, n_std: Sequen
         if labels is not None:
             labels = np.asarray(labels)
             if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-                raise ValueError(f"labels must be {data.shape[0]} integers (one per row of X), got "
-                                 f"shape {labels.shape} and dtype {labels.dtype}.")
+                raise ValueError(
+                    f"labels must be {data.shape[0]} integers (one per row of X), got "
+                    f"shape {labels.shape} and dtype {labels.dtype}."
+                )
         if max_points is not None and data.shape[0] > max_points:
             shown = np.sort(np.random.default_rng(0).choice(data.shape[0], max_points, replace=False))
             data, X_checked = data[shown], X_checked[shown]
@@ -200,7 +219,7 @@ def plot_mixture(model_or_params, X=None, ax=None, labels=None, *, n_std: Sequen
     # Projection: the identity for 2-D data, else the data's (or the mixture's) principal axes.
     if num_features == 2:
         center, axes = np.zeros(2), np.eye(2)
-        axis_names = ("feature 0", "feature 1")
+        axis_names: tuple[str, ...] = ("feature 0", "feature 1")
     else:
         if data is not None:
             center = np.mean(data, axis=0)
@@ -224,22 +243,41 @@ def plot_mixture(model_or_params, X=None, ax=None, labels=None, *, n_std: Sequen
         # Smaller, fainter dots for more points, so that dense regions do not saturate.
         size = float(np.clip(3000.0 / max(len(points), 1), 2.0, 20.0))
         alpha = float(np.clip(1000.0 / max(len(points), 1), 0.15, 0.6))
-        ax.scatter(points[:, 0], points[:, 1], s=size, c=point_colors, alpha=alpha, linewidths=0,
-                   gid="gmmjax-data", zorder=1)
+        ax.scatter(
+            points[:, 0], points[:, 1], s=size, c=point_colors, alpha=alpha, linewidths=0, gid="gmmjax-data", zorder=1
+        )
     for k in range(num_components):
         for level_index, level in enumerate(levels):
             width, height, angle = ellipse_geometry(covariances_2d[k], level)
             linewidth = 2.0 if level_index == 0 else 1.4
             ellipse = mpatches.Ellipse(
-                means_2d[k], width, height, angle=angle, fill=False, edgecolor=colors[k], linewidth=linewidth,
-                linestyle=_LEVEL_STYLES[level_index % len(_LEVEL_STYLES)], gid="gmmjax-ellipse", zorder=3,
+                means_2d[k],
+                width,
+                height,
+                angle=angle,
+                fill=False,
+                edgecolor=colors[k],
+                linewidth=linewidth,
+                linestyle=_LEVEL_STYLES[level_index % len(_LEVEL_STYLES)],
+                gid="gmmjax-ellipse",
+                zorder=3,
             )
             # A white halo keeps the ellipse visible over points of its own colour.
-            ellipse.set_path_effects([patheffects.Stroke(linewidth=linewidth + 1.6, foreground="white", alpha=0.8),
-                                      patheffects.Normal()])
+            ellipse.set_path_effects(
+                [patheffects.Stroke(linewidth=linewidth + 1.6, foreground="white", alpha=0.8), patheffects.Normal()]
+            )
             ax.add_patch(ellipse)
-    ax.scatter(means_2d[:, 0], means_2d[:, 1], s=90, c=colors, marker="X", edgecolors="black", linewidths=1.0,
-               gid="gmmjax-mean", zorder=4)
+    ax.scatter(
+        means_2d[:, 0],
+        means_2d[:, 1],
+        s=90,
+        c=colors,
+        marker="X",
+        edgecolors="black",
+        linewidths=1.0,
+        gid="gmmjax-mean",
+        zorder=4,
+    )
     ax.autoscale_view()
 
     ax.set_xlabel(axis_names[0])
@@ -250,18 +288,44 @@ def plot_mixture(model_or_params, X=None, ax=None, labels=None, *, n_std: Sequen
     if 0.1 < x_range / max(y_range, np.finfo(np.float64).tiny) < 10.0:
         ax.set_aspect("equal", adjustable="datalim")
     if legend:
-        handles = [mlines.Line2D([], [], color=colors[k], marker="o", linestyle="", markersize=7,
-                                 label=f"component {k}: weight {weights[k]:.2f}") for k in range(num_components)]
-        handles += [mlines.Line2D([], [], color="0.3", linestyle=_LEVEL_STYLES[i % len(_LEVEL_STYLES)],
-                                  label=f"{level:g} standard deviation{'s' if level != 1 else ''}")
-                    for i, level in enumerate(levels)]
-        handles.append(mlines.Line2D([], [], color="white", marker="X", markeredgecolor="black", markersize=9,
-                                     linestyle="", label="means"))
+        handles = [
+            mlines.Line2D(
+                [],
+                [],
+                color=colors[k],
+                marker="o",
+                linestyle="",
+                markersize=7,
+                label=f"component {k}: weight {weights[k]:.2f}",
+            )
+            for k in range(num_components)
+        ]
+        handles += [
+            mlines.Line2D(
+                [],
+                [],
+                color="0.3",
+                linestyle=_LEVEL_STYLES[i % len(_LEVEL_STYLES)],
+                label=f"{level:g} standard deviation{'s' if level != 1 else ''}",
+            )
+            for i, level in enumerate(levels)
+        ]
+        handles.append(
+            mlines.Line2D(
+                [], [], color="white", marker="X", markeredgecolor="black", markersize=9, linestyle="", label="means"
+            )
+        )
         if num_components <= 6:
             ax.legend(handles=handles, loc="best", fontsize="small", framealpha=0.85)
         else:  # a long legend would hide the data: beside the plot instead
-            ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
-                      fontsize="small", ncol=1 if num_components <= 16 else 2)
+            ax.legend(
+                handles=handles,
+                loc="upper left",
+                bbox_to_anchor=(1.01, 1.0),
+                borderaxespad=0.0,
+                fontsize="small",
+                ncol=1 if num_components <= 16 else 2,
+            )
     return ax
 
 
@@ -295,11 +359,15 @@ def plot_lower_bounds(result_or_model, ax=None, *, figsize=(6.4, 4.2)):
         history = np.asarray(result_or_model.lower_bounds_, np.float64)[None]  # a loaded model: best restart only
         best, converged = 0, np.array([bool(result_or_model.converged_)])
     else:
-        raise ValueError("plot_lower_bounds needs a FitResult (from gmmjax.fit_em) or a fitted "
-                         f"GaussianMixtureModel, got {type(result_or_model).__name__}.")
+        raise ValueError(
+            "plot_lower_bounds needs a FitResult (from gmmjax.fit_em) or a fitted "
+            f"GaussianMixtureModel, got {type(result_or_model).__name__}."
+        )
     if history.ndim != 2:
-        raise ValueError(f"lower_bound_history must be (restarts, iterations), got shape {history.shape} "
-                         "(a batch of fits: plot one at a time).")
+        raise ValueError(
+            f"lower_bound_history must be (restarts, iterations), got shape {history.shape} "
+            "(a batch of fits: plot one at a time)."
+        )
     num_restarts = history.shape[0]
 
     ax = _new_axes(ax, figsize)
@@ -311,13 +379,27 @@ def plot_lower_bounds(result_or_model, ax=None, *, figsize=(6.4, 4.2)):
         iterations = np.arange(1, len(curve) + 1)
         is_best = r == best
         # "_"-prefixed labels stay out of the legend (built below) but name each line's restart.
-        (line,) = ax.plot(iterations, curve, color="C3" if is_best else "0.55", linewidth=2.2 if is_best else 1.0,
-                          alpha=1.0 if is_best else 0.7, label=f"_restart {r}", gid="gmmjax-restart",
-                          zorder=3 if is_best else 2)
+        (line,) = ax.plot(
+            iterations,
+            curve,
+            color="C3" if is_best else "0.55",
+            linewidth=2.2 if is_best else 1.0,
+            alpha=1.0 if is_best else 0.7,
+            label=f"_restart {r}",
+            gid="gmmjax-restart",
+            zorder=3 if is_best else 2,
+        )
         if len(curve):
-            ax.plot(iterations[-1:], curve[-1:], linestyle="", marker="o" if converged[r] else "x",
-                    color=line.get_color(), markersize=6 if is_best else 4, gid="gmmjax-restart-end",
-                    zorder=line.get_zorder())
+            ax.plot(
+                iterations[-1:],
+                curve[-1:],
+                linestyle="",
+                marker="o" if converged[r] else "x",
+                color=line.get_color(),
+                markersize=6 if is_best else 4,
+                gid="gmmjax-restart-end",
+                zorder=line.get_zorder(),
+            )
     ax.set_xlabel("EM iteration")
     ax.set_ylabel("mean log-likelihood (lower bound)")
     ax.set_title(f"Lower bound of {num_restarts} restart{'s' if num_restarts != 1 else ''}")
@@ -328,9 +410,11 @@ def plot_lower_bounds(result_or_model, ax=None, *, figsize=(6.4, 4.2)):
     if num_restarts > 1:
         handles.append(mlines.Line2D([], [], color="0.55", linewidth=1.0, label="other restarts"))
     ended = {bool(converged[r]) for r in range(num_restarts) if np.isfinite(history[r, 0])}
-    handles += [mlines.Line2D([], [], color="0.3", marker=marker, linestyle="", label=label)
-                for flag, marker, label in ((True, "o", "converged"), (False, "x", "stopped at the iteration limit"))
-                if flag in ended]
+    handles += [
+        mlines.Line2D([], [], color="0.3", marker=marker, linestyle="", label=label)
+        for flag, marker, label in ((True, "o", "converged"), (False, "x", "stopped at the iteration limit"))
+        if flag in ended
+    ]
     ax.legend(handles=handles, loc="best", fontsize="small")
     return ax
 
@@ -343,43 +427,61 @@ def _name_minima(ax, ks, values: Mapping) -> None:
     colour). A label goes under its star (a minimum's own curve lies above it on both sides), or
     above it when another star sits just below at the same K; stars drawn on the same spot
     (ICL = BIC when the clusters do not overlap) share one label, "BIC, ICL"."""
-    minima = []  # (name, j, y)
+    minima: list[tuple[str, int, float]] = []  # (name, j, y)
     for name, arr in values.items():
         if not np.all(np.isnan(arr)):
-            t, j = np.unravel_index(np.nanargmin(arr), arr.shape)
-            minima.append((name, int(j), float(arr[t, j])))
+            t_min, j_min = np.unravel_index(np.nanargmin(arr), arr.shape)
+            minima.append((name, int(j_min), float(arr[t_min, j_min])))
     if not minima:
         return
     low, high = ax.get_ylim()
     ax.set_ylim(low - 0.08 * (high - low), high)  # room for the labels under the lowest stars
     # Distances in points on the figure, where the labels live (the scale of the axes as drawn now).
     points_per_unit = abs(ax.transData.transform((0, 1))[1] - ax.transData.transform((0, 0))[1]) * 72 / ax.figure.dpi
-    spots = []  # [j, y, names]
+    spots: list[tuple[int, float, list[str]]] = []  # (j, y, names)
     for name, j, y in minima:
         same = next((spot for spot in spots if spot[0] == j and abs(spot[1] - y) * points_per_unit < 5), None)
         if same is None:
-            spots.append([j, y, [name]])
+            spots.append((j, y, [name]))
         else:
             same[2].append(name)
     label_room = 24  # points: half a star and a line of small text
     for j, y, names in spots:
-        close = [other_y for other_j, other_y, _ in spots if other_j == j and other_y != y
-                 and abs(other_y - y) * points_per_unit < label_room]
-        side = ("under" if not any(other_y < y for other_y in close) else
-                "over" if not any(other_y > y for other_y in close) else "beside")
+        close = [
+            other_y
+            for other_j, other_y, _ in spots
+            if other_j == j and other_y != y and abs(other_y - y) * points_per_unit < label_room
+        ]
+        side = (
+            "under"
+            if not any(other_y < y for other_y in close)
+            else "over"
+            if not any(other_y > y for other_y in close)
+            else "beside"
+        )
         # Flush with the star's side at either end of the x axis, so that the text stays inside the axes.
         ha = "left" if j == 0 else "right" if j == ks.size - 1 else "center"
         dx = {"left": -6, "right": 6, "center": 0}[ha]
         if side == "beside":
             ha, dx = ("right", -12) if j == ks.size - 1 else ("left", 12)
         dy, va = {"under": (-13, "top"), "over": (13, "bottom"), "beside": (0, "center")}[side]
-        ax.annotate(", ".join(names), (ks[j], y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
-                    fontsize="small", gid="gmmjax-minimum-label", zorder=6,
-                    bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.6))
+        ax.annotate(
+            ", ".join(names),
+            (ks[j], y),
+            xytext=(dx, dy),
+            textcoords="offset points",
+            ha=ha,
+            va=va,
+            fontsize="small",
+            gid="gmmjax-minimum-label",
+            zorder=6,
+            bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.6),
+        )
 
 
-def plot_criteria(num_components, criteria: Mapping, covariance_types: Sequence[str] | None = None, ax=None, *,
-                  figsize=None):
+def plot_criteria(
+    num_components, criteria: Mapping, covariance_types: Sequence[str] | None = None, ax=None, *, figsize=None
+):
     """Information criteria (BIC, AIC, ICL...) over the number of components, minima marked.
 
     Args:
@@ -412,8 +514,10 @@ def plot_criteria(num_components, criteria: Mapping, covariance_types: Sequence[
         if arr.ndim == 1:
             arr = arr[None]
         if arr.ndim != 2 or arr.shape[1] != ks.size:
-            raise ValueError(f"criteria[{name!r}] must have shape ({ks.size},) or (num_types, {ks.size}) to match "
-                             f"num_components, got {np.shape(value)}.")
+            raise ValueError(
+                f"criteria[{name!r}] must have shape ({ks.size},) or (num_types, {ks.size}) to match "
+                f"num_components, got {np.shape(value)}."
+            )
         values[name] = np.where(np.isfinite(arr), arr, np.nan)
     num_rows = {arr.shape[0] for arr in values.values()}
     if len(num_rows) != 1:
@@ -422,32 +526,50 @@ def plot_criteria(num_components, criteria: Mapping, covariance_types: Sequence[
     if covariance_types is None:
         if num_rows > 1:
             raise ValueError(f"the criteria have {num_rows} rows: pass covariance_types, one name per row.")
-        row_names = [None]
+        row_names: list[str | None] = [None]
     else:
-        row_names = [str(name) for name in ([covariance_types] if isinstance(covariance_types, str)
-                                            else covariance_types)]
+        row_names = [
+            str(name) for name in ([covariance_types] if isinstance(covariance_types, str) else covariance_types)
+        ]
         if len(row_names) != num_rows:
             raise ValueError(f"covariance_types has {len(row_names)} names for {num_rows} rows of criteria.")
 
     ax = _new_axes(ax, figsize or ((6.4, 4.4) if num_rows == 1 else (8.0, 4.4)))
     markers = ("o", "s", "^", "D", "v")
-    styles = ("-", "--", ":", "-.")
+    styles: tuple[LineStyleType, ...] = ("-", "--", ":", "-.")
     one_row = num_rows == 1
     # One row: a colour per criterion. Several rows: a colour per covariance type, a style per criterion.
     for c, (name, arr) in enumerate(values.items()):
         for t in range(num_rows):
             color = f"C{c}" if one_row else f"C{t}"
             label = name if row_names[t] is None else f"{name}, {row_names[t]}"
-            ax.plot(ks, arr[t], color=color, linestyle=styles[c % len(styles)] if not one_row else "-",
-                    marker=markers[c % len(markers)], markersize=4, linewidth=1.5, label=label,
-                    gid="gmmjax-criterion")
+            ax.plot(
+                ks,
+                arr[t],
+                color=color,
+                linestyle=styles[c % len(styles)] if not one_row else "-",
+                marker=markers[c % len(markers)],
+                markersize=4,
+                linewidth=1.5,
+                label=label,
+                gid="gmmjax-criterion",
+            )
         if np.all(np.isnan(arr)):
             continue
         t_min, j_min = np.unravel_index(np.nanargmin(arr), arr.shape)
         where = f"K={ks[j_min]:g}" + ("" if row_names[t_min] is None else f", {row_names[t_min]}")
-        ax.plot([ks[j_min]], [arr[t_min, j_min]], linestyle="", marker="*", markersize=17,
-                color=f"C{c}" if one_row else f"C{t_min}", markeredgecolor="black", zorder=5,
-                gid="gmmjax-minimum", label=f"{name} minimum: {where}")
+        ax.plot(
+            [ks[j_min]],
+            [arr[t_min, j_min]],
+            linestyle="",
+            marker="*",
+            markersize=17,
+            color=f"C{c}" if one_row else f"C{t_min}",
+            markeredgecolor="black",
+            zorder=5,
+            gid="gmmjax-minimum",
+            label=f"{name} minimum: {where}",
+        )
     _name_minima(ax, ks, values)
     ax.set_xlabel("number of components K")
     ax.set_ylabel("criterion (lower is better)")
@@ -460,11 +582,21 @@ def plot_criteria(num_components, criteria: Mapping, covariance_types: Sequence[
         ax.legend(fontsize="small")
     else:  # colours name the covariance types and line styles the criteria: T + C entries, not T x C
         handles = [mlines.Line2D([], [], color=f"C{t}", linewidth=2.5, label=row_names[t]) for t in range(num_rows)]
-        handles += [mlines.Line2D([], [], color="0.25", linestyle=styles[c % len(styles)],
-                                  marker=markers[c % len(markers)], markersize=4, label=name)
-                    for c, name in enumerate(values)]
-        ax.legend(handles=handles + minima, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                  borderaxespad=0.0)
+        handles += [
+            mlines.Line2D(
+                [],
+                [],
+                color="0.25",
+                linestyle=styles[c % len(styles)],
+                marker=markers[c % len(markers)],
+                markersize=4,
+                label=name,
+            )
+            for c, name in enumerate(values)
+        ]
+        ax.legend(
+            handles=handles + minima, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0
+        )
     return ax
 
 
@@ -495,21 +627,33 @@ def plot_selection(result_or_model, criteria: Sequence[str] = CRITERIA, ax=None,
     if isinstance(result_or_model, GaussianMixtureModel):
         result = result_or_model.__dict__.get("selection_")
         if result is None:
-            raise ValueError("plot_selection needs a model returned by GaussianMixtureModel.select (it keeps the "
-                             "table as selection_); a model from fit() has no selection to draw.")
+            raise ValueError(
+                "plot_selection needs a model returned by GaussianMixtureModel.select (it keeps the "
+                "table as selection_); a model from fit() has no selection to draw."
+            )
     if not isinstance(result, SelectionResult):
-        raise ValueError("plot_selection needs a SelectionResult (from gmmjax.select_num_components) or a model "
-                         f"returned by GaussianMixtureModel.select, got {type(result_or_model).__name__}.")
+        raise ValueError(
+            "plot_selection needs a SelectionResult (from gmmjax.select_num_components) or a model "
+            f"returned by GaussianMixtureModel.select, got {type(result_or_model).__name__}."
+        )
     if np.ndim(result.bic) != 2:
-        raise ValueError(f"plot_selection draws one selection: its criteria must be (types, K), got shape "
-                         f"{np.shape(result.bic)} (a batch of selections: pick one first, e.g. with "
-                         "jax.tree_util.tree_map(lambda leaf: leaf[i], result)).")
+        raise ValueError(
+            f"plot_selection draws one selection: its criteria must be (types, K), got shape "
+            f"{np.shape(result.bic)} (a batch of selections: pick one first, e.g. with "
+            "jax.tree_util.tree_map(lambda leaf: leaf[i], result))."
+        )
     names = [criteria] if isinstance(criteria, str) else list(criteria)
     if not names or any(name not in CRITERIA for name in names) or len(set(names)) != len(names):
         raise ValueError(f"criteria must be distinct names among {CRITERIA}, got {criteria!r}.")
-    ax = plot_criteria(np.asarray(result.num_components),
-                       {name.upper(): np.asarray(getattr(result, name)) for name in names},
-                       result.covariance_types, ax, figsize=figsize)
-    ax.set_title(f"Information criteria (best by {result.criterion.upper()}: "
-                 f"K={int(result.best_num_components)}, {result.best_covariance_type})")
+    ax = plot_criteria(
+        np.asarray(result.num_components),
+        {name.upper(): np.asarray(getattr(result, name)) for name in names},
+        result.covariance_types,
+        ax,
+        figsize=figsize,
+    )
+    ax.set_title(
+        f"Information criteria (best by {result.criterion.upper()}: "
+        f"K={int(result.best_num_components)}, {result.best_covariance_type})"
+    )
     return ax

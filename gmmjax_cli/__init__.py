@@ -27,7 +27,7 @@ def _load_jax_free_modules() -> None:
         return  # not installed: the plain import below says so
     for name in _JAX_FREE:
         spec = importlib.machinery.PathFinder.find_spec(name, list(package.submodule_search_locations))
-        if spec is None:
+        if spec is None or spec.loader is None:
             return
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module

@@ -66,8 +66,9 @@ def strip_source_layout(notebook: dict) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("paths", nargs="*", type=pathlib.Path,
-                        help="notebooks (default: every .ipynb next to this script)")
+    parser.add_argument(
+        "paths", nargs="*", type=pathlib.Path, help="notebooks (default: every .ipynb next to this script)"
+    )
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a notebook has outputs")
     args = parser.parse_args(argv)
     paths = args.paths or sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
@@ -83,8 +84,10 @@ def main(argv=None) -> int:
             path.write_text(text, encoding="utf-8")
             print(f"stripped {path}")
     if not_stripped:
-        print("not stripped (run python notebooks/strip_outputs.py): " + ", ".join(map(str, not_stripped)),
-              file=sys.stderr)
+        print(
+            "not stripped (run python notebooks/strip_outputs.py): " + ", ".join(map(str, not_stripped)),
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -226,11 +226,11 @@ def e_step_statistics(params, covariance_type, X, sample_weight):
     X = np.asarray(X, np.float64)
     r = responsibilities(w, m, c, covariance_type, X) * sample_weight[:, None]
     counts = r.sum(0)
-    first = np.stack([(r[:, j:j + 1] * (X - m[j])).sum(0) for j in range(len(w))])
+    first = np.stack([(r[:, j : j + 1] * (X - m[j])).sum(0) for j in range(len(w))])
     if covariance_type in ("full", "tied"):
-        second = np.stack([(X - m[j]).T @ (r[:, j:j + 1] * (X - m[j])) for j in range(len(w))])
+        second = np.stack([(X - m[j]).T @ (r[:, j : j + 1] * (X - m[j])) for j in range(len(w))])
     else:
-        second = np.stack([(r[:, j:j + 1] * (X - m[j]) ** 2).sum(0) for j in range(len(w))])
+        second = np.stack([(r[:, j : j + 1] * (X - m[j]) ** 2).sum(0) for j in range(len(w))])
     ll = (sample_weight * mixture_log_prob(w, m, c, covariance_type, X)).sum()
     return counts, first, second, ll
 

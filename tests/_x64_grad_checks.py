@@ -71,15 +71,16 @@ def _fitted_quantities(covariance_type, modes):
     theta0 = np.concatenate([X.ravel(), rng.uniform(0.5, 1.5, size=n), [0.05]])
 
     def objective(theta, mode):
-        data, weights, reg_covar = theta[:2 * n].reshape(n, 2), theta[2 * n:-1], theta[-1]
+        data, weights, reg_covar = theta[: 2 * n].reshape(n, 2), theta[2 * n : -1], theta[-1]
         result = _fit(data, mode, covariance_type=covariance_type, sample_weight=weights, reg_covar=reg_covar)
         p = result.params
         assert p.means.dtype == jnp.float64
         return jnp.sum(c_means * p.means) + jnp.sum(c_cov * p.covariances) + result.lower_bound
 
     grad = jax.jit(jax.grad(objective), static_argnums=1)
-    _assert_gradient(grad, lambda t: objective(t, "implicit"), theta0,
-                     f"d/d(X, sample_weight, reg_covar) {covariance_type}", modes)
+    _assert_gradient(
+        grad, lambda t: objective(t, "implicit"), theta0, f"d/d(X, sample_weight, reg_covar) {covariance_type}", modes
+    )
 
 
 # Both modes on full covariances; the other types in the default (implicit) mode, whose
@@ -116,8 +117,9 @@ def _unrolled_early_stop():
     constant for both). Implicit mode differentiates the fixed point instead: it must differ."""
     X = _data()
     w0, m0, c0 = O.initial_parameters(X, K, "full", seed=4)
-    start = dict(weights_init=w0, means_init=m0, precisions_init=O.precisions_from_covariances(c0, "full"),
-                 tol=3e-2, max_iter=50)
+    start = dict(
+        weights_init=w0, means_init=m0, precisions_init=O.precisions_from_covariances(c0, "full"), tol=3e-2, max_iter=50
+    )
     c = jnp.asarray(np.random.default_rng(6).normal(size=(K, 2)))
 
     def objective(X, mode):

@@ -16,7 +16,6 @@ import numpy as np
 import _oracles as O
 import gmmjax as gj
 
-
 CHECKS = {}
 
 
@@ -55,8 +54,12 @@ def round_trip(covariance_type):
 
 def random_unconstrained(covariance_type, k, d, rng, spread=1.0):
     shape = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[covariance_type]
-    return gj.UnconstrainedParams(jnp.asarray(rng.normal(size=k)), jnp.asarray(rng.normal(size=(k, d))),
-                                  jnp.asarray(spread * rng.normal(size=shape)), covariance_type)
+    return gj.UnconstrainedParams(
+        jnp.asarray(rng.normal(size=k)),
+        jnp.asarray(rng.normal(size=(k, d))),
+        jnp.asarray(spread * rng.normal(size=shape)),
+        covariance_type,
+    )
 
 
 def fd_log_prob(covariance_type):
@@ -71,7 +74,7 @@ def fd_log_prob(covariance_type):
     h = 1e-6
     for name in ("logits", "means", "raw_precision_cholesky"):
         value = np.asarray(getattr(u, name))
-        fd = O.central_difference(lambda a: float(total(u.replace(**{name: jnp.asarray(a)}), X)), value, h)
+        fd = O.central_difference(lambda a: float(total(u.replace(**{name: jnp.asarray(a)}), X)), value, h)  # noqa: B023  called at once
         O.assert_rel_close(getattr(grad_u, name), fd, 1e-6, f"d/d{name}", floor=1e-2)
     if covariance_type in ("full", "tied"):  # the ignored lower triangle has zero gradient
         np.testing.assert_array_equal(np.tril(np.asarray(grad_u.raw_precision_cholesky), -1), 0.0)
@@ -79,9 +82,9 @@ def fd_log_prob(covariance_type):
     O.assert_rel_close(grad_x, fd_x, 1e-6, "d/dX", floor=1e-2)
     # and the value is scipy's density of from_unconstrained(u)
     density, p = jax.jit(lambda u, X: (gj.unconstrained_log_prob(u, X), gj.from_unconstrained(u)))(u, X)
-    O.assert_rel_close(density,
-                       O.mixture_log_prob(p.weights, p.means, p.covariances, covariance_type, X), 1e-12,
-                       "log_prob vs scipy")
+    O.assert_rel_close(
+        density, O.mixture_log_prob(p.weights, p.means, p.covariances, covariance_type, X), 1e-12, "log_prob vs scipy"
+    )
 
 
 for covariance_type in O.COVARIANCE_TYPES:
@@ -97,8 +100,9 @@ def fd_fit_gradient():
     direction = np.random.default_rng(6).normal(size=X.shape)
 
     def lower_bound(X):
-        return gj.fit_gradient(jax.random.key(0), X, 2, num_steps=5, weights_init=w0, means_init=m0,
-                               precisions_init=p0).lower_bound
+        return gj.fit_gradient(
+            jax.random.key(0), X, 2, num_steps=5, weights_init=w0, means_init=m0, precisions_init=p0
+        ).lower_bound
 
     value_and_grad = jax.jit(jax.value_and_grad(lower_bound))
     value, grad = value_and_grad(jnp.asarray(X))
@@ -122,9 +126,17 @@ def fd_fit_gradient_sample_weight(covariance_type):
     direction = np.random.default_rng(7).normal(size=X.shape[0])
 
     def first_mean(sample_weight):
-        return gj.fit_gradient(jax.random.key(0), X, 2, num_steps=10, sample_weight=sample_weight,
-                               covariance_type=covariance_type, weights_init=w0, means_init=m0,
-                               precisions_init=p0).params.means[0, 0]
+        return gj.fit_gradient(
+            jax.random.key(0),
+            X,
+            2,
+            num_steps=10,
+            sample_weight=sample_weight,
+            covariance_type=covariance_type,
+            weights_init=w0,
+            means_init=m0,
+            precisions_init=p0,
+        ).params.means[0, 0]
 
     value_and_grad = jax.jit(jax.value_and_grad(first_mean))
     ones = jnp.ones(X.shape[0])
@@ -137,5 +149,6 @@ def fd_fit_gradient_sample_weight(covariance_type):
 
 
 for _covariance_type in ("full", "tied"):
-    CHECKS[f"fd_fit_gradient_sample_weight_{_covariance_type}"] = (
-        lambda ct=_covariance_type: fd_fit_gradient_sample_weight(ct))
+    CHECKS[f"fd_fit_gradient_sample_weight_{_covariance_type}"] = lambda ct=_covariance_type: (
+        fd_fit_gradient_sample_weight(ct)
+    )

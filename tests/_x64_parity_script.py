@@ -30,7 +30,6 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _oracles as O  # noqa: E402
-
 import gmmjax as gj  # noqa: E402
 
 CHECKS = {}
@@ -60,8 +59,16 @@ def _parity_one(covariance_type, reg_covar):
     w0, m0, c0 = O.initial_parameters(X, k, covariance_type, seed=2)
     sk = O.fit_sklearn_from(X, k, covariance_type, w0, m0, c0, max_iter=5, reg_covar=reg_covar)
     res = gj.fit_em(
-        jax.random.key(0), X, k, covariance_type=covariance_type, tol=0.0, max_iter=5, reg_covar=reg_covar,
-        weights_init=w0, means_init=m0, precisions_init=O.precisions_from_covariances(c0, covariance_type),
+        jax.random.key(0),
+        X,
+        k,
+        covariance_type=covariance_type,
+        tol=0.0,
+        max_iter=5,
+        reg_covar=reg_covar,
+        weights_init=w0,
+        means_init=m0,
+        precisions_init=O.precisions_from_covariances(c0, covariance_type),
     )
     p = res.params
     for leaf in (p.weights, p.means, p.covariances, res.lower_bound):
@@ -75,11 +82,16 @@ def _parity_one(covariance_type, reg_covar):
     hist = np.asarray(res.lower_bound_history[0])
     assert np.all(np.diff(hist) >= -1e-12 * np.abs(hist[1:])), hist
     # precision Cholesky factor of scikit-learn's covariances vs its own precisions_cholesky_
-    O.assert_rel_close(gj.precision_cholesky(jnp.asarray(sk.covariances_), covariance_type),
-                       sk.precisions_cholesky_, 1e-9, "precision_cholesky")
+    O.assert_rel_close(
+        gj.precision_cholesky(jnp.asarray(sk.covariances_), covariance_type),
+        sk.precisions_cholesky_,
+        1e-9,
+        "precision_cholesky",
+    )
     # information criteria of scikit-learn's fitted parameters
-    params = gj.GMMParams(jnp.asarray(sk.weights_), jnp.asarray(sk.means_), jnp.asarray(sk.covariances_),
-                          covariance_type)
+    params = gj.GMMParams(
+        jnp.asarray(sk.weights_), jnp.asarray(sk.means_), jnp.asarray(sk.covariances_), covariance_type
+    )
     O.assert_rel_close(gj.bic(params, X), sk.bic(X), 1e-10, "bic")
     O.assert_rel_close(gj.aic(params, X), sk.aic(X), 1e-10, "aic")
 
@@ -92,8 +104,13 @@ def _log_prob(covariance_type):
     lp = gj.log_prob(params, X)
     assert lp.dtype == jnp.float64
     O.assert_rel_close(lp, O.mixture_log_prob(w, m, c, covariance_type, X), 1e-11, "log_prob")
-    O.assert_rel_close(gj.responsibilities(params, X), O.responsibilities(w, m, c, covariance_type, X), 1e-9,
-                       "responsibilities", floor=1e-3)
+    O.assert_rel_close(
+        gj.responsibilities(params, X),
+        O.responsibilities(w, m, c, covariance_type, X),
+        1e-9,
+        "responsibilities",
+        floor=1e-3,
+    )
 
 
 def _grad(covariance_type):
@@ -117,7 +134,7 @@ def _grad(covariance_type):
     # closed form for the means: sum_n r_nk Sigma_k^-1 (x_n - mu_k)
     r = O.responsibilities(w, m, c, covariance_type, X)
     covs = O.full_covariances(c, covariance_type, k, d)
-    closed = np.stack([np.linalg.solve(covs[j], ((X - m[j]) * r[:, j:j + 1]).sum(0)) for j in range(k)])
+    closed = np.stack([np.linalg.solve(covs[j], ((X - m[j]) * r[:, j : j + 1]).sum(0)) for j in range(k)])
     O.assert_rel_close(g_m, closed, 1e-9, "d/dmeans closed form")
 
 
@@ -133,8 +150,7 @@ def _mclust_iris():
     from sklearn.datasets import load_iris
 
     X = load_iris().data.astype(np.float64)
-    res = gj.fit_em(jax.random.key(0), X, 2, covariance_type="full", n_init=10, tol=1e-10, max_iter=500,
-                    reg_covar=0.0)
+    res = gj.fit_em(jax.random.key(0), X, 2, covariance_type="full", n_init=10, tol=1e-10, max_iter=500, reg_covar=0.0)
     p = res.params
     assert p.means.dtype == jnp.float64
     oracle_bic = O.bic(p.weights, p.means, p.covariances, "full", X)

@@ -23,9 +23,9 @@ _TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
-from _oracles import make_blobs  # noqa: E402
-
 import jax  # noqa: E402
+
+from _oracles import make_blobs  # noqa: E402
 
 # Implicit rank promotion (e.g. (K, N) - (N,)) hides broadcasting bugs: the library must
 # spell out every broadcast, so the tests run with it turned into an error.
@@ -37,9 +37,7 @@ collect_ignore = ["_x64_parity_script.py"]
 
 
 def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "slow: heavier test (several seconds or more); deselect with -m 'not slow'"
-    )
+    config.addinivalue_line("markers", "slow: heavier test (several seconds or more); deselect with -m 'not slow'")
 
 
 @pytest.fixture
@@ -82,8 +80,7 @@ def _start_x64_subprocess():
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, env.get("PYTHONPATH")) if p)
         # Files, not pipes: a full pipe would block the child while nobody reads it.
         out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-        _X64_PROCESS = subprocess.Popen([sys.executable, _X64_SCRIPT], stdout=out, stderr=err, env=env,
-                                        cwd=_REPO_ROOT)
+        _X64_PROCESS = subprocess.Popen([sys.executable, _X64_SCRIPT], stdout=out, stderr=err, env=env, cwd=_REPO_ROOT)
         _X64_PROCESS.output_files = (out, err)
     return _X64_PROCESS
 
@@ -122,7 +119,7 @@ def x64_results():
             f"float64 subprocess produced no results (exit {proc.returncode}).\n"
             f"stdout:\n{stdout[-4000:]}\nstderr:\n{stderr[-4000:]}"
         )
-    return proc.returncode, json.loads(lines[-1][len("X64_RESULTS "):]), stderr
+    return proc.returncode, json.loads(lines[-1][len("X64_RESULTS ") :]), stderr
 
 
 @pytest.fixture

@@ -11,12 +11,27 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_quick_benchmark_run_writes_report_and_plot(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--no-gmmx",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--no-gmmx", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     report = (tmp_path / "RESULTS.md").read_text()
-    for heading in ("## The limit", "## W1", "## W2", "## W3", "## W4", "## W5", "## W6", "## W7", "## W8", "## W9",
-                    "## M1"):
+    for heading in (
+        "## The limit",
+        "## W1",
+        "## W2",
+        "## W3",
+        "## W4",
+        "## W5",
+        "## W6",
+        "## W7",
+        "## W8",
+        "## W9",
+        "## M1",
+    ):
         assert heading in report, heading
     assert "Failed workers" not in report
     results = json.loads((tmp_path / "results.json").read_text())["results"]

@@ -25,8 +25,9 @@ def test_second_process_reuses_compiled_fit(tmp_path):
     cache = tmp_path / "xla-cache"
     runs = []
     for _ in range(2):
-        proc = subprocess.run([sys.executable, "-c", SCRIPT, str(cache)], capture_output=True, text=True,
-                              timeout=300, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", SCRIPT, str(cache)], capture_output=True, text=True, timeout=300, check=True
+        )
         runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     assert runs[0]["path"] == str(cache)
     assert runs[0]["misses"] > 0 and runs[0]["hits"] == 0, runs  # first process compiles and stores

@@ -22,8 +22,9 @@ N_ODD = 53  # prime: every chunk size below leaves a partial last chunk
 
 def _params(X, covariance_type, seed=3, k=3):
     w, m, c = O.initial_parameters(X, k, covariance_type, seed=seed)
-    return gj.GMMParams(jnp.asarray(w, jnp.float32), jnp.asarray(m, jnp.float32), jnp.asarray(c, jnp.float32),
-                        covariance_type)
+    return gj.GMMParams(
+        jnp.asarray(w, jnp.float32), jnp.asarray(m, jnp.float32), jnp.asarray(c, jnp.float32), covariance_type
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +65,9 @@ def test_diagonal_e_step_all_formulations_match_oracle(covariance_type, far_comp
     variances = (sigma[:, None] ** 2) * rng.uniform(0.5, 2.0, size=(k, d))
     cov = variances if covariance_type == "diag" else variances.mean(1)
     means = centers + 0.1 * sigma[:, None]
-    params = gj.GMMParams(jnp.full(k, 1.0 / k), jnp.asarray(means, jnp.float32), jnp.asarray(cov, jnp.float32),
-                          covariance_type)
+    params = gj.GMMParams(
+        jnp.full(k, 1.0 / k), jnp.asarray(means, jnp.float32), jnp.asarray(cov, jnp.float32), covariance_type
+    )
     stats, ll = jax.jit(lambda p, X: gj.e_step(p, X, chunk_size=32))(params, jnp.asarray(X))
     counts, first, second, ll_o = O.e_step_statistics(params, covariance_type, X, np.ones(n))
     O.assert_rel_close(stats.counts, counts, 1e-4, "counts")
@@ -80,12 +82,21 @@ def test_densities_in_chunks_match_oracle_and_gradient(odd_data, covariance_type
     params = _params(X, covariance_type)
     w, m, c = (np.asarray(a, np.float64) for a in (params.weights, params.means, params.covariances))
     for chunk_size in (5, N_ODD):
-        np.testing.assert_allclose(np.asarray(gj.log_prob(params, X, chunk_size=chunk_size)),
-                                   O.mixture_log_prob(w, m, c, covariance_type, X), rtol=1e-5)
-        np.testing.assert_allclose(np.asarray(gj.component_log_prob(params, X, chunk_size=chunk_size)),
-                                   O.component_log_joint(w, m, c, covariance_type, X), rtol=1e-5)
-        np.testing.assert_allclose(np.asarray(gj.responsibilities(params, X, chunk_size=chunk_size)),
-                                   O.responsibilities(w, m, c, covariance_type, X), atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(gj.log_prob(params, X, chunk_size=chunk_size)),
+            O.mixture_log_prob(w, m, c, covariance_type, X),
+            rtol=1e-5,
+        )
+        np.testing.assert_allclose(
+            np.asarray(gj.component_log_prob(params, X, chunk_size=chunk_size)),
+            O.component_log_joint(w, m, c, covariance_type, X),
+            rtol=1e-5,
+        )
+        np.testing.assert_allclose(
+            np.asarray(gj.responsibilities(params, X, chunk_size=chunk_size)),
+            O.responsibilities(w, m, c, covariance_type, X),
+            atol=1e-5,
+        )
     # reverse-mode through the chunked loop equals the single-chunk gradient
     grad = lambda cs: jax.grad(lambda p: jnp.sum(gj.log_prob(p, X, chunk_size=cs)))(params)
     O.assert_trees_close(grad(5), grad(N_ODD), rtol=1e-4, atol=1e-4)
@@ -94,8 +105,10 @@ def test_densities_in_chunks_match_oracle_and_gradient(odd_data, covariance_type
 @pytest.mark.parametrize("init_params", ["kmeans", "random"])
 def test_fit_em_result_does_not_depend_on_chunk_size(init_params):
     X, *_ = O.make_blobs(n=301, d=2, k=3, seed=4)
-    fits = [gj.fit_em(jax.random.key(7), X, 3, init_params=init_params, chunk_size=cs, max_iter=30)
-            for cs in (None, 64, 301)]
+    fits = [
+        gj.fit_em(jax.random.key(7), X, 3, init_params=init_params, chunk_size=cs, max_iter=30)
+        for cs in (None, 64, 301)
+    ]
     for other in fits[1:]:
         assert int(other.n_iter) == int(fits[0].n_iter)
         O.assert_trees_close(fits[0].params, other.params, rtol=2e-4, atol=2e-4)
@@ -107,8 +120,9 @@ def test_restart_batches_equal_one_vmapped_batch():
     for batch in (1, 3):  # 3 does not divide 4: lowered to 2
         batched = gj.fit_em(jax.random.key(3), X, 3, n_init=4, max_iter=20, restart_batch_size=batch)
         np.testing.assert_array_equal(np.asarray(batched.restart_n_iter), np.asarray(together.restart_n_iter))
-        np.testing.assert_allclose(np.asarray(batched.restart_lower_bounds),
-                                   np.asarray(together.restart_lower_bounds), rtol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(batched.restart_lower_bounds), np.asarray(together.restart_lower_bounds), rtol=1e-5
+        )
         assert int(batched.best_restart) == int(together.best_restart)
     assert _driver.resolve_restart_batch_size(3, 4) == 2
     assert _driver.resolve_restart_batch_size(None, 4) == 4
@@ -122,9 +136,16 @@ def test_fit_memory_is_bounded_by_the_chunk_not_by_n():
 
     def temp_bytes(n):
         X = jnp.zeros((n, d), jnp.float32)
-        options = gj.FitOptions(covariance_type="full", max_iter=5, n_init=1, init_params="kmeans",
-                                chunk_size=chunk, restart_batch_size=1, tol=jnp.float32(1e-3),
-                                reg_covar=jnp.float32(1e-6))
+        options = gj.FitOptions(
+            covariance_type="full",
+            max_iter=5,
+            n_init=1,
+            init_params="kmeans",
+            chunk_size=chunk,
+            restart_batch_size=1,
+            tol=jnp.float32(1e-3),
+            reg_covar=jnp.float32(1e-6),
+        )
         compiled = _em._fit_em.lower(jax.random.key(0), X, None, options, num_components=k).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 

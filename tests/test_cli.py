@@ -25,8 +25,7 @@ import pytest
 
 import _oracles as O
 import gmmjax as gj
-from gmmjax import _cli
-from gmmjax import GaussianMixtureModel
+from gmmjax import GaussianMixtureModel, _cli
 
 TRUE_WEIGHTS = [0.6, 0.4]
 TRUE_MEANS = [[0.0, 0.0], [3.0, 3.0]]
@@ -57,8 +56,9 @@ def _no_compilation_cache():
 
 
 def _run(*args, timeout=180):
-    return subprocess.run([sys.executable, "-m", "gmmjax", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=_env())
+    return subprocess.run(
+        [sys.executable, "-m", "gmmjax", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=_env()
+    )
 
 
 def check_demo_output(text):
@@ -158,8 +158,9 @@ class Work:
 def work(tmp_path_factory):
     w = Work()
     w.dir = d = tmp_path_factory.mktemp("cli")
-    w.X = X = np.asarray(gj.generate_gmm_data(600, _cli.DEMO_WEIGHTS, _cli.DEMO_MEANS, _cli.DEMO_COVARIANCES,
-                                              key=jax.random.key(0)))
+    w.X = X = np.asarray(
+        gj.generate_gmm_data(600, _cli.DEMO_WEIGHTS, _cli.DEMO_MEANS, _cli.DEMO_COVARIANCES, key=jax.random.key(0))
+    )
     w.data_csv, w.data_npy, w.model_path = d / "data.csv", d / "data.npy", d / "model.npz"
     np.savetxt(w.data_csv, X, delimiter=",", header="x,y", comments="")  # float32 values, exactly
     np.save(w.data_npy, X)
@@ -185,13 +186,15 @@ def work(tmp_path_factory):
         content = {name: archive[name] for name in archive.files}
     planted = np.empty(2, dtype=object)
     planted[:] = [0.5, 0.5]
-    for name, changes in {"not-pd": dict(covariances=np.ones((2, 2, 2), np.float32)),
-                          "nan-weights": dict(weights=np.array([np.nan, 0.5], np.float32)),
-                          "three-weights": dict(weights=np.full(3, 1 / 3, np.float32)),
-                          "version0": dict(format_version=np.int64(0)),
-                          "unknown-key": dict(hyperparameters=np.str_('{"frobnicate": 1}')),
-                          "string-means": dict(means=np.array([["0", "0"], ["3", "3"]])),
-                          "object": dict(weights=planted)}.items():
+    for name, changes in {
+        "not-pd": dict(covariances=np.ones((2, 2, 2), np.float32)),
+        "nan-weights": dict(weights=np.array([np.nan, 0.5], np.float32)),
+        "three-weights": dict(weights=np.full(3, 1 / 3, np.float32)),
+        "version0": dict(format_version=np.int64(0)),
+        "unknown-key": dict(hyperparameters=np.str_('{"frobnicate": 1}')),
+        "string-means": dict(means=np.array([["0", "0"], ["3", "3"]])),
+        "object": dict(weights=planted),
+    }.items():
         np.savez(d / f"{name}.npz", **{**content, **changes})
     return w
 
@@ -228,8 +231,17 @@ def test_fit_prints_and_saves_the_model_the_library_fits(work):
     assert f"model saved to {work.model_path}" in out
 
 
-@pytest.mark.parametrize("name, key", [("data.npy", None), ("single.npz", None), ("multi.npz", "b"),
-                                       ("spaces.txt", None), ("semicolon.csv", None), ("data.csv", None)])
+@pytest.mark.parametrize(
+    "name, key",
+    [
+        ("data.npy", None),
+        ("single.npz", None),
+        ("multi.npz", "b"),
+        ("spaces.txt", None),
+        ("semicolon.csv", None),
+        ("data.csv", None),
+    ],
+)
 def test_every_data_format_reads_the_same_array(work, name, key):
     np.testing.assert_array_equal(_cli.load_data(work.dir / name, key), work.X)
 
@@ -268,8 +280,9 @@ def test_score_prints_the_mean_log_likelihood(work):
 
 def test_sample_draws_from_the_model(work):
     model = work.model
-    code, out, err = cli("sample", work.model_path, "-n", 1000, "--seed", 3, "-o", work.dir / "s.npy",
-                         "--labels", work.dir / "l.csv")
+    code, out, err = cli(
+        "sample", work.model_path, "-n", 1000, "--seed", 3, "-o", work.dir / "s.npy", "--labels", work.dir / "l.csv"
+    )
     assert code == 0 and out == "" and err == "", err
     S, labels = np.load(work.dir / "s.npy"), np.loadtxt(work.dir / "l.csv", dtype=int)
     assert S.shape == (1000, 2) and labels.shape == (1000,)
@@ -303,16 +316,27 @@ BAD_INPUTS = [  # (arguments, exit code, what stderr says); {d}: the test direct
     ("fit {d}/missing.csv -k 2", 1, "missing.csv: no such file"),
     ("fit {d}/bad.csv -k 2", 1, "bad.csv, line 3, column 'y' (index 1): cannot read 'abc' as a number"),
     ("fit {d}/ragged.csv -k 2", 1, "ragged.csv, line 2: 3 values, but line 1 has 2"),
-    ("fit {d}/nan.csv -k 2", 1, "nan.csv, line 8, column index 1: missing value ('nan'): fill it in, or leave out "
-                                "such rows with --dropna"),
-    ("fit {d}/nan.npy -k 2", 1, "nan.npy contains 1 NaN or infinite value(s) (the first in data row 8, column index "
-                                "1): remove or impute them (--dropna"),
+    (
+        "fit {d}/nan.csv -k 2",
+        1,
+        "nan.csv, line 8, column index 1: missing value ('nan'): fill it in, or leave out such rows with --dropna",
+    ),
+    (
+        "fit {d}/nan.npy -k 2",
+        1,
+        "nan.npy contains 1 NaN or infinite value(s) (the first in data row 8, column index "
+        "1): remove or impute them (--dropna",
+    ),
     ("fit {d}/junk.npy -k 2", 1, "junk.npy: not a NumPy .npy file"),
     ("fit {d}/notes.xlsx -k 2", 1, "unknown data format '.xlsx'"),
     ("fit {d}/multi.npz -k 2", 1, "holds 2 arrays ['a', 'b']: choose one with --key NAME"),
     ("fit {d}/multi.npz --key c -k 2", 1, "has no array 'c'"),
-    ("fit {d}/objects.npz -k 2", 1, "objects.npz: not a NumPy .npz file of numbers (an array of Python objects needs "
-                                    "pickle, and gmmjax never unpickles a file)"),
+    (
+        "fit {d}/objects.npz -k 2",
+        1,
+        "objects.npz: not a NumPy .npz file of numbers (an array of Python objects needs "
+        "pickle, and gmmjax never unpickles a file)",
+    ),
     ("fit {d}/data.csv --key b -k 2", 1, "--key selects an array inside an .npz file"),
     ("fit {m} -k 2", 1, "is a gmmjax model file, not data"),
     ("fit {d}/three.csv -k 4", 1, "three.csv has 3 samples, fewer than -k 4"),
@@ -365,11 +389,17 @@ BAD_INPUTS = [  # (arguments, exit code, what stderr says); {d}: the test direct
     ("sample {m} -n 1000000000000", 1, "Drawing 1000000000000 samples of 2 features needs about"),
     ("fit {d}/one-feature.csv -k 1 --plot {d}/one.png", 1, "--plot draws two or more features, but"),
     # Hand-edited model files: one line naming the file and the field, never NaN or a traceback.
-    ("predict {d}/not-pd.npz {d}/data.csv", 1, "not-pd.npz' is a damaged gmmjax model file: 'full covariance' should "
-                                               "be symmetric, positive-definite: covariances (component 0) must be "
-                                               "positive definite"),
-    ("score {d}/nan-weights.npz {d}/data.csv", 1, "nan-weights.npz' is a damaged gmmjax model file: weights contains "
-                                                  "NaN"),
+    (
+        "predict {d}/not-pd.npz {d}/data.csv",
+        1,
+        "not-pd.npz' is a damaged gmmjax model file: 'full covariance' should be symmetric, positive-definite: "
+        "covariances (component 0) must be positive definite",
+    ),
+    (
+        "score {d}/nan-weights.npz {d}/data.csv",
+        1,
+        "nan-weights.npz' is a damaged gmmjax model file: weights contains NaN",
+    ),
     ("predict {d}/three-weights.npz {d}/data.csv", 1, "weights must have shape (2,), got (3,)"),
     ("predict {d}/version0.npz {d}/data.csv", 1, "format_version must be a positive integer"),
     ("predict {d}/unknown-key.npz {d}/data.csv", 1, "hyperparameters has an unknown key 'frobnicate'"),
@@ -437,15 +467,28 @@ def selected(tmp_path_factory):
     w.X = O.make_blobs(n=150, d=2, k=3, seed=4, spread=6.0)[0].astype(np.float32)
     w.data, w.model_path, w.plot_path = d / "blobs.npy", d / "best.npz", d / "bic.png"
     np.save(w.data, w.X)
-    w.run = cli("select", w.data, "-k", "1:3", "--covariance-type", ",".join(SELECT_TYPES), "-o", w.model_path,
-                "--plot", w.plot_path)
+    w.run = cli(
+        "select",
+        w.data,
+        "-k",
+        "1:3",
+        "--covariance-type",
+        ",".join(SELECT_TYPES),
+        "-o",
+        w.model_path,
+        "--plot",
+        w.plot_path,
+    )
     # The oracle: the library's functional entry on the same data with the same key (seed 0).
     w.oracle = gj.select_num_components(jax.random.key(0), w.X, 3, covariance_types=SELECT_TYPES)
     return w
 
 
-SELECT_ROW = re.compile(r"^(full|tied|diag|spherical)\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\d+)\s+(yes|no)"
-                        r"(  <- best by (BIC|AIC|ICL))?$", flags=re.M)
+SELECT_ROW = re.compile(
+    r"^(full|tied|diag|spherical)\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\d+)\s+(yes|no)"
+    r"(  <- best by (BIC|AIC|ICL))?$",
+    flags=re.M,
+)
 
 
 def check_select_table(out, oracle, criterion):
@@ -464,9 +507,10 @@ def check_select_table(out, oracle, criterion):
     best = int(oracle.best_type_index) * len(oracle.num_components) + int(oracle.best_index)
     assert marked == [best] and rows[best][9] == criterion.upper(), out
     best_k, best_type = int(oracle.best_num_components), oracle.best_covariance_type
-    assert (f"best by {criterion.upper()}: K={best_k}, {best_type} covariances "
-            f"({criterion.upper()} {float(oracle.scores[int(oracle.best_type_index), int(oracle.best_index)]):.4f})"
-            in out), out
+    assert (
+        f"best by {criterion.upper()}: K={best_k}, {best_type} covariances "
+        f"({criterion.upper()} {float(oracle.scores[int(oracle.best_type_index), int(oracle.best_index)]):.4f})" in out
+    ), out
 
 
 def test_select_prints_the_table_select_num_components_computes(selected):
@@ -492,19 +536,28 @@ def test_select_criterion_and_k_forms(selected):
     # -k 3 means 1..3 and --criterion is data to the compiled program: no new compilation.
     code, out, err = cli("select", selected.data, "-k", 3, "--covariance-type", "full,diag", "--criterion", "aic")
     assert code == 0 and err == "", err
-    oracle = gj.select_num_components(jax.random.key(0), selected.X, 3, covariance_types=SELECT_TYPES,
-                                      criterion="aic")
+    oracle = gj.select_num_components(jax.random.key(0), selected.X, 3, covariance_types=SELECT_TYPES, criterion="aic")
     check_select_table(out, oracle, "aic")
 
 
-@pytest.mark.parametrize("text, expected", [("1:10", tuple(range(1, 11))), ("3:3", (3,)), ("4", (1, 2, 3, 4)),
-                                            ("1", (1,)), ("8,2,4", (2, 4, 8)), ("2, 5", (2, 5))])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("1:10", tuple(range(1, 11))),
+        ("3:3", (3,)),
+        ("4", (1, 2, 3, 4)),
+        ("1", (1,)),
+        ("8,2,4", (2, 4, 8)),
+        ("2, 5", (2, 5)),
+    ],
+)
 def test_select_k_accepts_ranges_counts_and_lists(text, expected):
     assert _cli._num_components_range(text) == expected
 
 
-@pytest.mark.parametrize("text, expected", [("all", gj.COVARIANCE_TYPES), ("tied", ("tied",)),
-                                            ("spherical,full", ("spherical", "full"))])
+@pytest.mark.parametrize(
+    "text, expected", [("all", gj.COVARIANCE_TYPES), ("tied", ("tied",)), ("spherical,full", ("spherical", "full"))]
+)
 def test_select_covariance_types(text, expected):
     assert _cli._covariance_types(text) == expected
 
@@ -523,8 +576,19 @@ def test_select_plot_saves_a_picture(selected):
 
 def test_fit_verbose_shows_progress_on_stderr(work):
     # The configuration of tests/test_progress.py's single-restart fit: compiled once.
-    code, out, err = cli("fit", work.data_csv, "-k", 2, "--init-params", "k-means++", "--tol", "1e-4",
-                         "--verbose", "--verbose-interval", 3)
+    code, out, err = cli(
+        "fit",
+        work.data_csv,
+        "-k",
+        2,
+        "--init-params",
+        "k-means++",
+        "--tol",
+        "1e-4",
+        "--verbose",
+        "--verbose-interval",
+        3,
+    )
     assert code == 0, err
     n_iter = int(_number(r"iterations (\d+)", out))
     assert f"iteration {n_iter}/100" in err and "restarts converged 1/1" in err
@@ -535,8 +599,9 @@ def test_python_m_gmmjax_fit_in_a_subprocess(work):
     proc = _run("fit", work.data_npy, "-k", 2, "-o", work.dir / "subprocess.npz", timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "iterations" in proc.stdout and "BIC" in proc.stdout
-    np.testing.assert_allclose(GaussianMixtureModel.load(work.dir / "subprocess.npz").means_, work.model.means_,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        GaussianMixtureModel.load(work.dir / "subprocess.npz").means_, work.model.means_, rtol=1e-6
+    )
 
 
 def _console_script():
@@ -550,8 +615,13 @@ def test_console_script_gmmjax(work):
     script = _console_script()
     if script is None:
         pytest.skip("the gmmjax console script is not installed (python -m pip install -e .)")
-    proc = subprocess.run([script, "score", str(work.model_path), str(work.data_csv)], capture_output=True,
-                          text=True, timeout=300, env=_env())
+    proc = subprocess.run(
+        [script, "score", str(work.model_path), str(work.data_csv)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+    )
     assert proc.returncode == 0, proc.stderr
     assert _number(r"mean log-likelihood (\S+)", proc.stdout) == pytest.approx(work.model.score(work.X), rel=1e-6)
 
@@ -591,8 +661,9 @@ print(f"exit {code}, jax imported: {'jax' in sys.modules}", file=sys.stderr)
 
 
 def _launch(*args, **env):
-    return subprocess.run([sys.executable, "-c", LAUNCHER, *map(str, args)], capture_output=True, text=True,
-                          timeout=180, env=_env(**env))
+    return subprocess.run(
+        [sys.executable, "-c", LAUNCHER, *map(str, args)], capture_output=True, text=True, timeout=180, env=_env(**env)
+    )
 
 
 def test_console_script_entry_is_the_launcher():
@@ -601,11 +672,21 @@ def test_console_script_entry_is_the_launcher():
         assert tomllib.load(f)["project"]["scripts"]["gmmjax"] == "gmmjax_cli:main"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["fit", "--help"], ["select", "--help"], ["predict", "--help"],
-                                  ["fit", "data.csv", "-k", "0"], ["select", "data.csv", "-k", "5:2"],
-                                  ["select", "data.csv", "-k", "3", "--covariance-type", "banana"],
-                                  ["frobnicate"], []],
-                         ids=lambda args: " ".join(args) or "no-command")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["fit", "--help"],
+        ["select", "--help"],
+        ["predict", "--help"],
+        ["fit", "data.csv", "-k", "0"],
+        ["select", "data.csv", "-k", "5:2"],
+        ["select", "data.csv", "-k", "3", "--covariance-type", "banana"],
+        ["frobnicate"],
+        [],
+    ],
+    ids=lambda args: " ".join(args) or "no-command",
+)
 def test_help_and_argument_errors_do_not_import_jax(args):
     proc = _launch(*args)
     expected = 0 if "--help" in args else 2
@@ -657,8 +738,7 @@ def _table(tmp_path, text, name="t.csv", **options):
 def test_pandas_and_r_row_labels_are_not_features(tmp_path):
     # What pandas.DataFrame.to_csv() writes (index first, its header name empty), with named and
     # with integer column names, and R's write.table (no name above the row names).
-    for text in (",x,y\n0,1.5,2.5\n1,3.5,4.5\n", ",0,1\n0,1.5,2.5\n1,3.5,4.5\n",
-                 '"x" "y"\n"1" 1.5 2.5\n"2" 3.5 4.5\n'):
+    for text in (",x,y\n0,1.5,2.5\n1,3.5,4.5\n", ",0,1\n0,1.5,2.5\n1,3.5,4.5\n", '"x" "y"\n"1" 1.5 2.5\n"2" 3.5 4.5\n'):
         data = _table(tmp_path, text, name="t.txt")
         np.testing.assert_array_equal(data.X, [[1.5, 2.5], [3.5, 4.5]])
         assert data.feature_names in (("x", "y"), ("0", "1")), (text, data.feature_names)
@@ -685,13 +765,18 @@ def test_columns_by_name_or_index(tmp_path):
     assert data.X.tolist() == [[30, 10], [31, 11]] and data.feature_names == ("c", "a")
     assert _table(tmp_path, text, columns=("1", "3")).X.tolist() == [[10, 30], [11, 31]]
     assert _table(tmp_path, "0,1,x\n5,6,7\n", columns=("1",)).X.tolist() == [[6]]  # the name "1" wins
-    for columns, message in [(("d",), "--columns entry 'd' is not a column name (its columns are 'id', 'a'"),
-                             (("4",), "--columns entry 4 is out of range: the file has 4 columns (0 to 3)"),
-                             (("a", "1"), "uses a column more than once")]:
+    for columns, message in [
+        (("d",), "--columns entry 'd' is not a column name (its columns are 'id', 'a'"),
+        (("4",), "--columns entry 4 is out of range: the file has 4 columns (0 to 3)"),
+        (("a", "1"), "uses a column more than once"),
+    ]:
         with pytest.raises(_cli.CLIError, match=re.escape(message)):
             _table(tmp_path, text, columns=columns)
     np.save(tmp_path / "a.npy", np.arange(6.0).reshape(2, 3))
-    assert _cli.load_data(tmp_path / "a.npy", options=_cli.TableOptions(columns=("2", "0"))).tolist() == [[2, 0], [5, 3]]
+    assert _cli.load_data(tmp_path / "a.npy", options=_cli.TableOptions(columns=("2", "0"))).tolist() == [
+        [2, 0],
+        [5, 3],
+    ]
     with pytest.raises(_cli.CLIError, match="'x' is not a column name .it has no header line"):
         _cli.load_data(tmp_path / "a.npy", options=_cli.TableOptions(columns=("x",)))
 
@@ -723,8 +808,14 @@ def test_fit_on_pandas_csv_names_features_and_uses_only_them(work, monkeypatch):
     """A DataFrame's to_csv: the index is left out (the same model as from the plain file), and
     the header's names are in the summary and on the --plot axes."""
     path = work.dir / "pandas.csv"
-    np.savetxt(path, np.column_stack([np.arange(len(work.X)), work.X]), delimiter=",", header=",height,width",
-               comments="", fmt=["%d", "%.9g", "%.9g"])
+    np.savetxt(
+        path,
+        np.column_stack([np.arange(len(work.X)), work.X]),
+        delimiter=",",
+        header=",height,width",
+        comments="",
+        fmt=["%d", "%.9g", "%.9g"],
+    )
     code, out, err = cli("fit", path, "-k", 2, "-o", work.dir / "pandas.npz")
     assert code == 0 and err == "", err
     assert "600 samples × 2 features" in out and "features  height, width" in out
@@ -734,8 +825,11 @@ def test_fit_on_pandas_csv_names_features_and_uses_only_them(work, monkeypatch):
     import matplotlib.figure
 
     labels = []
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
-                        lambda fig, *a, **k: labels.append((fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel())))
+    monkeypatch.setattr(
+        matplotlib.figure.Figure,
+        "savefig",
+        lambda fig, *a, **k: labels.append((fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel())),
+    )
     assert cli("fit", path, "-k", 2, "--plot", work.dir / "named.png")[0] == 0
     assert labels == [("height", "width")]
 
@@ -753,10 +847,15 @@ def test_dropna_note_and_text_only_options(work):
     assert code == 1 and "--delimiter read text tables (.csv, .txt, .tsv); " in err and len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("args, message", [("--delimiter ab", "expected one character, tab or whitespace"),
-                                           ("--delimiter 5", "cannot separate numbers"),
-                                           ("--decimal ab", "expected one character such as . or ,"),
-                                           ("--columns x,,y", "expected a comma list of column names")])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ("--delimiter ab", "expected one character, tab or whitespace"),
+        ("--delimiter 5", "cannot separate numbers"),
+        ("--decimal ab", "expected one character such as . or ,"),
+        ("--columns x,,y", "expected a comma list of column names"),
+    ],
+)
 def test_bad_table_options_are_argument_errors(work, args, message):
     code, out, err = cli("fit", work.data_csv, "-k", 2, *args.split())
     assert code == 2 and message in err and len(err.splitlines()) == 1, err

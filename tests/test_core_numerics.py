@@ -44,9 +44,17 @@ def offset_data():
 
 
 def _fit_from(X, covariance_type, means_init, precisions_init, max_iter=30):
-    return gj.fit_em(jax.random.key(0), X, K_OFF, covariance_type=covariance_type, tol=0.0, max_iter=max_iter,
-                     weights_init=np.full(K_OFF, 1.0 / K_OFF), means_init=means_init,
-                     precisions_init=precisions_init)
+    return gj.fit_em(
+        jax.random.key(0),
+        X,
+        K_OFF,
+        covariance_type=covariance_type,
+        tol=0.0,
+        max_iter=max_iter,
+        weights_init=np.full(K_OFF, 1.0 / K_OFF),
+        means_init=means_init,
+        precisions_init=precisions_init,
+    )
 
 
 @pytest.mark.parametrize("covariance_type", COV_TYPES)
@@ -57,8 +65,7 @@ def test_float32_offset_data_fits_like_data_at_origin(offset_data, covariance_ty
     X_off, X_org = offset_data
     w0, m0, c0 = O.initial_parameters(X_org, K_OFF, covariance_type, seed=3)
     prec0 = O.precisions_from_covariances(c0, covariance_type)
-    sk = O.fit_sklearn_from(X_org.astype(np.float64), K_OFF, covariance_type, np.full(K_OFF, 0.5), m0, c0,
-                            max_iter=30)
+    sk = O.fit_sklearn_from(X_org.astype(np.float64), K_OFF, covariance_type, np.full(K_OFF, 0.5), m0, c0, max_iter=30)
     r_org = _fit_from(X_org, covariance_type, m0, prec0)
     r_off = _fit_from(X_off, covariance_type, m0 + OFFSET, prec0)
     for res, shift in ((r_org, 0.0), (r_off, OFFSET)):
@@ -76,10 +83,17 @@ def test_float32_offset_data_default_init(offset_data):
     r_org = gj.fit_em(jax.random.key(1), X_org, K_OFF, n_init=2, tol=1e-5, max_iter=100)
     order_off = np.argsort(np.asarray(r_off.params.means)[:, 0])
     order_org = np.argsort(np.asarray(r_org.params.means)[:, 0])
-    np.testing.assert_allclose(np.asarray(r_off.params.means, np.float64)[order_off] - OFFSET,
-                               np.asarray(r_org.params.means)[order_org], atol=5e-3)
-    np.testing.assert_allclose(np.asarray(r_off.params.covariances)[order_off],
-                               np.asarray(r_org.params.covariances)[order_org], rtol=2e-3, atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(r_off.params.means, np.float64)[order_off] - OFFSET,
+        np.asarray(r_org.params.means)[order_org],
+        atol=5e-3,
+    )
+    np.testing.assert_allclose(
+        np.asarray(r_off.params.covariances)[order_off],
+        np.asarray(r_org.params.covariances)[order_org],
+        rtol=2e-3,
+        atol=1e-4,
+    )
     np.testing.assert_allclose(float(r_off.lower_bound), float(r_org.lower_bound), rtol=1e-4)
     # and the score of the offset fit, evaluated in float64, is the oracle's best
     p = r_off.params
@@ -128,8 +142,14 @@ def test_dtype_follows_float32_input(small_data):
     X = small_data
     kw = dict(covariance_type="diag", n_init=3, init_params="random_from_data", max_iter=40)
     res = gj.fit_em(jax.random.key(0), X, 4, **kw)
-    for leaf in (res.params.weights, res.params.means, res.params.covariances, res.lower_bound,
-                 res.lower_bound_history, res.restart_lower_bounds):
+    for leaf in (
+        res.params.weights,
+        res.params.means,
+        res.params.covariances,
+        res.lower_bound,
+        res.lower_bound_history,
+        res.restart_lower_bounds,
+    ):
         assert leaf.dtype == jnp.float32, leaf.dtype
     assert jax.jit(gj.log_prob)(res.params, X).dtype == jnp.float32
     Y, labels = jax.jit(gj.sample, static_argnums=2)(jax.random.key(1), res.params, 5)
@@ -147,8 +167,9 @@ def test_dtype_follows_float32_input(small_data):
 
 def _params_for(X, covariance_type, seed):
     w, m, c = O.initial_parameters(X, 3, covariance_type, seed=seed)
-    return gj.GMMParams(jnp.asarray(w, jnp.float32), jnp.asarray(m, jnp.float32), jnp.asarray(c, jnp.float32),
-                        covariance_type)
+    return gj.GMMParams(
+        jnp.asarray(w, jnp.float32), jnp.asarray(m, jnp.float32), jnp.asarray(c, jnp.float32), covariance_type
+    )
 
 
 @pytest.mark.parametrize("covariance_type", COV_TYPES)
@@ -167,8 +188,11 @@ def test_e_step_statistics_match_oracle_and_are_additive(small_data, covariance_
     parts = [e_step(params, jnp.asarray(X[a:b]), jnp.asarray(sw[a:b])) for a, b in ((0, 100), (100, 200), (200, 300))]
     summed = parts[0][0] + parts[1][0] + parts[2][0]
     assert summed.covariance_type == covariance_type
-    for got, want in ((summed.counts, stats.counts), (summed.first_moments, stats.first_moments),
-                      (summed.second_moments, stats.second_moments)):
+    for got, want in (
+        (summed.counts, stats.counts),
+        (summed.first_moments, stats.first_moments),
+        (summed.second_moments, stats.second_moments),
+    ):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(float(sum(p[1] for p in parts)), float(ll), rtol=1e-5)
     # the M-step of the summed statistics equals that of the whole
@@ -190,7 +214,7 @@ def test_m_step_is_weighted_maximum_likelihood(small_data, covariance_type):
     r = O.responsibilities(w, m, c, covariance_type, X64)
     nk = r.sum(0)
     mu = (r.T @ X64) / nk[:, None]
-    full = np.stack([(X64 - mu[j]).T @ (r[:, j:j + 1] * (X64 - mu[j])) / nk[j] for j in range(3)])
+    full = np.stack([(X64 - mu[j]).T @ (r[:, j : j + 1] * (X64 - mu[j])) / nk[j] for j in range(3)])
     d = X.shape[1]
     expected = {
         "full": full + reg * np.eye(d),
@@ -216,9 +240,11 @@ def test_sample_weight_two_equals_duplicated_rows(small_data, covariance_type):
     O.assert_trees_close(s_w, s_d, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(float(ll_w), float(ll_d), rtol=1e-5)
     # whole fits from the same starting parameters
-    init = dict(weights_init=np.asarray(params.weights), means_init=np.asarray(params.means),
-                precisions_init=O.precisions_from_covariances(np.asarray(params.covariances, np.float64),
-                                                              covariance_type))
+    init = dict(
+        weights_init=np.asarray(params.weights),
+        means_init=np.asarray(params.means),
+        precisions_init=O.precisions_from_covariances(np.asarray(params.covariances, np.float64), covariance_type),
+    )
     kw = dict(covariance_type=covariance_type, tol=0.0, max_iter=10, **init)
     r_w = gj.fit_em(jax.random.key(0), X, 3, sample_weight=sw.astype(np.float64), **kw)
     r_d = gj.fit_em(jax.random.key(0), X_dup, 3, **kw)
@@ -253,8 +279,9 @@ def test_points_beyond_float32_squared_range_give_finite_results(covariance_type
     finite log-density far below any real one, posteriors summing to one, finite gradients,
     and the ordinary points in the same call unchanged."""
     K, D = 3, 2
-    params = gj.GMMParams(*(jnp.asarray(a, jnp.float32) for a in O.random_mixture(covariance_type, K, D, seed=4)),
-                          covariance_type)
+    params = gj.GMMParams(
+        *(jnp.asarray(a, jnp.float32) for a in O.random_mixture(covariance_type, K, D, seed=4)), covariance_type
+    )
     near = np.array([[0.3, -0.2], [1.0, 2.0]], np.float32)
     X = jnp.asarray(np.concatenate([near, [[1e20, 1e20], [-1e20, 3e19]]]), jnp.float32)
     log_density = np.asarray(gj.log_prob(params, X))
@@ -269,8 +296,9 @@ def test_points_beyond_float32_squared_range_give_finite_results(covariance_type
 @pytest.mark.parametrize("covariance_type", COV_TYPES)
 def test_sample_matches_parameters(covariance_type):
     w, m, c = _sampling_params(covariance_type)
-    params = gj.GMMParams(jnp.asarray(w, jnp.float32), jnp.asarray(m, jnp.float32), jnp.asarray(c, jnp.float32),
-                          covariance_type)
+    params = gj.GMMParams(
+        jnp.asarray(w, jnp.float32), jnp.asarray(m, jnp.float32), jnp.asarray(c, jnp.float32), covariance_type
+    )
     n = 60_000
     Y, labels = jax.jit(gj.sample, static_argnums=2)(jax.random.key(3), params, n)
     Y, labels = np.asarray(Y, np.float64), np.asarray(labels)
@@ -343,9 +371,18 @@ def test_collapsed_component_without_regularisation_is_finite_and_flagged(covari
     rng = np.random.default_rng(14)
     X = np.concatenate([rng.normal(size=(100, 2)), [[50.0, 50.0]]]).astype(np.float32)
     means_init = np.array([[0.0, 0.0], [49.0, 49.5]])
-    res = gj.fit_em(jax.random.key(0), X, 2, covariance_type=covariance_type, reg_covar=0.0, tol=0.0, max_iter=10,
-                    weights_init=[0.5, 0.5], means_init=means_init,
-                    precisions_init=_precisions_identity(covariance_type, 2, 2))
+    res = gj.fit_em(
+        jax.random.key(0),
+        X,
+        2,
+        covariance_type=covariance_type,
+        reg_covar=0.0,
+        tol=0.0,
+        max_iter=10,
+        weights_init=[0.5, 0.5],
+        means_init=means_init,
+        precisions_init=_precisions_identity(covariance_type, 2, 2),
+    )
     for leaf in jax.tree_util.tree_leaves(res):
         if jnp.issubdtype(leaf.dtype, jnp.floating):
             assert np.all(np.isfinite(np.asarray(leaf))), leaf

@@ -39,9 +39,16 @@ def test_em_parity_float32_with_sklearn(parity_data, covariance_type, reg_covar)
     w0, m0, c0 = O.initial_parameters(X, k, covariance_type, seed=2)
     sk = O.fit_sklearn_from(X, k, covariance_type, w0, m0, c0, max_iter=5, reg_covar=reg_covar)
     res = gj.fit_em(
-        jax.random.key(0), X.astype(np.float32), k, covariance_type=covariance_type, tol=0.0, max_iter=5,
+        jax.random.key(0),
+        X.astype(np.float32),
+        k,
+        covariance_type=covariance_type,
+        tol=0.0,
+        max_iter=5,
         reg_covar=reg_covar,
-        weights_init=w0, means_init=m0, precisions_init=O.precisions_from_covariances(c0, covariance_type),
+        weights_init=w0,
+        means_init=m0,
+        precisions_init=O.precisions_from_covariances(c0, covariance_type),
     )
     p = res.params
     assert p.means.dtype == jnp.float32 and p.covariances.dtype == jnp.float32
@@ -58,18 +65,26 @@ def test_em_parity_float32_with_sklearn(parity_data, covariance_type, reg_covar)
 def test_log_prob_float32_vs_scipy(covariance_type):
     w, m, c = O.random_mixture(covariance_type, 3, 4, seed=11)
     X = np.random.default_rng(12).normal(scale=3.0, size=(64, 4))
-    params = gj.GMMParams(jnp.asarray(w, jnp.float32), jnp.asarray(m, jnp.float32),
-                          jnp.asarray(c, jnp.float32), covariance_type)
+    params = gj.GMMParams(
+        jnp.asarray(w, jnp.float32), jnp.asarray(m, jnp.float32), jnp.asarray(c, jnp.float32), covariance_type
+    )
     lp = gj.log_prob(params, X.astype(np.float32))
     assert lp.shape == (64,) and lp.dtype == jnp.float32
     expected = O.mixture_log_prob(w, m, c, covariance_type, X)
     np.testing.assert_allclose(np.asarray(lp), expected, rtol=2e-5, atol=2e-5 * np.max(np.abs(expected)))
     # component joint log-densities and responsibilities too
     joint = O.component_log_joint(w, m, c, covariance_type, X)
-    np.testing.assert_allclose(np.asarray(gj.component_log_prob(params, X.astype(np.float32))), joint,
-                               rtol=2e-5, atol=2e-5 * np.max(np.abs(joint)))
-    np.testing.assert_allclose(np.asarray(gj.responsibilities(params, X.astype(np.float32))),
-                               O.responsibilities(w, m, c, covariance_type, X), atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(gj.component_log_prob(params, X.astype(np.float32))),
+        joint,
+        rtol=2e-5,
+        atol=2e-5 * np.max(np.abs(joint)),
+    )
+    np.testing.assert_allclose(
+        np.asarray(gj.responsibilities(params, X.astype(np.float32))),
+        O.responsibilities(w, m, c, covariance_type, X),
+        atol=1e-4,
+    )
 
 
 def test_log_prob_full_mixture_hand_example():
@@ -79,8 +94,7 @@ def test_log_prob_full_mixture_hand_example():
     c = np.array([[[2.0, 1.9], [1.9, 2.0]], [[0.5, -0.2], [-0.2, 0.3]]])
     X = np.array([[0.0, 0.0], [1.0, 1.0], [1.0, -1.0], [3.0, -1.0], [10.0, 10.0]])
     params = gj.GMMParams(jnp.asarray(w, jnp.float32), jnp.asarray(m, jnp.float32), jnp.asarray(c, jnp.float32))
-    np.testing.assert_allclose(np.asarray(gj.log_prob(params, X)), O.mixture_log_prob(w, m, c, "full", X),
-                               rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(gj.log_prob(params, X)), O.mixture_log_prob(w, m, c, "full", X), rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +102,7 @@ def sklearn_fits(parity_data):
     """scikit-learn models fitted (float64) on the parity data, one per covariance type."""
     with O.single_threaded():
         return {
-            ct: GaussianMixture(3, covariance_type=ct, random_state=0, max_iter=50).fit(parity_data)
-            for ct in COV_TYPES
+            ct: GaussianMixture(3, covariance_type=ct, random_state=0, max_iter=50).fit(parity_data) for ct in COV_TYPES
         }
 
 
@@ -105,8 +118,12 @@ def test_precision_cholesky_vs_sklearn(sklearn_fits, covariance_type):
 def test_bic_aic_vs_sklearn(sklearn_fits, parity_data, covariance_type):
     sk = sklearn_fits[covariance_type]
     X = parity_data.astype(np.float32)
-    params = gj.GMMParams(jnp.asarray(sk.weights_, jnp.float32), jnp.asarray(sk.means_, jnp.float32),
-                          jnp.asarray(sk.covariances_, jnp.float32), covariance_type)
+    params = gj.GMMParams(
+        jnp.asarray(sk.weights_, jnp.float32),
+        jnp.asarray(sk.means_, jnp.float32),
+        jnp.asarray(sk.covariances_, jnp.float32),
+        covariance_type,
+    )
     np.testing.assert_allclose(float(gj.bic(params, X)), sk.bic(parity_data), rtol=1e-5)
     np.testing.assert_allclose(float(gj.aic(params, X)), sk.aic(parity_data), rtol=1e-5)
     assert gj.num_parameters(3, 3, covariance_type) == sk._n_parameters()
@@ -143,8 +160,15 @@ def test_best_of_restarts_matches_sklearn(real_data, dataset, covariance_type, k
     X = real_data[dataset]
     with O.single_threaded():
         sk = GaussianMixture(k, covariance_type=covariance_type, n_init=20, random_state=0).fit(X)
-    res = gj.fit_em(jax.random.key(0), X.astype(np.float32), k, covariance_type=covariance_type,
-                    n_init=GJ_N_INIT, tol=1e-4, max_iter=GJ_MAX_ITER)
+    res = gj.fit_em(
+        jax.random.key(0),
+        X.astype(np.float32),
+        k,
+        covariance_type=covariance_type,
+        n_init=GJ_N_INIT,
+        tol=1e-4,
+        max_iter=GJ_MAX_ITER,
+    )
     assert res.params.means.dtype == jnp.float32
     assert res.restart_params.means.shape == (GJ_N_INIT, k, X.shape[1])
     assert np.all(np.isfinite(np.asarray(res.restart_lower_bounds)))
@@ -162,8 +186,16 @@ def test_mclust_iris_bic_float32(real_data):
 
     Fitted in float32, the BIC is evaluated in float64 by the oracle."""
     X = real_data["iris"]
-    res = gj.fit_em(jax.random.key(0), X.astype(np.float32), 2, covariance_type="full", n_init=GJ_N_INIT,
-                    tol=1e-6, max_iter=GJ_MAX_ITER, reg_covar=0.0)
+    res = gj.fit_em(
+        jax.random.key(0),
+        X.astype(np.float32),
+        2,
+        covariance_type="full",
+        n_init=GJ_N_INIT,
+        tol=1e-6,
+        max_iter=GJ_MAX_ITER,
+        reg_covar=0.0,
+    )
     p = res.params
     oracle_bic = O.bic(p.weights, p.means, p.covariances, "full", X)
     assert abs(oracle_bic - 574.0178) < 0.01, oracle_bic
@@ -180,8 +212,16 @@ def test_lower_bound_history_non_decreasing(small_data, covariance_type):
     max_iter = 40
     # tol=0: every restart runs all iterations, including the flat tail where only
     # round-off moves the likelihood.
-    res = gj.fit_em(jax.random.key(3), small_data, 4, covariance_type=covariance_type, n_init=3,
-                    init_params="random_from_data", tol=0.0, max_iter=max_iter)
+    res = gj.fit_em(
+        jax.random.key(3),
+        small_data,
+        4,
+        covariance_type=covariance_type,
+        n_init=3,
+        init_params="random_from_data",
+        tol=0.0,
+        max_iter=max_iter,
+    )
     hist = np.asarray(res.lower_bound_history, np.float64)
     n_iter = np.asarray(res.restart_n_iter)
     assert hist.shape == (3, max_iter)
@@ -189,7 +229,7 @@ def test_lower_bound_history_non_decreasing(small_data, covariance_type):
     for r in range(3):
         h = hist[r, : n_iter[r]]
         assert np.all(np.isfinite(h))
-        assert np.all(np.isnan(hist[r, n_iter[r]:]))
+        assert np.all(np.isnan(hist[r, n_iter[r] :]))
         slack = 2e-6 * np.maximum(1.0, np.abs(h[1:]))
         assert np.all(np.diff(h) >= -slack), np.diff(h).min()
         # the reported lower bound is the last history entry
@@ -198,13 +238,21 @@ def test_lower_bound_history_non_decreasing(small_data, covariance_type):
     assert np.all(hist[:, 0] < np.asarray(res.restart_lower_bounds) - 1e-2)
 
     # with a tolerance, restarts stop early and the history is NaN-padded after n_iter
-    res = gj.fit_em(jax.random.key(3), small_data, 4, covariance_type=covariance_type, n_init=3,
-                    init_params="random_from_data", tol=1e-3, max_iter=max_iter)
+    res = gj.fit_em(
+        jax.random.key(3),
+        small_data,
+        4,
+        covariance_type=covariance_type,
+        n_init=3,
+        init_params="random_from_data",
+        tol=1e-3,
+        max_iter=max_iter,
+    )
     hist = np.asarray(res.lower_bound_history, np.float64)
     n_iter = np.asarray(res.restart_n_iter)
     assert np.all(np.asarray(res.restart_converged)) and np.all(n_iter < max_iter)
     for r in range(3):
-        assert np.all(np.isfinite(hist[r, : n_iter[r]])) and np.all(np.isnan(hist[r, n_iter[r]:]))
+        assert np.all(np.isfinite(hist[r, : n_iter[r]])) and np.all(np.isnan(hist[r, n_iter[r] :]))
         assert np.all(np.diff(hist[r, : n_iter[r]]) >= -2e-6 * np.abs(hist[r, 1 : n_iter[r]]))
         # stopped because the last change fell below tol, not before
         assert abs(hist[r, n_iter[r] - 1] - hist[r, n_iter[r] - 2]) < 1e-3

@@ -20,8 +20,14 @@ K, D = 3, 4
 
 def _mixture(covariance_type, seed=0, d=D):
     w, m, c = O.random_mixture(covariance_type, K, d, seed)
-    return w, m, c, gj.GMMParams(jnp.asarray(w, jnp.float32), jnp.asarray(m, jnp.float32), jnp.asarray(c, jnp.float32),
-                                 covariance_type)
+    return (
+        w,
+        m,
+        c,
+        gj.GMMParams(
+            jnp.asarray(w, jnp.float32), jnp.asarray(m, jnp.float32), jnp.asarray(c, jnp.float32), covariance_type
+        ),
+    )
 
 
 def test_registry_names_every_type_once():
@@ -44,17 +50,23 @@ def test_kind_shapes_counts_and_views_match_oracles(covariance_type):
     assert kind.num_parameters(K, D) + K * D + K - 1 == gm._n_parameters()
     dense = kind.dense(np.asarray(c), K, D, xp=np)
     np.testing.assert_array_equal(dense, O.full_covariances(c, covariance_type, K, D))
-    np.testing.assert_allclose(np.asarray(kind.dense(params.covariances, K, D)),
-                               O.full_covariances(c, covariance_type, K, D), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(kind.dense(params.covariances, K, D)), O.full_covariances(c, covariance_type, K, D), rtol=1e-6
+    )
     # the first two components: the dense view of the slice is the slice of the dense view
     first = kind.first_components(np.asarray(c), 2)
     np.testing.assert_array_equal(kind.dense(first, 2, D, xp=np), dense[:2])
     batched = np.stack([c, 2 * c])  # leading batch axes are kept
     np.testing.assert_array_equal(kind.first_components(batched, 2)[1], 2 * first)
-    np.testing.assert_allclose(np.asarray(kind.precision_cholesky(params.covariances)),
-                               O.precision_cholesky(c, covariance_type), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(kind.sklearn_precision_cholesky(np.asarray(c)), O.precision_cholesky(c, covariance_type),
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(kind.precision_cholesky(params.covariances)),
+        O.precision_cholesky(c, covariance_type),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        kind.sklearn_precision_cholesky(np.asarray(c)), O.precision_cholesky(c, covariance_type), rtol=1e-12, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("covariance_type", O.COVARIANCE_TYPES)
@@ -64,8 +76,9 @@ def test_unconstrained_pieces_round_trip(covariance_type):
     prec_chol = kind.precision_cholesky(params.covariances)
     raw = kind.raw_from_precision_cholesky(prec_chol)
     log_diagonal = kind.raw_log_diagonal(raw)
-    np.testing.assert_allclose(np.asarray(kind.assemble_precision_cholesky(raw, jnp.exp(log_diagonal))),
-                               np.asarray(prec_chol), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(kind.assemble_precision_cholesky(raw, jnp.exp(log_diagonal))), np.asarray(prec_chol), rtol=1e-6
+    )
     np.testing.assert_allclose(np.asarray(kind.covariances_from_raw(raw, log_diagonal)), c, rtol=1e-4, atol=1e-5)
     packed = kind.pack_raw(raw)
     np.testing.assert_array_equal(np.asarray(kind.unpack_raw(packed, D)), np.asarray(raw))
@@ -97,18 +110,24 @@ def test_a_new_type_is_one_subclass(monkeypatch):
     copy = diag.replace(covariance_type="diag_copy")
     np.testing.assert_array_equal(np.asarray(gj.log_prob(copy, X)), np.asarray(gj.log_prob(diag, X)))
     step_copy, step_diag = gj.em_step(copy, X), gj.em_step(diag, X)
-    O.assert_trees_close(jax.tree_util.tree_leaves(step_copy), jax.tree_util.tree_leaves(step_diag))  # names differ
-    np.testing.assert_array_equal(np.asarray(gj.sample(jax.random.key(0), copy, 5)[0]),
-                                  np.asarray(gj.sample(jax.random.key(0), diag, 5)[0]))
+    # (the types' names differ: the leaves are compared)
+    O.assert_trees_close(jax.tree_util.tree_leaves(step_copy), jax.tree_util.tree_leaves(step_diag))
+    np.testing.assert_array_equal(
+        np.asarray(gj.sample(jax.random.key(0), copy, 5)[0]), np.asarray(gj.sample(jax.random.key(0), diag, 5)[0])
+    )
     u = gj.to_unconstrained(copy)
-    np.testing.assert_array_equal(np.asarray(gj.unconstrained_log_prob(u, X)),
-                                  np.asarray(gj.unconstrained_log_prob(gj.to_unconstrained(diag), X)))
-    np.testing.assert_array_equal(np.asarray(gj.from_unconstrained(u).covariances),
-                                  np.asarray(gj.from_unconstrained(gj.to_unconstrained(diag)).covariances))
+    np.testing.assert_array_equal(
+        np.asarray(gj.unconstrained_log_prob(u, X)), np.asarray(gj.unconstrained_log_prob(gj.to_unconstrained(diag), X))
+    )
+    np.testing.assert_array_equal(
+        np.asarray(gj.from_unconstrained(u).covariances),
+        np.asarray(gj.from_unconstrained(gj.to_unconstrained(diag)).covariances),
+    )
     fit_copy = gj.fit_em(jax.random.key(1), X, 3, covariance_type="diag_copy", max_iter=5)
     fit_diag = gj.fit_em(jax.random.key(1), X, 3, covariance_type="diag", max_iter=5)
-    np.testing.assert_allclose(np.asarray(fit_copy.params.covariances), np.asarray(fit_diag.params.covariances),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(fit_copy.params.covariances), np.asarray(fit_diag.params.covariances), rtol=1e-6
+    )
 
 
 def test_the_command_lines_names_agree_with_the_registry():

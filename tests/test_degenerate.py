@@ -32,6 +32,7 @@ CASES = {
 }
 assert all(x.shape == (N, 2) for x in CASES.values())
 
+
 def assert_finite_fit(m, X):
     for name in ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_", "lower_bounds_"):
         value = getattr(m, name)
@@ -71,9 +72,16 @@ def test_two_components_stay_finite(case, ct, reg_covar):
     assert_finite_fit(m, X)
 
 
-@pytest.mark.parametrize("case, ct, reg_covar", _params(
-    ["one distinct point per component", "all identical"], COV_TYPES, (1e-6, 0.0), 3,
-    slow_types=("tied", "spherical")))
+@pytest.mark.parametrize(
+    "case, ct, reg_covar",
+    _params(
+        ["one distinct point per component", "all identical"],
+        COV_TYPES,
+        (1e-6, 0.0),
+        3,
+        slow_types=("tied", "spherical"),
+    ),
+)
 def test_more_components_than_distinct_points(case, ct, reg_covar):
     X = CASES[case]
     m = GaussianMixtureModel(3, 20, covariance_type=ct, reg_covar=reg_covar).fit(X)
@@ -84,8 +92,9 @@ def _ml_covariance(X, ct, reg_covar):
     """Closed form for one component: ML covariance (ddof=0) + reg_covar, in ``ct``'s shape."""
     X = np.asarray(X, np.float64)
     cov = np.cov(X.T, bias=True) + reg_covar * np.eye(X.shape[1])
-    return {"full": cov[None], "tied": cov, "diag": np.diag(cov)[None],
-            "spherical": np.array([np.mean(np.diag(cov))])}[ct]
+    return {"full": cov[None], "tied": cov, "diag": np.diag(cov)[None], "spherical": np.array([np.mean(np.diag(cov))])}[
+        ct
+    ]
 
 
 @pytest.mark.parametrize("case, ct, reg_covar", _params(CASES, COV_TYPES, (1e-6, 0.0), 1))
@@ -100,8 +109,7 @@ def test_one_component_stays_finite_and_is_the_sample_moments(case, ct, reg_cova
     np.testing.assert_allclose(m.means_[0], Xf.mean(axis=0), rtol=1e-5, atol=1e-5 * scale)
     expected = _ml_covariance(Xf, ct, reg_covar)
     if np.all(np.linalg.eigvalsh(np.atleast_2d(np.cov(Xf.T, bias=True) + reg_covar * np.eye(2))) > 0):
-        np.testing.assert_allclose(m.covariances_, expected, rtol=2e-3,
-                                   atol=1e-5 * np.abs(expected).max())
+        np.testing.assert_allclose(m.covariances_, expected, rtol=2e-3, atol=1e-5 * np.abs(expected).max())
 
 
 D1_CASES = {
@@ -115,8 +123,10 @@ D1_CASES = {
 
 # With one feature the four covariance types are the same model; tied/diag run with -m slow.
 @pytest.mark.parametrize("case", list(D1_CASES))
-@pytest.mark.parametrize("ct", ["full", "spherical", pytest.param("tied", marks=pytest.mark.slow),
-                                pytest.param("diag", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "ct",
+    ["full", "spherical", pytest.param("tied", marks=pytest.mark.slow), pytest.param("diag", marks=pytest.mark.slow)],
+)
 def test_one_feature(case, ct):
     X = D1_CASES[case]
     m = GaussianMixtureModel(2, 20, covariance_type=ct).fit(X)
@@ -125,13 +135,16 @@ def test_one_feature(case, ct):
 
 
 @pytest.mark.parametrize("init_params", ["k-means++", "random", "random_from_data"])
-@pytest.mark.parametrize("ct", [
-    "full", "diag", pytest.param("tied", marks=pytest.mark.slow), pytest.param("spherical", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "ct",
+    ["full", "diag", pytest.param("tied", marks=pytest.mark.slow), pytest.param("spherical", marks=pytest.mark.slow)],
+)
 def test_every_init_method_on_degenerate_data(init_params, ct):
     for case, X in CASES.items():
         for reg_covar in (1e-6, 0.0):
-            m = GaussianMixtureModel(2, 20, covariance_type=ct, reg_covar=reg_covar, init_params=init_params,
-                                     seed=3).fit(X)
+            m = GaussianMixtureModel(
+                2, 20, covariance_type=ct, reg_covar=reg_covar, init_params=init_params, seed=3
+            ).fit(X)
             try:
                 assert_finite_fit(m, X)
             except AssertionError as exc:
@@ -144,8 +157,9 @@ def test_degenerate_restarts_do_not_poison_the_batch(ct):
     # replacement: about half of the restarts put both centres on the same point (a degenerate,
     # singular start); the best restart must still be a finite, sensible fit.
     X = CASES["one distinct point per component"]
-    m = GaussianMixtureModel(2, 20, covariance_type=ct, reg_covar=0.0, init_params="random_from_data",
-                             n_init=8, seed=0).fit(X)
+    m = GaussianMixtureModel(
+        2, 20, covariance_type=ct, reg_covar=0.0, init_params="random_from_data", n_init=8, seed=0
+    ).fit(X)
     result = m.fit_result_
     collapsed = np.asarray(result.collapsed_components).any(axis=1)
     assert collapsed.any(), "the test needs some degenerate restarts"
@@ -155,4 +169,3 @@ def test_degenerate_restarts_do_not_poison_the_batch(ct):
     assert bounds[best] == np.nanmax(np.where(np.isfinite(bounds), bounds, np.nan))
     assert m.lower_bound_ == pytest.approx(bounds[best])
     assert_finite_fit(m, X)
-

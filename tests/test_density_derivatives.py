@@ -37,8 +37,9 @@ def _oracle_terms(weights, means, covariances, covariance_type, X):
 def oracle_score_and_hessian(weights, means, covariances, covariance_type, X):
     r, precisions, g = _oracle_terms(weights, means, covariances, covariance_type, X)
     s = np.einsum("nk,nkd->nd", r, g)
-    hessian = (np.einsum("nk,nkd,nke->nde", r, g, g) - np.einsum("nk,kde->nde", r, precisions)
-               - s[:, :, None] * s[:, None, :])
+    hessian = (
+        np.einsum("nk,nkd,nke->nde", r, g, g) - np.einsum("nk,kde->nde", r, precisions) - s[:, :, None] * s[:, None, :]
+    )
     return -s, hessian
 
 
@@ -57,12 +58,12 @@ def _derivatives(params, X):
     """Per-sample scores ``(B, N, D)`` and Hessians in x ``(B, N, D, D)`` for a batch of ``B``
     parameter sets (vmap over parameters and over samples), and the Hessians of
     ``Σ_n log p(x_n)`` in the means ``(B, K, D, K, D)``."""
+
     def log_density(p, x):
         return gj.log_prob(p, x[None, :])[0]
 
     per_sample = jax.vmap(jax.vmap(jax.grad(log_density, argnums=1), in_axes=(None, 0)), in_axes=(0, None))
-    per_sample_hessian = jax.vmap(jax.vmap(jax.hessian(log_density, argnums=1), in_axes=(None, 0)),
-                                  in_axes=(0, None))
+    per_sample_hessian = jax.vmap(jax.vmap(jax.hessian(log_density, argnums=1), in_axes=(None, 0)), in_axes=(0, None))
     means_hessian = jax.vmap(lambda p: jax.hessian(lambda m: jnp.sum(gj.log_prob(p.replace(means=m), X)))(p.means))
     return per_sample(params, X), per_sample_hessian(params, X), means_hessian(params)
 
@@ -70,8 +71,9 @@ def _derivatives(params, X):
 @pytest.mark.parametrize("covariance_type", O.COVARIANCE_TYPES)
 def test_score_and_hessians_match_closed_forms_under_jit_and_vmap(covariance_type):
     sets = [O.random_mixture(covariance_type, K, D, seed) for seed in (11, 12)]
-    params = gj.GMMParams(*(jnp.asarray(np.stack(leaves), jnp.float32) for leaves in zip(*sets)),
-                          covariance_type=covariance_type)
+    params = gj.GMMParams(
+        *(jnp.asarray(np.stack(leaves), jnp.float32) for leaves in zip(*sets)), covariance_type=covariance_type
+    )
     # points near the components and between them (responsibilities far from 0 and 1)
     X = np.random.default_rng(13).normal(scale=2.0, size=(6, D))
     scores, hessians, means_hessians = _derivatives(params, jnp.asarray(X, jnp.float32))
@@ -81,5 +83,6 @@ def test_score_and_hessians_match_closed_forms_under_jit_and_vmap(covariance_typ
         O.assert_rel_close(scores[b], score, 1e-4, f"score, set {b}")
         O.assert_rel_close(hessians[b], hessian, 1e-3, f"Hessian in x, set {b}")
         np.testing.assert_allclose(np.asarray(hessians[b]), np.swapaxes(np.asarray(hessians[b]), -1, -2), atol=1e-5)
-        O.assert_rel_close(means_hessians[b], oracle_means_hessian(w, m, c, covariance_type, X), 1e-3,
-                           f"Hessian in the means, set {b}")
+        O.assert_rel_close(
+            means_hessians[b], oracle_means_hessian(w, m, c, covariance_type, X), 1e-3, f"Hessian in the means, set {b}"
+        )

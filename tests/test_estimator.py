@@ -55,10 +55,14 @@ def scipy_log_density(weights, means, covariances, covariance_type, X):
     """log sum_k w_k N(x | mu_k, Sigma_k) with scipy, float64."""
     k, d = np.shape(means)
     covs = full_covariances(covariances, covariance_type, k, d)
-    comp = np.stack([
-        np.log(weights[j]) + stats.multivariate_normal(np.asarray(means[j], float), covs[j]).logpdf(np.asarray(X, float))
-        for j in range(k)
-    ], axis=1)
+    comp = np.stack(
+        [
+            np.log(weights[j])
+            + stats.multivariate_normal(np.asarray(means[j], float), covs[j]).logpdf(np.asarray(X, float))
+            for j in range(k)
+        ],
+        axis=1,
+    )
     return logsumexp(comp, axis=1)
 
 
@@ -90,8 +94,12 @@ def sklearn_twin(model, X):
 def match_to_truth(fitted_means, true_means):
     """Permutation p with fitted_means[p] closest to true_means."""
     k = len(true_means)
-    return list(min(itertools.permutations(range(k)),
-                    key=lambda p: np.sum((np.asarray(fitted_means)[list(p)] - true_means) ** 2)))
+    return list(
+        min(
+            itertools.permutations(range(k)),
+            key=lambda p: np.sum((np.asarray(fitted_means)[list(p)] - true_means) ** 2),
+        )
+    )
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -149,19 +157,23 @@ def test_sklearn_names_and_original_names_give_the_same_fit(X, fitted):
         np.testing.assert_array_equal(m.covariances_, fitted["full"].covariances_)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(num_components=2, n_components=3), r"num_components=2 and n_components=3 disagree"),
-    (dict(num_components=2, num_iters=5, max_iter=3), r"num_iters=5 and max_iter=3 disagree"),
-    (dict(num_components=2, seed=1, random_state=2), r"seed=1 and random_state=2 disagree"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_components=2, n_components=3), r"num_components=2 and n_components=3 disagree"),
+        (dict(num_components=2, num_iters=5, max_iter=3), r"num_iters=5 and max_iter=3 disagree"),
+        (dict(num_components=2, seed=1, random_state=2), r"seed=1 and random_state=2 disagree"),
+    ],
+)
 def test_conflicting_aliases_raise(X, kwargs, match):
     with pytest.raises(ValueError, match=match):
         GaussianMixtureModel(**kwargs).fit(X)
 
 
 def test_agreeing_aliases_are_accepted(X, fitted):
-    m = GaussianMixtureModel(num_components=2, n_components=2, num_iters=100, max_iter=100, seed=0,
-                             random_state=0).fit(X)
+    m = GaussianMixtureModel(num_components=2, n_components=2, num_iters=100, max_iter=100, seed=0, random_state=0).fit(
+        X
+    )
     np.testing.assert_array_equal(m.means_, fitted["full"].means_)
 
 
@@ -286,8 +298,15 @@ class _CompileCounter(logging.Handler):
 
 
 def _methods_on(m, X, n):
-    return (m.predict(X[:n]), m.predict_proba(X[:n]), m.score_samples(X[:n]), m.score(X[:n]), m.bic(X[:n]),
-            m.aic(X[:n]), m.sample(n))
+    return (
+        m.predict(X[:n]),
+        m.predict_proba(X[:n]),
+        m.score_samples(X[:n]),
+        m.score(X[:n]),
+        m.bic(X[:n]),
+        m.aic(X[:n]),
+        m.sample(n),
+    )
 
 
 def test_new_row_counts_compile_nothing_and_give_the_unpadded_results(X, fitted):
@@ -300,7 +319,16 @@ def test_new_row_counts_compile_nothing_and_give_the_unpadded_results(X, fitted)
     from gmmjax._estimator import _row_bucket
 
     assert [_row_bucket(n) for n in (1, 32, 33, 64, 65, 2**16, 2**16 + 1, 5 * 2**14, 5 * 2**14 + 1)] == [
-        32, 32, 64, 64, 128, 2**16, 5 * 2**14, 5 * 2**14, 6 * 2**14]
+        32,
+        32,
+        64,
+        64,
+        128,
+        2**16,
+        5 * 2**14,
+        5 * 2**14,
+        6 * 2**14,
+    ]
     m = fitted["full"]
     _methods_on(m, X, 5)  # compiles bucket 32 (if no earlier test did)
     counter = _CompileCounter()
@@ -422,8 +450,11 @@ def test_max_iter_zero_returns_the_initialisation_as_scikit_learn_does(X):
         ours = GaussianMixtureModel(n_components=2, max_iter=0, means_init=means_init).fit(X)
         theirs = GaussianMixture(n_components=2, max_iter=0, means_init=means_init, random_state=0).fit(X)
     np.testing.assert_allclose(ours.means_, theirs.means_)
-    assert (ours.n_iter_, ours.converged_, ours.lower_bound_) == (theirs.n_iter_, theirs.converged_,
-                                                                  theirs.lower_bound_) == (0, False, -np.inf)
+    assert (
+        (ours.n_iter_, ours.converged_, ours.lower_bound_)
+        == (theirs.n_iter_, theirs.converged_, theirs.lower_bound_)
+        == (0, False, -np.inf)
+    )
     assert len(ours.lower_bounds_) == len(theirs.lower_bounds_) == 0
     # without means_init: k-means' centers, the same as the starting point of a longer fit
     first_step = GaussianMixtureModel(n_components=2, max_iter=1, tol=0.0)
@@ -434,8 +465,7 @@ def test_max_iter_zero_returns_the_initialisation_as_scikit_learn_does(X):
     assert initial.lower_bound_ == -np.inf
     # one EM step's lower bound is the log-likelihood of its starting (initial) parameters
     assert first_step.lower_bound_ == pytest.approx(initial.score(X), rel=1e-5)
-    np.testing.assert_array_equal(GaussianMixtureModel(n_components=2, max_iter=0).fit_predict(X),
-                                  initial.predict(X))
+    np.testing.assert_array_equal(GaussianMixtureModel(n_components=2, max_iter=0).fit_predict(X), initial.predict(X))
 
 
 def test_warm_start_one_iteration_at_a_time_converges_like_scikit_learn(X):
@@ -444,8 +474,11 @@ def test_warm_start_one_iteration_at_a_time_converges_like_scikit_learn(X):
     from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
     from sklearn.mixture import GaussianMixture
 
-    init = dict(weights_init=np.array([0.5, 0.5]), means_init=np.array([[1.0, 1.0], [2.0, 2.0]]),
-                precisions_init=np.stack([np.eye(2)] * 2))
+    init = dict(
+        weights_init=np.array([0.5, 0.5]),
+        means_init=np.array([[1.0, 1.0], [2.0, 2.0]]),
+        precisions_init=np.stack([np.eye(2)] * 2),
+    )
     ours = GaussianMixtureModel(n_components=2, max_iter=1, warm_start=True, tol=1e-3, **init)
     theirs = GaussianMixture(n_components=2, max_iter=1, warm_start=True, tol=1e-3, **init)
     history = {"ours": [], "theirs": []}
@@ -490,8 +523,11 @@ def test_integer_sample_weights_equal_duplicated_rows(X):
     rng = np.random.default_rng(0)
     Xs = X[:60]
     counts = rng.integers(1, 4, size=len(Xs))
-    init = dict(weights_init=np.array([0.5, 0.5]), means_init=np.array([[0.5, 0.5], [2.5, 2.5]]),
-                precisions_init=np.stack([np.eye(2), np.eye(2)]))
+    init = dict(
+        weights_init=np.array([0.5, 0.5]),
+        means_init=np.array([[0.5, 0.5], [2.5, 2.5]]),
+        precisions_init=np.stack([np.eye(2), np.eye(2)]),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", gj.ConvergenceWarning)
         weighted = GaussianMixtureModel(2, 5, tol=0.0, **init).fit(Xs, sample_weight=counts)
@@ -572,8 +608,9 @@ def test_user_initial_parameters_are_used(X, ct):
     mu0 = np.array([[0.5, -0.5], [2.5, 3.5]])
     prec0 = INIT_PRECISIONS[ct]
     with pytest.warns(gj.ConvergenceWarning):
-        m = GaussianMixtureModel(2, 1, tol=0.0, covariance_type=ct, weights_init=w0, means_init=mu0,
-                                 precisions_init=prec0).fit(X)
+        m = GaussianMixtureModel(
+            2, 1, tol=0.0, covariance_type=ct, weights_init=w0, means_init=mu0, precisions_init=prec0
+        ).fit(X)
     expected = np.mean(scipy_log_density(w0, mu0, precisions_to_covariances(prec0, ct), ct, X))
     assert m.lower_bounds_.shape == (1,)
     assert m.lower_bounds_[0] == pytest.approx(expected, rel=1e-5)

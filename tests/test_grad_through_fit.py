@@ -30,8 +30,17 @@ CHUNK = 16  # 60 rows: three full chunks and a clamped last one
 
 def _loss(X, sample_weight, reg_covar, key, *, mode, n_init=1, chunk_size=None):
     """A differentiable function of a fit: its means, covariances and lower bound."""
-    result = gj.fit_em(key, X, K, sample_weight=sample_weight, reg_covar=reg_covar, n_init=n_init,
-                       chunk_size=chunk_size, differentiation=mode, **FIT)
+    result = gj.fit_em(
+        key,
+        X,
+        K,
+        sample_weight=sample_weight,
+        reg_covar=reg_covar,
+        n_init=n_init,
+        chunk_size=chunk_size,
+        differentiation=mode,
+        **FIT,
+    )
     p = result.params
     value = jnp.sum(p.means * jnp.arange(1.0, 1.0 + K * D).reshape(K, D)) + jnp.sum(p.covariances) + result.lower_bound
     return value, jax.lax.stop_gradient(result)
@@ -66,8 +75,9 @@ def grads(problem):
 
     def get(mode, dataset, n_init=1):
         if (mode, dataset, n_init) not in cache:
-            cache[mode, dataset, n_init] = _grad(Xs[dataset], weights[dataset], reg_covar, keys[dataset], mode=mode,
-                                                 n_init=n_init)
+            cache[mode, dataset, n_init] = _grad(
+                Xs[dataset], weights[dataset], reg_covar, keys[dataset], mode=mode, n_init=n_init
+            )
         return cache[mode, dataset, n_init]
 
     return get
@@ -81,8 +91,9 @@ BOTH_MODES = ["implicit", pytest.param("unrolled", marks=pytest.mark.slow)]
 def _assert_grads_close(got, want, rtol=2e-4, name=""):
     for g, w, what in zip(got, want, ("X", "sample_weight", "reg_covar")):
         w = np.asarray(w)
-        np.testing.assert_allclose(np.asarray(g), w, rtol=rtol, atol=rtol * np.max(np.abs(w)),
-                                   err_msg=f"{name} d/d{what}")
+        np.testing.assert_allclose(
+            np.asarray(g), w, rtol=rtol, atol=rtol * np.max(np.abs(w)), err_msg=f"{name} d/d{what}"
+        )
 
 
 def test_differentiation_mode_is_validated():
@@ -124,8 +135,9 @@ def test_unrolled_forward_equals_the_while_loop(problem, grads):
     different iterations)."""
     Xs, weights, reg_covar, keys = problem
     implicit = grads("implicit", 0, n_init=3)[1]
-    unrolled = gj.fit_em(keys[0], Xs[0], K, sample_weight=weights[0], reg_covar=reg_covar, n_init=3,
-                         differentiation="unrolled", **FIT)
+    unrolled = gj.fit_em(
+        keys[0], Xs[0], K, sample_weight=weights[0], reg_covar=reg_covar, n_init=3, differentiation="unrolled", **FIT
+    )
     assert len(set(np.asarray(implicit.restart_n_iter).tolist())) > 1, "restarts should stop at different steps"
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(implicit), jax.tree_util.tree_leaves(unrolled)):
         a, b, name = np.asarray(a), np.asarray(b), jax.tree_util.keystr(path)
@@ -165,8 +177,14 @@ def test_compiled_gradient_temporaries_do_not_grow_with_iterations_in_implicit_m
 
     def temp_bytes(mode, max_iter):
         def loss(X):
-            result = gj.fit_em(jax.random.key(0), X, K, max_iter=max_iter, differentiation=mode, **{
-                k: v for k, v in FIT.items() if k != "max_iter"})
+            result = gj.fit_em(
+                jax.random.key(0),
+                X,
+                K,
+                max_iter=max_iter,
+                differentiation=mode,
+                **{k: v for k, v in FIT.items() if k != "max_iter"},
+            )
             return jnp.sum(result.params.means) + result.lower_bound
 
         compiled = jax.jit(jax.grad(loss)).lower(jnp.zeros((N, D), jnp.float32)).compile()
@@ -187,12 +205,14 @@ def test_unrolled_mode_supports_forward_mode_and_second_derivatives(problem):
     # A given start: the initialisation is a constant for gmmjax's derivatives, but a
     # computed one depends on reg_covar, which central differences would see.
     start = gj.fit_em(keys[0], Xs[0], K, init_params=FIT["init_params"], max_iter=1).params
-    given_start = dict(weights_init=start.weights, means_init=start.means,
-                       precisions_init=jnp.linalg.inv(start.covariances))
+    given_start = dict(
+        weights_init=start.weights, means_init=start.means, precisions_init=jnp.linalg.inv(start.covariances)
+    )
 
     def means_of(reg, X):  # tol=0: the number of iterations cannot change with reg_covar
-        return gj.fit_em(keys[0], X, K, reg_covar=reg, differentiation="unrolled", max_iter=FIT["max_iter"],
-                         tol=0.0, **given_start).params.means
+        return gj.fit_em(
+            keys[0], X, K, reg_covar=reg, differentiation="unrolled", max_iter=FIT["max_iter"], tol=0.0, **given_start
+        ).params.means
 
     forward = jax.jit(jax.jacfwd(means_of))(reg, Xs[0])
     reverse = jax.jit(jax.jacrev(means_of))(reg, Xs[0])
@@ -205,10 +225,15 @@ def test_unrolled_mode_supports_forward_mode_and_second_derivatives(problem):
     np.testing.assert_allclose(float(second), float(fd), rtol=1e-2)
 
 
-@pytest.mark.parametrize("name", [
-    "grad_fit_full", "grad_fit_diag", "grad_fit_heldout_wrt_transform_full",
-    "grad_fit_unrolled_stops_like_the_while_loop",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "grad_fit_full",
+        "grad_fit_diag",
+        "grad_fit_heldout_wrt_transform_full",
+        "grad_fit_unrolled_stops_like_the_while_loop",
+    ],
+)
 def test_float64_gradients_match_central_differences(x64_check, name):
     """float64 (subprocess, ``_x64_grad_checks.py``): gradients through the fit against
     central differences of the fit to 1e-5 relative — w.r.t. the data, sample weights and
@@ -226,13 +251,22 @@ def test_float64_gradients_of_more_covariance_types_match_central_differences():
     import sys
 
     tests_dir = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.path.dirname(tests_dir), tests_dir,
-                                                                  os.environ.get("PYTHONPATH")) if p))
-    done = subprocess.run([sys.executable, os.path.join(tests_dir, "_x64_grad_checks.py")], capture_output=True,
-                          text=True, env=env, timeout=600)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            p for p in (os.path.dirname(tests_dir), tests_dir, os.environ.get("PYTHONPATH")) if p
+        ),
+    )
+    done = subprocess.run(
+        [sys.executable, os.path.join(tests_dir, "_x64_grad_checks.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     lines = [line for line in done.stdout.splitlines() if line.startswith("X64_RESULTS ")]
     assert lines, done.stderr[-4000:]
-    results = json.loads(lines[-1][len("X64_RESULTS "):])
+    results = json.loads(lines[-1][len("X64_RESULTS ") :])
     assert set(results) == {"grad_fit_tied", "grad_fit_spherical"}, results
     for name, outcome in results.items():
         assert outcome == "ok", f"{name}:\n{outcome}"

@@ -111,7 +111,7 @@ def test_minibatches_are_keyed_and_reach_em(X, fitted):
     np.testing.assert_array_equal(first.lower_bound_history, again.lower_bound_history)
     assert not np.allclose(first.lower_bound_history, other.lower_bound_history)
     history = np.asarray(first.lower_bound_history[0])
-    assert np.all(np.isfinite(history)) and np.std(history[STEPS // 2:]) > 1e-3  # noisy batch estimates
+    assert np.all(np.isfinite(history)) and np.std(history[STEPS // 2 :]) > 1e-3  # noisy batch estimates
     # the reported value is the full-data mean log-likelihood of the final parameters
     final = O.mixture_log_prob(first.params.weights, first.params.means, first.params.covariances, "full", X)
     assert float(first.lower_bound) == pytest.approx(float(np.mean(final)), abs=1e-4)
@@ -126,17 +126,16 @@ def test_jit_and_vmap_over_datasets_and_restarts_equal_single_fits(X):
     _, start = _user_start(X)
     datasets = np.stack([X, X[::-1]])
     keys = jax.random.split(jax.random.key(5), 2)
-    fit = jax.jit(jax.vmap(lambda key, data: gj.fit_gradient(key, data, 2, num_steps=STEPS, n_init=2, batch_size=64,
-                                                             **start)))
+    fit = jax.jit(
+        jax.vmap(lambda key, data: gj.fit_gradient(key, data, 2, num_steps=STEPS, n_init=2, batch_size=64, **start))
+    )
     batched = fit(keys, datasets)
     assert batched.restart_lower_bounds.shape == (2, 2) and batched.lower_bound_history.shape == (2, 2, STEPS)
     for i in range(2):
         for r, restart_key in enumerate(gj.restart_keys(keys[i], 2)):
             single = gj.fit_gradient(restart_key, datasets[i], 2, num_steps=STEPS, batch_size=64, **start)
-            np.testing.assert_allclose(batched.restart_params.means[i, r], single.params.means, rtol=1e-4,
-                                       atol=1e-4)
-            np.testing.assert_allclose(batched.lower_bound_history[i, r], single.lower_bound_history[0],
-                                       rtol=1e-4)
+            np.testing.assert_allclose(batched.restart_params.means[i, r], single.params.means, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(batched.lower_bound_history[i, r], single.lower_bound_history[0], rtol=1e-4)
         assert not np.allclose(batched.lower_bound_history[i, 0], batched.lower_bound_history[i, 1])
         best = int(np.argmax(np.asarray(batched.restart_lower_bounds[i])))
         assert int(batched.best_restart[i]) == best
@@ -155,7 +154,7 @@ def test_weighted_objective_user_start_and_tol(X):
     n_iter = int(result.n_iter)
     assert bool(result.converged) and 1 < n_iter < STEPS
     assert abs(history[n_iter - 1] - history[n_iter - 2]) < 1e-3
-    assert np.all(np.abs(np.diff(history[:n_iter - 1])) >= 1e-3)
+    assert np.all(np.abs(np.diff(history[: n_iter - 1])) >= 1e-3)
     assert np.all(np.isnan(history[n_iter:]))
     assert float(result.lower_bound) == history[n_iter - 1]
     assert history[n_iter - 1] > history[0]
@@ -166,8 +165,9 @@ def test_high_dimension_large_learning_rate_stays_finite():
     X, _, _ = O.make_blobs(n=256, d=64, k=2, seed=0, spread=20.0)
     X = X.astype(np.float32)
     # a poor start (two data points, the data's covariance) compiles faster than k-means
-    start = dict(weights_init=np.array([0.5, 0.5]), means_init=X[:2], precisions_init=np.stack(
-        [np.linalg.inv(np.cov(X.T))] * 2))
+    start = dict(
+        weights_init=np.array([0.5, 0.5]), means_init=X[:2], precisions_init=np.stack([np.linalg.inv(np.cov(X.T))] * 2)
+    )
     result = gj.fit_gradient(jax.random.key(0), X, 2, optimizer=FAST_ADAM, num_steps=300, **start)
     assert np.all(np.isfinite(np.asarray(result.lower_bound_history)))
     _assert_valid(result.params)
@@ -187,17 +187,20 @@ def test_high_dimension_large_learning_rate_stays_finite_for_ten_thousand_steps(
 # --------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(optimizer="adam"), r"optimizer must be an optax GradientTransformation"),
-    (dict(num_steps=0), r"num_steps must be an integer >= 1"),
-    (dict(batch_size=0), r"batch_size must be an integer >= 1"),
-    (dict(tol=-1.0), r"tol must be a non-negative"),
-    (dict(reg_covar=-1.0), r"reg_covar must be a non-negative"),
-    (dict(covariance_type="banana"), r"covariance_type must be one of"),
-    (dict(init_params="banana"), r"init_params must be one of"),
-    (dict(means_init=np.zeros((3, 2))), r"means_init must have shape \(2, 2\)"),
-    (dict(sample_weight=-np.ones(600)), r"sample_weight must be finite and non-negative"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(optimizer="adam"), r"optimizer must be an optax GradientTransformation"),
+        (dict(num_steps=0), r"num_steps must be an integer >= 1"),
+        (dict(batch_size=0), r"batch_size must be an integer >= 1"),
+        (dict(tol=-1.0), r"tol must be a non-negative"),
+        (dict(reg_covar=-1.0), r"reg_covar must be a non-negative"),
+        (dict(covariance_type="banana"), r"covariance_type must be one of"),
+        (dict(init_params="banana"), r"init_params must be one of"),
+        (dict(means_init=np.zeros((3, 2))), r"means_init must have shape \(2, 2\)"),
+        (dict(sample_weight=-np.ones(600)), r"sample_weight must be finite and non-negative"),
+    ],
+)
 def test_invalid_arguments_raise(X, kwargs, match):
     with pytest.raises(ValueError, match=match):
         gj.fit_gradient(jax.random.key(0), X, 2, **kwargs)
@@ -230,8 +233,9 @@ def test_estimator_gradient_fit_is_fit_gradient(X, fitted, tmp_path):
         model.save(tmp_path / "m.npz")
     loaded = GaussianMixtureModel.load(tmp_path / "m.npz")
     assert loaded.optimizer is None
-    assert {k: v for k, v in loaded.get_params().items() if k != "optimizer"} == \
-        {k: v for k, v in model.get_params().items() if k != "optimizer"}
+    assert {k: v for k, v in loaded.get_params().items() if k != "optimizer"} == {
+        k: v for k, v in model.get_params().items() if k != "optimizer"
+    }
     np.testing.assert_array_equal(loaded.means_, model.means_)
     np.testing.assert_array_equal(loaded.score_samples(X), model.score_samples(X))
     # without an optimizer object nothing is lost and nothing is warned about
@@ -241,11 +245,17 @@ def test_estimator_gradient_fit_is_fit_gradient(X, fitted, tmp_path):
         model.save(tmp_path / "m2.npz")
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(fit_method="sgd"), r"fit_method must be 'em' or 'gradient', got 'sgd'"),
-    (dict(num_steps=10), r"num_steps=10 given, but optimizer, num_steps and batch_size are used only by "
-                         r"fit_method='gradient'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(fit_method="sgd"), r"fit_method must be 'em' or 'gradient', got 'sgd'"),
+        (
+            dict(num_steps=10),
+            r"num_steps=10 given, but optimizer, num_steps and batch_size are used only by "
+            r"fit_method='gradient'",
+        ),
+    ],
+)
 def test_estimator_validates_fit_method(X, kwargs, match):
     with pytest.raises(ValueError, match=match):
         GaussianMixtureModel(2, **kwargs).fit(X)

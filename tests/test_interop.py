@@ -12,9 +12,9 @@ import warnings
 import jax
 import numpy as np
 import pytest
-from _oracles import make_blobs, mixture_log_prob
 
 import gmmjax as gj
+from _oracles import make_blobs, mixture_log_prob
 from gmmjax import GaussianMixtureModel
 
 sklearn_mixture = pytest.importorskip("sklearn.mixture")
@@ -108,8 +108,9 @@ def test_to_sklearn_predicts_like_gmmjax(X, sklearn_fits, converted, ct):
 def test_to_sklearn_of_a_gmmjax_fit_carries_hyperparameters_and_diagnostics(X):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", gj.ConvergenceWarning)
-        model = GaussianMixtureModel(num_components=K, num_iters=100, covariance_type="full", tol=1e-4,
-                                     reg_covar=1e-5, seed=4).fit(X)
+        model = GaussianMixtureModel(
+            num_components=K, num_iters=100, covariance_type="full", tol=1e-4, reg_covar=1e-5, seed=4
+        ).fit(X)
     gm = model.to_sklearn()
     assert gm.get_params()["max_iter"] == 100 and gm.tol == 1e-4 and gm.reg_covar == 1e-5
     assert gm.random_state == 4 and gm.n_components == K
@@ -138,8 +139,9 @@ def test_params_to_sklearn_matches_scipy(X, ct):
     }[ct]
     params = gj.GMMParams(jax.numpy.asarray(weights), jax.numpy.asarray(means), jax.numpy.asarray(covariances), ct)
     gm = gj.params_to_sklearn(params, random_state=0)
-    expected = mixture_log_prob(np.asarray(params.weights), np.asarray(params.means),
-                                np.asarray(params.covariances), ct, X)
+    expected = mixture_log_prob(
+        np.asarray(params.weights), np.asarray(params.means), np.asarray(params.covariances), ct, X
+    )
     np.testing.assert_allclose(gm.score_samples(X), expected, rtol=1e-10)
 
 
@@ -185,8 +187,9 @@ def test_mixture_same_family_log_prob_equals_gmmjax(X, converted, to_distributio
     x = X.astype(np.float32)
     log_prob = third_party(jax.jit(lambda p, x: to_distribution(p).log_prob(x)))(params, x)
     np.testing.assert_allclose(log_prob, _gmmjax_log_prob(params, x), rtol=1e-5, atol=1e-5)
-    expected = mixture_log_prob(np.asarray(params.weights), np.asarray(params.means), np.asarray(params.covariances),
-                                ct, X)
+    expected = mixture_log_prob(
+        np.asarray(params.weights), np.asarray(params.means), np.asarray(params.covariances), ct, X
+    )
     np.testing.assert_allclose(log_prob, expected, rtol=1e-5, atol=1e-4)
 
 

@@ -18,8 +18,15 @@ COV_TYPES = ("full", "tied", "diag", "spherical")
 TRUE_WEIGHTS = np.array([0.6, 0.4])
 TRUE_MEANS = np.array([[0.0, 0.0], [3.0, 3.0]])
 TRUE_COVS = np.array([[[1, 0.5], [0.5, 1]], [[1, 0.5], [0.5, 1]]], dtype=float)
-ARRAYS = ("weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_", "lower_bounds_",
-          "collapsed_components_")
+ARRAYS = (
+    "weights_",
+    "means_",
+    "covariances_",
+    "precisions_",
+    "precisions_cholesky_",
+    "lower_bounds_",
+    "collapsed_components_",
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +37,10 @@ def X():
 @pytest.fixture(scope="module")
 def fitted(X):
     # num_iters=100 and the default tol: the same compiled fit as the other test modules.
-    return {ct: GaussianMixtureModel(num_components=2, num_iters=100, covariance_type=ct, reg_covar=1e-5)
-            .fit(X) for ct in COV_TYPES}
+    return {
+        ct: GaussianMixtureModel(num_components=2, num_iters=100, covariance_type=ct, reg_covar=1e-5).fit(X)
+        for ct in COV_TYPES
+    }
 
 
 @pytest.mark.parametrize("ct", COV_TYPES)
@@ -70,9 +79,16 @@ def test_loaded_model_keeps_hyperparameters(fitted, ct, tmp_path):
 
 def test_hyperparameters_with_init_arrays_and_key_seed(X, tmp_path):
     w0, mu0, p0 = np.array([0.5, 0.5]), np.array([[0.5, 0.5], [2.5, 2.5]]), np.stack([np.eye(2)] * 2)
-    m = GaussianMixtureModel(n_components=2, max_iter=100, tol=np.float32(1e-3), n_init=np.int64(1),
-                             seed=jax.random.key(11), weights_init=w0, means_init=mu0,
-                             precisions_init=p0).fit(X)
+    m = GaussianMixtureModel(
+        n_components=2,
+        max_iter=100,
+        tol=np.float32(1e-3),
+        n_init=np.int64(1),
+        seed=jax.random.key(11),
+        weights_init=w0,
+        means_init=mu0,
+        precisions_init=p0,
+    ).fit(X)
     m.save(tmp_path / "m.npz")
     loaded = GaussianMixtureModel.load(tmp_path / "m.npz")
     params = loaded.get_params()
@@ -93,8 +109,15 @@ def test_file_is_a_plain_npz(fitted, tmp_path):
     m.save(path)
     with np.load(path, allow_pickle=False) as archive:
         files = set(archive.files)
-        assert {"format", "format_version", "covariance_type", "weights", "means", "covariances",
-                "hyperparameters"} <= files
+        assert {
+            "format",
+            "format_version",
+            "covariance_type",
+            "weights",
+            "means",
+            "covariances",
+            "hyperparameters",
+        } <= files
         assert str(archive["format"]) == "gmmjax.GaussianMixtureModel"
         assert str(archive["covariance_type"]) == "diag"
         np.testing.assert_array_equal(archive["weights"], m.weights_)
@@ -217,7 +240,11 @@ EDITS = [  # (covariance type, changes, what the message says)
     ("full", dict(means=np.array([[np.inf, 0.0], [1.0, 1.0]], np.float32)), "means contains NaN or infinity"),
     ("full", dict(means=np.zeros(2, np.float32)), "means must be a 2-D array"),
     ("full", dict(format_version=np.int64(0)), "format_version must be a positive integer"),
-    ("full", dict(format_version=np.int64(-7)), "format_version must be a positive integer (1 for this gmmjax), got -7"),
+    (
+        "full",
+        dict(format_version=np.int64(-7)),
+        "format_version must be a positive integer (1 for this gmmjax), got -7",
+    ),
     ("full", dict(format_version=np.str_("1")), "format_version must be an integer"),
     ("full", dict(covariance_type=np.str_("banana")), "banana"),
     ("full", dict(hyperparameters=_hyper(frobnicate=3)), "hyperparameters has an unknown key 'frobnicate'"),

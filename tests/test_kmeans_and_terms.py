@@ -36,13 +36,15 @@ def test_kmeans_without_sample_weight_equals_unit_weights(X, fn):
 @pytest.mark.parametrize("covariance_type", O.COVARIANCE_TYPES)
 def test_component_terms_pass_through_jit(X, covariance_type):
     w, m, c = O.initial_parameters(np.asarray(X, np.float64), 3, covariance_type, seed=3)
-    params = gj.GMMParams(jnp.asarray(w, jnp.float32), jnp.asarray(m, jnp.float32), jnp.asarray(c, jnp.float32),
-                          covariance_type)
+    params = gj.GMMParams(
+        jnp.asarray(w, jnp.float32), jnp.asarray(m, jnp.float32), jnp.asarray(c, jnp.float32), covariance_type
+    )
     terms = jax.jit(component_terms)(params)  # a return value ...
     assert terms.covariance_type == covariance_type  # ... whose type is static, not a leaf
     assert len(jax.tree_util.tree_leaves(terms)) == 3
     log_joint = jax.jit(lambda t, X: log_joint_from_residuals(t, residuals_about(X, t.means)))(terms, X)  # an argument
-    np.testing.assert_allclose(np.asarray(log_joint).T, O.component_log_joint(w, m, c, covariance_type, np.asarray(X)),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(log_joint).T, O.component_log_joint(w, m, c, covariance_type, np.asarray(X)), rtol=1e-5, atol=1e-5
+    )
     eager = component_terms(params)
     O.assert_trees_close(terms, eager, rtol=1e-6)

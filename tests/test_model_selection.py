@@ -31,8 +31,12 @@ def _criteria(params, X, sample_weight=None):
     """The public criteria and the mean log-likelihood of one fit (jitted: eager dispatch is slower)."""
     s = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
     mean_log_likelihood = jnp.sum(s * gj.log_prob(params, X)) / jnp.sum(s)
-    return (gj.bic(params, X, sample_weight), gj.aic(params, X, sample_weight), gj.icl(params, X, sample_weight),
-            mean_log_likelihood)
+    return (
+        gj.bic(params, X, sample_weight),
+        gj.aic(params, X, sample_weight),
+        gj.icl(params, X, sample_weight),
+        mean_log_likelihood,
+    )
 
 
 def _blobs(seed):
@@ -51,8 +55,9 @@ def selection(data):
 
 
 def _assert_close(actual, desired, rtol=2e-5, atol=2e-5, name=""):
-    np.testing.assert_allclose(np.asarray(actual, np.float64), np.asarray(desired, np.float64), rtol=rtol,
-                               atol=atol, err_msg=name)
+    np.testing.assert_allclose(
+        np.asarray(actual, np.float64), np.asarray(desired, np.float64), rtol=rtol, atol=atol, err_msg=name
+    )
 
 
 def _assert_same_fit(batch: gj.FitResult, single: gj.FitResult):
@@ -61,8 +66,9 @@ def _assert_same_fit(batch: gj.FitResult, single: gj.FitResult):
     np.testing.assert_array_equal(np.asarray(batch.restart_n_iter), np.asarray(single.restart_n_iter))
     np.testing.assert_array_equal(np.asarray(batch.restart_converged), np.asarray(single.restart_converged))
     for name in ("weights", "means", "covariances"):
-        _assert_close(getattr(batch.restart_params, name), getattr(single.restart_params, name), rtol=1e-4,
-                      atol=1e-4, name=name)
+        _assert_close(
+            getattr(batch.restart_params, name), getattr(single.restart_params, name), rtol=1e-4, atol=1e-4, name=name
+        )
     _assert_close(batch.restart_lower_bounds, single.restart_lower_bounds, rtol=1e-5, atol=1e-5, name="lower_bound")
     _assert_close(batch.lower_bound_history, single.lower_bound_history, rtol=1e-5, atol=1e-5, name="history")
     np.testing.assert_array_equal(np.asarray(batch.collapsed_components), np.asarray(single.collapsed_components))
@@ -78,8 +84,10 @@ def _assert_same_fit(batch: gj.FitResult, single: gj.FitResult):
 
 
 # One masked member (fewer active components than K_max) by default; every (type, K) in the slow tests.
-@pytest.mark.parametrize("covariance_type,k", [("full", 2), pytest.param("full", 1, marks=pytest.mark.slow),
-                                               pytest.param("diag", 2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "covariance_type,k",
+    [("full", 2), pytest.param("full", 1, marks=pytest.mark.slow), pytest.param("diag", 2, marks=pytest.mark.slow)],
+)
 def test_each_num_components_equals_separate_fit(data, selection, covariance_type, k):
     single = gj.fit_em(KEY, data, k, covariance_type=covariance_type)
     _assert_same_fit(selection.fit_for(covariance_type, k), single)
@@ -110,8 +118,9 @@ M_STEP_TYPES = ("full", "tied")
 @jax.jit
 def _masked_and_small_m_steps(all_stats, shift):
     small = lambda stats: jax.tree_util.tree_map(lambda leaf: leaf[:2], stats)
-    return [(gj.m_step(stats, shift, 1e-6, num_active=2), gj.m_step(small(stats), shift[:2], 1e-6))
-            for stats in all_stats]
+    return [
+        (gj.m_step(stats, shift, 1e-6, num_active=2), gj.m_step(small(stats), shift[:2], 1e-6)) for stats in all_stats
+    ]
 
 
 def test_m_step_with_inactive_components_equals_smaller_m_step():
@@ -121,12 +130,15 @@ def test_m_step_with_inactive_components_equals_smaller_m_step():
     resp = np.concatenate([rng.dirichlet(np.ones(2), size=40), np.zeros((40, 2))], axis=1)  # 2 of 4 used
     shift = rng.normal(size=(4, D))
     residuals = [X - shift[j] for j in range(4)]
-    first = np.stack([(resp[:, j:j + 1] * r).sum(0) for j, r in enumerate(residuals)])
+    first = np.stack([(resp[:, j : j + 1] * r).sum(0) for j, r in enumerate(residuals)])
     all_stats = []
-    second = np.stack([r.T @ (resp[:, j:j + 1] * r) for j, r in enumerate(residuals)])
+    second = np.stack([r.T @ (resp[:, j : j + 1] * r) for j, r in enumerate(residuals)])
     for covariance_type in M_STEP_TYPES:
-        all_stats.append(gj.SufficientStats(*(jnp.asarray(a, jnp.float32) for a in (resp.sum(0), first, second)),
-                                            covariance_type=covariance_type))
+        all_stats.append(
+            gj.SufficientStats(
+                *(jnp.asarray(a, jnp.float32) for a in (resp.sum(0), first, second)), covariance_type=covariance_type
+            )
+        )
     results = _masked_and_small_m_steps(all_stats, jnp.asarray(shift, jnp.float32))
     for covariance_type, (masked, expected) in zip(M_STEP_TYPES, results):
         assert np.all(np.asarray(masked.weights[2:]) == 0.0)
@@ -135,12 +147,14 @@ def test_m_step_with_inactive_components_equals_smaller_m_step():
         covariances = masked.covariances if covariance_type == "tied" else masked.covariances[:2]
         _assert_close(covariances, expected.covariances, name=covariance_type)
 
+
 def test_uniform_draws_of_k_components_begin_with_those_of_fewer():
     """init_params="random" relies on it: a row's (K,) draw starts with its (k,) draw (JAX's
     default jax_threefry_partitionable). If JAX's default changes, this says why a fit moved."""
     key = jax.random.fold_in(jax.random.key(0), 17)
-    np.testing.assert_array_equal(np.asarray(jax.random.uniform(key, (5,))[:3]),
-                                  np.asarray(jax.random.uniform(key, (3,))))
+    np.testing.assert_array_equal(
+        np.asarray(jax.random.uniform(key, (5,))[:3]), np.asarray(jax.random.uniform(key, (3,)))
+    )
 
 
 @pytest.mark.slow  # (the equality with separate fits above depends on it too)
@@ -190,8 +204,15 @@ def test_criteria_match_sklearn_and_best_model_matches_sklearn(data, selection):
             _assert_close(selection.icl[t, j], sk.bic(X) - 2 * log_map.sum(), rtol=1e-5, name="icl")
     # scikit-learn's own fits (its initialisation, 3 restarts) choose the same (type, K).
     with O.single_threaded():
-        table = np.array([[GaussianMixture(k, covariance_type=ct, n_init=3, random_state=0).fit(data).bic(data)
-                           for k in (1, 2, 3)] for ct in TYPES])
+        table = np.array(
+            [
+                [
+                    GaussianMixture(k, covariance_type=ct, n_init=3, random_state=0).fit(data).bic(data)
+                    for k in (1, 2, 3)
+                ]
+                for ct in TYPES
+            ]
+        )
     t, j = np.unravel_index(np.argmin(table), table.shape)
     assert (selection.best_covariance_type, int(selection.best_num_components)) == (TYPES[t], j + 1) == ("full", 3)
     np.testing.assert_allclose(np.asarray(selection.bic), table, rtol=1e-3)  # same optima here
@@ -223,7 +244,7 @@ def test_jit_and_vmap_over_datasets(data, selection):
     select = jax.jit(jax.vmap(lambda key, X: gj.select_num_components(key, X, K_MAX)))
     batch = select(jnp.stack([KEY, other_key]), jnp.stack([jnp.asarray(data), jnp.asarray(other_data)]))
     assert batch.bic.shape == (2, 1, K_MAX) and batch.covariance_types == ("full",)
-    first, second = (jax.tree_util.tree_map(lambda leaf: leaf[d], batch) for d in range(2))
+    first, second = (jax.tree_util.tree_map(lambda leaf: leaf[d], batch) for d in range(2))  # noqa: B023  tree_map calls it at once
     for k in range(1, K_MAX + 1):
         _assert_same_fit(first.fit_for("full", k), selection.fit_for("full", k))
     _assert_close(first.bic[0], selection.bic[0], rtol=1e-5)
@@ -245,8 +266,10 @@ def test_estimator_select_returns_the_fitted_winner(data, selection):
     np.testing.assert_array_equal(model.covariances_, np.asarray(best.params.covariances))
     assert model.n_iter_ == int(best.n_iter) and model.converged_ and len(model.lower_bounds_) == model.n_iter_
     assert model.collapsed_components_.shape == (3,)
-    np.testing.assert_array_equal(model.predict(data), np.argmax(O.responsibilities(
-        model.weights_, model.means_, model.covariances_, "full", data), axis=1))
+    np.testing.assert_array_equal(
+        model.predict(data),
+        np.argmax(O.responsibilities(model.weights_, model.means_, model.covariances_, "full", data), axis=1),
+    )
 
 
 def test_estimator_select_rejects_what_it_chooses(data):
@@ -259,30 +282,36 @@ def test_estimator_select_rejects_what_it_chooses(data):
 # --------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("num_components,message", [
-    (0, r"num_components must be at least 1"),
-    (N + 1, rf"must lie within 1\.\.{N} \(the number of samples\)"),
-    ([0, 2], rf"must lie within 1\.\.{N}"),
-    ([], r"non-empty sequence of ints"),
-    ([2, 2], r"lists a value more than once"),
-    ([1.5, 2], r"non-empty sequence of ints"),
-    ("3", r"non-empty sequence of ints"),
-    (None, r"an int K_max \(to try K = 1\.\.K_max\) or a sequence"),
-])
+@pytest.mark.parametrize(
+    "num_components,message",
+    [
+        (0, r"num_components must be at least 1"),
+        (N + 1, rf"must lie within 1\.\.{N} \(the number of samples\)"),
+        ([0, 2], rf"must lie within 1\.\.{N}"),
+        ([], r"non-empty sequence of ints"),
+        ([2, 2], r"lists a value more than once"),
+        ([1.5, 2], r"non-empty sequence of ints"),
+        ("3", r"non-empty sequence of ints"),
+        (None, r"an int K_max \(to try K = 1\.\.K_max\) or a sequence"),
+    ],
+)
 def test_num_components_range_is_validated(data, num_components, message):
     with pytest.raises(ValueError, match=message):
         gj.select_num_components(KEY, data, num_components)
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(criterion="likelihood"), r"criterion must be one of \('bic', 'aic', 'icl'\)"),
-    (dict(covariance_types="fulll"), r"covariance_types must be 'all', one of .* got 'fulll'"),
-    (dict(covariance_types=[]), r"must name at least one of"),
-    (dict(covariance_types=("full", "full")), r"lists a type more than once"),
-    (dict(n_init=0), r"n_init must be an integer >= 1"),
-    (dict(init_params="kmeans+"), r"init_params must be one of"),
-    (dict(sample_weight=np.ones(3)), r"sample_weight must have shape \(150,\)"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(criterion="likelihood"), r"criterion must be one of \('bic', 'aic', 'icl'\)"),
+        (dict(covariance_types="fulll"), r"covariance_types must be 'all', one of .* got 'fulll'"),
+        (dict(covariance_types=[]), r"must name at least one of"),
+        (dict(covariance_types=("full", "full")), r"lists a type more than once"),
+        (dict(n_init=0), r"n_init must be an integer >= 1"),
+        (dict(init_params="kmeans+"), r"init_params must be one of"),
+        (dict(sample_weight=np.ones(3)), r"sample_weight must have shape \(150,\)"),
+    ],
+)
 def test_options_are_validated(data, kwargs, message):
     with pytest.raises(ValueError, match=message):
         gj.select_num_components(KEY, data, 2, **kwargs)
@@ -311,8 +340,9 @@ def test_all_types_restarts_and_weights_equal_separate_fits(data, init_params):
 @pytest.mark.slow
 def test_estimator_select_equals_fit_with_the_same_seed(data):
     model = gj.GaussianMixtureModel.select(data, K_MAX, covariance_types=TYPES, seed=3)
-    fitted = gj.GaussianMixtureModel(num_components=model.num_components, covariance_type=model.covariance_type,
-                                     seed=3).fit(data)
+    fitted = gj.GaussianMixtureModel(
+        num_components=model.num_components, covariance_type=model.covariance_type, seed=3
+    ).fit(data)
     _assert_close(model.means_, fitted.means_, rtol=1e-4, atol=1e-4)
     _assert_close(model.covariances_, fitted.covariances_, rtol=1e-4, atol=1e-4)
     assert model.n_iter_ == fitted.n_iter_
@@ -325,10 +355,19 @@ def test_bic_matches_sklearn_fit_from_the_same_start(data):
     selection = gj.select_num_components(KEY, data, 4, covariance_types="all")
     for t, covariance_type in enumerate(O.COVARIANCE_TYPES):
         for j, k in enumerate(range(1, 5)):
-            start, _ = initialize(KEY, jnp.asarray(data), k, covariance_type=covariance_type, init_params="kmeans",
-                                  sample_weight=None, reg_covar=1e-6)
-            sk = O.fit_sklearn_from(data, k, covariance_type, start.weights, start.means, start.covariances,
-                                    max_iter=100, tol=1e-3)
+            start, _ = initialize(
+                KEY,
+                jnp.asarray(data),
+                k,
+                covariance_type=covariance_type,
+                init_params="kmeans",
+                sample_weight=None,
+                reg_covar=1e-6,
+            )
+            sk = O.fit_sklearn_from(
+                data, k, covariance_type, start.weights, start.means, start.covariances, max_iter=100, tol=1e-3
+            )
             assert int(selection.n_iter[t, j]) == sk.n_iter_, (covariance_type, k)
-            _assert_close(selection.bic[t, j], sk.bic(data.astype(np.float64)), rtol=1e-4,
-                          name=f"{covariance_type} {k}")
+            _assert_close(
+                selection.bic[t, j], sk.bic(data.astype(np.float64)), rtol=1e-4, name=f"{covariance_type} {k}"
+            )

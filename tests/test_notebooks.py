@@ -39,8 +39,11 @@ QUICK_SWITCH = 'QUICK = os.environ.get("GMMJAX_NOTEBOOK_QUICK") == "1"'
 
 def code_cells(notebook: dict) -> list:
     """``(position in the notebook, source)`` of each code cell, in order."""
-    return [(position, "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"])
-            for position, cell in enumerate(notebook["cells"]) if cell["cell_type"] == "code"]
+    return [
+        (position, "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"])
+        for position, cell in enumerate(notebook["cells"])
+        if cell["cell_type"] == "code"
+    ]
 
 
 # --------------------------------------------------------------------------- the runner
@@ -58,8 +61,9 @@ class _FigureSaver:
             figure = self.plt.figure(number)
             if self.folder is not None:
                 self.count += 1
-                figure.savefig(self.folder / f"{self.prefix}-cell{self.cell}-{self.count}.png", dpi=80,
-                               bbox_inches="tight")
+                figure.savefig(
+                    self.folder / f"{self.prefix}-cell{self.cell}-{self.count}.png", dpi=80, bbox_inches="tight"
+                )
             self.plt.close(figure)
 
 
@@ -74,7 +78,7 @@ def run_notebook(path: pathlib.Path) -> int:
         folder.mkdir(parents=True, exist_ok=True)
     saver = None
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401  (only whether it is installed: the notebooks run without it)
     except ImportError:
         pass
     else:
@@ -103,12 +107,18 @@ def _run_cells(path: pathlib.Path, notebook: dict, saver) -> int:
                 saver.show()  # figures left open at the end of a cell are shown, as in Jupyter
         except BaseException:  # noqa: BLE001 - report anything, including SystemExit, with its cell
             first_line = next((line for line in source.splitlines() if line.strip()), "")
-            print(f"{FAILURE_MARKER}: {path.name}, code cell {number} (cell {position + 1} of the notebook), "
-                  f"starting {first_line!r}", file=sys.stderr)
+            print(
+                f"{FAILURE_MARKER}: {path.name}, code cell {number} (cell {position + 1} of the notebook), "
+                f"starting {first_line!r}",
+                file=sys.stderr,
+            )
             traceback.print_exc()
             return 1
-        print(f"{path.name} code cell {number}: {time.perf_counter() - start:.2f} s "
-              f"(CPU {time.process_time() - start_cpu:.2f} s)", flush=True)
+        print(
+            f"{path.name} code cell {number}: {time.perf_counter() - start:.2f} s "
+            f"(CPU {time.process_time() - start_cpu:.2f} s)",
+            flush=True,
+        )
     return 0
 
 
@@ -134,8 +144,9 @@ def _start_notebook(path: pathlib.Path):
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     # Files, not pipes: a full pipe would block a notebook while the test waits on another one.
     out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen([sys.executable, __file__, str(path)], stdout=out, stderr=err, env=env, cwd=REPO_ROOT,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, str(path)], stdout=out, stderr=err, env=env, cwd=REPO_ROOT, text=True
+    )
     proc.output_files = (out, err)
     return proc
 
@@ -164,8 +175,11 @@ if __name__ != "__main__":
     @pytest.fixture(scope="module")
     def notebook_processes(request):
         """Starts every selected notebook at once, each in its own process, so that they share the cores."""
-        selected = [item.callspec.params["path"] for item in request.session.items
-                    if getattr(item, "originalname", None) == "test_notebook_runs"]
+        selected = [
+            item.callspec.params["path"]
+            for item in request.session.items
+            if getattr(item, "originalname", None) == "test_notebook_runs"
+        ]
         processes = {path: _start_notebook(path) for path in selected}
         yield processes
         for proc in processes.values():
@@ -177,9 +191,12 @@ if __name__ != "__main__":
     def test_notebook_runs(path, notebook_processes):
         returncode, stdout, stderr = _finish(notebook_processes[path])
         if returncode != 0:
-            failure = stderr[stderr.find(FAILURE_MARKER):] if FAILURE_MARKER in stderr else stderr
-            pytest.fail(f"notebooks/{path.name} failed (exit {returncode}):\n{failure[-6000:]}\n"
-                        f"(stdout ends: {stdout[-1000:]})", pytrace=False)
+            failure = stderr[stderr.find(FAILURE_MARKER) :] if FAILURE_MARKER in stderr else stderr
+            pytest.fail(
+                f"notebooks/{path.name} failed (exit {returncode}):\n{failure[-6000:]}\n"
+                f"(stdout ends: {stdout[-1000:]})",
+                pytrace=False,
+            )
 
     @pytest.mark.parametrize("path", NOTEBOOKS, ids=_notebook_id)
     def test_notebook_follows_the_convention(path):
@@ -187,7 +204,8 @@ if __name__ != "__main__":
         notebook = json.loads(path.read_text(encoding="utf-8"))
         assert notebook.get("nbformat") == 4, f"{path.name}: not an nbformat-4 notebook"
         assert strip_outputs.is_stripped(notebook), (
-            f"{path.name} is committed with outputs or execution counts: run python notebooks/strip_outputs.py")
+            f"{path.name} is committed with outputs or execution counts: run python notebooks/strip_outputs.py"
+        )
         cells = code_cells(notebook)
         assert cells, f"{path.name} has no code cells"
         assert QUICK_SWITCH in cells[0][1], f"the first code cell of {path.name} must set {QUICK_SWITCH}"
@@ -197,49 +215,81 @@ if __name__ != "__main__":
             compile(source, f"<{path.name} code cell {number}>", "exec")  # a SyntaxError names the cell
 
     def test_runner_reports_the_failing_cell(tmp_path):
-        cells = [{"cell_type": "markdown", "metadata": {}, "source": ["# title"]},
-                 {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
-                  "source": ["import os\n", QUICK_SWITCH + "\n", "x = 1"]},
-                 {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
-                  "source": ["assert QUICK\n", "y = x / 0"]}]
+        cells = [
+            {"cell_type": "markdown", "metadata": {}, "source": ["# title"]},
+            {
+                "cell_type": "code",
+                "metadata": {},
+                "execution_count": None,
+                "outputs": [],
+                "source": ["import os\n", QUICK_SWITCH + "\n", "x = 1"],
+            },
+            {
+                "cell_type": "code",
+                "metadata": {},
+                "execution_count": None,
+                "outputs": [],
+                "source": ["assert QUICK\n", "y = x / 0"],
+            },
+        ]
         path = tmp_path / "broken.ipynb"
         path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
         returncode, stdout, stderr = _finish(_start_notebook(path))
         assert returncode == 1
         assert "broken.ipynb code cell 1:" in stdout  # the first cell ran (and was timed)
-        assert "NOTEBOOK FAILED: broken.ipynb, code cell 2 (cell 3 of the notebook), starting 'assert QUICK'" \
-            in stderr
+        assert "NOTEBOOK FAILED: broken.ipynb, code cell 2 (cell 3 of the notebook), starting 'assert QUICK'" in stderr
         assert "ZeroDivisionError" in stderr and "<broken.ipynb code cell 2>" in stderr
 
     def test_relative_figure_folder_is_the_callers(tmp_path):
         """README: ``GMMJAX_NOTEBOOK_FIGURES=figures python tests/test_notebooks.py A.ipynb B.ipynb``
         saves into ./figures of the caller, for every notebook (the runner changes folders)."""
         pytest.importorskip("matplotlib")
-        source = ["import os\n", QUICK_SWITCH + "\n", "import matplotlib.pyplot as plt\n",
-                  "plt.plot([0, 1])\n", "plt.show()"]
+        source = [
+            "import os\n",
+            QUICK_SWITCH + "\n",
+            "import matplotlib.pyplot as plt\n",
+            "plt.plot([0, 1])\n",
+            "plt.show()",
+        ]
         cells = [{"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": source}]
         notebooks = tmp_path / "notebooks"
         notebooks.mkdir()
         for name in ("first", "second"):
             (notebooks / f"{name}.ipynb").write_text(
-                json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+                json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+            )
         caller = tmp_path / "caller"
         caller.mkdir()
         env = dict(os.environ, GMMJAX_NOTEBOOK_FIGURES="figures", MPLBACKEND="Agg")
-        proc = subprocess.run([sys.executable, __file__, "../notebooks/first.ipynb", "../notebooks/second.ipynb"],
-                              cwd=caller, env=env, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, __file__, "../notebooks/first.ipynb", "../notebooks/second.ipynb"],
+            cwd=caller,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr
         assert sorted(p.name for p in (caller / "figures").iterdir()) == ["first-cell1-1.png", "second-cell1-1.png"]
         assert not (notebooks / "figures").exists()
 
     def test_strip_outputs_strips(tmp_path):
         strip_outputs = _load_strip_outputs()
-        notebook = {"cells": [{"cell_type": "code", "execution_count": 3, "id": "a",
-                               "metadata": {"execution": {"iopub.status.idle": "..."}, "tags": ["keep"]},
-                               "outputs": [{"name": "stdout", "output_type": "stream", "text": ["1\n"]}],
-                               "source": "print(1)\nprint(2)"}],
-                    "metadata": {"widgets": {}, "kernelspec": {"name": "python3"}}, "nbformat": 4,
-                    "nbformat_minor": 5}
+        notebook = {
+            "cells": [
+                {
+                    "cell_type": "code",
+                    "execution_count": 3,
+                    "id": "a",
+                    "metadata": {"execution": {"iopub.status.idle": "..."}, "tags": ["keep"]},
+                    "outputs": [{"name": "stdout", "output_type": "stream", "text": ["1\n"]}],
+                    "source": "print(1)\nprint(2)",
+                }
+            ],
+            "metadata": {"widgets": {}, "kernelspec": {"name": "python3"}},
+            "nbformat": 4,
+            "nbformat_minor": 5,
+        }
         path = tmp_path / "n.ipynb"
         path.write_text(json.dumps(notebook))
         assert not strip_outputs.is_stripped(notebook)

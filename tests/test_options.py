@@ -17,15 +17,18 @@ X = X.astype(np.float32)
 KEY = jax.random.key(0)
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("covariance_type", "banana", "covariance_type must be one of"),
-    ("max_iter", -1, r"max_iter \(num_iters\) must be an integer >= 0"),
-    ("max_iter", 2.5, r"max_iter \(num_iters\) must be an integer"),
-    ("n_init", 0, "n_init must be an integer >= 1"),
-    ("init_params", "best", "init_params must be one of"),
-    ("chunk_size", 0, "chunk_size must be an integer >= 1"),
-    ("restart_batch_size", True, "restart_batch_size must be an integer"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("covariance_type", "banana", "covariance_type must be one of"),
+        ("max_iter", -1, r"max_iter \(num_iters\) must be an integer >= 0"),
+        ("max_iter", 2.5, r"max_iter \(num_iters\) must be an integer"),
+        ("n_init", 0, "n_init must be an integer >= 1"),
+        ("init_params", "best", "init_params must be one of"),
+        ("chunk_size", 0, "chunk_size must be an integer >= 1"),
+        ("restart_batch_size", True, "restart_batch_size must be an integer"),
+    ],
+)
 def test_static_fields_are_checked_when_built(field, value, message):
     with pytest.raises(ValueError, match=message):
         gj.FitOptions(**{field: value})
@@ -74,8 +77,9 @@ def test_vmap_over_a_leaf_equals_separate_fits():
     batched = jax.vmap(lambda r: gj.fit_em(KEY, X, 2, reg_covar=r).params)(reg)
     for i, r in enumerate([1e-6, 0.5]):
         single = gj.fit_em(KEY, X, 2, reg_covar=r).params
-        np.testing.assert_allclose(np.asarray(batched.covariances[i]), np.asarray(single.covariances),
-                                   rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(batched.covariances[i]), np.asarray(single.covariances), rtol=2e-5, atol=1e-6
+        )
 
 
 def test_max_iter_zero_returns_the_initialisation():
@@ -95,8 +99,12 @@ def test_lower_bound_init_continues_the_convergence_test():
     done = gj.fit_em(KEY, X, 2, tol=1e-3)
     assert bool(done.converged)
     p = done.params
-    warm = dict(weights_init=p.weights, means_init=p.means, max_iter=1,
-                precisions_init=np.linalg.inv(np.asarray(p.covariances, np.float64)))
+    warm = dict(
+        weights_init=p.weights,
+        means_init=p.means,
+        max_iter=1,
+        precisions_init=np.linalg.inv(np.asarray(p.covariances, np.float64)),
+    )
     assert not bool(gj.fit_em(KEY, X, 2, **warm).converged)
     assert bool(gj.fit_em(KEY, X, 2, lower_bound_init=float(done.lower_bound), **warm).converged)
 
@@ -106,16 +114,21 @@ def test_the_gradient_fit_and_model_selection_take_the_same_options():
     em = gj.fit_em(KEY, X, 2, options, max_iter=0)
     gradient = gj.fit_gradient(KEY, X, 2, options, num_steps=1)
     # the same initialisation for the same key and options (gradient: the history's first entry)
-    np.testing.assert_allclose(np.asarray(gradient.restarts.lower_bound_history[:, 0]),
-                               np.asarray(gj.fit_em(KEY, X, 2, options, max_iter=1).restart_lower_bounds),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(gradient.restarts.lower_bound_history[:, 0]),
+        np.asarray(gj.fit_em(KEY, X, 2, options, max_iter=1).restart_lower_bounds),
+        rtol=1e-5,
+    )
     assert em.restart_params.means.shape == (2, 2, 2)
     with pytest.raises(ValueError, match="fit_gradient runs num_steps"):
         gj.fit_gradient(KEY, X, 2, max_iter=5)
-    selection = gj.select_num_components(KEY, X, 2, options.replace(covariance_type="full"),
-                                         covariance_types="diag")
-    np.testing.assert_allclose(np.asarray(selection.fit_for("diag", 2).params.means),
-                               np.asarray(gj.fit_em(KEY, X, 2, options).params.means), rtol=1e-4, atol=1e-5)
+    selection = gj.select_num_components(KEY, X, 2, options.replace(covariance_type="full"), covariance_types="diag")
+    np.testing.assert_allclose(
+        np.asarray(selection.fit_for("diag", 2).params.means),
+        np.asarray(gj.fit_em(KEY, X, 2, options).params.means),
+        rtol=1e-4,
+        atol=1e-5,
+    )
     with pytest.raises(ValueError, match="model selection fits several"):
         gj.select_num_components(KEY, X, 2, means_init=np.zeros((2, 2)))
 
@@ -127,6 +140,7 @@ def test_more_restarts_include_the_single_fit_and_keep_the_first_ones():
     three = gj.fit_em(KEY, X, 2, n_init=3, init_params="random_from_data", max_iter=20)
     five = gj.fit_em(KEY, X, 2, n_init=5, init_params="random_from_data", max_iter=20)
     np.testing.assert_allclose(float(five.restart_lower_bounds[0]), float(single.lower_bound), rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(five.restart_lower_bounds[:3]), np.asarray(three.restart_lower_bounds),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(five.restart_lower_bounds[:3]), np.asarray(three.restart_lower_bounds), rtol=1e-6
+    )
     assert float(five.lower_bound) >= float(single.lower_bound)

@@ -23,11 +23,10 @@ import matplotlib.image as mimage  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from _oracles import full_covariances, make_blobs  # noqa: E402
 
 import gmmjax as gj  # noqa: E402
-from gmmjax.plot import (ellipse_geometry, plot_criteria, plot_lower_bounds, plot_mixture,  # noqa: E402
-                         plot_selection)
+from _oracles import full_covariances, make_blobs  # noqa: E402
+from gmmjax.plot import plot_criteria, plot_lower_bounds, plot_mixture, plot_selection  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -47,8 +46,9 @@ def data():
 
 @pytest.fixture(scope="module")
 def model(data):
-    return gj.GaussianMixtureModel(num_components=4, num_iters=40, n_init=3, init_params="random_from_data",
-                                   seed=3).fit(data)
+    return gj.GaussianMixtureModel(
+        num_components=4, num_iters=40, n_init=3, init_params="random_from_data", seed=3
+    ).fit(data)
 
 
 def artists(ax, gid):
@@ -95,8 +95,12 @@ def assert_png(path, width_px, height_px, min_colors=8):
 
 def test_ellipses_match_the_closed_form_for_a_known_covariance(tmp_path):
     covariance = np.array([[3.0, 1.0], [1.0, 2.0]])  # eigenvalues (5 ± √5)/2, major axis at 31.72°
-    params = gj.GMMParams(np.array([0.7, 0.3]), np.array([[1.0, -2.0], [6.0, 4.0]]),
-                          np.stack([covariance, np.diag([0.5, 2.0])]), covariance_type="full")
+    params = gj.GMMParams(
+        np.array([0.7, 0.3]),
+        np.array([[1.0, -2.0], [6.0, 4.0]]),
+        np.stack([covariance, np.diag([0.5, 2.0])]),
+        covariance_type="full",
+    )
     ax = plot_mixture(params, n_std=(1, 2))
     drawn = ellipses(ax)
     assert len(drawn) == 2 * 2
@@ -124,8 +128,12 @@ def test_every_covariance_type_draws_k_ellipses_per_level(covariance_type):
     rng = np.random.default_rng(1)
     k, d = 3, 2
     full = np.stack([a @ a.T + 0.2 * np.eye(d) for a in rng.normal(size=(k, d, d))])
-    covariances = {"full": full, "tied": full[0], "diag": np.stack([np.diag(c) for c in full]),
-                   "spherical": np.array([0.5, 1.0, 2.0])}[covariance_type]
+    covariances = {
+        "full": full,
+        "tied": full[0],
+        "diag": np.stack([np.diag(c) for c in full]),
+        "spherical": np.array([0.5, 1.0, 2.0]),
+    }[covariance_type]
     params = gj.GMMParams(np.full(k, 1 / k), rng.normal(scale=5, size=(k, d)), covariances, covariance_type)
     levels = (1.0, 2.0, 3.0)
     ax = plot_mixture(params, n_std=levels)
@@ -238,8 +246,9 @@ def test_lower_bounds_one_line_per_restart_without_nan_tails(model, tmp_path):
     assert best_line is lines[-1]  # drawn on top
     assert f"best restart ({best})" in [t.get_text() for t in ax.get_legend().get_texts()]
     ends = artists(ax, "gmmjax-restart-end")
-    assert [e.get_marker() for e in ends] == ["o" if np.asarray(result.restart_converged)[int(line.get_label().split()[-1])]
-                                              else "x" for line in lines]
+    assert [e.get_marker() for e in ends] == [
+        "o" if np.asarray(result.restart_converged)[int(line.get_label().split()[-1])] else "x" for line in lines
+    ]
     path = tmp_path / "lower_bounds.png"
     ax.figure.savefig(path, dpi=50)
     assert_png(path, *(round(50 * s) for s in ax.figure.get_size_inches()))
@@ -262,10 +271,17 @@ def test_lower_bounds_of_a_fit_result_and_a_loaded_model(model, tmp_path):
 
 def test_lower_bounds_stop_at_the_first_nan():
     history = np.array([[-3.0, -2.0, -1.5, np.nan, np.nan], [-4.0, -2.5, np.nan, np.nan, np.nan]])
-    restarts = gj.FitState(params=None, lower_bound=np.array([-1.5, -2.5]), n_iter=np.array([3, 2]),
-                           converged=np.array([True, False]), lower_bound_history=history, collapsed_components=None)
-    result = gj.FitResult(params=None, lower_bound=np.float32(-1.5), n_iter=3, converged=True, best_restart=0,
-                          restarts=restarts)
+    restarts = gj.FitState(
+        params=None,
+        lower_bound=np.array([-1.5, -2.5]),
+        n_iter=np.array([3, 2]),
+        converged=np.array([True, False]),
+        lower_bound_history=history,
+        collapsed_components=None,
+    )
+    result = gj.FitResult(
+        params=None, lower_bound=np.float32(-1.5), n_iter=3, converged=True, best_restart=0, restarts=restarts
+    )
     ax = plot_lower_bounds(result)
     ys = {line.get_label(): line.get_ydata() for line in artists(ax, "gmmjax-restart")}
     np.testing.assert_array_equal(ys["_restart 0"], [-3.0, -2.0, -1.5])
@@ -342,10 +358,18 @@ def _selection_table(criterion, covariance_types=("full", "diag")):
     aic, icl = bic - rng.uniform(5, 50, size=shape), bic + rng.uniform(0, 20, size=shape)
     table = {"bic": bic, "aic": aic, "icl": icl}
     best = np.unravel_index(np.argmin(table[criterion]), shape)
-    return gj.SelectionResult(num_components=np.arange(1, 5), **table, mean_log_likelihood=np.zeros(shape),
-                              n_iter=np.ones(shape, int), converged=np.ones(shape, bool), fits=(),
-                              best_type_index=np.int32(best[0]), best_index=np.int32(best[1]),
-                              covariance_types=covariance_types, criterion=criterion)
+    return gj.SelectionResult(
+        num_components=np.arange(1, 5),
+        **table,
+        mean_log_likelihood=np.zeros(shape),
+        n_iter=np.ones(shape, int),
+        converged=np.ones(shape, bool),
+        fits=(),
+        best_type_index=np.int32(best[0]),
+        best_index=np.int32(best[1]),
+        covariance_types=covariance_types,
+        criterion=criterion,
+    )
 
 
 @pytest.mark.parametrize("criterion", ["aic", "icl"])
@@ -353,8 +377,11 @@ def test_plot_selection_draws_every_criterion_per_type(criterion):
     result = _selection_table(criterion)
     ax = plot_selection(result)
     curves = artists(ax, "gmmjax-criterion")
-    expected = [(f"{name.upper()}, {t}", getattr(result, name)[i]) for name in ("bic", "aic", "icl")
-                for i, t in enumerate(result.covariance_types)]
+    expected = [
+        (f"{name.upper()}, {t}", getattr(result, name)[i])
+        for name in ("bic", "aic", "icl")
+        for i, t in enumerate(result.covariance_types)
+    ]
     assert [line.get_label() for line in curves] == [label for label, _ in expected]
     for line, (_, values) in zip(curves, expected):
         np.testing.assert_array_equal(line.get_xdata(), [1, 2, 3, 4])
@@ -366,8 +393,9 @@ def test_plot_selection_draws_every_criterion_per_type(criterion):
     winner = stars[criterion.upper()]
     np.testing.assert_array_equal(winner.get_xydata(), [[j + 1, getattr(result, criterion)[t, j]]])
     assert winner.get_label() == f"{criterion.upper()} minimum: K={j + 1}, {result.covariance_types[t]}"
-    assert ax.get_title() == f"Information criteria (best by {criterion.upper()}: K={j + 1}, " \
-                             f"{result.covariance_types[t]})"
+    assert (
+        ax.get_title() == f"Information criteria (best by {criterion.upper()}: K={j + 1}, {result.covariance_types[t]})"
+    )
 
 
 def test_plot_selection_of_some_criteria_and_one_type():
@@ -455,8 +483,9 @@ def test_gmmjax_imports_without_matplotlib_and_plot_says_how_to_install():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert 'IMPORT ERROR: gmmjax.plot needs matplotlib, an optional extra: pip install "gmmjax[plots]"' in proc.stdout
-    assert 'ATTRIBUTE ERROR: gmmjax.plot needs matplotlib, an optional extra: pip install "gmmjax[plots]"' \
-        in proc.stdout
+    assert (
+        'ATTRIBUTE ERROR: gmmjax.plot needs matplotlib, an optional extra: pip install "gmmjax[plots]"' in proc.stdout
+    )
     assert "LAZY: gmmjax.plot True" in proc.stdout
 
 

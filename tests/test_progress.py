@@ -116,11 +116,17 @@ def test_plain_lines_without_tqdm(X, monkeypatch, capsys):
 
 def _lower(n_init, report_every):
     X = jnp.zeros((600, 2), jnp.float32)
-    options = gj.FitOptions(covariance_type="full", max_iter=100, n_init=n_init, init_params="k-means++",
-                            chunk_size=600, restart_batch_size=n_init, tol=jnp.float32(1e-4),
-                            reg_covar=jnp.float32(1e-6))
-    return _em._fit_em.lower(jax.random.key(0), X, None, options, num_components=2,
-                             report_every=report_every).as_text()
+    options = gj.FitOptions(
+        covariance_type="full",
+        max_iter=100,
+        n_init=n_init,
+        init_params="k-means++",
+        chunk_size=600,
+        restart_batch_size=n_init,
+        tol=jnp.float32(1e-4),
+        reg_covar=jnp.float32(1e-6),
+    )
+    return _em._fit_em.lower(jax.random.key(0), X, None, options, num_components=2, report_every=report_every).as_text()
 
 
 @pytest.mark.parametrize("n_init", [1, 20])
@@ -157,8 +163,9 @@ def test_reporter_ignores_stale_reports_and_counts_work():
 @pytest.mark.slow
 def test_restart_batches_report_every_restart(X, received):
     # restart_batch_size < n_init: batches run one after another (lax.map), each vmapped.
-    result = gj.fit_em(jax.random.key(1), X, 2, n_init=20, restart_batch_size=5, verbose=True,
-                       verbose_interval=INTERVAL, **FIT)
+    result = gj.fit_em(
+        jax.random.key(1), X, 2, n_init=20, restart_batch_size=5, verbose=True, verbose_interval=INTERVAL, **FIT
+    )
     check_reports(received, result, INTERVAL)
 
 
@@ -210,8 +217,9 @@ def test_file_gets_plain_lines_with_phases_and_an_honest_time_left(monkeypatch):
     assert len(lines) == 5 and all(line.startswith("EM: ") for line in lines), lines
     assert lines[0] == f"EM: {_progress.STARTING}, 0.0 s"
     assert "left" not in lines[1]  # one report cannot measure a rate
-    assert lines[2].endswith("iteration 20/100, lower bound -1.5, restarts converged 0/1 (stopped 0), "
-                             "up to 8.0 s left, 31.0 s")  # 80 iterations at most, at 10 per second
+    assert lines[2].endswith(
+        "iteration 20/100, lower bound -1.5, restarts converged 0/1 (stopped 0), up to 8.0 s left, 31.0 s"
+    )  # 80 iterations at most, at 10 per second
     assert "left" not in lines[3]  # finished
     assert lines[4] == f"EM: done ({_progress.STARTING} 30.0 s, iterations 1.5 s), 31.5 s"
 
@@ -227,8 +235,9 @@ def test_file_gets_a_line_now_and_then_while_compiling(monkeypatch):
     lines = stream.getvalue().splitlines()
     starting = [line for line in lines if _progress.STARTING in line and "done" not in line]
     assert len(starting) >= 3 and lines[: len(starting)] == starting, lines  # all before the first report
-    assert re.fullmatch(rf"EM: {_progress.STARTING}, 0\.[1-9]\d* s|EM: {_progress.STARTING}, [1-9][\d.]* s",
-                        starting[-1]), starting[-1]
+    assert re.fullmatch(
+        rf"EM: {_progress.STARTING}, 0\.[1-9]\d* s|EM: {_progress.STARTING}, [1-9][\d.]* s", starting[-1]
+    ), starting[-1]
 
 
 def test_terminal_bar_shows_the_compiling_clock_and_no_tqdm_eta(monkeypatch):

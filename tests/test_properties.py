@@ -55,8 +55,9 @@ def _check_valid(params, X, covariance_type):
 def test_any_finite_data_gives_a_valid_fit(covariance_type, reg_covar, X, seed):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = gj.fit_em(jax.random.key(seed), X, K, covariance_type=covariance_type, reg_covar=reg_covar,
-                           max_iter=30, n_init=2)
+        result = gj.fit_em(
+            jax.random.key(seed), X, K, covariance_type=covariance_type, reg_covar=reg_covar, max_iter=30, n_init=2
+        )
     _check_valid(result.params, X, covariance_type)
     assert np.isfinite(float(result.lower_bound))
     assert 1 <= int(result.n_iter) <= 30

@@ -41,26 +41,48 @@ EXPECTED_FAILED_CHECKS: dict[str, str] = {}
 
 # The default suite's subset: every check that fits nothing, and those that fit on the shapes
 # (20, 3), (30, 3), (21, 2), (15, 4) and (80, 2) -- one compilation each.
-FAST_CHECKS = frozenset({
-    # no fit
-    "check_estimator_cloneable", "check_estimator_tags_renamed", "check_valid_tag_types", "check_estimator_repr",
-    "check_no_attributes_set_in_init", "check_estimators_unfitted", "check_do_not_raise_errors_in_init_or_set_params",
-    "check_mixin_order", "check_all_zero_sample_weights_error", "check_complex_data",
-    "check_estimators_empty_data_messages", "check_estimator_sparse_tag", "check_estimator_sparse_array",
-    "check_estimator_sparse_matrix", "check_parameters_default_constructible", "check_get_params_invariance",
-    "check_set_params", "check_fit1d",
-    # (20, 3)
-    "check_dont_overwrite_parameters", "check_f_contiguous_array_estimator", "check_methods_sample_order_invariance",
-    "check_methods_subset_invariance", "check_dict_unchanged", "check_fit2d_predict1d",
-    # (30, 3)
-    "check_fit_score_takes_y", "check_pipeline_consistency", "check_estimators_pickle",
-    # (21, 2)
-    "check_estimators_overwrite_params", "check_estimators_fit_returns_self", "check_readonly_memmap_input",
-    # (15, 4)
-    "check_n_features_in_after_fitting",
-    # (80, 2)
-    "check_fit_idempotent",
-})
+FAST_CHECKS = frozenset(
+    {
+        # no fit
+        "check_estimator_cloneable",
+        "check_estimator_tags_renamed",
+        "check_valid_tag_types",
+        "check_estimator_repr",
+        "check_no_attributes_set_in_init",
+        "check_estimators_unfitted",
+        "check_do_not_raise_errors_in_init_or_set_params",
+        "check_mixin_order",
+        "check_all_zero_sample_weights_error",
+        "check_complex_data",
+        "check_estimators_empty_data_messages",
+        "check_estimator_sparse_tag",
+        "check_estimator_sparse_array",
+        "check_estimator_sparse_matrix",
+        "check_parameters_default_constructible",
+        "check_get_params_invariance",
+        "check_set_params",
+        "check_fit1d",
+        # (20, 3)
+        "check_dont_overwrite_parameters",
+        "check_f_contiguous_array_estimator",
+        "check_methods_sample_order_invariance",
+        "check_methods_subset_invariance",
+        "check_dict_unchanged",
+        "check_fit2d_predict1d",
+        # (30, 3)
+        "check_fit_score_takes_y",
+        "check_pipeline_consistency",
+        "check_estimators_pickle",
+        # (21, 2)
+        "check_estimators_overwrite_params",
+        "check_estimators_fit_returns_self",
+        "check_readonly_memmap_input",
+        # (15, 4)
+        "check_n_features_in_after_fitting",
+        # (80, 2)
+        "check_fit_idempotent",
+    }
+)
 
 
 # The constructions users write: the default, the original example's positional name
@@ -73,11 +95,17 @@ CONSTRUCTIONS = {"default": {}, "num_components=2": {"num_components": 2}, "n_co
 # assigned n_components conflicting with num_components; k-means seeding that depended on the
 # row order, so integer weights differed from repeated rows). They fit K=1 on shapes the
 # default construction compiles anyway, or K=2 on two shapes.
-FAST_CHECKS_K2 = frozenset({
-    "check_dont_overwrite_parameters", "check_fit2d_predict1d", "check_methods_sample_order_invariance",
-    "check_methods_subset_invariance", "check_fit2d_1sample", "check_fit2d_1feature",
-    "check_sample_weight_equivalence_on_dense_data",
-})
+FAST_CHECKS_K2 = frozenset(
+    {
+        "check_dont_overwrite_parameters",
+        "check_fit2d_predict1d",
+        "check_methods_sample_order_invariance",
+        "check_methods_subset_invariance",
+        "check_fit2d_1sample",
+        "check_fit2d_1feature",
+        "check_sample_weight_equivalence_on_dense_data",
+    }
+)
 FAST_BY_CONSTRUCTION = {"default": FAST_CHECKS, "num_components=2": FAST_CHECKS_K2, "n_components=2": FAST_CHECKS_K2}
 
 
@@ -91,10 +119,14 @@ def _all_checks(kwargs):
     with warnings.catch_warnings():
         # "does not inherit from sklearn.base.BaseEstimator": by design, so that gmmjax imports
         # without scikit-learn; the estimator implements the protocol instead (these checks pass).
-        warnings.filterwarnings("ignore", message=r".*does not inherit from `sklearn.base.BaseEstimator`",
-                                category=UserWarning)
-        return list(estimator_checks_generator(GaussianMixtureModel(**kwargs), legacy=True,
-                                               expected_failed_checks=EXPECTED_FAILED_CHECKS, mark="xfail"))
+        warnings.filterwarnings(
+            "ignore", message=r".*does not inherit from `sklearn.base.BaseEstimator`", category=UserWarning
+        )
+        return list(
+            estimator_checks_generator(
+                GaussianMixtureModel(**kwargs), legacy=True, expected_failed_checks=EXPECTED_FAILED_CHECKS, mark="xfail"
+            )
+        )
 
 
 def _name_of(entry) -> str:
@@ -108,10 +140,13 @@ def _with_construction(construction, entry):
 
 
 CHECKS_BY_CONSTRUCTION = {name: _all_checks(kwargs) for name, kwargs in CONSTRUCTIONS.items()}
-ALL_CHECKS = [_with_construction(name, entry) for name, entries in CHECKS_BY_CONSTRUCTION.items()
-              for entry in entries]
-FAST_SUBSET = [_with_construction(name, entry) for name, entries in CHECKS_BY_CONSTRUCTION.items()
-               for entry in entries if _name_of(entry) in FAST_BY_CONSTRUCTION[name]]
+ALL_CHECKS = [_with_construction(name, entry) for name, entries in CHECKS_BY_CONSTRUCTION.items() for entry in entries]
+FAST_SUBSET = [
+    _with_construction(name, entry)
+    for name, entries in CHECKS_BY_CONSTRUCTION.items()
+    for entry in entries
+    if _name_of(entry) in FAST_BY_CONSTRUCTION[name]
+]
 
 
 def test_the_fast_subset_names_real_checks():
@@ -190,8 +225,10 @@ def test_check_is_fitted_and_not_fitted_error_are_scikit_learns(X):
         model.predict(X)
     error = info.value
     assert isinstance(error, gj.NotFittedError) and isinstance(error, ValueError)
-    assert str(error).startswith("This GaussianMixture instance is not fitted yet. Call 'fit' with appropriate "
-                                 "arguments before using this estimator.")  # scikit-learn's sentence
+    assert str(error).startswith(
+        "This GaussianMixture instance is not fitted yet. Call 'fit' with appropriate "
+        "arguments before using this estimator."
+    )  # scikit-learn's sentence
     assert isinstance(error, AttributeError)
     copy = pickle.loads(pickle.dumps(error))  # e.g. sent back by a joblib worker
     assert type(copy) is type(error) and copy.args == error.args
@@ -250,8 +287,10 @@ def test_grid_search_chooses_by_held_out_log_likelihood():
     grid = {"reg_covar": [1e-6, 0.3, 3.0]}
     cv = KFold(2, shuffle=True, random_state=0)
     search = GridSearchCV(GaussianMixtureModel(), grid, cv=cv, refit=False).fit(X)
-    by_hand = [np.mean([GaussianMixtureModel(reg_covar=r).fit(X[train]).score(X[test]) for train, test in cv.split(X)])
-               for r in grid["reg_covar"]]
+    by_hand = [
+        np.mean([GaussianMixtureModel(reg_covar=r).fit(X[train]).score(X[test]) for train, test in cv.split(X)])
+        for r in grid["reg_covar"]
+    ]
     np.testing.assert_allclose(search.cv_results_["mean_test_score"], by_hand, rtol=1e-6)
     assert search.best_params_["reg_covar"] == grid["reg_covar"][int(np.argmax(by_hand))]
     assert len(set(np.round(by_hand, 6))) == 3  # the grid points differ, so the choice means something
@@ -267,15 +306,20 @@ def test_setting_one_name_of_an_alias_pair_replaces_the_other(X):
     assert model.fit(X).means_.shape == (3, 3)
     both = GaussianMixtureModel(2).set_params(num_components=1, n_components=1)  # both given: as given
     assert both.get_params()["num_components"] == both.get_params()["n_components"] == 1
-    search = GridSearchCV(GaussianMixtureModel(2), {"n_components": [1, 2]}, cv=KFold(2, shuffle=True, random_state=0),
-                          error_score="raise").fit(X)
+    search = GridSearchCV(
+        GaussianMixtureModel(2),
+        {"n_components": [1, 2]},
+        cv=KFold(2, shuffle=True, random_state=0),
+        error_score="raise",
+    ).fit(X)
     assert search.best_params_ == {"n_components": 2}  # two well-separated clusters
 
 
 # -- random_state semantics -----------------------------------------------------------------------
 def test_numpy_random_state_is_drawn_from_at_each_fit():
-    from gmmjax._estimator import _key_from_seed
     import jax
+
+    from gmmjax._estimator import _key_from_seed
 
     def key_data(seed):
         return jax.random.key_data(_key_from_seed(seed)).tolist()

@@ -50,7 +50,9 @@ def test_jit_matches_eager(data, covariance_type):
     stats_j, ll_j = jax.jit(gj.e_step)(params, X, sw)
     stats_e, ll_e = gj.e_step(params, X, sw)
     O.assert_trees_close((stats_j, ll_j), (stats_e, ll_e), rtol=1e-5, atol=1e-4)
-    O.assert_trees_close(jax.jit(gj.m_step)(stats_e, params.means, 1e-6), gj.m_step(stats_e, params.means, 1e-6), rtol=1e-5, atol=1e-5)
+    O.assert_trees_close(
+        jax.jit(gj.m_step)(stats_e, params.means, 1e-6), gj.m_step(stats_e, params.means, 1e-6), rtol=1e-5, atol=1e-5
+    )
     new_j, lb_j = jax.jit(gj.em_step)(params, X, sw, 1e-6)
     new_e, lb_e = gj.em_step(params, X, sw, 1e-6)
     O.assert_trees_close((new_j, lb_j), (new_e, lb_e), rtol=1e-5, atol=1e-5)
@@ -74,22 +76,25 @@ def test_vmapped_restarts_equal_single_fits(data):
     keys = gj.restart_keys(key, 4)
     for r in range(4):
         single = gj.fit_em(keys[r], data, K, n_init=1, init_params="random_from_data", max_iter=MAX_ITER)
-        restart_r = jax.tree_util.tree_map(lambda leaf: leaf[r], batched.restart_params)
+        restart_r = jax.tree_util.tree_map(lambda leaf: leaf[r], batched.restart_params)  # noqa: B023  tree_map calls it at once
         O.assert_trees_close(restart_r, single.params, rtol=1e-4, atol=1e-4)
         assert int(batched.restart_n_iter[r]) == int(single.n_iter)
         np.testing.assert_allclose(float(batched.restart_lower_bounds[r]), float(single.lower_bound), rtol=1e-5)
-        np.testing.assert_allclose(np.asarray(batched.lower_bound_history[r]),
-                                   np.asarray(single.lower_bound_history[0]), rtol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(batched.lower_bound_history[r]), np.asarray(single.lower_bound_history[0]), rtol=1e-5
+        )
     # log_prob vmapped over the restarts' parameters equals a loop
     per_restart = jax.vmap(gj.log_prob, in_axes=(0, None))(batched.restart_params, data)
     for r in range(4):
-        restart_r = jax.tree_util.tree_map(lambda leaf: leaf[r], batched.restart_params)
-        np.testing.assert_allclose(np.asarray(per_restart[r]), np.asarray(gj.log_prob(restart_r, data)),
-                                   rtol=1e-5, atol=1e-5)
+        restart_r = jax.tree_util.tree_map(lambda leaf: leaf[r], batched.restart_params)  # noqa: B023  tree_map calls it at once
+        np.testing.assert_allclose(
+            np.asarray(per_restart[r]), np.asarray(gj.log_prob(restart_r, data)), rtol=1e-5, atol=1e-5
+        )
     # the best restart is the one reported
     best = int(batched.best_restart)
-    O.assert_trees_close(batched.params, jax.tree_util.tree_map(lambda leaf: leaf[best], batched.restart_params),
-                        rtol=0, atol=0)
+    O.assert_trees_close(
+        batched.params, jax.tree_util.tree_map(lambda leaf: leaf[best], batched.restart_params), rtol=0, atol=0
+    )
 
 
 def test_vmap_fit_em_over_datasets(blobs):
@@ -104,13 +109,14 @@ def test_vmap_fit_em_over_datasets(blobs):
     assert batched.params.means.shape == (3, K, D)
     for i in range(3):
         single = fit(keys[i], Xs[i])
-        O.assert_trees_close(jax.tree_util.tree_map(lambda leaf: leaf[i], batched), single, rtol=1e-4, atol=1e-4)
+        O.assert_trees_close(jax.tree_util.tree_map(lambda leaf: leaf[i], batched), single, rtol=1e-4, atol=1e-4)  # noqa: B023  tree_map calls it at once
 
 
 def test_user_jit_of_fit_em_matches_direct_call(data):
     """fit_em under the user's own jit (configuration static, tol traced) equals a direct call."""
-    jitted = jax.jit(gj.fit_em, static_argnums=2,
-                     static_argnames=("covariance_type", "max_iter", "n_init", "init_params"))
+    jitted = jax.jit(
+        gj.fit_em, static_argnums=2, static_argnames=("covariance_type", "max_iter", "n_init", "init_params")
+    )
     key = jax.random.key(8)
     kw = dict(n_init=1, init_params="random_from_data", max_iter=MAX_ITER)
     got = jitted(key, jnp.asarray(data), K, tol=jnp.float32(1e-3), **kw)
@@ -132,8 +138,7 @@ def test_grad_float32_vs_float64_oracle(covariance_type):
     def total(means, covs, x):
         return jnp.sum(gj.log_prob(params.replace(means=means, covariances=covs), x))
 
-    g_m, g_c, g_x = jax.grad(total, argnums=(0, 1, 2))(params.means, params.covariances,
-                                                        jnp.asarray(X, jnp.float32))
+    g_m, g_c, g_x = jax.grad(total, argnums=(0, 1, 2))(params.means, params.covariances, jnp.asarray(X, jnp.float32))
 
     def oracle(mm, cc, xx):
         if covariance_type in ("full", "tied"):  # gmmjax reads symmetric matrices: (C + Cᵀ)/2
@@ -141,12 +146,14 @@ def test_grad_float32_vs_float64_oracle(covariance_type):
         return O.mixture_log_prob(w, mm, cc, covariance_type, xx).sum()
 
     O.assert_rel_close(g_m, O.central_difference(lambda v: oracle(v, c, X), m, 1e-6), 1e-3, "d/dmeans", floor=1e-1)
-    O.assert_rel_close(g_c, O.central_difference(lambda v: oracle(m, v, X), c, 1e-6), 1e-3, "d/dcovariances", floor=1e-1)
+    O.assert_rel_close(
+        g_c, O.central_difference(lambda v: oracle(m, v, X), c, 1e-6), 1e-3, "d/dcovariances", floor=1e-1
+    )
     O.assert_rel_close(g_x, O.central_difference(lambda v: oracle(m, c, v), X, 1e-6), 1e-3, "d/dX", floor=1e-1)
     # closed form: d/dx_n = -sum_k r_nk Sigma_k^-1 (x_n - mu_k)
     r = O.responsibilities(w, m, c, covariance_type, X)
     covs = O.full_covariances(c, covariance_type, K, D)
-    closed = -sum(r[:, j:j + 1] * np.linalg.solve(covs[j], (X - m[j]).T).T for j in range(K))
+    closed = -sum(r[:, j : j + 1] * np.linalg.solve(covs[j], (X - m[j]).T).T for j in range(K))
     O.assert_rel_close(g_x, closed, 1e-4, "d/dX closed form", floor=1e-1)
 
 

@@ -70,9 +70,12 @@ def _random_unconstrained(covariance_type, seed=0, diagonal_spread=0.5, off_spre
         i = np.arange(D)
         diagonal = np.exp(np.clip(raw[..., i, i], -20, 20))
         raw = np.where(np.eye(D, dtype=bool), raw, off_spread * rng.normal(size=shape) * diagonal[..., :, None])
-    return gj.UnconstrainedParams(jnp.asarray(rng.normal(size=K), jnp.float32),
-                                  jnp.asarray(rng.normal(size=(K, D)), jnp.float32),
-                                  jnp.asarray(raw, jnp.float32), covariance_type)
+    return gj.UnconstrainedParams(
+        jnp.asarray(rng.normal(size=K), jnp.float32),
+        jnp.asarray(rng.normal(size=(K, D)), jnp.float32),
+        jnp.asarray(raw, jnp.float32),
+        covariance_type,
+    )
 
 
 def _assert_positive_definite(covariances, covariance_type):
@@ -143,8 +146,9 @@ def test_every_unconstrained_point_is_a_valid_mixture(X, covariance_type):
 def test_diagonal_beyond_the_bound_is_clipped_to_representable_variances(X):
     bound = log_diagonal_bound(jnp.float32)
     assert bound == pytest.approx(-math.log(np.finfo(np.float32).tiny) / 4)
-    u = _random_unconstrained("diag").replace(raw_precision_cholesky=jnp.array(
-        [[1e4, -1e4, 0.0, 1.0]] * K, jnp.float32))
+    u = _random_unconstrained("diag").replace(
+        raw_precision_cholesky=jnp.array([[1e4, -1e4, 0.0, 1.0]] * K, jnp.float32)
+    )
     variances = np.asarray(_densities(u, X)[2].covariances)
     tiny = float(np.finfo(np.float32).tiny)
     np.testing.assert_allclose(variances[:, :2], [[math.sqrt(tiny), 1 / math.sqrt(tiny)]] * K, rtol=1e-5)
@@ -155,14 +159,16 @@ def test_covariance_cholesky_factor_is_the_inverse_transpose_of_the_precision_fa
     u = _random_unconstrained("full", seed=4)
     cov = np.asarray(_densities(u, X)[2].covariances, np.float64)
     prec_chol = np.asarray(jax.jit(lambda u: component_terms_from_unconstrained(u).prec_chol)(u), np.float64)
-    np.testing.assert_allclose(np.linalg.cholesky(cov), np.swapaxes(np.linalg.inv(prec_chol), -1, -2),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.linalg.cholesky(cov), np.swapaxes(np.linalg.inv(prec_chol), -1, -2), rtol=1e-4, atol=1e-5
+    )
 
 
 @jax.jit
 def _gradients(params, u, X):
     """Gradients of the mean log-density: in ``u`` and ``X`` directly, in ``u`` through
     ``log_prob(from_unconstrained(u))``, and in ``params`` through ``to_unconstrained``."""
+
     def mean_log_density(u, X):
         return jnp.mean(gj.unconstrained_log_prob(u, X))
 
@@ -181,8 +187,12 @@ def test_gradients_are_finite_at_extreme_valid_points(covariance_type):
         cov = np.stack([np.outer(scales, scales) * corr, np.eye(D), 1e-6 * np.eye(D)])
     else:
         cov = np.stack([scales**2, np.ones(D), np.full(D, 1e-6)])
-    p = gj.GMMParams(jnp.asarray([1e-30, 0.5, 0.5], jnp.float32), jnp.zeros((K, D), jnp.float32),
-                     jnp.asarray(cov, jnp.float32), covariance_type)
+    p = gj.GMMParams(
+        jnp.asarray([1e-30, 0.5, 0.5], jnp.float32),
+        jnp.zeros((K, D), jnp.float32),
+        jnp.asarray(cov, jnp.float32),
+        covariance_type,
+    )
     extreme = [[0.0, 0.0, 0.0, 0.0], [1e4, -1e4, 1e4, 1.0], [1e-3, 2.0, -3e3, 0.5]]
     X = np.concatenate([np.asarray(extreme, np.float32), _X_SMALL[3:]])  # the shape the other tests use
 
@@ -243,7 +253,7 @@ def test_grad_matches_the_closed_form_and_the_route_through_from_unconstrained(X
         O.assert_rel_close(a, b, 1e-4, "two routes")
     w, m, c = (np.asarray(a, np.float64) for a in (p.weights, p.means, p.covariances))
     r = O.responsibilities(w, m, c, "full", X)
-    closed = np.stack([np.linalg.solve(c[k], ((X - m[k]) * r[:, k:k + 1]).sum(0)) for k in range(K)])
+    closed = np.stack([np.linalg.solve(c[k], ((X - m[k]) * r[:, k : k + 1]).sum(0)) for k in range(K)])
     O.assert_rel_close(grad.means * X.shape[0], closed, 1e-4, "d/dmeans")
 
 

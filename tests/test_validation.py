@@ -40,13 +40,20 @@ BAD_FIT_INPUTS = {
     "nan": ({}, lambda X: _with(X, 3, 1, np.nan), r"X contains NaN or infinity"),
     "inf": ({}, lambda X: _with(X, 0, 0, np.inf), r"X contains NaN or infinity"),
     "-inf": ({}, lambda X: _with(X, 5, 0, -np.inf), r"X contains NaN or infinity"),
-    "beyond squares' range": ({}, lambda X: _with(X, 4, 1, -1e20),
-                              r"X has values up to 1e\+20 in magnitude: squared distances between such points "
-                              r"overflow float32 \(safe up to 6.52e\+18 with 2 features\)\. Rescale"),
+    "beyond squares' range": (
+        {},
+        lambda X: _with(X, 4, 1, -1e20),
+        r"X has values up to 1e\+20 in magnitude: squared distances between such points "
+        r"overflow float32 \(safe up to 6.52e\+18 with 2 features\)\. Rescale",
+    ),
     "1-D": ({}, lambda X: X[:, 0], r"X must be 2-D \(n_samples, n_features\), got shape \(600,\)\. Reshape"),
     "3-D": ({}, lambda X: X.reshape(300, 2, 2), r"X must be 2-D .* got shape \(300, 2, 2\)"),
     "no samples": ({}, lambda X: X[:0], r"X has 0 sample\(s\) \(shape=\(0, 2\)\) while a minimum of 1 is required"),
-    "no features": ({}, lambda X: X[:, :0], r"X has 0 feature\(s\) \(shape=\(600, 0\)\) while a minimum of 1 is required"),
+    "no features": (
+        {},
+        lambda X: X[:, :0],
+        r"X has 0 feature\(s\) \(shape=\(600, 0\)\) while a minimum of 1 is required",
+    ),
     "strings": ({}, lambda X: np.array([["a", "b"], ["c", "d"]]), r"X must be a 2-D array of numbers, got dtype"),
     "ragged": ({}, lambda X: [[1.0, 2.0], [3.0]], r"X must be a 2-D array of numbers"),
     "complex": ({}, lambda X: X + 1j, r"X must be real-valued"),
@@ -54,8 +61,11 @@ BAD_FIT_INPUTS = {
     "zero components": ({"num_components": 0}, None, r"num_components.* must be an integer >= 1, got 0"),
     "non-integer components": ({"num_components": 2.5}, None, r"num_components.* must be an integer >= 1, got 2\.5"),
     "bool components": ({"num_components": True}, None, r"num_components.* must be an integer >= 1, got True"),
-    "covariance_type": ({"covariance_type": "banana"}, None,
-                        r"covariance_type must be one of \('full', 'tied', 'diag', 'spherical'\), got 'banana'"),
+    "covariance_type": (
+        {"covariance_type": "banana"},
+        None,
+        r"covariance_type must be one of \('full', 'tied', 'diag', 'spherical'\), got 'banana'",
+    ),
     "init_params": ({"init_params": "kmedoids"}, None, r"init_params must be one of .*got 'kmedoids'"),
     "n_init 0": ({"n_init": 0}, None, r"n_init must be an integer >= 1, got 0"),
     "n_init float": ({"n_init": 1.5}, None, r"n_init must be an integer >= 1, got 1\.5"),
@@ -70,29 +80,62 @@ BAD_FIT_INPUTS = {
     "weights_init sum": ({"weights_init": [0.5, 0.6]}, None, r"weights_init must sum to 1, got sum 1\.1"),
     "weights_init nan": ({"weights_init": [np.nan, 0.5]}, None, r"weights_init contains NaN or infinity"),
     "means_init shape": ({"means_init": np.zeros((3, 2))}, None, r"means_init must have shape \(2, 2\), got \(3, 2\)"),
-    "means_init features": ({"means_init": np.zeros((2, 3))}, None, r"means_init must have shape \(2, 2\), got \(2, 3\)"),
+    "means_init features": (
+        {"means_init": np.zeros((2, 3))},
+        None,
+        r"means_init must have shape \(2, 2\), got \(2, 3\)",
+    ),
     "means_init inf": ({"means_init": [[0.0, np.inf], [1.0, 1.0]]}, None, r"means_init contains NaN or infinity"),
-    "precisions_init shape": ({"precisions_init": np.stack([np.eye(3)] * 2)}, None,
-                              r"precisions_init must have shape \(2, 2, 2\), got \(2, 3, 3\)"),
-    "precisions_init not symmetric": ({"precisions_init": np.array([np.eye(2), [[1.0, 0.5], [0.0, 1.0]]])}, None,
-                                      r"precisions_init \(component 1\) must be a symmetric matrix"),
-    "precisions_init not PD": ({"precisions_init": np.array([[[1.0, 2.0], [2.0, 1.0]], np.eye(2)])}, None,
-                               r"precisions_init \(component 0\) must be positive definite"),
-    "tied precisions_init shape": ({"covariance_type": "tied", "precisions_init": np.stack([np.eye(2)] * 2)}, None,
-                                   r"precisions_init must have shape \(2, 2\), got \(2, 2, 2\)"),
-    "tied precisions_init not symmetric": ({"covariance_type": "tied",
-                                            "precisions_init": np.array([[1.0, 0.5], [0.0, 1.0]])}, None,
-                                           r"precisions_init must be a symmetric matrix"),
-    "tied precisions_init not PD": ({"covariance_type": "tied", "precisions_init": -np.eye(2)}, None,
-                                    r"precisions_init must be positive definite"),
-    "diag precisions_init zero": ({"covariance_type": "diag", "precisions_init": [[1.0, 0.0], [1.0, 1.0]]}, None,
-                                  r"precisions_init must be positive \(precisions of 'diag' components\)"),
-    "diag precisions_init shape": ({"covariance_type": "diag", "precisions_init": [1.0, 1.0]}, None,
-                                   r"precisions_init must have shape \(2, 2\), got \(2,\)"),
-    "spherical precisions_init negative": ({"covariance_type": "spherical", "precisions_init": [1.0, -1.0]}, None,
-                                           r"precisions_init must be positive \(precisions of 'spherical'"),
-    "spherical precisions_init shape": ({"covariance_type": "spherical", "precisions_init": [1.0, 1.0, 1.0]}, None,
-                                        r"precisions_init must have shape \(2,\), got \(3,\)"),
+    "precisions_init shape": (
+        {"precisions_init": np.stack([np.eye(3)] * 2)},
+        None,
+        r"precisions_init must have shape \(2, 2, 2\), got \(2, 3, 3\)",
+    ),
+    "precisions_init not symmetric": (
+        {"precisions_init": np.array([np.eye(2), [[1.0, 0.5], [0.0, 1.0]]])},
+        None,
+        r"precisions_init \(component 1\) must be a symmetric matrix",
+    ),
+    "precisions_init not PD": (
+        {"precisions_init": np.array([[[1.0, 2.0], [2.0, 1.0]], np.eye(2)])},
+        None,
+        r"precisions_init \(component 0\) must be positive definite",
+    ),
+    "tied precisions_init shape": (
+        {"covariance_type": "tied", "precisions_init": np.stack([np.eye(2)] * 2)},
+        None,
+        r"precisions_init must have shape \(2, 2\), got \(2, 2, 2\)",
+    ),
+    "tied precisions_init not symmetric": (
+        {"covariance_type": "tied", "precisions_init": np.array([[1.0, 0.5], [0.0, 1.0]])},
+        None,
+        r"precisions_init must be a symmetric matrix",
+    ),
+    "tied precisions_init not PD": (
+        {"covariance_type": "tied", "precisions_init": -np.eye(2)},
+        None,
+        r"precisions_init must be positive definite",
+    ),
+    "diag precisions_init zero": (
+        {"covariance_type": "diag", "precisions_init": [[1.0, 0.0], [1.0, 1.0]]},
+        None,
+        r"precisions_init must be positive \(precisions of 'diag' components\)",
+    ),
+    "diag precisions_init shape": (
+        {"covariance_type": "diag", "precisions_init": [1.0, 1.0]},
+        None,
+        r"precisions_init must have shape \(2, 2\), got \(2,\)",
+    ),
+    "spherical precisions_init negative": (
+        {"covariance_type": "spherical", "precisions_init": [1.0, -1.0]},
+        None,
+        r"precisions_init must be positive \(precisions of 'spherical'",
+    ),
+    "spherical precisions_init shape": (
+        {"covariance_type": "spherical", "precisions_init": [1.0, 1.0, 1.0]},
+        None,
+        r"precisions_init must have shape \(2,\), got \(3,\)",
+    ),
 }
 
 
@@ -126,12 +169,15 @@ def test_fit_em_checks_concrete_data_closed_over_by_a_jitted_function(X):
         jax.jit(lambda key: gj.fit_em(key, dirty, 2).params.means)(jax.random.key(0))
 
 
-@pytest.mark.parametrize("sample_weight, match", [
-    (-np.ones(600), r"sample_weight must be finite and non-negative"),
-    (np.full(600, np.nan), r"sample_weight must be finite and non-negative"),
-    (np.ones(599), r"sample_weight must have shape \(600,\), got \(599,\)"),
-    (np.zeros(600), r"sample_weight must have a positive sum"),
-])
+@pytest.mark.parametrize(
+    "sample_weight, match",
+    [
+        (-np.ones(600), r"sample_weight must be finite and non-negative"),
+        (np.full(600, np.nan), r"sample_weight must be finite and non-negative"),
+        (np.ones(599), r"sample_weight must have shape \(600,\), got \(599,\)"),
+        (np.zeros(600), r"sample_weight must have a positive sum"),
+    ],
+)
 @pytest.mark.parametrize("api", ["estimator", "fit_em"])
 def test_bad_sample_weight(X, sample_weight, match, api):
     with pytest.raises(ValueError, match=match):
@@ -164,9 +210,13 @@ METHODS = ["predict", "predict_proba", "score_samples", "score", "bic", "aic"]
 
 @pytest.mark.parametrize("method", METHODS)
 def test_wrong_number_of_features(model, X, method):
-    with pytest.raises(ValueError, match=r"X has 3 features, but GaussianMixtureModel is expecting 2 features as input"):
+    with pytest.raises(
+        ValueError, match=r"X has 3 features, but GaussianMixtureModel is expecting 2 features as input"
+    ):
         getattr(model, method)(np.c_[X[:10], X[:10, :1]])
-    with pytest.raises(ValueError, match=r"X has 1 features, but GaussianMixtureModel is expecting 2 features as input"):
+    with pytest.raises(
+        ValueError, match=r"X has 1 features, but GaussianMixtureModel is expecting 2 features as input"
+    ):
         getattr(model, method)(X[:10, :1])
 
 
@@ -194,16 +244,19 @@ def test_bad_number_of_samples_to_draw(model):
 
 
 # -- not fitted -------------------------------------------------------------------------------
-@pytest.mark.parametrize("call, name", [
-    (lambda m, X: m.predict(X), "predict"),
-    (lambda m, X: m.predict_proba(X), "predict_proba"),
-    (lambda m, X: m.score_samples(X), "score_samples"),
-    (lambda m, X: m.score(X), "score"),
-    (lambda m, X: m.bic(X), "bic"),
-    (lambda m, X: m.aic(X), "aic"),
-    (lambda m, X: m.sample(5), "sample"),
-    (lambda m, X: m.save("never-written.npz"), "save"),
-])
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda m, X: m.predict(X), "predict"),
+        (lambda m, X: m.predict_proba(X), "predict_proba"),
+        (lambda m, X: m.score_samples(X), "score_samples"),
+        (lambda m, X: m.score(X), "score"),
+        (lambda m, X: m.bic(X), "bic"),
+        (lambda m, X: m.aic(X), "aic"),
+        (lambda m, X: m.sample(5), "sample"),
+        (lambda m, X: m.save("never-written.npz"), "save"),
+    ],
+)
 def test_methods_before_fit_raise_not_fitted(X, call, name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     m = GaussianMixtureModel(2)
@@ -245,24 +298,41 @@ GEN_BAD = {
     "means empty": (dict(means=np.zeros((2, 0))), r"means must have shape \(num_components, num_features\)"),
     "means nan": (dict(means=[[0.0, np.nan], [3.0, 3.0]]), r"means contains NaN or infinity"),
     "covariances vs K": (dict(covariances=TRUE_COVS[:1]), r"covariances must have shape \(2, 2, 2\), got \(1, 2, 2\)"),
-    "covariances vs D": (dict(covariances=np.stack([np.eye(3)] * 2)),
-                         r"covariances must have shape \(2, 2, 2\), got \(2, 3, 3\)"),
-    "means vs covariances D": (dict(means=np.zeros((2, 3))), r"covariances must have shape \(2, 3, 3\), got \(2, 2, 2\)"),
-    "not symmetric": (dict(covariances=np.array([np.eye(2), [[1.0, 0.5], [0.0, 1.0]]])),
-                      r"covariances \(component 1\) must be a symmetric matrix"),
-    "not PD": (dict(covariances=np.array([[[1.0, 2.0], [2.0, 1.0]], np.eye(2)])),
-               r"covariances \(component 0\) must be positive definite"),
-    "singular": (dict(covariances=np.array([np.eye(2), np.ones((2, 2))])),
-                 r"covariances \(component 1\) must be positive definite"),
+    "covariances vs D": (
+        dict(covariances=np.stack([np.eye(3)] * 2)),
+        r"covariances must have shape \(2, 2, 2\), got \(2, 3, 3\)",
+    ),
+    "means vs covariances D": (
+        dict(means=np.zeros((2, 3))),
+        r"covariances must have shape \(2, 3, 3\), got \(2, 2, 2\)",
+    ),
+    "not symmetric": (
+        dict(covariances=np.array([np.eye(2), [[1.0, 0.5], [0.0, 1.0]]])),
+        r"covariances \(component 1\) must be a symmetric matrix",
+    ),
+    "not PD": (
+        dict(covariances=np.array([[[1.0, 2.0], [2.0, 1.0]], np.eye(2)])),
+        r"covariances \(component 0\) must be positive definite",
+    ),
+    "singular": (
+        dict(covariances=np.array([np.eye(2), np.ones((2, 2))])),
+        r"covariances \(component 1\) must be positive definite",
+    ),
     "num_samples 0": (dict(num_samples=0), r"num_samples must be an integer >= 1, got 0"),
     "num_samples float": (dict(num_samples=10.5), r"num_samples must be an integer >= 1, got 10\.5"),
     "covariance_type": (dict(covariance_type="round"), r"covariance_type must be one of"),
-    "diag negative": (dict(covariance_type="diag", covariances=[[1.0, -1.0], [1.0, 1.0]]),
-                      r"covariances must be positive \(covariances of 'diag' components\)"),
-    "diag shape": (dict(covariance_type="diag", covariances=TRUE_COVS),
-                   r"covariances must have shape \(2, 2\), got \(2, 2, 2\)"),
-    "spherical zero": (dict(covariance_type="spherical", covariances=[1.0, 0.0]),
-                       r"covariances must be positive \(covariances of 'spherical' components\)"),
+    "diag negative": (
+        dict(covariance_type="diag", covariances=[[1.0, -1.0], [1.0, 1.0]]),
+        r"covariances must be positive \(covariances of 'diag' components\)",
+    ),
+    "diag shape": (
+        dict(covariance_type="diag", covariances=TRUE_COVS),
+        r"covariances must have shape \(2, 2\), got \(2, 2, 2\)",
+    ),
+    "spherical zero": (
+        dict(covariance_type="spherical", covariances=[1.0, 0.0]),
+        r"covariances must be positive \(covariances of 'spherical' components\)",
+    ),
     "tied not PD": (dict(covariance_type="tied", covariances=-np.eye(2)), r"covariances must be positive definite"),
 }
 
@@ -288,8 +358,7 @@ def test_generate_gmm_data_is_deterministic_without_key_and_key_dependent():
 
 def test_generate_gmm_data_labels_follow_the_generating_distribution():
     n = 4000
-    X, labels = gj.generate_gmm_data(n, TRUE_WEIGHTS, TRUE_MEANS, TRUE_COVS, key=jax.random.key(7),
-                                     return_labels=True)
+    X, labels = gj.generate_gmm_data(n, TRUE_WEIGHTS, TRUE_MEANS, TRUE_COVS, key=jax.random.key(7), return_labels=True)
     X, labels = np.asarray(X), np.asarray(labels)
     # float64 parameters give float32 data unless jax_enable_x64 is on
     assert X.shape == (n, 2) and X.dtype == (np.float64 if jax.config.jax_enable_x64 else np.float32)
@@ -304,8 +373,9 @@ def test_generate_gmm_data_labels_follow_the_generating_distribution():
 
 def test_generate_gmm_data_diagonal_covariances():
     variances = np.array([[0.25, 4.0], [1.0, 0.04]])
-    X, labels = gj.generate_gmm_data(4000, TRUE_WEIGHTS, TRUE_MEANS, variances, key=jax.random.key(2),
-                                     return_labels=True, covariance_type="diag")
+    X, labels = gj.generate_gmm_data(
+        4000, TRUE_WEIGHTS, TRUE_MEANS, variances, key=jax.random.key(2), return_labels=True, covariance_type="diag"
+    )
     X, labels = np.asarray(X), np.asarray(labels)
     for k in range(2):
         np.testing.assert_allclose(X[labels == k].var(axis=0), variances[k], rtol=0.15)

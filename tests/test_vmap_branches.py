@@ -51,8 +51,12 @@ def _lane(covariance_type, far_components, seed):
     X = (centers[labels] + sigma[labels, None] * rng.normal(size=(N, D))).astype(np.float32)
     variances = (sigma[:, None] ** 2) * rng.uniform(0.5, 2.0, size=(K, D))
     cov = variances if covariance_type == "diag" else variances.mean(1)
-    params = gj.GMMParams(jnp.full(K, 1.0 / K, jnp.float32), jnp.asarray(centers + 0.1 * sigma[:, None], jnp.float32),
-                          jnp.asarray(cov, jnp.float32), covariance_type)
+    params = gj.GMMParams(
+        jnp.full(K, 1.0 / K, jnp.float32),
+        jnp.asarray(centers + 0.1 * sigma[:, None], jnp.float32),
+        jnp.asarray(cov, jnp.float32),
+        covariance_type,
+    )
     return X, params
 
 
@@ -80,9 +84,11 @@ def test_vmapped_e_step_runs_one_form_and_equals_each_lane(covariance_type):
     for i, (x, p) in enumerate(lanes):
         lane_stats, lane_ll = single(p, jnp.asarray(x))  # each lane with its own form
         counts, first, second, ll_o = O.e_step_statistics(p, covariance_type, x, np.ones(N))
-        for got, want, oracle, tol, floor in ((stats.counts[i], lane_stats.counts, counts, 1e-4, 0.0),
-                                              (stats.first_moments[i], lane_stats.first_moments, first, 1e-3, 1e-4),
-                                              (stats.second_moments[i], lane_stats.second_moments, second, 2e-3, 1e-6)):
+        for got, want, oracle, tol, floor in (
+            (stats.counts[i], lane_stats.counts, counts, 1e-4, 0.0),
+            (stats.first_moments[i], lane_stats.first_moments, first, 1e-3, 1e-4),
+            (stats.second_moments[i], lane_stats.second_moments, second, 2e-3, 1e-6),
+        ):
             O.assert_rel_close(got, oracle, tol, "batched", floor=floor)
             O.assert_rel_close(got, np.asarray(want, np.float64), tol, "batched vs lane", floor=floor)
         np.testing.assert_allclose(float(ll[i]), ll_o, rtol=1e-5)
@@ -95,9 +101,11 @@ def test_batched_fits_keep_one_form_in_the_compacting_loop(covariance_type):
     lanes); ``vmap`` over datasets too: both keep the three-way cond."""
     X, *_ = O.make_blobs(n=64, d=2, k=3, seed=4)
     X = jnp.asarray(X, jnp.float32)
-    restarts = jax.make_jaxpr(lambda X: gj.fit_em(jax.random.key(0), X, 3, covariance_type=covariance_type,
-                                                  n_init=8, max_iter=3).params)(X)
+    restarts = jax.make_jaxpr(
+        lambda X: gj.fit_em(jax.random.key(0), X, 3, covariance_type=covariance_type, n_init=8, max_iter=3).params
+    )(X)
     assert 3 in _cond_branch_counts(restarts)
-    datasets = jax.make_jaxpr(jax.vmap(lambda X: gj.fit_em(jax.random.key(0), X, 3, covariance_type=covariance_type,
-                                                           max_iter=3).params))(jnp.stack([X] * 8))
+    datasets = jax.make_jaxpr(
+        jax.vmap(lambda X: gj.fit_em(jax.random.key(0), X, 3, covariance_type=covariance_type, max_iter=3).params)
+    )(jnp.stack([X] * 8))
     assert 3 in _cond_branch_counts(datasets)
