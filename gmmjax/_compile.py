@@ -100,8 +100,10 @@ def jit_for_size(fun, **jit_kwargs):
     Under ``vmap`` the cheaper settings apply, but under ``grad`` JAX stages the nested jit
     and refuses them, and no public JAX function tells the two apart: with traced arguments
     the cheap variant is tried first and, if JAX refuses it (a ``ValueError`` when the call
-    is staged), the default variant runs. An error of the fit itself recurs there and
-    propagates unchanged, whatever its message.
+    is staged), the default variant runs; an error of the fit itself recurs there and
+    propagates unchanged, whatever its message. A direct call with concrete arguments pays
+    for no check (small fits are call-overhead bound): only if it fails is the caller's jit
+    looked for, and an error of a direct call propagates at once.
     """
 
     @functools.cache
@@ -109,14 +111,19 @@ def jit_for_size(fun, **jit_kwargs):
         return jax.jit(fun, compiler_options=small_program_options() if small else None, **jit_kwargs)
 
     def call(small: bool, *args, **kwargs):
-        if not small or under_caller_jit() or small_program_options() is None:
+        if not small or small_program_options() is None:
             return variant(False)(*args, **kwargs)
-        if not _has_tracers((args, kwargs)):
-            return variant(True)(*args, **kwargs)
+        traced = _has_tracers((args, kwargs))
+        if traced and under_caller_jit():
+            return variant(False)(*args, **kwargs)
         try:
             return variant(True)(*args, **kwargs)
-        except ValueError:  # staged by the caller's transformation (grad): see above
-            return variant(False)(*args, **kwargs)
+        except ValueError:
+            # Staged after all: by grad (traced arguments), or by the caller's jit around a
+            # call with concrete arguments only (checked now, not on every direct call).
+            if traced or under_caller_jit():
+                return variant(False)(*args, **kwargs)
+            raise
 
     call.variant = variant
     return call

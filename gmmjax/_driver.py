@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gmmjax import _validation as v
 from gmmjax._chunks import resolve_chunk_size
@@ -266,8 +267,14 @@ def check_fit_inputs(
 
 def traced_leaves(options: FitOptions, dtype) -> FitOptions:
     """``options`` with ``tol``, ``reg_covar`` (and ``lower_bound_init``) as arrays of the data's
-    dtype: traced by the compiled fit, so new values reuse it."""
-    as_array = lambda value: None if value is None else jnp.asarray(value, dtype)  # noqa: E731
+    dtype: traced by the compiled fit, so new values reuse it. Concrete values become NumPy
+    scalars (no device dispatch per call: small fits are call-overhead bound); traced ones stay."""
+
+    def as_array(value):
+        if value is None:
+            return None
+        return value.astype(dtype) if isinstance(value, jax.core.Tracer) else np.asarray(value, dtype)
+
     return options.replace(
         tol=as_array(options.tol),
         reg_covar=as_array(options.reg_covar),
