@@ -198,6 +198,7 @@ def initial_params(
         precisions_init=options.precisions_init,
         chunk_size=options.chunk_size,
         num_active=num_active,
+        by_value=options.row_order_invariant,
     )
 
 

@@ -85,7 +85,9 @@ def _canonical_order(X: jax.Array) -> jax.Array:
     return jnp.lexsort((jnp.sum(X * jnp.sin(j)[None, :], axis=1), jnp.sum(X * jnp.cos(j)[None, :], axis=1)))
 
 
-def _sequential_seeding(key, X, num_components, sample_weight, distance_weighted: bool, num_active=None):
+def _sequential_seeding(
+    key, X, num_components, sample_weight, distance_weighted: bool, num_active=None, by_value: bool = False
+):
     """Draws ``K`` centers from the data one at a time.
 
     Each next center is drawn with probability proportional to the sample weight times the
@@ -103,8 +105,11 @@ def _sequential_seeding(key, X, num_components, sample_weight, distance_weighted
     ``num_active`` centers are drawn; the others repeat center 0.
     """
     uniforms = jax.random.uniform(key, (num_components,), X.dtype)
-    order = _canonical_order(X)  # (rows drawn in it: see _canonical_order)
-    draw_index = lambda score, uniform: order[_draw_index(score[order], uniform)]
+    if by_value:  # rows drawn in a value-defined order (see _canonical_order): one sort of the rows
+        order = _canonical_order(X)
+        draw_index = lambda score, uniform: order[_draw_index(score[order], uniform)]  # noqa: E731
+    else:
+        draw_index = _draw_index
     first = draw_index(sample_weight, uniforms[0])
     centers = jnp.broadcast_to(X[first][None, :], (num_components, X.shape[1]))
     min_sq = jnp.sum((X - X[first][None, :]) ** 2, axis=-1)
@@ -128,7 +133,13 @@ def _ones_if_none(X: jax.Array, sample_weight: jax.Array | None) -> jax.Array:
 
 
 def kmeans_plusplus(
-    key: jax.Array, X: jax.Array, num_components: int, sample_weight: jax.Array | None = None, *, num_active=None
+    key: jax.Array,
+    X: jax.Array,
+    num_components: int,
+    sample_weight: jax.Array | None = None,
+    *,
+    num_active=None,
+    by_value: bool = False,
 ) -> jax.Array:
     """k-means++ seeding: ``(K, D)`` centers drawn from the data ``(N, D)``.
 
@@ -136,10 +147,13 @@ def kmeans_plusplus(
     distance to the nearest center already chosen. With ``num_active`` (an int, may be
     traced), only the first ``num_active`` centers are drawn, the same as
     ``kmeans_plusplus(key, X, num_active, ...)`` draws; the others repeat center 0.
-    ``sample_weight`` ``None`` means ones.
+    ``sample_weight`` ``None`` means ones. ``by_value``: rows are drawn in an order set by their
+    values, so the centers do not depend on the order of the rows and a row of integer weight
+    ``m`` draws as ``m`` copies of it (one sort of the rows; see :func:`_canonical_order`).
     """
+    weights = _ones_if_none(X, sample_weight)
     return _sequential_seeding(
-        key, X, num_components, _ones_if_none(X, sample_weight), distance_weighted=True, num_active=num_active
+        key, X, num_components, weights, distance_weighted=True, num_active=num_active, by_value=by_value
     )
 
 
@@ -152,8 +166,10 @@ def kmeans(
     *,
     chunk_size: int | None = None,
     num_active=None,
+    by_value: bool = False,
 ) -> jax.Array:
     """k-means++ seeding followed by weighted Lloyd steps; returns ``(K, D)`` centers.
+    ``by_value``: as in :func:`kmeans_plusplus`.
 
     A cluster that loses all its points keeps its previous center. Each Lloyd step is one
     chunked pass over ``X`` (memory ``O(chunk_size · K · D)``). With ``num_active`` (an int,
@@ -162,7 +178,7 @@ def kmeans(
     ``sample_weight`` ``None`` means ones.
     """
     sample_weight = _ones_if_none(X, sample_weight)
-    centers = kmeans_plusplus(key, X, num_components, sample_weight, num_active=num_active)
+    centers = kmeans_plusplus(key, X, num_components, sample_weight, num_active=num_active, by_value=by_value)
     chunk = resolve_chunk_size(chunk_size, X.shape[0], num_components, X.shape[1], X.dtype)
 
     def lloyd(state, operands):
@@ -197,7 +213,9 @@ def kmeans(
     return centers
 
 
-def initial_responsibility_fn(key, X, num_components, sample_weight, init_params, chunk_size=None, num_active=None):
+def initial_responsibility_fn(
+    key, X, num_components, sample_weight, init_params, chunk_size=None, num_active=None, by_value=False
+):
     """Starting responsibilities for one of :data:`INIT_METHODS`, as a function of a chunk.
 
     ``"kmeans"``, ``"k-means++"`` and ``"random_from_data"`` (distinct data points drawn at
@@ -237,12 +255,14 @@ def initial_responsibility_fn(key, X, num_components, sample_weight, init_params
     X_seed, w_seed = seeding_sample(sample_key, X, sample_weight, num_components)
     if init_params == "random_from_data":
         centers = _sequential_seeding(
-            seed_key, X_seed, num_components, w_seed, distance_weighted=False, num_active=num_active
+            seed_key, X_seed, num_components, w_seed, distance_weighted=False, num_active=num_active, by_value=by_value
         )
     elif init_params == "k-means++":
-        centers = kmeans_plusplus(seed_key, X_seed, num_components, w_seed, num_active=num_active)
+        centers = kmeans_plusplus(seed_key, X_seed, num_components, w_seed, num_active=num_active, by_value=by_value)
     else:
-        centers = kmeans(seed_key, X_seed, num_components, w_seed, chunk_size=chunk_size, num_active=num_active)
+        centers = kmeans(
+            seed_key, X_seed, num_components, w_seed, chunk_size=chunk_size, num_active=num_active, by_value=by_value
+        )
     return (lambda X_chunk, _: _nearest_center_onehot(residuals_about(X_chunk, centers), active).T), centers
 
 
@@ -260,8 +280,10 @@ def initialize(
     precisions_init=None,
     chunk_size: int | None = None,
     num_active=None,
+    by_value: bool = False,
 ):
-    """Starting parameters: from ``init_params`` and then any user-given ``*_init`` arrays.
+    """Starting parameters: from ``init_params`` and then any user-given ``*_init`` arrays
+    (``by_value``: seeding independent of the rows' order, see :func:`kmeans_plusplus`).
 
     When all three ``*_init`` are given they are used as they are; otherwise the missing
     ones come from an M-step on the initial responsibilities (as in scikit-learn).
@@ -284,7 +306,7 @@ def initialize(
         )
         return params, jnp.zeros(num_components, bool)
     resp_fn, shift = initial_responsibility_fn(
-        key, X, num_components, sample_weight, init_params, chunk_size, num_active
+        key, X, num_components, sample_weight, init_params, chunk_size, num_active, by_value
     )
     stats = stats_from_responsibilities(X, resp_fn, shift, covariance_type, sample_weight, chunk_size=chunk_size)
     params, collapsed = m_step_with_diagnostics(stats, shift, reg_covar, num_active)

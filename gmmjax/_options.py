@@ -16,6 +16,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import numpy as np
 
 from gmmjax import _validation as v
 from gmmjax._init import check_init_params
@@ -42,6 +43,12 @@ class FitOptions:
       chunk_size: rows of ``X`` per chunk in every pass over the data (``None``: sized
         automatically, see :func:`gmmjax.auto_chunk_size`); bounds memory, not results.
       restart_batch_size: restarts run together (vmapped); ``None``: all of them.
+      row_order_invariant: seeding (k-means++, ``random_from_data``, the start of k-means)
+        draws rows in an order set by their values, so a fit does not depend on the order of
+        the rows (up to ``2**14`` rows: beyond, the seeding sample is drawn by position) and
+        integer sample weights equal repeated rows, as scikit-learn's estimator checks ask;
+        the estimator turns it on. It costs one sort of the rows per fit (measured: 3× the
+        warm time of 1000 vmapped fits of 500 rows on a 2-core CPU), hence off by default.
 
     Leaves (new values reuse the compiled program):
 
@@ -68,6 +75,7 @@ class FitOptions:
     init_params: str = "kmeans"
     chunk_size: int | None = None
     restart_batch_size: int | None = None
+    row_order_invariant: bool = False
     tol: Any = 1e-3
     reg_covar: Any = 1e-6
     weights_init: Any = None
@@ -83,6 +91,9 @@ class FitOptions:
         normalise("max_iter", v.check_int("max_iter (num_iters)", self.max_iter, 0))
         normalise("n_init", v.check_int("n_init", self.n_init, 1))
         normalise("init_params", check_init_params(self.init_params))
+        if not isinstance(self.row_order_invariant, (bool, np.bool_)):
+            raise ValueError(f"row_order_invariant must be True or False, got {self.row_order_invariant!r}.")
+        normalise("row_order_invariant", bool(self.row_order_invariant))
         for name in ("chunk_size", "restart_batch_size"):
             if getattr(self, name) is not None:
                 normalise(name, v.check_int(name, getattr(self, name), 1))
@@ -96,7 +107,15 @@ class FitOptions:
         return not (self.weights_init is None and self.means_init is None and self.precisions_init is None)
 
 
-STATIC_FIELDS = ("covariance_type", "max_iter", "n_init", "init_params", "chunk_size", "restart_batch_size")
+STATIC_FIELDS = (
+    "covariance_type",
+    "max_iter",
+    "n_init",
+    "init_params",
+    "chunk_size",
+    "restart_batch_size",
+    "row_order_invariant",
+)
 LEAF_FIELDS = ("tol", "reg_covar", "weights_init", "means_init", "precisions_init", "lower_bound_init")
 OPTION_NAMES = STATIC_FIELDS + LEAF_FIELDS
 
