@@ -360,11 +360,8 @@ class GaussianMixtureModel:
         return None if self.chunk_size is None else v.check_int("chunk_size", self.chunk_size, 1)
 
     def _fit_options(self) -> FitOptions:
-        """The constructor's fit settings as one :class:`~gmmjax.FitOptions` (checked there).
-        Seeding is independent of the rows' order (scikit-learn's estimator checks: integer
-        sample weights equal repeated, shuffled rows)."""
+        """The constructor's fit settings as one :class:`~gmmjax.FitOptions` (checked there)."""
         return FitOptions(
-            row_order_invariant=True,
             covariance_type=self.covariance_type,
             max_iter=self._resolved_max_iter(),
             n_init=self.n_init,

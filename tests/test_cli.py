@@ -479,11 +479,8 @@ def selected(tmp_path_factory):
         "--plot",
         w.plot_path,
     )
-    # The oracle: the library's functional entry on the same data with the same key (seed 0)
-    # and the estimator's row-order-invariant seeding.
-    w.oracle = gj.select_num_components(
-        jax.random.key(0), w.X, 3, covariance_types=SELECT_TYPES, row_order_invariant=True
-    )
+    # The oracle: the library's functional entry on the same data with the same key (seed 0).
+    w.oracle = gj.select_num_components(jax.random.key(0), w.X, 3, covariance_types=SELECT_TYPES)
     return w
 
 
@@ -539,9 +536,7 @@ def test_select_criterion_and_k_forms(selected):
     # -k 3 means 1..3 and --criterion is data to the compiled program: no new compilation.
     code, out, err = cli("select", selected.data, "-k", 3, "--covariance-type", "full,diag", "--criterion", "aic")
     assert code == 0 and err == "", err
-    oracle = gj.select_num_components(
-        jax.random.key(0), selected.X, 3, covariance_types=SELECT_TYPES, criterion="aic", row_order_invariant=True
-    )
+    oracle = gj.select_num_components(jax.random.key(0), selected.X, 3, covariance_types=SELECT_TYPES, criterion="aic")
     check_select_table(out, oracle, "aic")
 
 
