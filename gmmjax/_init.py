@@ -76,13 +76,56 @@ def _draw_index(score: jax.Array, uniform: jax.Array) -> jax.Array:
     return jnp.minimum(index, last_positive)
 
 
-def _canonical_order(X: jax.Array) -> jax.Array:
-    """A permutation of the rows ``(N,)`` that depends on their values, not their positions:
-    sorted by ``X @ cos(1..D)``, ties by ``X @ sin(1..D)`` (directions with no rational linear
-    relation, so distinct rows tie only by rounding). Draws made in this order pick the same
-    row whatever the row order, and a row of integer weight ``m`` the same as ``m`` copies of it."""
+def _ordered_bits(values: jax.Array) -> jax.Array:
+    """Unsigned integers ordered as the floats ``values`` are (``-0.0`` just below ``+0.0``)."""
+    unsigned = {4: jnp.uint32, 8: jnp.uint64}[values.dtype.itemsize]
+    bits = jax.lax.bitcast_convert_type(values, unsigned)
+    sign = jnp.array(1, unsigned) << (8 * values.dtype.itemsize - 1)
+    return jnp.where(bits & sign, ~bits, bits | sign)
+
+
+def _value_keys(X: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Two ``(N,)`` keys that order the rows by their values, not their positions: ``X @ cos(1..D)``,
+    ties broken by ``X @ sin(1..D)`` (directions with no rational linear relation, so distinct
+    rows tie on both only by rounding), as ordered unsigned integers."""
     j = jnp.arange(1, X.shape[1] + 1, dtype=X.dtype)
-    return jnp.lexsort((jnp.sum(X * jnp.sin(j)[None, :], axis=1), jnp.sum(X * jnp.cos(j)[None, :], axis=1)))
+    return _ordered_bits(X @ jnp.cos(j)), _ordered_bits(X @ jnp.sin(j))
+
+
+def _draw_index_by_value(score: jax.Array, uniform: jax.Array, keys: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """:func:`_draw_index` with the rows taken in the order of their value ``keys`` (see
+    :func:`_value_keys`): the draw does not depend on the rows' order, and a row of integer
+    weight ``m`` draws as ``m`` copies of it.
+
+    No sort: the first key (in the order) whose cumulative score exceeds ``u · Σ score`` is found
+    by bisection over the keys' bits, each step one masked sum over the rows (a sum, so a
+    row-sharded caller needs one scalar all-reduce per step); first on the primary key, then on
+    the secondary key among the rows that share the primary one.
+    """
+    primary, secondary = keys
+    bits = 8 * primary.dtype.itemsize
+
+    def below(mask):  # a masked sum of non-negative scores is monotone in the mask, rounding included
+        return jnp.sum(jnp.where(mask, score, 0))
+
+    total = below(jnp.ones_like(score, bool))
+    target = uniform * total
+
+    def smallest_key(in_prefix):
+        def halve(_, bounds):
+            lo, hi = bounds
+            mid = lo + (hi - lo) // 2
+            covered = below(in_prefix(mid))
+            # u·Σ can round up to Σ itself: then the whole sum counts as exceeding it.
+            take = (covered > target) | (covered >= total)
+            return jnp.where(take, lo, mid + 1), jnp.where(take, mid, hi)
+
+        start = (jnp.zeros((), primary.dtype), jnp.full((), jnp.iinfo(primary.dtype).max, primary.dtype))
+        return jax.lax.fori_loop(0, bits, halve, start)[1]
+
+    first = smallest_key(lambda key: primary <= key)
+    second = smallest_key(lambda key: (primary < first) | ((primary == first) & (secondary <= key)))
+    return jnp.argmax((primary == first) & (secondary == second) & (score > 0))
 
 
 def _sequential_seeding(
@@ -105,9 +148,9 @@ def _sequential_seeding(
     ``num_active`` centers are drawn; the others repeat center 0.
     """
     uniforms = jax.random.uniform(key, (num_components,), X.dtype)
-    if by_value:  # rows drawn in a value-defined order (see _canonical_order): one sort of the rows
-        order = _canonical_order(X)
-        draw_index = lambda score, uniform: order[_draw_index(score[order], uniform)]  # noqa: E731
+    if by_value:
+        keys = _value_keys(X)
+        draw_index = lambda score, uniform: _draw_index_by_value(score, uniform, keys)  # noqa: E731
     else:
         draw_index = _draw_index
     first = draw_index(sample_weight, uniforms[0])
@@ -149,7 +192,7 @@ def kmeans_plusplus(
     ``kmeans_plusplus(key, X, num_active, ...)`` draws; the others repeat center 0.
     ``sample_weight`` ``None`` means ones. ``by_value``: rows are drawn in an order set by their
     values, so the centers do not depend on the order of the rows and a row of integer weight
-    ``m`` draws as ``m`` copies of it (one sort of the rows; see :func:`_canonical_order`).
+    ``m`` draws as ``m`` copies of it (see :func:`_draw_index_by_value`).
     """
     weights = _ones_if_none(X, sample_weight)
     return _sequential_seeding(

@@ -48,3 +48,49 @@ def test_component_terms_pass_through_jit(X, covariance_type):
     )
     eager = component_terms(params)
     O.assert_trees_close(terms, eager, rtol=1e-6)
+
+
+def _draw_by_value_oracle(score, uniform, primary, secondary):
+    """NumPy oracle: sort rows by (primary, secondary), invert the cumulative score, return the
+    first row (in input order) holding the drawn pair of keys and a positive score."""
+    order = np.lexsort((secondary, primary))
+    cumulative = np.cumsum(score[order].astype(np.float64))
+    position = min(int(np.sum(cumulative <= uniform * cumulative[-1])), len(order) - 1)
+    positive = np.nonzero(score[order] > 0)[0]
+    position = min(position, positive[-1])
+    pair = (primary[order][position], secondary[order][position])
+    return int(np.nonzero((primary == pair[0]) & (secondary == pair[1]) & (score > 0))[0][0])
+
+
+def test_draw_index_by_value_matches_sorted_inverse_cdf_and_ignores_row_order():
+    from gmmjax._init import _draw_index_by_value, _value_keys
+
+    rng = np.random.default_rng(0)
+    draw = jax.jit(lambda score, uniform, X: _draw_index_by_value(score, uniform, _value_keys(X)))
+    n = 24  # one shape, one compile; the zero scores vary which rows can be drawn
+    for case in range(60):
+        X = rng.integers(-3, 4, size=(n, 3)).astype(np.float32)  # small integers: many tied rows
+        score = (rng.integers(0, 4, size=n) * (rng.random(n) < rng.random())).astype(np.float32)
+        score[rng.integers(n)] = 1.0  # not all zero
+        uniform = np.float32([0.0, rng.random(), np.nextafter(np.float32(1), np.float32(0))][case % 3])
+        primary, secondary = (np.asarray(k) for k in _value_keys(jnp.asarray(X)))
+        index = int(draw(score, uniform, X))
+        # the cumulative sums are exact small integers here, so the oracle's float64 is the same sum
+        assert index == _draw_by_value_oracle(score, uniform, primary, secondary)
+        # the drawn row's values do not depend on the rows' order
+        perm = rng.permutation(n)
+        index_perm = int(draw(score[perm], uniform, X[perm]))
+        np.testing.assert_array_equal(X[perm][index_perm], X[index])
+
+
+def test_draw_index_by_value_counts_integer_weight_as_copies():
+    from gmmjax._init import _draw_index_by_value, _value_keys
+
+    X = np.array([[0.0, 1.0], [2.0, -1.0], [5.0, 5.0]], np.float32)
+    weights = np.array([1.0, 3.0, 2.0], np.float32)
+    repeated = np.repeat(X, weights.astype(int), axis=0)
+    draw = jax.jit(lambda score, uniform, X: _draw_index_by_value(score, uniform, _value_keys(X)))
+    for uniform in np.linspace(0, 0.999, 25, dtype=np.float32):
+        weighted = int(draw(weights, uniform, X))
+        copies = int(draw(np.ones(len(repeated), np.float32), uniform, repeated))
+        np.testing.assert_array_equal(X[weighted], repeated[copies])
