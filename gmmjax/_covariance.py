@@ -212,6 +212,10 @@ class CovarianceKind:
         """``L_k z_n`` for each sample's component (``onehot`` ``(n, K)``, noise ``(n, D)``)."""
         raise NotImplementedError
 
+    def sample_temporaries_per_row(self, num_components: int, num_features: int) -> int:
+        """Floats per sample that :meth:`sample_offsets` holds beyond its ``(n, D)`` result."""
+        return 0
+
     def dense(self, covariances, num_components: int, num_features: int, xp=jnp):
         """The covariances as ``(K, D, D)`` matrices (``xp=np``: NumPy in, NumPy out)."""
         raise NotImplementedError
@@ -450,6 +454,9 @@ class Full(_MatrixKind):
     def sample_offsets(self, factor, onehot, noise):
         transformed = jnp.einsum("kde,ne->knd", factor, noise)  # (K, n, D)
         return jnp.einsum("nk,knd->nd", onehot, transformed)
+
+    def sample_temporaries_per_row(self, num_components, num_features):
+        return num_components * num_features  # the (K, n, D) transformed draws
 
     def dense(self, covariances, num_components, num_features, xp=jnp):
         return covariances

@@ -293,7 +293,8 @@ def sample_memory_bytes(num_samples: int, params) -> int:
     and Gumbel arrays, and for full covariances the ``(K, n, D)`` transformed draws."""
     k, d = params.num_components, params.num_features
     itemsize = np.dtype(params.dtype).itemsize
-    per_sample = itemsize * (d * (3 + (k if params.covariance_type == "full" else 0)) + 2 * k) + 8
+    temporaries = covariance_kind(params.covariance_type).sample_temporaries_per_row(k, d)
+    per_sample = itemsize * (3 * d + temporaries + 2 * k) + 8
     return int(num_samples) * per_sample
 
 
