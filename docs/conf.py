@@ -59,5 +59,11 @@ napoleon_preprocess_types = False
 
 html_theme = "alabaster"  # ships with Sphinx: the docs extra stays two packages
 html_title = f"gmmjax {release}"
-html_theme_options = {"description": "Gaussian mixture models in JAX", "fixed_sidebar": True}
+html_theme_options = {
+    "description": "Gaussian mixture models in JAX",
+    "fixed_sidebar": True,
+    "page_width": "1240px",
+    "body_max_width": "none",
+    "sidebar_width": "250px",
+}
 html_sidebars = {"**": ["about.html", "navigation.html", "relations.html", "searchbox.html"]}
