@@ -162,6 +162,21 @@ def test_python_block_pattern():
     assert python_blocks(text) == ["x = 1\n", "y = 2\n"]
 
 
+@needs_sphinx
+def test_notebook_cells_become_myst():
+    spec = importlib.util.spec_from_file_location("notebook_pages", DOCS / "_ext" / "notebook_pages.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cells = [
+        {"cell_type": "markdown", "source": ["# Title\n", "Some *text*."]},
+        {"cell_type": "code", "source": 'print("```")\n', "outputs": []},
+        {"cell_type": "code", "source": "  \n", "outputs": []},  # an empty cell is left out
+        {"cell_type": "raw", "source": "left out"},
+    ]
+    text = module.notebook_to_myst(json.dumps({"cells": cells, "nbformat": 4}))
+    assert text == '# Title\nSome *text*.\n\n````python\nprint("```")\n````\n'
+
+
 # --------------------------------------------------------------------------- the examples
 
 

@@ -31,7 +31,7 @@ def notebook_to_myst(text: str) -> str:
             fence = _FENCE
             while fence in source:
                 fence += "`"
-            parts.append(f"{fence}python\n{source}\n{fence}")
+            parts.append(f"{fence}python\n{source.rstrip()}\n{fence}")
     return "\n\n".join(parts) + "\n"
 
 
