@@ -29,7 +29,7 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> Path
 
     Args:
       directory: where to keep the cache (created if missing); default
-        :func:`default_cache_directory`.
+        ``default_cache_directory()``.
 
     Returns:
       The cache directory.

@@ -37,7 +37,7 @@ class FitOptions:
     Attributes:
       covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
       max_iter: iteration limit (``≥ 0``; 0 returns the initialisation). The seed's name
-        ``num_iters`` is accepted by :func:`fit_options` and every front door.
+        ``num_iters`` is accepted by ``fit_options`` and every front door.
       n_init: number of restarts (the best one is kept).
       init_params: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"random_from_data"``.
       chunk_size: rows of ``X`` per chunk in every pass over the data (``None``: sized

@@ -179,7 +179,7 @@ def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = No
     for all others (each within ≈90 of its own standard deviations in float32); otherwise
     the exact residual form runs for all (chosen per pass with ``lax.switch``; under ``vmap``
     one form runs for the whole batch: the most exact one any lane needs, see
-    :func:`uniform_branch`).
+    ``uniform_branch``).
 
     Args:
       params: current parameters.
