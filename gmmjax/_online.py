@@ -53,6 +53,8 @@ class OnlineEMState:
       step: ``()`` int32, updates applied (batches of zero total weight are not counted).
       log_likelihood: ``()`` mean log-likelihood of the last batch under the parameters
         *before* that update (a held-out estimate of the fit's progress; −∞ before the first).
+      skipped: ``()`` int32, batches left out because their statistics were not finite (NaN
+        or inf in the data): traced code cannot raise, so the state says so instead.
       alpha: ``()`` step-size exponent ``α`` in ``(0.5, 1]``.
       t0: ``()`` step-size offset ``t0 ≥ 0`` (``γ_1 = (1 + t0)^(−α)``; 0: the first batch
         replaces the starting statistics, as one EM step from ``params``).
@@ -67,6 +69,7 @@ class OnlineEMState:
     average_stats: SufficientStats
     step: jax.Array
     log_likelihood: jax.Array
+    skipped: jax.Array
     alpha: jax.Array
     t0: jax.Array
     reg_covar: jax.Array
@@ -89,6 +92,7 @@ jax.tree_util.register_dataclass(
         "average_stats",
         "step",
         "log_likelihood",
+        "skipped",
         "alpha",
         "t0",
         "reg_covar",
@@ -220,6 +224,7 @@ def online_em_init(
         average_stats=stats,
         step=jnp.zeros((), jnp.int32),
         log_likelihood=jnp.full((), -jnp.inf, dtype),
+        skipped=jnp.zeros((), jnp.int32),
         alpha=jnp.asarray(alpha, dtype),
         t0=jnp.asarray(t0, dtype),
         reg_covar=jnp.asarray(reg_covar, dtype),
@@ -245,7 +250,8 @@ def online_em_update(
     ``ŝ(batch)`` is :func:`gmmjax.e_step` about the current means, divided by the batch's
     total weight; the M-step is :func:`gmmjax.m_step`; both statistics (running and
     averaged) are then moved exactly to the new means (:func:`recenter_stats`). A batch of
-    total weight zero changes nothing (the step is not counted).
+    total weight zero changes nothing (the step is not counted); nor does a batch whose
+    statistics are not finite (NaN or inf in it), which is counted in ``state.skipped``.
 
     Args:
       state: :class:`OnlineEMState`.
@@ -259,6 +265,8 @@ def online_em_update(
       (:meth:`OnlineEMState.estimate`: the averaged one with ``averaging``).
     """
     params = state.params
+    X_batch = jnp.asarray(X_batch)
+    sample_weight = None if sample_weight is None else jnp.asarray(sample_weight)
     if X_batch.ndim != 2 or X_batch.shape[1] != params.num_features:
         raise ValueError(
             f"X_batch must be 2-D with {params.num_features} features (as the state's parameters), "
@@ -272,8 +280,16 @@ def online_em_update(
     X_batch = X_batch.astype(params.dtype)
     batch_stats, log_likelihood = e_step(params, X_batch, sample_weight, chunk_size=chunk_size)
     weight = total_weight(X_batch, sample_weight)
-    has_weight = weight > 0
-    batch_stats = jax.tree_util.tree_map(lambda leaf: leaf / jnp.where(has_weight, weight, 1.0), batch_stats)
+    finite = jnp.isfinite(log_likelihood) & jnp.all(
+        jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(batch_stats)])
+    )
+    has_weight = (weight > 0) & finite
+    # A skipped batch's statistics are replaced by the running ones (0 · NaN would be NaN).
+    batch_stats = jax.tree_util.tree_map(
+        lambda leaf, old: jnp.where(has_weight, leaf / jnp.where(has_weight, weight, 1.0), old),
+        batch_stats,
+        state.stats,
+    )
     step = state.step + has_weight.astype(jnp.int32)
     gamma = jnp.where(has_weight, step_size(state, step), 0.0)
     stats = _mix(state.stats, batch_stats, gamma)
@@ -289,6 +305,7 @@ def online_em_update(
         stats=recenter_stats(stats, params.means, shift),
         average_stats=recenter_stats(average_stats, params.means, shift),
         step=step,
+        skipped=state.skipped + (~finite).astype(jnp.int32),
         log_likelihood=jnp.where(has_weight, log_likelihood / jnp.where(has_weight, weight, 1.0), state.log_likelihood),
     )
     return new_state, new_state.estimate()

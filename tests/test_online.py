@@ -8,6 +8,8 @@ computed directly about a new shift, and batch EM (``fit_em``) for convergence.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -262,6 +264,17 @@ def test_zero_weight_batch_changes_nothing(data, starts):
     state, _ = _update(state, jnp.asarray(data[:BATCH]), _ones(data[:BATCH]))
     after, _ = _update(state, jnp.asarray(data[BATCH : 2 * BATCH]), jnp.zeros(BATCH, jnp.float32))
     _close(after, state, rtol=0, atol=0)
+
+
+def test_batch_with_nan_is_skipped_and_counted(data, starts):
+    state = gj.online_em_init(starts["diag"])
+    state, _ = _update(state, jnp.asarray(data[:BATCH]), _ones(data[:BATCH]))
+    bad = data[BATCH : 2 * BATCH].copy()
+    bad[7, 1] = np.nan
+    after, estimate = _update(state, jnp.asarray(bad), _ones(bad))
+    assert int(after.skipped) == 1 and int(after.step) == 1
+    _close(dataclasses.replace(after, skipped=state.skipped), state, rtol=0, atol=0)
+    assert np.isfinite(np.asarray(estimate.covariances)).all()
 
 
 # -- validation ------------------------------------------------------------------------------------
