@@ -328,6 +328,9 @@ def test_partial_fit_initialises_then_follows_the_functional_pair(data):
     assert model.predict(X2).shape == (BATCH,)
     with pytest.raises(ValueError, match="X has 3 features, but GaussianMixtureModel is expecting 2 features"):
         model.partial_fit(np.zeros((10, 3), np.float32))
+    with pytest.raises(ValueError, match="X contains NaN or infinity"):
+        model.partial_fit(np.full((10, 2), np.nan, np.float32))
+    assert model.n_iter_ == 2  # the refused batches changed nothing
 
 
 def test_partial_fit_after_fit_continues_from_the_fitted_model(data):
