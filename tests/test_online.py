@@ -76,7 +76,8 @@ def test_first_update_with_unit_step_is_one_batch_em_step(data, starts, covarian
 
 
 # -- moving the statistics' shift ------------------------------------------------------------------
-@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+# full and diag: the two branches of recenter_stats (tied and spherical share them).
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
 def test_recentering_equals_statistics_about_the_new_shift_at_offset_1e4(data, starts, covariance_type):
     """Statistics about the means, moved to another shift in float32, for data at a 1e4 offset,
     equal the float64 statistics computed directly about that shift (same responsibilities)."""
