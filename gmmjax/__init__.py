@@ -16,6 +16,7 @@ from gmmjax._gradient import fit_gradient
 from gmmjax._init import INIT_METHODS, kmeans, kmeans_plusplus
 from gmmjax._interop import params_from_sklearn, params_to_sklearn, to_distrax, to_numpyro
 from gmmjax._model_selection import SelectionResult, select_num_components
+from gmmjax._online import OnlineEMState, online_em_init, online_em_update
 from gmmjax._options import FitOptions
 from gmmjax._params import COVARIANCE_TYPES, GMMParams
 from gmmjax._sampling import generate_gmm_data, sample
@@ -34,6 +35,7 @@ __all__ = [
     "GaussianMixtureModel",
     "INIT_METHODS",
     "NotFittedError",
+    "OnlineEMState",
     "SelectionResult",
     "SufficientStats",
     "UnconstrainedParams",
@@ -54,6 +56,8 @@ __all__ = [
     "log_prob",
     "m_step",
     "num_parameters",
+    "online_em_init",
+    "online_em_update",
     "params_from_sklearn",
     "params_to_sklearn",
     "precision_cholesky",

@@ -465,7 +465,63 @@ class GaussianMixtureModel:
             )
         return self
 
+    def partial_fit(self, X, y=None, sample_weight=None):
+        """One online (stepwise) EM update on the batch ``X`` ``(B, D)`` (see
+        :func:`gmmjax.online_em_update`); returns ``self``.
+
+        The first call (on an unfitted model) initialises from this batch with the
+        estimator's settings (``init_params``, ``n_init``, ``*_init``, ``seed``, as ``fit``
+        with ``max_iter=0``), then updates on it; on a model fitted by ``fit`` (or loaded),
+        the first call starts from the fitted parameters. Later calls update the running
+        statistics with the step-size schedule and Polyak averaging of
+        :func:`gmmjax.online_em_init`'s defaults (``γ_1 = 1``: the first update is one EM
+        step on that batch). ``n_features_in_`` is checked; ``weights_``, ``means_``,
+        ``covariances_``, ``precisions_``, ``precisions_cholesky_`` hold the current
+        (averaged) estimate; ``n_iter_`` counts the updates, ``lower_bound_`` is the last
+        batch's mean log-likelihood under the parameters before its update (``lower_bounds_``
+        all of them), ``converged_`` is false (online EM has no convergence test). The
+        running state is ``online_state_`` (an :class:`gmmjax.OnlineEMState`).
+        """
+        from gmmjax._online import online_em_init, online_em_update_jit
+
+        if self._resolved_fit_method() != "em":
+            raise ValueError("partial_fit runs online EM: set fit_method='em'.")
+        state = self.__dict__.get("online_state_")
+        if state is None and "params_" in self.__dict__:
+            state = online_em_init(self.params_, reg_covar=self.reg_covar)
+            history = []
+        elif state is not None:
+            history = list(self.lower_bounds_)
+        if state is None:
+            num_components = self._resolved_num_components()
+            X = v.check_data(X, "X", min_samples=num_components)
+            if sample_weight is not None:
+                sample_weight = v.check_sample_weight(sample_weight, X.shape[0], X.dtype)
+            options = self._fit_options().replace(max_iter=0)
+            start = fit_em(
+                _key_from_seed(self._resolved_seed()), X, num_components, options, sample_weight=sample_weight
+            )
+            state = online_em_init(start.params, options=options)
+            history = []
+        else:
+            X = v.check_data(X, "X", num_features=state.params.num_features).astype(state.params.dtype)
+            if sample_weight is not None:
+                sample_weight = v.check_sample_weight(sample_weight, X.shape[0], X.dtype)
+        chunking = {} if self.chunk_size is None else {"chunk_size": self._chunk_size()}
+        state, params = online_em_update_jit(state, X, sample_weight, **chunking)
+        self._set_params_attributes(params)
+        self.online_state_ = state
+        self.__dict__.pop("fit_result_", None)  # describes a batch fit, no longer this model
+        self.converged_ = False
+        self.n_iter_ = int(state.step)
+        self.lower_bound_ = float(state.log_likelihood)
+        self.lower_bounds_ = np.asarray(history + [self.lower_bound_])
+        self.collapsed_components_ = np.zeros(params.num_components, bool)
+        self.n_features_in_ = params.num_features
+        return self
+
     def _store(self, result, num_features):
+        self.__dict__.pop("online_state_", None)  # a fit starts afresh: partial_fit continues from it
         self.fit_result_ = result
         self._set_params_attributes(result.params)
         best = int(result.best_restart)
