@@ -14,7 +14,7 @@ means),
 and the parameters are the M-step of ``s_t`` (:func:`gmmjax.m_step`). As everywhere in the
 core, the statistics are moments about a per-component shift: the current means. When the
 M-step moves the means, the running statistics are moved to the new shift exactly, in closed
-form (:func:`recenter_stats`), so the next batch's statistics (about the new means) and the
+form (``recenter_stats``), so the next batch's statistics (about the new means) and the
 running ones are always about the same centres and mix without the cancellation of
 ``E[xxᵀ] − μμᵀ``.
 """
@@ -194,7 +194,7 @@ def online_em_init(
       options: optional :class:`~gmmjax.FitOptions` to take ``reg_covar`` from.
 
     Returns:
-      :class:`OnlineEMState` (statistics from ``params`` by :func:`stats_from_params`).
+      :class:`OnlineEMState` (statistics from ``params`` by ``stats_from_params``).
 
     Example:
       >>> import jax, gmmjax as gj
@@ -249,7 +249,7 @@ def online_em_update(
 
     ``ŝ(batch)`` is :func:`gmmjax.e_step` about the current means, divided by the batch's
     total weight; the M-step is :func:`gmmjax.m_step`; both statistics (running and
-    averaged) are then moved exactly to the new means (:func:`recenter_stats`). A batch of
+    averaged) are then moved exactly to the new means (``recenter_stats``). A batch of
     total weight zero changes nothing (the step is not counted); nor does a batch whose
     statistics are not finite (NaN or inf in it), which is counted in ``state.skipped``.
 
@@ -262,7 +262,7 @@ def online_em_update(
 
     Returns:
       ``(new_state, params)``: ``params`` is the current estimate
-      (:meth:`OnlineEMState.estimate`: the averaged one with ``averaging``).
+      (:meth:`gmmjax.OnlineEMState.estimate`: the averaged one with ``averaging``).
     """
     params = state.params
     X_batch = jnp.asarray(X_batch)
