@@ -69,7 +69,7 @@ def save_checkpoint(path, arrays: Mapping[str, np.ndarray], metadata: Mapping[st
     handle, temporary = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(handle, "wb") as file:
-            np.savez(file, **payload)
+            np.savez(file, **payload)  # type: ignore[arg-type]
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)

@@ -137,7 +137,7 @@ class NpyFile:
         out = np.empty((rows,) + self.shape[1:], self.dtype)
         with open(self.path, "rb") as file:
             file.seek(self.offset + start * self.row_bytes)
-            got = file.readinto(memoryview(out).cast("B")) if out.size else 0
+            got = file.readinto(out.data.cast("B")) if out.size else 0
         if got != rows * self.row_bytes:
             raise StreamError(f"{self.path}: rows {start}..{stop} could not be read (file truncated while fitting?).")
         return out
@@ -244,8 +244,9 @@ class ArraySource(_Source):
         self.block_rows = block_rows
 
     def blocks(self, start_row: int = 0) -> Iterator[_Block]:
-        for row in range(start_row, self.num_rows, self.block_rows):
-            stop = min(self.num_rows, row + self.block_rows)
+        num_rows = self.X.shape[0]
+        for row in range(start_row, num_rows, self.block_rows):
+            stop = min(num_rows, row + self.block_rows)
             weight = None if self.weight is None else self.weight[row:stop]
             yield _Block(self.X[row:stop], weight, f"rows {row}..{stop} of the array")
 
