@@ -50,6 +50,17 @@ def array_digest(*arrays) -> str:
     return digest.hexdigest()
 
 
+def _flatten(description: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"options": {"tol": 0.1}}`` → ``{"options.tol": 0.1}`` (for naming what differs)."""
+    flat: dict[str, Any] = {}
+    for key, value in description.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def save_checkpoint(path, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, Any]) -> None:
     """Writes ``arrays`` and ``metadata`` (JSON-serialisable) to ``path`` atomically.
 
@@ -105,10 +116,10 @@ def load_checkpoint(path, expected: Mapping[str, Any] | None = None) -> tuple[di
             f"(format {metadata.get('format')!r}, version {metadata.get('version')!r})."
         )
     if expected is not None and metadata.get("fingerprint") != fingerprint(expected):
-        written = metadata.get("description", {})
-        keys = sorted(set(written) | set(expected))
-        differ = [key for key in keys if fingerprint({"v": written.get(key)}) != fingerprint({"v": expected.get(key)})]
-        details = "; ".join(f"{key}: checkpoint {written.get(key)!r}, this fit {expected.get(key)!r}" for key in differ)
+        written, wanted = _flatten(metadata.get("description", {})), _flatten(expected)
+        keys = sorted(set(written) | set(wanted))
+        differ = [key for key in keys if fingerprint({"v": written.get(key)}) != fingerprint({"v": wanted.get(key)})]
+        details = "; ".join(f"{key}: checkpoint {written.get(key)!r}, this fit {wanted.get(key)!r}" for key in differ)
         raise CheckpointMismatchError(
             f"checkpoint {path!r} was written by a fit with another configuration or other data "
             f"({details or 'fingerprints differ'}): resume with the same data, number of components, "

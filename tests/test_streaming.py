@@ -248,3 +248,22 @@ def test_other_bad_arguments():
         _fit(_data(), max_in_flight=0)
     with pytest.raises(StreamError, match="streamed fits read .npy files"):
         _fit("data.csv")
+
+
+def test_cli_streams_above_the_memory_budget_and_resumes(files, in_memory, tmp_path, capsys):
+    from gmmjax._cli import main
+
+    data = str(files / "all.npy")
+    common = ["fit", data, "-k", str(K), "--max-iter", "20", "--tol", "1e-4", "--batch-size", str(BATCH)]
+    checkpoint = str(tmp_path / "c.npz")
+    assert main(common + ["--memory-budget", "10K", "--checkpoint", checkpoint, "-o", str(tmp_path / "m.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "streamed" in out and f"iterations {int(in_memory.n_iter)}" in out
+    model = gj.GaussianMixtureModel.load(str(tmp_path / "m.npz"))
+    np.testing.assert_allclose(model.means_, np.asarray(in_memory.params.means), rtol=1e-5)
+    assert main(common + ["--stream", "--checkpoint", checkpoint, "--resume"]) == 0  # a finished fit: its result
+    assert f"iterations {int(in_memory.n_iter)}" in capsys.readouterr().out
+    assert main(common + ["--stream", "--checkpoint", checkpoint, "--resume", "--reg-covar", "0.1"]) == 1
+    assert "options.reg_covar: checkpoint 1e-06, this fit 0.1" in capsys.readouterr().err
+    assert main(common + ["--stream", "--plot", str(tmp_path / "a.png")]) == 1
+    assert "--plot cannot be used with a streamed fit" in capsys.readouterr().err
