@@ -737,6 +737,8 @@ def fit_em_streaming(
                 if checkpoint_seconds is not None and time.monotonic() - last_save >= checkpoint_seconds:
                     save(batch_index, rows_done, weight_done)
                     last_save = time.monotonic()
+            while in_flight:  # the pass's last batches (the M-step waits for them anyway)
+                in_flight.popleft().block_until_ready()
             if rows_done == 0:
                 raise StreamError("the data has no rows to fit.")
             if source.num_rows is not None and rows_done != source.num_rows:
