@@ -74,7 +74,6 @@ def _assert_same_fit(streamed, in_memory, rtol=2e-4):
     )
 
 
-# full and diag run the two forms of the E-step (residuals; matrix products about a shift)
 # full and diag run the two forms of the E-step (residuals; matrix products about a shift);
 # the default suite runs full (each case compiles fit_em: ~10 s), -m slow the others
 @pytest.mark.parametrize(
