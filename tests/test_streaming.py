@@ -296,3 +296,28 @@ def test_batches_in_flight_are_bounded(X, monkeypatch, max_in_flight):
     result = _fit(X, max_in_flight=max_in_flight)  # 4 batches per pass
     assert peak[0] == max_in_flight and not pending
     assert int(result.n_iter) >= 1
+
+
+@pytest.mark.slow  # two fresh processes; writes a 160 MB file
+def test_memory_does_not_grow_with_the_rows(tmp_path):
+    """Peak RSS streaming 5M rows (160 MB) is within 40 MB of streaming 70k rows, same batches."""
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_stream_memory_script.py")
+    repo = os.path.dirname(os.path.dirname(script))
+    env = {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    peaks = {}
+    rng = np.random.default_rng(0)
+    for rows in (70_000, 5_000_000):
+        path = tmp_path / f"x{rows}.npy"
+        out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, 8))
+        for start in range(0, rows, 1_000_000):
+            n = min(1_000_000, rows - start)
+            out[start : start + n] = rng.normal(size=(n, 8)) + 5.0 * rng.integers(0, 4, size=(n, 1))
+        out.flush()
+        del out
+        done = subprocess.run([sys.executable, script, str(path)], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        peaks[rows] = float(done.stdout.strip().splitlines()[-1])
+    assert peaks[5_000_000] - peaks[70_000] < 40, peaks
