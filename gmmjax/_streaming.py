@@ -617,7 +617,7 @@ def fit_em_streaming(
     parameters (``weights_init``, ``means_init``, ``precisions_init``) the result equals
     ``fit_em``'s up to floating-point summation order. The start comes from the standard
     ``init_params`` on a reservoir sample of ``max(2**14, 64·K)`` rows (all rows when there
-    are fewer, which is then ``fit_em``'s own initialisation). See :mod:`gmmjax._streaming`.
+    are fewer, which is then ``fit_em``'s own initialisation). See the module ``gmmjax._streaming``.
 
     Args:
       key: ``jax.random`` key (initialisation and the reservoir sample).
@@ -633,14 +633,14 @@ def fit_em_streaming(
       max_in_flight: batches dispatched to the device and not yet finished, at most (≥ 1; 2
         is double buffering: one computing, one being transferred).
       verbose: progress on stderr after each pass (iteration, lower bound, rows/s, time left).
-      checkpoint: a file to write checkpoints to (``.npz``, atomic; see :mod:`gmmjax._checkpoint`).
+      checkpoint: a file to write checkpoints to (``.npz``, atomic; see ``gmmjax._checkpoint``).
       checkpoint_every: write one every this many iterations (at the end of the pass).
       checkpoint_seconds: also write one after a batch when this many seconds have passed since
         the last (mid-pass: the partial statistics and the data position are saved).
         With ``checkpoint`` and neither given: every iteration.
       resume: continue from ``checkpoint`` (which must exist and have been written by a fit
         with the same data, options, key and batch size: otherwise a
-        :class:`~gmmjax._checkpoint.CheckpointMismatchError` says what differs). The result
+        ``CheckpointMismatchError`` (a ``ValueError``) says what differs). The result
         equals that of an uninterrupted fit.
       **option_keywords: fields of :class:`~gmmjax.FitOptions`.
 
@@ -648,7 +648,7 @@ def fit_em_streaming(
       A :class:`~gmmjax.FitResult`.
 
     Raises:
-      StreamError: (a ``ValueError``) malformed data, naming the file or batch: shards with
+      ValueError: (``gmmjax._streaming.StreamError``) malformed data, naming the file or batch: shards with
         other feature counts or dtypes, a truncated ``.npy``, NaN or infinity in a batch, an
         iterable that yields nothing or changes length between passes.
     """
