@@ -122,6 +122,18 @@ def test_restarts_are_fit_em_restarts(X):
     np.testing.assert_allclose(float(got.lower_bound), float(want.lower_bound), rtol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def files(X, weights, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("stream")
+    np.save(folder / "all.npy", X)
+    np.save(folder / "weights.npy", weights)
+    shards = folder / "shards"
+    shards.mkdir()
+    for i, (a, b) in enumerate([(0, 700), (700, 1500), (1500, 1501), (1501, N)]):
+        np.save(shards / f"part{i}.npy", X[a:b])
+    return folder
+
+
 def test_every_source_gives_the_same_fit(X, weights, files):
     want = _fit(X, sample_weight=weights)
     paths = sorted(str(p) for p in (files / "shards").iterdir())
