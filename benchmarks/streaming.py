@@ -135,6 +135,57 @@ def _child(spec: dict) -> dict:
     return out
 
 
+def interleaved(data_dir: str, N: int = 4_000_000, D: int = 8, K: int = 16, repeats: int = 3) -> list[dict]:
+    """In one process, alternately: ``fit_em`` in memory and the streamed fit of the same file
+    from the same start (``*_init`` given, no reservoir pass); per-iteration seconds of each
+    (in memory ``(t3 − t1) / 2``, streamed the median pass after the first). Alternating in
+    one process makes the pair see the same load on a shared machine."""
+    import jax
+
+    import gmmjax as gj
+    from gmmjax import _streaming
+
+    path = os.path.join(data_dir, f"interleaved_{N}x{D}.npy")
+    write_data(path, N, D, K)
+    try:
+        X = np.load(path)
+        start = gj.fit_em(jax.random.key(0), X[:20000], K, max_iter=0).params
+        init = dict(
+            weights_init=np.asarray(start.weights),
+            means_init=np.asarray(start.means),
+            precisions_init=np.linalg.inv(np.asarray(start.covariances)),
+            tol=0.0,
+        )
+        X_device = jax.device_put(X)
+        fit = lambda iters: jax.block_until_ready(gj.fit_em(jax.random.key(0), X_device, K, max_iter=iters, **init))  # noqa: E731
+        fit(1), fit(3)  # compile
+        ends: list[float] = []
+        finish = _streaming._finish_pass
+
+        def timed_finish(*args, **kwargs):
+            states = jax.block_until_ready(finish(*args, **kwargs))
+            ends.append(time.perf_counter())
+            return states
+
+        _streaming._finish_pass = timed_finish
+        rows = []
+        for _ in range(repeats):
+            times = []
+            for iters in (1, 3):
+                t = time.perf_counter()
+                fit(iters)
+                times.append(time.perf_counter() - t)
+            ends.clear()
+            _streaming.fit_em_streaming(jax.random.key(0), path, K, max_iter=4, **init)
+            memory, stream = (times[1] - times[0]) / 2, float(np.median(np.diff(ends)))
+            rows.append({"memory_s": memory, "stream_s": stream, "ratio": memory / stream})
+            print(f"in memory {memory:.3f} s/it, streamed {stream:.3f} s/it, ratio {memory / stream:.2f}", flush=True)
+        _streaming._finish_pass = finish
+        return rows
+    finally:
+        os.remove(path)
+
+
 def _measure(spec: dict) -> dict:
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run(
@@ -183,12 +234,21 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the generated .npy files")
     parser.add_argument("--case", type=int, action="append", help="run only these cases (0-based)")
     parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument(
+        "--interleaved",
+        type=int,
+        metavar="R",
+        help="instead: R alternations of in-memory and streamed fits of 4M x 8, K=16, in one process",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(_child(json.loads(args.child))))
         return 0
     os.makedirs(args.data_dir, exist_ok=True)
+    if args.interleaved:
+        interleaved(args.data_dir, repeats=args.interleaved)
+        return 0
     cases = QUICK_CASES if args.quick else FULL_CASES
     chosen = [cases[i] for i in args.case] if args.case else cases
     results = []

@@ -75,9 +75,9 @@ def _assert_same_fit(streamed, in_memory, rtol=2e-4):
 
 
 # full and diag run the two forms of the E-step (residuals; matrix products about a shift);
-# the default suite runs full (each case compiles fit_em: ~10 s), -m slow the others
+# the default suite runs those two (each case compiles fit_em), -m slow the others
 @pytest.mark.parametrize(
-    "covariance_type", ["full"] + [pytest.param(c, marks=pytest.mark.slow) for c in ("diag", "tied", "spherical")]
+    "covariance_type", ["full", "diag"] + [pytest.param(c, marks=pytest.mark.slow) for c in ("tied", "spherical")]
 )
 def test_streamed_fit_is_fit_em_from_the_same_start(X, weights, covariance_type):
     start = _start(X, covariance_type)
