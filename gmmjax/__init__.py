@@ -21,6 +21,7 @@ from gmmjax._options import FitOptions
 from gmmjax._params import COVARIANCE_TYPES, GMMParams
 from gmmjax._sampling import generate_gmm_data, sample
 from gmmjax._stats import SufficientStats, e_step, em_step, m_step
+from gmmjax._streaming import fit_em_streaming
 from gmmjax._unconstrained import UnconstrainedParams, from_unconstrained, to_unconstrained, unconstrained_log_prob
 
 __version__ = "0.1.0"
@@ -47,6 +48,7 @@ __all__ = [
     "em_step",
     "enable_compilation_cache",
     "fit_em",
+    "fit_em_streaming",
     "fit_gradient",
     "from_unconstrained",
     "generate_gmm_data",

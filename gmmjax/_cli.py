@@ -685,7 +685,137 @@ def _add_fit(commands):
         metavar="N",
         help="iterations between progress reports (default 10)",
     )
+    g = p.add_argument_group(
+        "streaming (exact out-of-core EM)",
+        "A .npy DATA file larger than --memory-budget, or a folder of .npy shards, is streamed from disk in "
+        "batches: the same EM iterations as in memory, with memory independent of the number of rows.",
+    )
+    g.add_argument(
+        "--stream", action="store_true", help="stream DATA (.npy or a folder of .npy shards) whatever its size"
+    )
+    g.add_argument(
+        "--memory-budget",
+        type=_byte_size,
+        default=None,
+        metavar="SIZE",
+        help="stream .npy files larger than this (e.g. 2G, 500M; default a quarter of the RAM)",
+    )
+    g.add_argument(
+        "--batch-size", type=_int_at_least(1), metavar="ROWS", help="rows per streamed batch (default ≈32 MiB)"
+    )
+    g.add_argument("--checkpoint", metavar="FILE.npz", help="write checkpoints of the streamed fit to FILE (atomic)")
+    g.add_argument(
+        "--checkpoint-every", type=_int_at_least(1), metavar="N", help="a checkpoint every N iterations (default 1)"
+    )
+    g.add_argument(
+        "--checkpoint-seconds",
+        type=_nonnegative_float,
+        metavar="S",
+        help="also a checkpoint (mid-pass) whenever S seconds have passed since the last",
+    )
+    g.add_argument("--resume", action="store_true", help="continue the fit saved in --checkpoint")
     p.set_defaults(run=_run_fit)
+
+
+_SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _byte_size(text):
+    """``2G``, ``500M``, ``1.5G``, ``123456`` (bytes; K/M/G/T are powers of 1024, optional ``B``/``iB``)."""
+    spec = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = spec[-1:] if spec[-1:] in _SIZE_UNITS and spec[-1:] else ""
+    try:
+        value = float(spec[: len(spec) - len(unit)]) * _SIZE_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 2G or 500M, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive size, got {text!r}")
+    return int(value)
+
+
+def _default_memory_budget() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 2**31
+
+
+def _streams(args) -> bool:
+    """Whether ``gmmjax fit`` streams DATA: asked for (--stream, a checkpoint), a folder, or a
+    .npy file larger than the memory budget."""
+    if args.stream or args.checkpoint or args.resume:
+        return True
+    if os.path.isdir(args.data):
+        return True
+    if _extension(args.data) != ".npy" or not os.path.isfile(args.data):
+        return False
+    budget = _default_memory_budget() if args.memory_budget is None else args.memory_budget
+    return os.path.getsize(args.data) > budget
+
+
+def _run_fit_stream(args) -> int:
+    """``gmmjax fit`` streamed (:func:`gmmjax._streaming.fit_em_streaming`)."""
+    unsupported = [
+        flag
+        for flag, given in (
+            ("--plot", args.plot is not None),
+            ("--key", args.key is not None),
+            ("--columns", args.columns is not None),
+            ("--dropna", args.dropna),
+            ("--index-col", args.index_col is not None),
+            ("--header/--no-header", args.header is not None),
+            ("--delimiter", args.delimiter is not None),
+        )
+        if given
+    ]
+    if unsupported:
+        raise CLIError(f"{' and '.join(unsupported)} cannot be used with a streamed fit (a large .npy or shards)")
+    if not (os.path.isdir(args.data) or _extension(args.data) == ".npy"):
+        raise CLIError(f"{args.data}: streamed fits read a .npy file or a folder of .npy shards")
+    if args.resume and not args.checkpoint:
+        raise CLIError("--resume continues the fit saved in --checkpoint FILE: give --checkpoint")
+    from gmmjax import GaussianMixtureModel
+
+    model = GaussianMixtureModel(
+        num_components=args.num_components,
+        num_iters=args.max_iter,
+        covariance_type=args.covariance_type,
+        tol=args.tol,
+        reg_covar=args.reg_covar,
+        n_init=args.n_init,
+        init_params=args.init_params,
+        seed=args.seed,
+        verbose=args.verbose,
+    )
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model._fit_stream(
+            args.data,
+            None,
+            batch_size=args.batch_size,
+            checkpoint=args.checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            checkpoint_seconds=args.checkpoint_seconds,
+            resume=args.resume,
+        )
+    elapsed = time.perf_counter() - start
+    for warning in caught:
+        _print_warning("fit", warning.message)
+    print(
+        f"gmmjax fit {args.data}: streamed, {model.n_features_in_} features, K={args.num_components}, "
+        f"covariance {args.covariance_type}, {args.n_init} restart{'s' * (args.n_init > 1)}, seed {args.seed}"
+    )
+    print(f"{'component':>9}  {'weight':>7}  mean")
+    for k, (weight, mean) in enumerate(zip(model.weights_, model.means_)):
+        print(f"{k:>9}  {weight:7.4f}  {_format_vector(mean)}")
+    print(f"lower bound (mean log-likelihood before the last M-step)  {model.lower_bound_:.6f}")
+    print(f"iterations {model.n_iter_}   converged {model.converged_}")
+    print(f"time (including compilation) {elapsed:.2f} s")
+    if args.output is not None:
+        model.save(args.output)
+        print(f"model saved to {args.output if _extension(args.output) else args.output + '.npz'}")
+    return 0
 
 
 def _plot_module():
@@ -731,6 +861,8 @@ def _print_feature_names(names) -> None:
 def _run_fit(args) -> int:
     check_output(args.output, (".npz", ""))  # np.savez adds .npz to a name without it
     check_output(args.plot, (".png", ".pdf", ".svg", ".jpg"))
+    if _streams(args):
+        return _run_fit_stream(args)
     plot = _plot_module() if args.plot else None
     data = _read_data(args)
     X = data.X

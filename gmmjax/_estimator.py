@@ -423,6 +423,12 @@ class GaussianMixtureModel:
                 n_init=1,
                 lower_bound_init=self.lower_bound_,
             )
+        from gmmjax._streaming import is_streamable  # the stream route: a path, shards or an iterable
+
+        if is_streamable(X):
+            if fit_method != "em":
+                raise ValueError("fit on a path or an iterable streams EM: use fit_method='em' (the default).")
+            return self._fit_stream(X, sample_weight, options, key, max_iter)
         if fit_method == "gradient":
             result = fit_gradient(
                 key,
@@ -444,6 +450,29 @@ class GaussianMixtureModel:
                 verbose=self.verbose,
                 verbose_interval=self.verbose_interval,
             )
+        return self._finish_fit(result, fit_method, max_iter)
+
+    def _fit_stream(self, data, sample_weight, options=None, key=None, max_iter=None, **stream_keywords):
+        """``fit`` on a ``.npy`` path, a folder or list of shards, or an iterable of batches:
+        exact out-of-core EM (:func:`gmmjax._streaming.fit_em_streaming`); ``stream_keywords``
+        (``batch_size``, ``checkpoint``, ``resume``, ...) go to it."""
+        from gmmjax._streaming import fit_em_streaming
+
+        options = self._fit_options() if options is None else options
+        key = _key_from_seed(self._resolved_seed()) if key is None else key
+        max_iter = self._resolved_max_iter() if max_iter is None else max_iter
+        result = fit_em_streaming(
+            key,
+            data,
+            self._resolved_num_components(),
+            options,
+            sample_weight=sample_weight,
+            verbose=self.verbose,
+            **stream_keywords,
+        )
+        return self._finish_fit(result, "em", max_iter)
+
+    def _finish_fit(self, result, fit_method, max_iter):
         self._store(result, result.params.num_features)
         # max_iter=0 asks for the initialisation itself (scikit-learn's convention): no warning.
         if fit_method == "em" and not self.converged_ and max_iter > 0:
@@ -453,7 +482,7 @@ class GaussianMixtureModel:
                 f"max_iter, tol, or check for degenerate data. EM did not converge within {max_iter} iterations "
                 f"(tol={self.tol}): increase num_iters (max_iter) or tol, or try more restarts (n_init).",
                 _convergence_warning(),
-                stacklevel=2,
+                stacklevel=3,
             )
         if self.collapsed_components_.any():
             warnings.warn(
@@ -461,7 +490,7 @@ class GaussianMixtureModel:
                 "during the fit and were regularised: decrease num_components, increase reg_covar, or scale "
                 "the data.",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         return self
 

@@ -304,3 +304,68 @@ def reporting(n_init: int, max_iter: int):
         with _ACTIVE_LOCK:
             _ACTIVE.remove(reporter)
         reporter.close()
+
+
+# -- streamed fits (gmmjax._streaming) ---------------------------------------------------------
+class StreamingProgressReporter(ProgressReporter):
+    """:class:`ProgressReporter` for a streamed fit, whose iterations are passes over the data
+    read on the host: reports come from the host loop (no device callback), one per pass and,
+    as plain lines, one at most every ``HEARTBEAT_S`` seconds inside a pass. Adds the rows
+    read per second, and estimates the time left from that rate and the rows still to read
+    (every running restart up to ``max_iter`` passes)."""
+
+    def __init__(self, n_init: int, max_iter: int, **kwargs):
+        super().__init__(n_init, max_iter, **kwargs)
+        self.rows = 0  # rows read over all passes
+        self.rows_per_pass: int | None = None
+        self._rows_in_pass = 0
+        self._rows_start: float | None = None
+        self._last_line = self._clock()
+
+    def rows_per_second(self) -> float | None:
+        if self._rows_start is None:
+            return None
+        seconds = self._clock() - self._rows_start
+        return self.rows / seconds if seconds > 0 and self.rows else None
+
+    def add_rows(self, rows: int) -> None:
+        """Called after each batch with its number of real rows."""
+        with self._lock:
+            if self._rows_start is None:
+                self._rows_start = self._clock()
+                self._first = (self._rows_start, 0)  # reading has begun: the clock phase ends
+                self._stop.set()
+            self.rows += rows
+            self._rows_in_pass += rows
+            if self._bar is None and self._clock() - self._last_line >= HEARTBEAT_S:
+                self._print(f"{self._status()}, {self._rows_in_pass} rows into the pass")
+                self._last_line = self._clock()
+
+    def pass_done(self, states) -> None:
+        """Called after each pass's M-step with the restarts' stacked ``FitState``."""
+        if self.rows_per_pass is None:
+            self.rows_per_pass = self._rows_in_pass
+        self._rows_in_pass = 0
+        self.update(
+            np.arange(self.n_init),
+            np.asarray(states.n_iter),
+            np.asarray(states.lower_bound),
+            np.asarray(states.converged),
+        )
+        self._last_line = self._clock()
+
+    def seconds_left(self) -> float | None:
+        rate = self.rows_per_second()
+        if rate is None or self.rows_per_pass is None:
+            return None
+        passes_left = int(np.max(np.where(self.finished, 0, self.max_iter - self.n_iter), initial=0))
+        return max(0.0, passes_left * self.rows_per_pass - self._rows_in_pass) / rate
+
+    def summary(self) -> str:
+        rate = self.rows_per_second()
+        return super().summary() + ("" if rate is None else f", {rate:.3g} rows/s")
+
+
+def streaming_reporter(n_init: int, max_iter: int) -> StreamingProgressReporter:
+    """A reporter for a streamed fit (the caller closes it)."""
+    return StreamingProgressReporter(n_init, max_iter)

@@ -1,0 +1,811 @@
+"""Exact out-of-core EM: the in-memory iterations, with the data streamed from disk or an iterator.
+
+Each EM iteration is one pass over the data in fixed-size batches of ``batch_size`` rows. A
+batch is read on the host, checked, sent to the device (``jax.device_put``) and added into
+the pass's :class:`~gmmjax.SufficientStats` by the same jitted :func:`~gmmjax.e_step` that
+``fit_em`` runs (about the current means: the same shift for every batch of a pass, so the
+statistics of the batches add up exactly). After the pass, one M-step and the convergence
+test of :func:`gmmjax._em.em_iteration` advance each restart's
+:class:`~gmmjax.FitState`; restarts that have stopped keep their state, as in ``fit_em``. So
+from the same starting parameters the iterations are those of ``fit_em`` to floating-point
+summation order.
+
+- **One compiled program.** Every batch has the same shape: the last one is padded with rows
+  of weight zero (they contribute nothing, see :func:`gmmjax._stats.e_step`).
+- **Double buffering, bounded.** JAX dispatches asynchronously: while the device adds batch
+  ``i``, the host reads batch ``i + 1`` and starts its transfer. At most ``max_in_flight``
+  batches are dispatched and unfinished; before dispatching another the host waits for the
+  oldest (without the bound, asynchronous dispatch would read the whole file ahead).
+- **Memory** is ``max_in_flight + 1`` batch buffers (host and device) plus ``O(R·K·D²)``
+  statistics (``R`` restarts) plus one batch's E-step temporaries, whatever ``N`` is.
+- **Initialisation** runs the standard ``init_params`` (k-means, k-means++, ...; see
+  :func:`gmmjax._init.initialize`) on a uniform reservoir sample of
+  ``max(2**14, 64·K)`` rows drawn in one pass (``INIT_SAMPLE_SIZE``, the size of
+  ``fit_em``'s own seeding sample; rows keep their sample weights and their order). Data
+  with at most that many rows is thus initialised exactly as ``fit_em`` initialises it.
+  With all of ``weights_init``, ``means_init`` and ``precisions_init`` given, that pass is
+  skipped.
+
+Sources (:func:`as_source`): a ``.npy`` file (read by positioned reads of the rows, never
+``np.load``: memory-mapping the whole file would make every page read count in the
+process's resident memory, and a copy or a transfer of the whole array is exactly what
+streaming avoids), a folder of ``.npy`` shards (sorted by name) or a list of them, a NumPy
+array, or any re-iterable of batches: a callable returning a fresh iterator, or an object
+whose ``iter()`` starts again (a list of arrays). Each item is an ``(n, D)`` array or an
+``(X, sample_weight)`` pair. Every pass must yield the same rows: a pass of another length
+is an error.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import glob
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gmmjax import _validation as v
+from gmmjax._checkpoint import array_digest, fingerprint, load_checkpoint, save_checkpoint
+from gmmjax._chunks import resolve_chunk_size
+from gmmjax._driver import (
+    FitResult,
+    FitState,
+    choose_best,
+    initial_params,
+    initial_state,
+    restart_keys,
+    traced_leaves,
+)
+from gmmjax._em import EMOperands, em_iteration
+from gmmjax._init import seeding_sample_size
+from gmmjax._options import FitOptions, check_fit_options, fit_options
+from gmmjax._params import GMMParams
+from gmmjax._progress import check_verbose, streaming_reporter
+from gmmjax._stats import SufficientStats, e_step, m_step_with_diagnostics
+
+# Bytes of one batch of data that the automatic batch size aims at.
+BATCH_TARGET_BYTES = 32 * 2**20
+DEFAULT_MAX_IN_FLIGHT = 2
+_ROW_MULTIPLE = 8
+
+
+class StreamError(ValueError):
+    """The streamed data is malformed; the message names the file or batch."""
+
+
+# -- sources ---------------------------------------------------------------------------------
+class _Block(NamedTuple):
+    X: np.ndarray  # (n, D), the source's dtype
+    weight: np.ndarray | None  # (n,) or None
+    where: str  # for messages: "shard.npy rows 0..1000" or "batch 3 of pass 2"
+
+
+class NpyFile:
+    """One ``.npy`` file (1-D or 2-D, C order), read row range by row range.
+
+    Rows are read with positioned reads into fresh arrays (never ``np.load`` of the whole
+    file, never a memory map that keeps the pages resident); the header is checked against
+    the file's size (a truncated file is refused before any fit starts).
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        try:
+            with open(self.path, "rb") as file:
+                version = np.lib.format.read_magic(file)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(file)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(file)
+                self.offset = file.tell()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.path}: no such file.") from None
+        except (ValueError, OSError) as exc:
+            raise StreamError(f"{self.path} is not a readable .npy file: {exc}") from None
+        if dtype.hasobject or not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
+            raise StreamError(f"{self.path} holds dtype {dtype}, not numbers.")
+        if np.issubdtype(dtype, np.complexfloating):
+            raise StreamError(f"{self.path} holds complex numbers (dtype {dtype}): data must be real-valued.")
+        if len(shape) not in (1, 2):
+            raise StreamError(f"{self.path} holds an array of shape {shape}: expected (n_samples, n_features).")
+        if fortran and len(shape) == 2 and shape[1] > 1:
+            raise StreamError(
+                f"{self.path} is stored in Fortran (column-major) order, which cannot be read row block by "
+                "row block: save it in C order (np.save(path, np.ascontiguousarray(X)))."
+            )
+        self.shape, self.dtype = tuple(int(s) for s in shape), dtype
+        self.num_rows = self.shape[0]
+        self.row_bytes = dtype.itemsize * (self.shape[1] if len(self.shape) == 2 else 1)
+        expected = self.offset + self.num_rows * self.row_bytes
+        size = os.path.getsize(self.path)
+        if size < expected:
+            raise StreamError(
+                f"{self.path} is truncated: its header says shape {self.shape} of {dtype} "
+                f"({expected} bytes with the header), but the file has {size} bytes. Re-create the file."
+            )
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` as a new array (``(n, D)`` or ``(n,)``)."""
+        rows = max(0, stop - start)
+        out = np.empty((rows,) + self.shape[1:], self.dtype)
+        with open(self.path, "rb") as file:
+            file.seek(self.offset + start * self.row_bytes)
+            got = file.readinto(out.data.cast("B")) if out.size else 0
+        if got != rows * self.row_bytes:
+            raise StreamError(f"{self.path}: rows {start}..{stop} could not be read (file truncated while fitting?).")
+        return out
+
+    def describe(self) -> dict:
+        return {"path": os.path.abspath(self.path), "shape": list(self.shape), "dtype": self.dtype.str}
+
+
+class _Source:
+    """What a streamed fit reads: blocks of rows, pass after pass."""
+
+    num_features: int
+    dtype: np.dtype
+    num_rows: int | None  # None until a pass has counted them (iterables)
+    random_access = False
+
+    def blocks(self, start_row: int = 0) -> Iterator[_Block]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+
+class ShardsSource(_Source):
+    """``.npy`` shards read in order; optional sample weights in a 1-D ``.npy`` or an array."""
+
+    random_access = True
+
+    def __init__(self, paths, sample_weight=None, block_rows: int = 2**16):
+        self.files = [NpyFile(p) for p in paths]
+        if not self.files:
+            raise StreamError("no .npy shards to read.")
+        first = self.files[0]
+        for f in self.files:
+            if len(f.shape) != 2:
+                raise StreamError(f"{f.path} holds an array of shape {f.shape}: expected (n_samples, n_features).")
+            if f.shape[1] != first.shape[1]:
+                raise StreamError(
+                    f"{f.path} has {f.shape[1]} features but {first.path} has {first.shape[1]}: "
+                    "every shard must have the same number of columns."
+                )
+            if f.dtype != first.dtype:
+                raise StreamError(
+                    f"{f.path} holds {f.dtype} but {first.path} holds {first.dtype}: every shard must have "
+                    "the same dtype (convert the odd one out)."
+                )
+        self.num_features, self.dtype = first.shape[1], first.dtype
+        self.num_rows = sum(f.num_rows for f in self.files)
+        self.starts = np.cumsum([0] + [f.num_rows for f in self.files])
+        self.block_rows = block_rows
+        self.weight: Any = None
+        if sample_weight is not None:
+            if isinstance(sample_weight, (str, os.PathLike)):
+                self.weight = NpyFile(sample_weight)
+                shape = self.weight.shape
+            else:
+                self.weight = np.asarray(sample_weight)
+                shape = self.weight.shape
+            if tuple(shape) != (self.num_rows,):
+                raise StreamError(
+                    f"sample_weight must have shape ({self.num_rows},) (one per row), got {tuple(shape)}."
+                )
+
+    def _weights(self, start: int, stop: int):
+        if self.weight is None:
+            return None
+        if isinstance(self.weight, NpyFile):
+            return self.weight.read(start, stop)
+        return self.weight[start:stop]
+
+    def blocks(self, start_row: int = 0) -> Iterator[_Block]:
+        for f, first_row in zip(self.files, self.starts[:-1].tolist()):
+            if first_row + f.num_rows <= start_row:
+                continue
+            row = max(0, start_row - first_row)
+            while row < f.num_rows:
+                stop = min(f.num_rows, row + self.block_rows)
+                yield _Block(
+                    f.read(row, stop),
+                    self._weights(first_row + row, first_row + stop),
+                    f"{f.path} rows {row}..{stop}",
+                )
+                row = stop
+
+    def describe(self) -> dict:
+        weight = self.weight.describe() if isinstance(self.weight, NpyFile) else self.weight is not None
+        head = self.files[0].read(0, min(1024, self.files[0].num_rows))
+        return {"shards": [f.describe() for f in self.files], "sample_weight": weight, "head": array_digest(head)}
+
+
+class ArraySource(_Source):
+    """An in-memory ``(N, D)`` array streamed in blocks (for tests and small data)."""
+
+    random_access = True
+
+    def __init__(self, X, sample_weight=None, block_rows: int = 2**16):
+        X = np.asarray(X)
+        if X.ndim != 2:
+            raise StreamError(f"X must be 2-D (n_samples, n_features), got shape {X.shape}.")
+        self.X, self.num_rows, self.num_features, self.dtype = X, X.shape[0], X.shape[1], X.dtype
+        self.weight = None if sample_weight is None else np.asarray(sample_weight)
+        if self.weight is not None and self.weight.shape != (self.num_rows,):
+            raise StreamError(f"sample_weight must have shape ({self.num_rows},), got {self.weight.shape}.")
+        self.block_rows = block_rows
+
+    def blocks(self, start_row: int = 0) -> Iterator[_Block]:
+        num_rows = self.X.shape[0]
+        for row in range(start_row, num_rows, self.block_rows):
+            stop = min(num_rows, row + self.block_rows)
+            weight = None if self.weight is None else self.weight[row:stop]
+            yield _Block(self.X[row:stop], weight, f"rows {row}..{stop} of the array")
+
+    def describe(self) -> dict:
+        return {
+            "array": list(self.X.shape),
+            "dtype": self.X.dtype.str,
+            "sample_weight": self.weight is not None,
+            "head": array_digest(self.X[:1024]),
+        }
+
+
+class IterableSource(_Source):
+    """Batches from a callable returning an iterator, or a re-iterable object."""
+
+    def __init__(self, factory: Callable[[], Any]):
+        self.factory = factory
+        self.num_rows = None
+        self.num_batches: int | None = None
+        self._pass = 0
+        first = self._first_block()
+        self.num_features, self.dtype = first.X.shape[1], first.X.dtype
+        self.has_weights = first.weight is not None
+        self.head = array_digest(first.X, first.weight)
+
+    def _items(self) -> Iterator[_Block]:
+        self._pass += 1
+        for i, item in enumerate(self.factory()):
+            where = f"batch {i} (pass {self._pass}) of the iterable"
+            if isinstance(item, tuple):
+                if len(item) != 2:
+                    raise StreamError(f"{where} is a tuple of {len(item)} items: yield X or (X, sample_weight).")
+                X, weight = np.asarray(item[0]), np.asarray(item[1])
+            else:
+                X, weight = np.asarray(item), None
+            if X.ndim != 2:
+                raise StreamError(f"{where} has shape {X.shape}: each batch must be 2-D (n_samples, n_features).")
+            if X.dtype.hasobject or not (np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.bool_)):
+                raise StreamError(f"{where} has dtype {X.dtype}: batches must hold numbers.")
+            yield _Block(X, weight, where)
+
+    def _first_block(self) -> _Block:
+        for block in self._items():
+            return block
+        raise StreamError("the iterable yielded no batches: there is no data to fit.")
+
+    def blocks(self, start_row: int = 0) -> Iterator[_Block]:
+        rows, count = 0, 0
+        for block in self._items():
+            if block.X.shape[1] != self.num_features:
+                raise StreamError(
+                    f"{block.where} has {block.X.shape[1]} features, but the first batch has "
+                    f"{self.num_features}: every batch must have the same number of columns."
+                )
+            if (block.weight is not None) != self.has_weights:
+                raise StreamError(f"{block.where}: either every batch carries sample weights or none does.")
+            n = block.X.shape[0]
+            count += 1
+            if self.num_rows is not None and rows + n > self.num_rows:
+                raise StreamError(
+                    f"{block.where}: this pass yields more than the {self.num_rows} rows of the first pass; "
+                    "the iterable must yield the same data on every pass."
+                )
+            if rows + n > start_row:
+                skip = max(0, start_row - rows)
+                if skip:
+                    block = _Block(block.X[skip:], None if block.weight is None else block.weight[skip:], block.where)
+                yield block
+            rows += n
+        if rows == 0:
+            raise StreamError(
+                f"pass {self._pass} of the iterable yielded no batches: it must yield the same data on every pass."
+            )
+        if self.num_rows is None:
+            self.num_rows, self.num_batches = rows, count
+        elif rows != self.num_rows:
+            raise StreamError(
+                f"pass {self._pass} of the iterable yielded {rows} rows in {count} batches, but the first pass "
+                f"yielded {self.num_rows} rows in {self.num_batches}: it must yield the same data on every pass."
+            )
+
+    def describe(self) -> dict:
+        return {
+            "iterable": True,
+            "num_features": self.num_features,
+            "sample_weight": self.has_weights,
+            "head": self.head,  # the first batch's digest
+        }
+
+
+def _npy_paths(folder) -> list[str]:
+    paths = sorted(glob.glob(os.path.join(os.fspath(folder), "*.npy")))
+    if not paths:
+        raise StreamError(f"{folder} holds no .npy files.")
+    return paths
+
+
+def is_streamable(data) -> bool:
+    """Whether ``data`` is something only a streamed fit reads: a path, a list of paths, a
+    callable or a re-iterable that is not array-like."""
+    if isinstance(data, (str, os.PathLike)):
+        return True
+    if isinstance(data, (np.ndarray, jax.Array)) or hasattr(data, "__array__"):
+        return False
+    if callable(data):
+        return True
+    if isinstance(data, (list, tuple)):
+        return bool(data) and all(isinstance(item, (str, os.PathLike)) for item in data)
+    return hasattr(data, "__iter__") and not hasattr(data, "shape")
+
+
+def as_source(data, sample_weight=None) -> _Source:
+    """The :class:`_Source` for ``data`` (see the module docstring for what is accepted)."""
+    if isinstance(data, _Source):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        path = os.fspath(data)
+        if os.path.isdir(path):
+            return ShardsSource(_npy_paths(path), sample_weight)
+        if not path.endswith(".npy"):
+            raise StreamError(f"{path}: streamed fits read .npy files (or a folder of them).")
+        return ShardsSource([path], sample_weight)
+    if isinstance(data, (list, tuple)) and data and all(isinstance(p, (str, os.PathLike)) for p in data):
+        return ShardsSource(list(data), sample_weight)
+    if isinstance(data, (np.ndarray, jax.Array)):
+        return ArraySource(np.asarray(data), sample_weight)
+    if sample_weight is not None:
+        raise ValueError(
+            "with an iterable of batches, pass the sample weights in the batches: yield (X, sample_weight)."
+        )
+    if callable(data):
+        return IterableSource(data)
+    if hasattr(data, "__iter__"):
+        if iter(data) is data:
+            raise ValueError(
+                "a streamed fit reads the data once per EM iteration, but this iterator can be read only "
+                "once: pass a callable that returns a new iterator (e.g. lambda: batches(path)) or a list."
+            )
+        return IterableSource(lambda: iter(data))
+    raise ValueError(
+        f"cannot stream {type(data).__name__}: pass a .npy path, a folder or list of them, or an iterable."
+    )
+
+
+# -- fixed-size batches ------------------------------------------------------------------------
+class _Batch(NamedTuple):
+    X: np.ndarray  # (B, D) working dtype; padding rows are zeros
+    weight: np.ndarray  # (B,) working dtype; zero on padding rows
+    rows: int  # real rows
+    weight_sum: float  # Σ weight (float64)
+    where: str
+
+
+def _checked_block(block: _Block, dtype, limit: float):
+    X = np.asarray(block.X)
+    if X.size:
+        largest = float(np.max(np.abs(X)))
+        if not largest < math.inf:
+            raise StreamError(f"{block.where} contains NaN or infinity: remove or impute those entries before fitting.")
+        if largest > limit:
+            raise StreamError(
+                f"{block.where} has values up to {largest:.3g} in magnitude: squared distances overflow "
+                f"{np.dtype(dtype).name}. Rescale the data or compute in float64."
+            )
+    weight = block.weight
+    if weight is not None:
+        weight = np.asarray(weight, np.float64)
+        if weight.shape != (X.shape[0],):
+            raise StreamError(f"{block.where}: sample weights of shape {weight.shape} for {X.shape[0]} rows.")
+        if not np.all(np.isfinite(weight)) or np.any(weight < 0):
+            raise StreamError(f"{block.where}: sample weights must be finite and non-negative.")
+    return X, weight
+
+
+def fixed_batches(source: _Source, batch_size: int, dtype, start_batch: int = 0) -> Iterator[_Batch]:
+    """The source's rows in batches of exactly ``batch_size`` rows (the last padded with zero
+    weight), from batch ``start_batch`` on; each block checked (NaN, magnitude, weights)."""
+    limit = v.largest_safe_magnitude(dtype, source.num_features)
+    D = source.num_features
+    X = np.zeros((batch_size, D), dtype)
+    w = np.zeros(batch_size, dtype)
+    filled, weight_sum, first_where = 0, 0.0, None
+    for block in source.blocks(start_batch * batch_size):
+        Xb, wb = _checked_block(block, dtype, limit)
+        row = 0
+        while row < Xb.shape[0]:
+            take = min(batch_size - filled, Xb.shape[0] - row)
+            X[filled : filled + take] = Xb[row : row + take]
+            part = np.ones(take) if wb is None else wb[row : row + take]
+            w[filled : filled + take] = part
+            weight_sum += float(np.sum(part))
+            first_where = first_where or block.where
+            filled += take
+            row += take
+            if filled == batch_size:
+                yield _Batch(X, w, filled, weight_sum, first_where)
+                # fresh buffers: the ones handed out may still be read by a transfer in flight
+                X, w = np.zeros((batch_size, D), dtype), np.zeros(batch_size, dtype)
+                filled, weight_sum, first_where = 0, 0.0, None
+    if filled:
+        yield _Batch(X, w, filled, weight_sum, first_where or "the last batch")
+
+
+# -- initialisation from a reservoir ------------------------------------------------------------
+def reservoir_sample(source: _Source, size: int, seed, dtype):
+    """A uniform sample without replacement of ``size`` rows (all rows when there are fewer),
+    in one pass, in the rows' original order: ``(X (S, D), weight (S,) or None, rows seen)``.
+
+    Each row gets a uniform random key; the ``size`` smallest keys are kept (a bottom-k
+    sketch, equivalent to reservoir sampling). Every block is checked on the way."""
+    rng = np.random.default_rng(seed)
+    limit = v.largest_safe_magnitude(dtype, source.num_features)
+    keys = np.empty(0)
+    index = np.empty(0, np.int64)
+    X = np.empty((0, source.num_features), dtype)
+    weight: np.ndarray | None = None
+    rows = 0
+    for block in source.blocks():
+        Xb, wb = _checked_block(block, dtype, limit)
+        n = Xb.shape[0]
+        u = rng.random(n)
+        take = np.arange(n) if keys.size < size else np.flatnonzero(u < keys.max())
+        if take.size:
+            keys = np.concatenate([keys, u[take]])
+            index = np.concatenate([index, rows + take])
+            X = np.concatenate([X, np.asarray(Xb[take], dtype)])
+            if wb is not None:
+                weight = np.concatenate([np.empty(0) if weight is None else weight, wb[take]])
+            if keys.size > size:
+                keep = np.argpartition(keys, size - 1)[:size]
+                keys, index, X = keys[keep], index[keep], X[keep]
+                weight = None if weight is None else weight[keep]
+        rows += n
+    order = np.argsort(index, kind="stable")
+    return X[order], None if weight is None else weight[order].astype(dtype), rows
+
+
+# -- the device side -------------------------------------------------------------------------
+class PassTotals(NamedTuple):
+    """What a pass accumulates, per restart (leading ``(R,)`` axis on every leaf)."""
+
+    stats: SufficientStats
+    log_likelihood: jax.Array  # (R,)
+
+
+def _stacked_e_step(params: GMMParams, X, w, chunk_size: int, batched: bool):
+    if not batched:  # one restart: no batch axis (as fit_em, whose layouts differ with one)
+        one = jax.tree_util.tree_map(lambda leaf: leaf[0], params)
+        stats, ll = e_step(one, X, w, chunk_size=chunk_size)
+        return jax.tree_util.tree_map(lambda leaf: leaf[None], (stats, ll))
+    return jax.vmap(lambda p: e_step(p, X, w, chunk_size=chunk_size))(params)
+
+
+@functools.partial(jax.jit, static_argnames=("chunk_size", "batched"), donate_argnums=(1,))
+def _accumulate(params: GMMParams, totals: PassTotals, X, w, *, chunk_size: int, batched: bool):
+    """``totals`` (donated) plus the batch's statistics, and a scalar marking the batch done
+    (the totals' buffers are donated to the next batch: the host waits on the marker)."""
+    stats, ll = _stacked_e_step(params, X, w, chunk_size, batched)
+    new = PassTotals(totals.stats + stats, totals.log_likelihood + ll)
+    return new, new.log_likelihood[0]
+
+
+def _step_from_totals(params, totals, total_weight, reg_covar, num_active=None):
+    """``em_iteration``'s step function on a pass's totals (in ``EMOperands.X``) instead of data."""
+    stats, log_likelihood = totals
+    new_params, collapsed = m_step_with_diagnostics(stats, params.means, reg_covar, num_active)
+    return new_params, collapsed, log_likelihood / total_weight
+
+
+@functools.partial(jax.jit, static_argnames=("max_iter",))
+def _finish_pass(states: FitState, totals: PassTotals, total_weight, tol, reg_covar, *, max_iter: int) -> FitState:
+    """One M-step and convergence test per restart; restarts that had stopped stay as they are."""
+
+    def one(state, stats, log_likelihood):
+        operands = EMOperands((stats, log_likelihood), total_weight, tol, reg_covar)
+        new = em_iteration(state, operands, _step_from_totals)
+        running = (state.n_iter < max_iter) & ~state.converged
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(running, a, b), new, state)
+
+    return jax.vmap(one)(states, totals.stats, totals.log_likelihood)
+
+
+def _zero_totals(states: FitState, covariance_type: str) -> PassTotals:
+    means = states.params.means  # (R, K, D)
+    R, K, D = means.shape
+    second = (R, K, D, D) if covariance_type in ("full", "tied") else (R, K, D)
+    zeros = lambda shape: jnp.zeros(shape, means.dtype)  # noqa: E731
+    return PassTotals(SufficientStats(zeros((R, K)), zeros((R, K, D)), zeros(second), covariance_type), zeros((R,)))
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+def _state_arrays(states: FitState, totals: PassTotals) -> dict[str, np.ndarray]:
+    leaves = {
+        "weights": states.params.weights,
+        "means": states.params.means,
+        "covariances": states.params.covariances,
+        "lower_bound": states.lower_bound,
+        "n_iter": states.n_iter,
+        "converged": states.converged,
+        "lower_bound_history": states.lower_bound_history,
+        "collapsed_components": states.collapsed_components,
+        "counts": totals.stats.counts,
+        "first_moments": totals.stats.first_moments,
+        "second_moments": totals.stats.second_moments,
+        "log_likelihood": totals.log_likelihood,
+    }
+    return {name: np.asarray(value) for name, value in leaves.items()}
+
+
+def _restore(arrays, covariance_type: str) -> tuple[FitState, PassTotals]:
+    a = {name: jnp.asarray(value) for name, value in arrays.items() if name != "key_data"}
+    params = GMMParams(a["weights"], a["means"], a["covariances"], covariance_type)
+    states = FitState(
+        params, a["lower_bound"], a["n_iter"], a["converged"], a["lower_bound_history"], a["collapsed_components"]
+    )
+    stats = SufficientStats(a["counts"], a["first_moments"], a["second_moments"], covariance_type)
+    return states, PassTotals(stats, a["log_likelihood"])
+
+
+def _describe_options(options: FitOptions) -> dict:
+    return {
+        "covariance_type": options.covariance_type,
+        "max_iter": options.max_iter,
+        "n_init": options.n_init,
+        "init_params": options.init_params,
+        "chunk_size": options.chunk_size,
+        "row_order_invariant": options.row_order_invariant,
+        "tol": float(options.tol),
+        "reg_covar": float(options.reg_covar),
+        "initial_values": array_digest(options.weights_init, options.means_init, options.precisions_init),
+        "lower_bound_init": None if options.lower_bound_init is None else float(options.lower_bound_init),
+    }
+
+
+# -- the front door ---------------------------------------------------------------------------
+def auto_batch_size(num_features: int, dtype, num_rows: int | None) -> int:
+    """Rows per batch so that one batch of data is about ``BATCH_TARGET_BYTES`` (a multiple of
+    8 rows, at most ``N`` rounded up to 8)."""
+    rows = max(1024, BATCH_TARGET_BYTES // (num_features * np.dtype(dtype).itemsize))
+    rows = rows // _ROW_MULTIPLE * _ROW_MULTIPLE
+    if num_rows is not None:
+        rows = min(rows, -(-num_rows // _ROW_MULTIPLE) * _ROW_MULTIPLE)
+    return int(rows)
+
+
+def fit_em_streaming(
+    key: jax.Array,
+    data,
+    num_components: int,
+    options: FitOptions | None = None,
+    *,
+    sample_weight=None,
+    batch_size: int | None = None,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    verbose: bool | int = False,
+    checkpoint=None,
+    checkpoint_every: int | None = None,
+    checkpoint_seconds: float | None = None,
+    resume: bool = False,
+    **option_keywords,
+) -> FitResult:
+    """Fits a Gaussian mixture by EM to data streamed in batches: exact out-of-core EM.
+
+    The iterations are those of :func:`gmmjax.fit_em` (same E-step, M-step, ``tol`` /
+    ``max_iter`` / convergence test, ``n_init`` restarts vmapped, best restart, result type),
+    with each iteration one pass over the data in batches of ``batch_size`` rows; memory is
+    the batch buffers plus ``O(n_init·K·D²)``, whatever ``N`` is. From the same starting
+    parameters (``weights_init``, ``means_init``, ``precisions_init``) the result equals
+    ``fit_em``'s up to floating-point summation order. The start comes from the standard
+    ``init_params`` on a reservoir sample of ``max(2**14, 64·K)`` rows (all rows when there
+    are fewer, which is then ``fit_em``'s own initialisation). See the module ``gmmjax._streaming``.
+
+    Args:
+      key: ``jax.random`` key (initialisation and the reservoir sample).
+      data: a ``.npy`` path, a folder of ``.npy`` shards, a list of paths, a NumPy array, a
+        callable returning an iterator of batches, or a re-iterable of batches; a batch is an
+        ``(n, D)`` array or an ``(X, sample_weight)`` pair. Every pass must yield the same rows.
+      num_components: ``K``.
+      options: :class:`~gmmjax.FitOptions` (``restart_batch_size`` is not used: all restarts
+        share every batch).
+      sample_weight: for file and array sources, ``(N,)`` weights: an array or a 1-D ``.npy``
+        path (read batch by batch). Iterables carry theirs in the batches.
+      batch_size: rows per batch (``None``: about 32 MiB of data, at most ``N``).
+      max_in_flight: batches dispatched to the device and not yet finished, at most (≥ 1; 2
+        is double buffering: one computing, one being transferred).
+      verbose: progress on stderr after each pass (iteration, lower bound, rows/s, time left).
+      checkpoint: a file to write checkpoints to (``.npz``, atomic; see ``gmmjax._checkpoint``).
+      checkpoint_every: write one every this many iterations (at the end of the pass).
+      checkpoint_seconds: also write one after a batch when this many seconds have passed since
+        the last (mid-pass: the partial statistics and the data position are saved).
+        With ``checkpoint`` and neither given: every iteration.
+      resume: continue from ``checkpoint`` (which must exist and have been written by a fit
+        with the same data, options, key and batch size: otherwise a
+        ``CheckpointMismatchError`` (a ``ValueError``) says what differs). The result
+        equals that of an uninterrupted fit.
+      **option_keywords: fields of :class:`~gmmjax.FitOptions`.
+
+    Returns:
+      A :class:`~gmmjax.FitResult`.
+
+    Raises:
+      ValueError: (``gmmjax._streaming.StreamError``) malformed data, naming the file or batch: shards with
+        other feature counts or dtypes, a truncated ``.npy``, NaN or infinity in a batch, an
+        iterable that yields nothing or changes length between passes.
+    """
+    options = fit_options(options, **option_keywords)
+    key = v.check_key(key)
+    num_components = v.check_int("num_components", num_components, 1)
+    report_every = check_verbose(verbose, 1, key)
+    max_in_flight = v.check_int("max_in_flight", max_in_flight, 1)
+    source = as_source(data, sample_weight)
+    dtype = v.working_dtype(source.dtype)
+    options = check_fit_options(options, num_components, source.num_features)
+    if checkpoint is None and (checkpoint_every or checkpoint_seconds or resume):
+        raise ValueError("checkpoint_every, checkpoint_seconds and resume need checkpoint= (a file path).")
+    if checkpoint is not None and checkpoint_every is None and checkpoint_seconds is None:
+        checkpoint_every = 1
+    if checkpoint_every is not None:
+        checkpoint_every = v.check_int("checkpoint_every", checkpoint_every, 1)
+    if batch_size is not None:
+        batch_size = v.check_int("batch_size", batch_size, 1)
+    key_data = np.asarray(jax.random.key_data(key))
+    covariance_type, n_init, max_iter = options.covariance_type, options.n_init, options.max_iter
+    K, D = num_components, source.num_features
+
+    def describe(batch: int) -> dict:
+        return {
+            "num_components": K,
+            "options": _describe_options(options),
+            "dtype": np.dtype(dtype).str,
+            "key": key_data.tolist(),
+            "batch_size": batch,
+            "data": source.describe(),
+            "num_rows": source.num_rows,
+        }
+
+    reporter = streaming_reporter(n_init, max_iter) if report_every else None
+    try:
+        if resume:
+            arrays, meta = load_checkpoint(checkpoint)  # the batch size is needed to check the rest
+            batch = int(meta["description"]["batch_size"]) if batch_size is None else batch_size
+            if source.num_rows is None:
+                source.num_rows = meta["description"].get("num_rows")
+            arrays, meta = load_checkpoint(checkpoint, describe(batch))
+            states, totals = _restore(arrays, covariance_type)
+            start_batch, rows_done, weight_done = int(meta["batch"]), int(meta["rows"]), float(meta["weight"])
+            if isinstance(source, IterableSource):
+                source.num_batches = meta.get("num_batches")
+        else:
+            states = _initial_states(key, source, K, options, dtype)
+            batch = batch_size or auto_batch_size(D, dtype, source.num_rows)
+            totals = _zero_totals(states, covariance_type)
+            start_batch, rows_done, weight_done = 0, 0, 0.0
+        chunk = resolve_chunk_size(options.chunk_size, batch, K, D, dtype, batch=n_init)
+        tol, reg_covar = np.asarray(options.tol, dtype), np.asarray(options.reg_covar, dtype)
+        last_save = time.monotonic()
+
+        def save(batch_index: int, rows: int, weight: float) -> None:
+            description = describe(batch)
+            meta = {
+                "description": description,
+                "fingerprint": fingerprint(description),
+                "batch": batch_index,
+                "rows": rows,
+                "weight": weight,
+                "iteration": int(np.max(np.asarray(states.n_iter))),
+                "num_batches": getattr(source, "num_batches", None),
+            }
+            save_checkpoint(checkpoint, {**_state_arrays(states, totals), "key_data": key_data}, meta)
+
+        running = _running(states, max_iter)
+        while running.any():
+            in_flight: collections.deque = collections.deque()
+            batch_index = start_batch
+            for item in fixed_batches(source, batch, dtype, start_batch):
+                X_device, w_device = jax.device_put(item.X), jax.device_put(item.weight)
+                if len(in_flight) >= max_in_flight:  # bound what asynchronous dispatch reads ahead
+                    in_flight.popleft().block_until_ready()
+                totals, done = _accumulate(
+                    states.params, totals, X_device, w_device, chunk_size=chunk, batched=n_init > 1
+                )
+                in_flight.append(done)
+                rows_done += item.rows
+                weight_done += item.weight_sum
+                batch_index += 1
+                if reporter is not None:
+                    reporter.add_rows(item.rows)
+                if checkpoint_seconds is not None and time.monotonic() - last_save >= checkpoint_seconds:
+                    save(batch_index, rows_done, weight_done)
+                    last_save = time.monotonic()
+            while in_flight:  # the pass's last batches (the M-step waits for them anyway)
+                in_flight.popleft().block_until_ready()
+            if rows_done == 0:
+                raise StreamError("the data has no rows to fit.")
+            if source.num_rows is not None and rows_done != source.num_rows:
+                raise StreamError(f"a pass read {rows_done} rows, but the data has {source.num_rows}.")
+            if rows_done < K:
+                raise ValueError(
+                    f"the data has {rows_done} samples, fewer than num_components={K}: provide more samples "
+                    "or decrease num_components."
+                )
+            if not weight_done > 0:
+                raise ValueError("sample_weight must have a positive sum.")
+            total_weight = np.asarray(
+                rows_done if sample_weight is None and not _has_weights(source) else weight_done, dtype
+            )
+            states = _finish_pass(states, totals, total_weight, tol, reg_covar, max_iter=max_iter)
+            totals = _zero_totals(states, covariance_type)
+            start_batch, rows_done, weight_done = 0, 0, 0.0
+            running = _running(states, max_iter)
+            if reporter is not None:
+                reporter.pass_done(states)
+            iteration = int(np.max(np.asarray(states.n_iter)))
+            if checkpoint is not None and (
+                (checkpoint_every is not None and iteration % checkpoint_every == 0) or not running.any()
+            ):
+                save(0, 0, 0.0)
+                last_save = time.monotonic()
+    finally:
+        if reporter is not None:
+            reporter.close()
+    return choose_best(states)
+
+
+def _has_weights(source: _Source) -> bool:
+    return bool(getattr(source, "weight", None) is not None or getattr(source, "has_weights", False))
+
+
+def _running(states: FitState, max_iter: int) -> np.ndarray:
+    return np.asarray((states.n_iter < max_iter) & ~states.converged)
+
+
+def _initial_states(key, source: _Source, num_components: int, options: FitOptions, dtype) -> FitState:
+    """Each restart's starting state: the options' initialisation on a reservoir sample."""
+    if options.has_initial_parameters and not (
+        options.weights_init is None or options.means_init is None or options.precisions_init is None
+    ):
+        X_sample = jnp.zeros((num_components, source.num_features), dtype)  # not read: the *_init are used
+        w_sample = None
+    else:
+        size = seeding_sample_size(num_components)
+        seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
+        X_np, w_np, rows = reservoir_sample(source, size, seed, dtype)
+        if rows < num_components:
+            raise ValueError(
+                f"the data has {rows} samples, fewer than num_components={num_components}: provide more "
+                "samples or decrease num_components."
+            )
+        X_sample, w_sample = jnp.asarray(X_np), None if w_np is None else jnp.asarray(w_np)
+    return _init_restarts(key, X_sample, w_sample, traced_leaves(options, dtype), num_components)
+
+
+@functools.partial(jax.jit, static_argnames=("num_components",))
+def _init_restarts(key, X, sample_weight, options: FitOptions, num_components: int) -> FitState:
+    def one(restart_key):
+        params, collapsed = initial_params(restart_key, X, sample_weight, options, num_components)
+        return initial_state(params, collapsed, options.max_iter, options.lower_bound_init)
+
+    keys = restart_keys(key, options.n_init)
+    if options.n_init == 1:
+        return jax.tree_util.tree_map(lambda leaf: leaf[None], one(keys[0]))
+    return jax.vmap(one)(keys)
