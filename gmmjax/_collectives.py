@@ -101,8 +101,9 @@ class RowAxis:
     def sum(self, tree):
         """``tree`` summed over all shards: one all-reduce of one flat array (identity on one device)."""
         if self.name is None:
-            return jax.tree_util.tree_map(lambda x: x.value if isinstance(x, _Symmetric) else x, tree,
-                                          is_leaf=lambda x: isinstance(x, _Symmetric))
+            return jax.tree_util.tree_map(
+                lambda x: x.value if isinstance(x, _Symmetric) else x, tree, is_leaf=lambda x: isinstance(x, _Symmetric)
+            )
         flat, how = pack(tree)
         return unpack(jax.lax.psum(flat, self.name), how)
 

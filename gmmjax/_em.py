@@ -13,6 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from gmmjax._collectives import LOCAL, RowAxis
 from gmmjax._driver import (
     FitResult,
     FitState,
@@ -23,7 +24,6 @@ from gmmjax._driver import (
     initial_state,
     run_restarts,
 )
-from gmmjax._collectives import LOCAL, RowAxis
 from gmmjax._implicit import attach_fixed_point
 from gmmjax._loops import compacting_while_loop
 from gmmjax._options import FitOptions, fit_options

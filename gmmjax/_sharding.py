@@ -66,9 +66,7 @@ def resolve_data_axis(mesh, data_axis):
     names = tuple(mesh.axis_names)
     if data_axis is None:
         if len(names) != 1:
-            raise ValueError(
-                f"the mesh has axes {names}: pass data_axis= naming the one the rows are sharded over."
-            )
+            raise ValueError(f"the mesh has axes {names}: pass data_axis= naming the one the rows are sharded over.")
         return names[0]
     for name in data_axis if isinstance(data_axis, tuple) else (data_axis,):
         if name not in names:
@@ -90,7 +88,7 @@ def row_sharding(X) -> tuple[jax.sharding.Mesh, str | tuple] | None:
             f"X is sharded along its features too (spec {sharding.spec}); gmmjax shards rows only: "
             "use PartitionSpec(data_axis) or PartitionSpec(data_axis, None)."
         )
-    return sharding.mesh, spec[0]
+    return sharding.mesh, spec[0]  # type: ignore[return-value]
 
 
 def _pad(rows: int, shards: int) -> int:
@@ -272,42 +270,54 @@ def data_parallel(body, mesh, data_axis, num_sharded: int):
     return call
 
 
-@functools.partial(
-    jax.jit, static_argnames=("num_components", "mesh", "data_axis", "rows", "differentiation")
-)
-def _fit_em_sharded(key, X, sample_weight, options, *, num_components, mesh, data_axis, rows, differentiation):
-    from gmmjax._em import fit_em_restarts
+@functools.cache
+def data_parallel_program(body, static: tuple, mesh, data_axis, rows: RowAxis, num_extra: int):
+    """The jitted data-parallel program of a front door's body (cached: one per configuration).
 
-    def body(key, options, X_local, w_local):
-        return fit_em_restarts(
-            key,
-            X_local,
-            w_local,
-            options,
-            num_components=num_components,
-            differentiation=differentiation,
-            rows=rows,
-        )
+    ``body(key, X, sample_weight, options, *extra, rows=rows, **dict(static))`` is a module-level
+    function (a fit body such as :func:`gmmjax._em.fit_em_restarts`); the program takes
+    ``(key, options, *extra, X, sample_weight)`` with ``X`` and ``sample_weight`` global arrays
+    sharded over ``data_axis`` and returns the (replicated) result.
+    """
+    keywords = dict(static)
 
-    return data_parallel(body, mesh, data_axis, 2)(key, options, X, sample_weight)
+    def inner(key, options, *rest):
+        extra, (X_local, w_local) = rest[:num_extra], rest[num_extra:]
+        return body(key, X_local, w_local, options, *extra, rows=rows, **keywords)
+
+    return jax.jit(lambda *args: data_parallel(inner, mesh, data_axis, 2)(*args))
+
+
+def run_data_parallel(body, key, inputs: ShardedInputs, options, *extra, **static):
+    """Runs :func:`data_parallel_program` of ``body`` on checked ``inputs`` (``options`` with the
+    chunk size resolved for the rows of one device and its leaves as arrays)."""
+    program = data_parallel_program(
+        body, tuple(sorted(static.items())), inputs.mesh, inputs.data_axis, inputs.rows, len(extra)
+    )
+    return program(key, options, *extra, inputs.X, inputs.sample_weight)
+
+
+def prepare(key, X, num_components, options, sample_weight, mesh, data_axis, *, max_components=None, fits_per_pass=1):
+    """A sharded fit's boundary: rows placed and checked, options checked, chunk size resolved
+    for the rows one device holds. Returns ``(key, inputs, options)``."""
+    from gmmjax._driver import check_fit_inputs, traced_leaves
+
+    inputs = sharded_inputs(X, sample_weight, mesh, data_axis)
+    checked = check_fit_inputs(
+        key, inputs.X, num_components, options, max_components=max_components, fits_per_pass=fits_per_pass
+    )
+    largest = num_components if max_components is None else max_components
+    chunk = local_chunk_size(
+        options.chunk_size, inputs, largest, fits_per_pass * (checked.options.restart_batch_size or 1)
+    )
+    return checked.key, inputs, traced_leaves(checked.options.replace(chunk_size=chunk), inputs.X.dtype)
 
 
 def fit_em_sharded(key, X, num_components: int, options, sample_weight, mesh, data_axis, differentiation: str):
     """:func:`gmmjax.fit_em` on sharded rows (see the module docstring)."""
-    from gmmjax._driver import check_fit_inputs, traced_leaves
+    from gmmjax._em import fit_em_restarts
 
-    inputs = sharded_inputs(X, sample_weight, mesh, data_axis)
-    checked = check_fit_inputs(key, inputs.X, num_components, options)
-    chunk = local_chunk_size(options.chunk_size, inputs, num_components, checked.options.restart_batch_size)
-    fit_options = traced_leaves(checked.options.replace(chunk_size=chunk), inputs.X.dtype)
-    return _fit_em_sharded(
-        checked.key,
-        inputs.X,
-        inputs.sample_weight,
-        fit_options,
-        num_components=int(num_components),
-        mesh=inputs.mesh,
-        data_axis=inputs.data_axis,
-        rows=inputs.rows,
-        differentiation=differentiation,
+    key, inputs, options = prepare(key, X, num_components, options, sample_weight, mesh, data_axis)
+    return run_data_parallel(
+        fit_em_restarts, key, inputs, options, num_components=int(num_components), differentiation=differentiation
     )

@@ -266,9 +266,8 @@ def sum_stats(rows: RowAxis, stats: SufficientStats, *scalars):
     one device."""
     if not rows.sharded:
         return (stats, *scalars)
-    second = stats.second_moments
-    if covariance_kind(stats.covariance_type).matrix:
-        second = symmetric(second)
+    matrix = covariance_kind(stats.covariance_type).matrix
+    second = symmetric(stats.second_moments) if matrix else stats.second_moments
     counts, first, second, *scalars = rows.sum((stats.counts, stats.first_moments, second, *scalars))
     return (dataclasses.replace(stats, counts=counts, first_moments=first, second_moments=second), *scalars)
 
