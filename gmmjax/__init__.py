@@ -19,6 +19,7 @@ from gmmjax._model_selection import SelectionResult, select_num_components
 from gmmjax._options import FitOptions
 from gmmjax._params import COVARIANCE_TYPES, GMMParams
 from gmmjax._sampling import generate_gmm_data, sample
+from gmmjax._sharding import ShardedRows, shard_rows
 from gmmjax._stats import SufficientStats, e_step, em_step, m_step
 from gmmjax._unconstrained import UnconstrainedParams, from_unconstrained, to_unconstrained, unconstrained_log_prob
 
@@ -35,6 +36,7 @@ __all__ = [
     "INIT_METHODS",
     "NotFittedError",
     "SelectionResult",
+    "ShardedRows",
     "SufficientStats",
     "UnconstrainedParams",
     "aic",
@@ -61,6 +63,7 @@ __all__ = [
     "restart_keys",
     "sample",
     "select_num_components",
+    "shard_rows",
     "to_distrax",
     "to_numpyro",
     "to_unconstrained",

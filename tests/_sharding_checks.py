@@ -1,6 +1,6 @@
 """Sharded fits against the one-device fit, run in a subprocess with forced CPU devices.
 
-Usage: ``python tests/_sharding_checks.py DEVICES quick|all [--x64]`` (sets ``XLA_FLAGS`` itself
+Usage: ``python tests/_sharding_checks.py DEVICES quick|all|frontdoors [--x64]`` (sets ``XLA_FLAGS`` itself
 before importing JAX). Each check compares a sharded :func:`gmmjax.fit_em` with the one-device
 fit of the same data and key (the oracle) and prints ``OK <name>``; a failure raises.
 """
@@ -154,6 +154,32 @@ def check_compiled_program(X, mesh, covariance_type):
     )
 
 
+def check_front_doors(X, mesh):
+    """select_num_components, fit_gradient and the estimator on sharded rows = one device."""
+    key = jax.random.key(2)
+    reference = gj.select_num_components(key, X, 4, covariance_types=("full", "diag"), tol=TOL)
+    sharded = gj.select_num_components(key, X, 4, covariance_types=("full", "diag"), tol=TOL, mesh=mesh)
+    for name in ("bic", "aic", "icl", "mean_log_likelihood"):
+        assert_close_tree(getattr(sharded, name), getattr(reference, name), f"select_num_components {name}")
+    np.testing.assert_array_equal(sharded.n_iter, reference.n_iter)
+    assert int(sharded.best_num_components) == int(reference.best_num_components)
+    print("OK select_num_components", flush=True)
+    reference = gj.fit_gradient(key, X, K, num_steps=30, n_init=2)
+    sharded = gj.fit_gradient(key, X, K, num_steps=30, n_init=2, mesh=mesh)
+    assert_close_tree(sharded.restarts.params, reference.restarts.params, "fit_gradient")
+    assert_close_tree(sharded.restarts.lower_bound_history, reference.restarts.lower_bound_history, "fit_gradient")
+    print("OK fit_gradient (full batch)", flush=True)
+    model = gj.GaussianMixtureModel(K, tol=TOL, mesh=mesh).fit(X)
+    alone = gj.GaussianMixtureModel(K, tol=TOL).fit(X)
+    assert_close_tree(
+        (model.weights_, model.means_, model.covariances_),
+        (alone.weights_, alone.means_, alone.covariances_),
+        "estimator",
+    )
+    assert model.n_iter_ == alone.n_iter_
+    print("OK estimator mesh=", flush=True)
+
+
 def main():
     explicit = jax.make_mesh((DEVICES,), ("data",))
     auto = Mesh(np.array(jax.devices()), ("data",))
@@ -162,6 +188,9 @@ def main():
     weights = np.random.default_rng(2).uniform(0.2, 2.0, X_even.shape[0]).astype(DTYPE)
     if MODE == "quick":
         check_compiled_program(X_odd, explicit, "full")
+        return
+    if MODE == "frontdoors":
+        check_front_doors(X_odd, explicit)
         return
     for covariance_type in ("full", "tied", "diag", "spherical"):
         for init in ("kmeans", "k-means++", "random", "random_from_data"):
