@@ -109,3 +109,37 @@ def test_processes_with_different_feature_counts_are_refused(tmp_path):
         kill_all(processes)
     assert all(process.returncode != 0 for process in processes)
     assert "different numbers of features (process 0: 3, process 1: 2)" in errors[0], errors[0][-3000:]
+
+
+@pytest.mark.slow
+def test_cli_fit_distributed_reads_each_process_shard_file(tmp_path):
+    X = all_rows(1002)
+    np.save(tmp_path / "shard-0.npy", X[:600])
+    np.save(tmp_path / "shard-1.npy", X[600:])
+    port = free_port()
+    processes = []
+    try:
+        for rank in range(2):
+            env = dict(
+                os.environ,
+                PYTHONPATH=str(ROOT),
+                GMMJAX_COORDINATOR=f"127.0.0.1:{port}",
+                GMMJAX_NUM_PROCESSES="2",
+                GMMJAX_PROCESS_ID=str(rank),
+            )
+            env.pop("XLA_FLAGS", None)
+            command = [sys.executable, "-m", "gmmjax", "fit", str(tmp_path / "shard-{process}.npy"), "-k", "4"]
+            command += ["--tol", "1e-4", "--seed", "1", "--distributed", "-o", str(tmp_path / "model.npz")]
+            processes.append(
+                subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+            )
+        outputs = [process.communicate(timeout=300) for process in processes]
+    finally:
+        kill_all(processes)
+    for process, (_, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-3000:]
+    assert "gmmjax fit --distributed" in outputs[0][0] and "2 processes" in outputs[0][0]
+    assert "gmmjax fit" not in outputs[1][0]  # only process 0 prints
+    model = gj.GaussianMixtureModel.load(tmp_path / "model.npz")
+    reference = gj.GaussianMixtureModel(4, tol=1e-4, seed=1).fit(X)
+    np.testing.assert_allclose(model.means_, reference.means_, rtol=1e-5, atol=1e-5)
