@@ -59,7 +59,11 @@ def assert_same_fit(sharded, reference, name):
     assert_close_tree(sharded.restarts.lower_bound, reference.restarts.lower_bound, name)
     np.testing.assert_array_equal(sharded.restarts.n_iter, reference.restarts.n_iter, err_msg=name)
     np.testing.assert_array_equal(sharded.restarts.converged, reference.restarts.converged, err_msg=name)
-    assert int(sharded.best_restart) == int(reference.best_restart), name
+    bounds = np.sort(np.asarray(reference.restarts.lower_bound))
+    if bounds.size < 2 or bounds[-1] - bounds[-2] > 10 * RTOL * abs(bounds[-1]):
+        assert int(sharded.best_restart) == int(reference.best_restart), name
+    # (restarts tied to rounding, e.g. the same optimum: either is the best)
+    assert_close_tree(sharded.lower_bound, reference.lower_bound, name)
     print("OK", name, flush=True)
 
 
