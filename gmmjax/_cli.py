@@ -702,7 +702,7 @@ DISTRIBUTED_ENV = ("GMMJAX_COORDINATOR", "GMMJAX_NUM_PROCESSES", "GMMJAX_PROCESS
 def _start_distributed() -> tuple[int, int]:
     """``jax.distributed.initialize`` from the environment (see ``--distributed``); returns
     ``(process_id, num_processes)``."""
-    given = {name: os.environ.get(name) for name in DISTRIBUTED_ENV}
+    given = {name: os.environ.get(name, "") for name in DISTRIBUTED_ENV}
     if any(given.values()) and not all(given.values()):
         missing = [name for name, value in given.items() if not value]
         raise CLIError(f"--distributed: set all of {', '.join(DISTRIBUTED_ENV)} (missing {', '.join(missing)})")
