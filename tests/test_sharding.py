@@ -129,3 +129,16 @@ def test_messages_at_the_boundary(data):
         gj.fit_gradient(jax.random.key(0), data, 3, mesh=two_axes, data_axis="rows", batch_size=10)
     with pytest.raises(ValueError, match="contains NaN"):
         gj.shard_rows(np.full((4, 2), np.nan), two_axes, "rows")
+
+
+def test_sharded_weights_are_checked_on_the_devices(data):
+    from gmmjax._sharding import check_sharded_weight
+
+    X = jnp.asarray(data)
+    with pytest.raises(ValueError, match=r"sample_weight must have shape \(300,\)"):
+        check_sharded_weight(jnp.ones(299), X)
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        check_sharded_weight(jnp.full(300, -1.0), X)
+    with pytest.raises(ValueError, match="positive sum"):
+        check_sharded_weight(jnp.zeros(300), X)
+    assert check_sharded_weight(jnp.ones(300), X).dtype == X.dtype
