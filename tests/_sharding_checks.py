@@ -1,6 +1,6 @@
 """Sharded fits against the one-device fit, run in a subprocess with forced CPU devices.
 
-Usage: ``python tests/_sharding_checks.py DEVICES quick|all|frontdoors [--x64]`` (sets ``XLA_FLAGS`` itself
+Usage: ``python tests/_sharding_checks.py DEVICES quick|types|all|frontdoors [--x64]`` (sets ``XLA_FLAGS`` itself
 before importing JAX). Each check compares a sharded :func:`gmmjax.fit_em` with the one-device
 fit of the same data and key (the oracle) and prints ``OK <name>``; a failure raises.
 """
@@ -195,6 +195,10 @@ def main():
         return
     if MODE == "frontdoors":
         check_front_doors(X_odd, explicit)
+        return
+    if MODE == "types":  # every covariance type, k-means start, padded rows
+        for covariance_type in ("full", "tied", "diag", "spherical"):
+            compare(f"{covariance_type} kmeans explicit mesh, padded", X_odd, explicit, covariance_type=covariance_type)
         return
     for covariance_type in ("full", "tied", "diag", "spherical"):
         for init in ("kmeans", "k-means++", "random", "random_from_data"):
