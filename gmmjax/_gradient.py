@@ -246,7 +246,8 @@ def run_gradient(
     if collapsed is None:
         collapsed = jnp.zeros(u_std.num_components, bool)
     low, high = log_diagonal_limits(frame, reg_covar, dtype)
-    full_weight = rows.sum(total_weight(X, sample_weight))
+    row_axis = rows  # (the name `rows` is taken below by a minibatch's drawn rows)
+    full_weight = row_axis.sum(total_weight(X, sample_weight))
 
     pack, unpack = _optimized_coordinates(u_std)
     transformation = optax.with_extra_args_support(optimizer)
@@ -262,10 +263,12 @@ def run_gradient(
             w_rows = jnp.ones(batch_size, dtype) if sample_weight is None else sample_weight[rows]
             chunk = min(chunk_size, batch_size)
             weight_sum = jnp.maximum(jnp.sum(w_rows), jnp.finfo(dtype).tiny)  # all-zero batch: zero step
-        total, gradient = _log_likelihood_and_gradient(u, frame, X_rows, w_rows, chunk, rows)
+        total, gradient = _log_likelihood_and_gradient(u, frame, X_rows, w_rows, chunk, row_axis)
         # The optimizer minimises: the loss is minus the mean log-likelihood.
         loss_of = (  # noqa: E731
-            lambda coordinates: -_log_likelihood(unpack(coordinates), frame, X_rows, w_rows, chunk, rows) / weight_sum
+            lambda coordinates: (
+                -_log_likelihood(unpack(coordinates), frame, X_rows, w_rows, chunk, row_axis) / weight_sum
+            )
         )
         return total / weight_sum, jax.tree_util.tree_map(lambda g: -g / weight_sum, gradient), loss_of
 
