@@ -55,7 +55,8 @@ def seeding_sample(key, X, sample_weight, num_components, rows: RowAxis = LOCAL)
 
     Seeding needs ``K`` passes and every Lloyd step one pass over these rows, so a bounded
     sample keeps initialisation cheap next to EM on large data. Sharded ``rows``: the sample
-    is drawn by global row index and replicated (each row sent by its shard).
+    is drawn by global row index and replicated (each row sent by its shard); with weights the
+    cumulative sums are added by shard, so in float32 some draws can differ from one device's.
     """
     size = seeding_sample_size(num_components)
     if not needs_seeding_sample(X, num_components, rows):
