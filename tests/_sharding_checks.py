@@ -55,10 +55,25 @@ def assert_close_tree(sharded, reference, name):
 def assert_same_fit(sharded, reference, name):
     """Every restart equal to rounding; the same iteration counts, convergence and best restart."""
     print("  n_iter", np.asarray(sharded.restarts.n_iter), np.asarray(reference.restarts.n_iter), flush=True)
-    assert_close_tree(sharded.restarts.params, reference.restarts.params, name)
-    assert_close_tree(sharded.restarts.lower_bound, reference.restarts.lower_bound, name)
-    np.testing.assert_array_equal(sharded.restarts.n_iter, reference.restarts.n_iter, err_msg=name)
-    np.testing.assert_array_equal(sharded.restarts.converged, reference.restarts.converged, err_msg=name)
+    # A restart whose last change of the lower bound lies within rounding of tol may stop one
+    # iteration apart (the summation order differs): only such borderline restarts are exempt.
+    history = np.asarray(reference.restarts.lower_bound_history)
+    n_iter = np.asarray(reference.restarts.n_iter)
+    keep = []
+    for r in range(n_iter.shape[0]):
+        steps = history[r, : n_iter[r]]
+        last_change = abs(steps[-1] - steps[-2]) if steps.size >= 2 else np.inf
+        borderline = abs(last_change - TOL) <= 10 * np.finfo(DTYPE).eps * abs(steps[-1]) + 1e-3 * TOL
+        if borderline and int(np.asarray(sharded.restarts.n_iter)[r]) != int(n_iter[r]):
+            print(f"  restart {r}: borderline convergence (last change {last_change:.3g} vs tol {TOL})")
+            continue
+        keep.append(r)
+    pick = lambda tree: jax.tree_util.tree_map(lambda leaf: np.asarray(leaf)[np.array(keep, int)], tree)  # noqa: E731
+    assert keep, f"{name}: every restart borderline"
+    assert_close_tree(pick(sharded.restarts.params), pick(reference.restarts.params), name)
+    assert_close_tree(pick(sharded.restarts.lower_bound), pick(reference.restarts.lower_bound), name)
+    np.testing.assert_array_equal(pick(sharded.restarts.n_iter), pick(reference.restarts.n_iter), err_msg=name)
+    np.testing.assert_array_equal(pick(sharded.restarts.converged), pick(reference.restarts.converged), err_msg=name)
     bounds = np.sort(np.asarray(reference.restarts.lower_bound))
     if bounds.size < 2 or bounds[-1] - bounds[-2] > 10 * RTOL * abs(bounds[-1]):
         assert int(sharded.best_restart) == int(reference.best_restart), name
