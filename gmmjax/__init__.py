@@ -20,6 +20,7 @@ from gmmjax._online import OnlineEMState, online_em_init, online_em_update
 from gmmjax._options import FitOptions
 from gmmjax._params import COVARIANCE_TYPES, GMMParams
 from gmmjax._sampling import generate_gmm_data, sample
+from gmmjax._sharding import ShardedRows, shard_rows
 from gmmjax._stats import SufficientStats, e_step, em_step, m_step
 from gmmjax._streaming import fit_em_streaming
 from gmmjax._unconstrained import UnconstrainedParams, from_unconstrained, to_unconstrained, unconstrained_log_prob
@@ -38,6 +39,7 @@ __all__ = [
     "NotFittedError",
     "OnlineEMState",
     "SelectionResult",
+    "ShardedRows",
     "SufficientStats",
     "UnconstrainedParams",
     "aic",
@@ -67,6 +69,7 @@ __all__ = [
     "restart_keys",
     "sample",
     "select_num_components",
+    "shard_rows",
     "to_distrax",
     "to_numpyro",
     "to_unconstrained",

@@ -714,6 +714,14 @@ def _add_fit(commands):
         help="also a checkpoint (mid-pass) whenever S seconds have passed since the last",
     )
     g.add_argument("--resume", action="store_true", help="continue the fit saved in --checkpoint")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="one process of a multi-process fit (jax.distributed): the coordinator, process count and id come "
+        "from GMMJAX_COORDINATOR (host:port), GMMJAX_NUM_PROCESSES and GMMJAX_PROCESS_ID, or are detected "
+        "(Slurm, Open MPI); '{process}' in DATA names this process's own shard file, else each process keeps "
+        "its slice of DATA's rows; process 0 prints and saves",
+    )
     p.set_defaults(run=_run_fit)
 
 
@@ -799,13 +807,90 @@ def _run_fit_stream(args) -> int:
             checkpoint_seconds=args.checkpoint_seconds,
             resume=args.resume,
         )
-    elapsed = time.perf_counter() - start
-    for warning in caught:
-        _print_warning("fit", warning.message)
-    print(
+    header = (
         f"gmmjax fit {args.data}: streamed, {model.n_features_in_} features, K={args.num_components}, "
         f"covariance {args.covariance_type}, {args.n_init} restart{'s' * (args.n_init > 1)}, seed {args.seed}"
     )
+    return _report_fit(args, model, header, caught, time.perf_counter() - start)
+
+
+DISTRIBUTED_ENV = ("GMMJAX_COORDINATOR", "GMMJAX_NUM_PROCESSES", "GMMJAX_PROCESS_ID")
+
+
+def _start_distributed() -> tuple[int, int]:
+    """``jax.distributed.initialize`` from the environment (see ``--distributed``); returns
+    ``(process_id, num_processes)``."""
+    given = {name: os.environ.get(name, "") for name in DISTRIBUTED_ENV}
+    if any(given.values()) and not all(given.values()):
+        missing = [name for name, value in given.items() if not value]
+        raise CLIError(f"--distributed: set all of {', '.join(DISTRIBUTED_ENV)} (missing {', '.join(missing)})")
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU clusters; accelerators ignore it
+    try:
+        if all(given.values()):
+            jax.distributed.initialize(
+                coordinator_address=given["GMMJAX_COORDINATOR"],
+                num_processes=int(given["GMMJAX_NUM_PROCESSES"]),
+                process_id=int(given["GMMJAX_PROCESS_ID"]),
+                initialization_timeout=int(os.environ.get("GMMJAX_INIT_TIMEOUT", "300")),
+            )
+        else:
+            jax.distributed.initialize()  # Slurm, Open MPI, TPU pods: detected
+    except (RuntimeError, ValueError) as exc:
+        raise CLIError(f"--distributed: jax.distributed.initialize failed: {_one_line(exc)}") from None
+    return jax.process_index(), jax.process_count()
+
+
+def _run_fit_distributed(args) -> int:
+    """``gmmjax fit --distributed``: this process's rows, one model fitted over all processes."""
+    if args.plot is not None or args.verbose:
+        raise CLIError("--distributed fits print no progress and draw no --plot: leave those out")
+    process, num_processes = _start_distributed()
+    own_file = "{process}" in args.data
+    path = args.data.replace("{process}", str(process))
+    data = _read_data(argparse.Namespace(**{**vars(args), "data": path}))
+    X = data.X
+    if not own_file:  # every process reads the same file and keeps its slice of the rows
+        bounds = np.linspace(0, X.shape[0], num_processes + 1).astype(int)
+        X = X[bounds[process] : bounds[process + 1]]
+    import jax
+
+    from gmmjax import GaussianMixtureModel, shard_rows
+
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    try:
+        rows = shard_rows(X, mesh, process_local=True)
+    except ValueError as exc:
+        raise CLIError(f"{path}: {_one_line(exc)}") from None
+    model = GaussianMixtureModel(
+        num_components=args.num_components,
+        num_iters=args.max_iter,
+        covariance_type=args.covariance_type,
+        tol=args.tol,
+        reg_covar=args.reg_covar,
+        n_init=args.n_init,
+        init_params=args.init_params,
+        seed=args.seed,
+    )
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(rows.X, sample_weight=rows.sample_weight)
+    if process != 0:
+        return 0
+    header = (
+        f"gmmjax fit --distributed {args.data}: {num_processes} processes, {jax.device_count()} devices, "
+        f"K={args.num_components}, covariance {args.covariance_type}, seed {args.seed}"
+    )
+    return _report_fit(args, model, header, caught, time.perf_counter() - start)
+
+
+def _report_fit(args, model, header: str, caught, elapsed: float) -> int:
+    """What a streamed or distributed ``gmmjax fit`` prints (and saves with ``-o``)."""
+    for warning in caught:
+        _print_warning("fit", warning.message)
+    print(header)
     print(f"{'component':>9}  {'weight':>7}  mean")
     for k, (weight, mean) in enumerate(zip(model.weights_, model.means_)):
         print(f"{k:>9}  {weight:7.4f}  {_format_vector(mean)}")
@@ -861,6 +946,8 @@ def _print_feature_names(names) -> None:
 def _run_fit(args) -> int:
     check_output(args.output, (".npz", ""))  # np.savez adds .npz to a name without it
     check_output(args.plot, (".png", ".pdf", ".svg", ".jpg"))
+    if args.distributed:
+        return _run_fit_distributed(args)
     if _streams(args):
         return _run_fit_stream(args)
     plot = _plot_module() if args.plot else None

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
 from gmmjax._chunks import resolve_chunk_size, sum_over_chunks
+from gmmjax._collectives import LOCAL, RowAxis
 from gmmjax._covariance import covariance_kind
 from gmmjax._density import _as_float_data, component_terms, log_joint_from_residuals, residuals_about
 from gmmjax._params import GMMParams
@@ -47,7 +48,13 @@ class InformationCriteria(NamedTuple):
 
 
 def information_criteria(
-    params: GMMParams, X: jax.typing.ArrayLike, sample_weight=None, *, num_active=None, chunk_size: int | None = None
+    params: GMMParams,
+    X: jax.typing.ArrayLike,
+    sample_weight=None,
+    *,
+    num_active=None,
+    chunk_size: int | None = None,
+    rows: RowAxis = LOCAL,
 ) -> InformationCriteria:
     """BIC, AIC and ICL of ``params`` on ``X`` in one chunked pass over the data.
 
@@ -59,6 +66,7 @@ def information_criteria(
       num_active: optional int (may be traced): the parameters count ``num_active``
         components (the others have weight 0, see :func:`gmmjax.m_step`).
       chunk_size: rows per chunk (``None``: automatic).
+      rows: where the rows live (sharded: the sums are one all-reduce, see :mod:`gmmjax._collectives`).
     """
     X = _as_float_data(params, X)
     if sample_weight is not None:
@@ -76,6 +84,7 @@ def information_criteria(
 
     log_likelihood, log_map = sum_over_chunks(chunk_sums, X, sample_weight, chunk)
     num_samples = jnp.asarray(X.shape[0], X.dtype) if sample_weight is None else jnp.sum(sample_weight)
+    log_likelihood, log_map, num_samples = rows.sum((log_likelihood, log_map, num_samples))
     num_components = params.num_components if num_active is None else num_active
     p = jnp.asarray(num_parameters(num_components, params.num_features, params.covariance_type), X.dtype)
     bic = -2.0 * log_likelihood + p * jnp.log(num_samples)

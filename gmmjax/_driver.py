@@ -27,6 +27,7 @@ import numpy as np
 
 from gmmjax import _validation as v
 from gmmjax._chunks import resolve_chunk_size
+from gmmjax._collectives import LOCAL, RowAxis
 from gmmjax._compile import SizedJit, is_small_program, jit_for_size
 from gmmjax._init import initialize
 from gmmjax._options import FitOptions, check_fit_options
@@ -180,11 +181,18 @@ def run_restarts(key: jax.Array, options: FitOptions, fit_one: Callable[[jax.Arr
 
 
 def initial_params(
-    key: jax.Array, X: jax.Array, sample_weight, options: FitOptions, num_components: int, num_active=None
+    key: jax.Array,
+    X: jax.Array,
+    sample_weight,
+    options: FitOptions,
+    num_components: int,
+    num_active=None,
+    rows: RowAxis = LOCAL,
 ):
     """Starting parameters of one restart from ``options`` (``init_params`` and ``*_init``):
     ``(params, collapsed)`` (see :func:`gmmjax._init.initialize`). The same for every kind of
-    fit with the same key, so EM and gradient fits are comparable start for start."""
+    fit with the same key, so EM and gradient fits are comparable start for start (and the
+    same with the rows sharded: ``rows``, see :mod:`gmmjax._collectives`)."""
     return initialize(
         key,
         X,
@@ -199,6 +207,7 @@ def initial_params(
         chunk_size=options.chunk_size,
         num_active=num_active,
         by_value=options.row_order_invariant,
+        rows=rows,
     )
 
 

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from gmmjax._collectives import LOCAL, RowAxis
 from gmmjax._driver import (
     FitResult,
     FitState,
@@ -27,6 +28,7 @@ from gmmjax._implicit import attach_fixed_point
 from gmmjax._loops import compacting_while_loop
 from gmmjax._options import FitOptions, fit_options
 from gmmjax._progress import DEFAULT_VERBOSE_INTERVAL, check_verbose, report_em_step
+from gmmjax._sharding import fit_em_sharded, row_sharding
 from gmmjax._stats import _em_step_with_diagnostics
 
 DIFFERENTIATION_MODES = ("implicit", "unrolled")
@@ -72,7 +74,13 @@ def em_iteration(state: FitState, operands: EMOperands, em_step_fn) -> FitState:
 
 
 def run_em(
-    start: FitState, operands: EMOperands, *, max_iter: int, chunk_size: int | None = None, report_every: int = 0
+    start: FitState,
+    operands: EMOperands,
+    *,
+    max_iter: int,
+    chunk_size: int | None = None,
+    report_every: int = 0,
+    rows: RowAxis = LOCAL,
 ) -> FitState:
     """EM from ``start`` until the mean log-likelihood changes by less than ``operands.tol`` or
     ``max_iter`` iterations have run, as one ``lax.while_loop`` on the device (each
@@ -83,8 +91,10 @@ def run_em(
     With ``operands.num_active``, only the first ``num_active`` components are fitted (see
     :func:`gmmjax._stats.m_step_with_diagnostics`). ``report_every`` (static; 0: off) sends
     progress to the host every that many iterations, tagged with ``operands.restart``
-    (:mod:`gmmjax._progress`)."""
-    em_step_fn = functools.partial(_em_step_with_diagnostics, chunk_size=chunk_size)
+    (:mod:`gmmjax._progress`). With sharded ``rows`` (inside ``jax.shard_map``, see
+    :mod:`gmmjax._sharding`) each iteration's statistics are summed over the shards by one
+    all-reduce; the M-step and the convergence test then run replicated."""
+    em_step_fn = functools.partial(_em_step_with_diagnostics, chunk_size=chunk_size, rows=rows)
 
     def keep_going(state: FitState, operands: EMOperands):
         return (state.n_iter < max_iter) & ~state.converged
@@ -107,7 +117,9 @@ def run_em(
     return compacting_while_loop(keep_going, step, start, operands)
 
 
-def run_em_unrolled(start: FitState, operands: EMOperands, *, max_iter: int, chunk_size: int | None = None) -> FitState:
+def run_em_unrolled(
+    start: FitState, operands: EMOperands, *, max_iter: int, chunk_size: int | None = None, rows: RowAxis = LOCAL
+) -> FitState:
     """The same iterations as :func:`run_em`, as ``max_iter`` steps of a ``lax.scan`` that
     leave a fit unchanged once it has converged: differentiable in every mode (reverse,
     forward, higher order) in ``X``, ``sample_weight`` and ``reg_covar``.
@@ -118,7 +130,7 @@ def run_em_unrolled(start: FitState, operands: EMOperands, *, max_iter: int, chu
     ``O(N · K · D)``. A converged fit still pays for the remaining steps' bookkeeping, and
     under ``vmap`` for their EM steps too.
     """
-    em_step_fn = jax.checkpoint(functools.partial(_em_step_with_diagnostics, chunk_size=chunk_size))
+    em_step_fn = jax.checkpoint(functools.partial(_em_step_with_diagnostics, chunk_size=chunk_size, rows=rows))
 
     def step(state: FitState, _) -> tuple[FitState, None]:
         state = jax.lax.cond(state.converged, lambda s: s, lambda s: em_iteration(s, operands, em_step_fn), state)
@@ -143,6 +155,7 @@ def fit_em_restarts(
     num_active=None,
     report_every: int = 0,
     differentiation: str = "implicit",
+    rows: RowAxis = LOCAL,
 ) -> FitResult:
     """The body of :func:`fit_em` (inputs checked, sizes resolved, ``tol``/``reg_covar`` arrays).
 
@@ -150,7 +163,9 @@ def fit_em_restarts(
     maximum: only the first ``num_active`` components are fitted and the result equals that
     of ``num_components=num_active`` padded with weight-0 components (see
     :mod:`gmmjax._model_selection`; such fits are constants for derivatives).
-    ``report_every``: progress (see :func:`run_em`; the while loop only).
+    ``report_every``: progress (see :func:`run_em`; the while loop only). ``rows``: where the
+    rows of ``X`` live (sharded inside ``jax.shard_map``: :mod:`gmmjax._sharding`; no
+    derivatives then).
     """
     # Initialisation (k-means, random draws, *_init), the convergence test and the choice of
     # the best restart are constants for derivatives. "unrolled": the EM steps see the live
@@ -158,14 +173,15 @@ def fit_em_restarts(
     # the live data afterwards (see _implicit).
     X_const, weight_const, options_const = jax.lax.stop_gradient((X, sample_weight, options))
     if differentiation == "unrolled":
-        run, X_em, weight_em, reg_em = run_em_unrolled, X, sample_weight, options.reg_covar
+        run = functools.partial(run_em_unrolled, rows=rows)
+        X_em, weight_em, reg_em = X, sample_weight, options.reg_covar
     else:
-        run = functools.partial(run_em, report_every=report_every)
+        run = functools.partial(run_em, report_every=report_every, rows=rows)
         X_em, weight_em, reg_em = X_const, weight_const, options_const.reg_covar
 
     def fit_one(restart_key, restart_index) -> FitState:
         params, collapsed = initial_params(
-            restart_key, X_const, weight_const, options_const, num_components, num_active
+            restart_key, X_const, weight_const, options_const, num_components, num_active, rows
         )
         start = initial_state(params, collapsed, options.max_iter, options_const.lower_bound_init)
         if options.max_iter == 0:  # scikit-learn's max_iter=0: the initialisation itself
@@ -176,7 +192,7 @@ def fit_em_restarts(
         return run(start, operands, max_iter=options.max_iter, chunk_size=options.chunk_size)
 
     result = run_restarts(key, options, fit_one)
-    if differentiation == "implicit" and num_active is None and options.max_iter > 0:
+    if differentiation == "implicit" and num_active is None and options.max_iter > 0 and not rows.sharded:
         params, lower_bound = attach_fixed_point(
             result.params, result.lower_bound, X, sample_weight, options.reg_covar, options.chunk_size, options.max_iter
         )
@@ -199,6 +215,8 @@ def fit_em(
     verbose: bool | int = False,
     verbose_interval: int = DEFAULT_VERBOSE_INTERVAL,
     differentiation: str = "implicit",
+    mesh=None,
+    data_axis=None,
     **option_keywords,
 ) -> FitResult:
     """Fits a Gaussian mixture by EM, ``n_init`` restarts in one vmapped, jitted call.
@@ -255,6 +273,12 @@ def fit_em(
       differentiation: ``"implicit"`` or ``"unrolled"``: how derivatives pass through the
         fit (see above). Changes nothing when nobody differentiates, except that
         ``"unrolled"`` always runs ``max_iter`` (mostly idle) steps.
+      mesh: a ``jax.sharding.Mesh``: fit data-parallel with the rows sharded over
+        ``data_axis`` (default: the mesh's only axis), one all-reduce of the statistics per
+        iteration (:mod:`gmmjax._sharding`, ``docs/scaling/devices_and_hosts.md``). A
+        row-sharded ``jax.Array`` ``X`` (``NamedSharding``) fits so without ``mesh``. The result
+        equals the one-device fit (to rounding); no derivatives and no ``verbose`` then.
+      data_axis: the mesh axis (or tuple of axes) of the rows.
       **option_keywords: any field of :class:`~gmmjax.FitOptions` (replacing that of
         ``options``): ``covariance_type``, ``max_iter`` (alias ``num_iters``, the original
         example's name; default 100; 0 returns the initialisation), ``tol``, ``reg_covar``,
@@ -280,6 +304,10 @@ def fit_em(
     """
     differentiation = check_differentiation(differentiation)
     options = fit_options(options, **option_keywords)
+    if mesh is not None or row_sharding(X) is not None:
+        if verbose:
+            raise ValueError("verbose progress is not available for a sharded fit (mesh= or row-sharded X).")
+        return fit_em_sharded(key, X, num_components, options, sample_weight, mesh, data_axis, differentiation)
     inputs = check_fit_inputs(key, X, num_components, options, sample_weight)
     report_every = check_verbose(verbose, verbose_interval, inputs.key, inputs.X)
     if report_every and differentiation == "unrolled":

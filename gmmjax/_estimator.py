@@ -219,6 +219,9 @@ class GaussianMixtureModel:
         (``None``: ``optax.adam(1e-2)``). :meth:`save` does not store it (see there).
       num_steps: optimizer steps for ``fit_method="gradient"`` (``None``: 1000).
       batch_size: rows per step for ``fit_method="gradient"`` (``None``: all of them).
+      mesh, data_axis: a ``jax.sharding.Mesh`` (and its axis for rows): ``fit`` runs
+        data-parallel with the rows sharded over it (see :func:`gmmjax.fit_em`); a row-sharded
+        ``jax.Array`` is fitted so without them. :meth:`save` does not store the mesh.
 
     Fitted attributes: ``weights_``, ``means_``, ``covariances_``, ``precisions_``,
     ``precisions_cholesky_``, ``converged_``, ``n_iter_``, ``lower_bound_``,
@@ -268,6 +271,8 @@ class GaussianMixtureModel:
         optimizer=None,
         num_steps=None,
         batch_size=None,
+        mesh=None,
+        data_axis=None,
     ):
         self.num_components = num_components
         self.num_iters = num_iters
@@ -292,6 +297,8 @@ class GaussianMixtureModel:
         self.optimizer = optimizer
         self.num_steps = num_steps
         self.batch_size = batch_size
+        self.mesh = mesh
+        self.data_axis = data_axis
 
     # -- scikit-learn's parameter protocol -------------------------------------------------
     @classmethod
@@ -439,6 +446,8 @@ class GaussianMixtureModel:
                 num_steps=DEFAULT_NUM_STEPS if self.num_steps is None else self.num_steps,
                 batch_size=self.batch_size,
                 sample_weight=sample_weight,
+                mesh=self.mesh,
+                data_axis=self.data_axis,
             )
         else:
             result = fit_em(
@@ -449,6 +458,8 @@ class GaussianMixtureModel:
                 sample_weight=sample_weight,
                 verbose=self.verbose,
                 verbose_interval=self.verbose_interval,
+                mesh=self.mesh,
+                data_axis=self.data_axis,
             )
         return self._finish_fit(result, fit_method, max_iter)
 

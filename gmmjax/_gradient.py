@@ -49,10 +49,12 @@ import optax
 
 from gmmjax import _validation as v
 from gmmjax._chunks import sum_over_chunks
+from gmmjax._collectives import LOCAL, RowAxis
 from gmmjax._covariance import covariance_kind
 from gmmjax._density import log_joint_from_residuals, residuals_about
 from gmmjax._driver import FitResult, FitState, call_compiled, check_fit_inputs, compiled, initial_params, run_restarts
 from gmmjax._options import FitOptions, fit_options
+from gmmjax._sharding import prepare, row_sharding, run_data_parallel
 from gmmjax._stats import _weighted_posteriors, total_weight
 from gmmjax._unconstrained import (
     UnconstrainedParams,
@@ -145,19 +147,24 @@ def _chunk_log_likelihood(u_std: UnconstrainedParams, frame, X_chunk, w_chunk):
     return _weighted_posteriors(log_joint, w_chunk, component_axis=0)[1]
 
 
-def _log_likelihood_and_gradient(u_std, frame, X, weight, chunk):
+def _log_likelihood_and_gradient(u_std, frame, X, weight, chunk, rows=LOCAL):
     """Weighted total log-likelihood and its gradient, summed chunk by chunk.
 
     Gradients add across chunks like the statistics of EM, so each chunk runs its own
-    forward and backward pass and the memory stays ``O(chunk · K · D)``.
+    forward and backward pass and the memory stays ``O(chunk · K · D)``; sharded ``rows``:
+    the value and gradient are summed over the shards by one all-reduce.
     """
     value_and_grad = jax.value_and_grad(_chunk_log_likelihood)
-    return sum_over_chunks(lambda X_chunk, w_chunk, _: value_and_grad(u_std, frame, X_chunk, w_chunk), X, weight, chunk)
+    return rows.sum(
+        sum_over_chunks(lambda X_chunk, w_chunk, _: value_and_grad(u_std, frame, X_chunk, w_chunk), X, weight, chunk)
+    )
 
 
-def _log_likelihood(u_std, frame, X, weight, chunk):
-    return sum_over_chunks(
-        lambda X_chunk, w_chunk, _: _chunk_log_likelihood(u_std, frame, X_chunk, w_chunk), X, weight, chunk
+def _log_likelihood(u_std, frame, X, weight, chunk, rows=LOCAL):
+    return rows.sum(
+        sum_over_chunks(
+            lambda X_chunk, w_chunk, _: _chunk_log_likelihood(u_std, frame, X_chunk, w_chunk), X, weight, chunk
+        )
     )
 
 
@@ -214,6 +221,7 @@ def run_gradient(
     reg_covar,
     chunk_size: int,
     collapsed=None,
+    rows: RowAxis = LOCAL,
 ) -> FitState:
     """``num_steps`` optimizer steps from parameters in ``frame``, as one ``lax.scan``.
 
@@ -238,7 +246,8 @@ def run_gradient(
     if collapsed is None:
         collapsed = jnp.zeros(u_std.num_components, bool)
     low, high = log_diagonal_limits(frame, reg_covar, dtype)
-    full_weight = total_weight(X, sample_weight)
+    row_axis = rows  # (the name `rows` is taken below by a minibatch's drawn rows)
+    full_weight = row_axis.sum(total_weight(X, sample_weight))
 
     pack, unpack = _optimized_coordinates(u_std)
     transformation = optax.with_extra_args_support(optimizer)
@@ -254,9 +263,13 @@ def run_gradient(
             w_rows = jnp.ones(batch_size, dtype) if sample_weight is None else sample_weight[rows]
             chunk = min(chunk_size, batch_size)
             weight_sum = jnp.maximum(jnp.sum(w_rows), jnp.finfo(dtype).tiny)  # all-zero batch: zero step
-        total, gradient = _log_likelihood_and_gradient(u, frame, X_rows, w_rows, chunk)
+        total, gradient = _log_likelihood_and_gradient(u, frame, X_rows, w_rows, chunk, row_axis)
         # The optimizer minimises: the loss is minus the mean log-likelihood.
-        loss_of = lambda coordinates: -_log_likelihood(unpack(coordinates), frame, X_rows, w_rows, chunk) / weight_sum
+        loss_of = (  # noqa: E731
+            lambda coordinates: (
+                -_log_likelihood(unpack(coordinates), frame, X_rows, w_rows, chunk, row_axis) / weight_sum
+            )
+        )
         return total / weight_sum, jax.tree_util.tree_map(lambda g: -g / weight_sum, gradient), loss_of
 
     def take_step(carry: _StepCarry, step):
@@ -312,12 +325,23 @@ def run_gradient(
 
 
 def _fit_gradient(
-    key, X, sample_weight, options: FitOptions, tol, *, num_components, num_steps, batch_size, optimizer, has_tol
+    key,
+    X,
+    sample_weight,
+    options: FitOptions,
+    tol,
+    *,
+    num_components,
+    num_steps,
+    batch_size,
+    optimizer,
+    has_tol,
+    rows: RowAxis = LOCAL,
 ) -> FitResult:
     def fit_one(restart_key, _) -> FitState:
         # The same initialisation as fit_em with the same key: restart r of both starts
         # from the same parameters.
-        params, collapsed = initial_params(restart_key, X, sample_weight, options, num_components)
+        params, collapsed = initial_params(restart_key, X, sample_weight, options, num_components, rows=rows)
         u_start = to_unconstrained(params)
         assert options.chunk_size is not None  # resolved by check_fit_inputs before the compiled fit
         return run_gradient(
@@ -333,6 +357,7 @@ def _fit_gradient(
             reg_covar=options.reg_covar,
             chunk_size=options.chunk_size,
             collapsed=collapsed,
+            rows=rows,
         )
 
     return run_restarts(key, options, fit_one)
@@ -365,6 +390,8 @@ def fit_gradient(
     batch_size: int | None = None,
     tol: float | None = None,
     sample_weight: jax.typing.ArrayLike | None = None,
+    mesh=None,
+    data_axis=None,
     **option_keywords,
 ) -> FitResult:
     """Fits a Gaussian mixture by maximising its mean log-likelihood with an optax optimizer.
@@ -400,6 +427,9 @@ def fit_gradient(
         ``tol`` (with minibatches they are noisy batch estimates: use a larger ``tol``).
       sample_weight: optional ``(N,)`` non-negative weights; the objective is the weighted
         mean log-likelihood ``Σ s_n log p(x_n) / Σ s_n``.
+      mesh, data_axis: full-batch steps data-parallel with the rows sharded over a mesh axis,
+        as in :func:`fit_em` (also for a row-sharded ``X``): the value and gradient are summed
+        by one all-reduce per step. Not with ``batch_size``.
       **option_keywords: fields of :class:`~gmmjax.FitOptions` replacing those of
         ``options``, as in :func:`fit_em`: ``n_init`` (restart ``r`` uses
         ``gj.restart_keys(key, n_init)[r]``, as EM), ``covariance_type``, ``init_params``,
@@ -439,6 +469,20 @@ def fit_gradient(
         batch_size = v.check_int("batch_size", batch_size, 1)
     has_tol = tol is not None
     tol = v.check_nonnegative_float("tol", tol) if has_tol else 0.0
+    if mesh is not None or row_sharding(X) is not None:
+        if batch_size is not None:
+            raise ValueError("a sharded fit_gradient takes full-batch steps: leave batch_size=None.")
+        key, sharded, leaves = prepare(key, X, num_components, options, sample_weight, mesh, data_axis)
+        static = dict(num_steps=num_steps, batch_size=None, optimizer=optimizer, has_tol=has_tol)
+        return run_data_parallel(
+            _fit_gradient,
+            key,
+            sharded,
+            leaves,
+            jnp.asarray(tol, sharded.X.dtype),
+            num_components=int(num_components),
+            **static,
+        )
     inputs = check_fit_inputs(key, X, num_components, options, sample_weight)
     return call_compiled(
         _fit_gradient_for_size,

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from gmmjax._chunks import resolve_chunk_size, sum_over_chunks
+from gmmjax._collectives import LOCAL, RowAxis
 from gmmjax._covariance import covariance_kind, weighted_sums
 from gmmjax._density import residuals_about
 from gmmjax._loops import compacting_while_loop
@@ -43,36 +44,55 @@ def seeding_sample_size(num_components: int) -> int:
     return max(INIT_SAMPLE_SIZE, 64 * num_components)
 
 
-def needs_seeding_sample(X, num_components: int) -> bool:
-    return X.shape[0] > seeding_sample_size(num_components)
+def needs_seeding_sample(X, num_components: int, rows: RowAxis = LOCAL) -> bool:
+    return rows.global_rows(X.shape[0]) > seeding_sample_size(num_components)
 
 
-def seeding_sample(key, X, sample_weight, num_components):
+def seeding_sample(key, X, sample_weight, num_components, rows: RowAxis = LOCAL):
     """The rows that seeding and Lloyd's steps run on: all of them when ``N`` is at most
     ``max(INIT_SAMPLE_SIZE, 64·K)``, else that many rows drawn with replacement in
     proportion to the sample weights (which then become ones).
 
     Seeding needs ``K`` passes and every Lloyd step one pass over these rows, so a bounded
-    sample keeps initialisation cheap next to EM on large data.
+    sample keeps initialisation cheap next to EM on large data. Sharded ``rows``: the sample
+    is drawn by global row index and replicated (each row sent by its shard); with weights the
+    cumulative sums are added by shard, so in float32 some draws can differ from one device's.
     """
     size = seeding_sample_size(num_components)
-    if not needs_seeding_sample(X, num_components):
+    if not needs_seeding_sample(X, num_components, rows):
         return X, jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
-    if sample_weight is None:  # no (N,) temporaries for unweighted data
-        rows = jax.random.randint(key, (size,), 0, X.shape[0])
-    else:
-        rows = jax.random.choice(key, X.shape[0], (size,), replace=True, p=sample_weight / jnp.sum(sample_weight))
-    return X[rows], jnp.ones(size, X.dtype)
+    if not rows.sharded:
+        if sample_weight is None:  # no (N,) temporaries for unweighted data
+            index = jax.random.randint(key, (size,), 0, X.shape[0])
+        else:
+            index = jax.random.choice(key, X.shape[0], (size,), replace=True, p=sample_weight / jnp.sum(sample_weight))
+        return X[index], jnp.ones(size, X.dtype)
+    if sample_weight is None or rows.num_valid is not None:  # unweighted (padding, if any, at the end)
+        num_valid = rows.num_valid or rows.global_rows(X.shape[0])
+        index = jax.random.randint(key, (size,), 0, num_valid)
+    else:  # jax.random.choice(replace=True, p=...) over the global rows, by shards
+        p = sample_weight / rows.sum(jnp.sum(sample_weight))
+        cumulative = jnp.cumsum(p) + rows.exclusive_prefix(jnp.sum(p))
+        r = rows.sum(jnp.sum(p)) * (1 - jax.random.uniform(key, (size,), dtype=p.dtype))
+        index = rows.sum(jnp.searchsorted(cumulative, r).astype(jnp.int32))
+        index = jnp.minimum(index, rows.global_rows(X.shape[0]) - 1)
+    return rows.take(X, index), jnp.ones(size, X.dtype)
 
 
-def _draw_index(score: jax.Array, uniform: jax.Array) -> jax.Array:
+def _draw_index(score: jax.Array, uniform: jax.Array, rows: RowAxis = LOCAL) -> jax.Array:
     """Index ``i`` drawn with probability ``score_i / Σ score`` (scores ``(N,)``, not all zero)
     from one uniform ``u ∈ [0, 1)``, by inverting the cumulative sum: the first ``i`` whose
-    cumulative score exceeds ``u · Σ score``. A row of score zero never is that first one."""
-    cumulative = jnp.cumsum(score)
-    index = jnp.sum(cumulative <= uniform * cumulative[-1])
+    cumulative score exceeds ``u · Σ score``. A row of score zero never is that first one.
+    Sharded ``rows``: the global index (cumulative sums by shard, so equal up to their rounding)."""
+    if not rows.sharded:
+        cumulative = jnp.cumsum(score)
+        index = jnp.sum(cumulative <= uniform * cumulative[-1])
+    else:
+        local_total = jnp.sum(score)
+        cumulative = jnp.cumsum(score) + rows.exclusive_prefix(local_total)
+        index = rows.sum(jnp.sum(cumulative <= uniform * rows.sum(local_total)).astype(jnp.int32))
     # u·Σ can round up to Σ itself: then the last row with a positive score.
-    last_positive = score.shape[0] - 1 - jnp.argmax(score[::-1] > 0)
+    last_positive = rows.last(score > 0)
     return jnp.minimum(index, last_positive)
 
 
@@ -92,7 +112,9 @@ def _value_keys(X: jax.Array) -> tuple[jax.Array, jax.Array]:
     return _ordered_bits(X @ jnp.cos(j)), _ordered_bits(X @ jnp.sin(j))
 
 
-def _draw_index_by_value(score: jax.Array, uniform: jax.Array, keys: tuple[jax.Array, jax.Array]) -> jax.Array:
+def _draw_index_by_value(
+    score: jax.Array, uniform: jax.Array, keys: tuple[jax.Array, jax.Array], rows: RowAxis = LOCAL
+) -> jax.Array:
     """:func:`_draw_index` with the rows taken in the order of their value ``keys`` (see
     :func:`_value_keys`): the draw does not depend on the rows' order, and a row of integer
     weight ``m`` draws as ``m`` copies of it.
@@ -100,13 +122,14 @@ def _draw_index_by_value(score: jax.Array, uniform: jax.Array, keys: tuple[jax.A
     No sort: the first key (in the order) whose cumulative score exceeds ``u · Σ score`` is found
     by bisection over the keys' bits, each step one masked sum over the rows (a sum, so a
     row-sharded caller needs one scalar all-reduce per step); first on the primary key, then on
-    the secondary key among the rows that share the primary one.
+    the secondary key among the rows that share the primary one. Sharded ``rows``: each masked
+    sum is summed over the shards, and the index returned is global.
     """
     primary, secondary = keys
     bits = 8 * primary.dtype.itemsize
 
     def below(mask):  # a masked sum of non-negative scores is monotone in the mask, rounding included
-        return jnp.sum(jnp.where(mask, score, 0))
+        return rows.sum(jnp.sum(jnp.where(mask, score, 0)))
 
     total = below(jnp.ones_like(score, bool))
     target = uniform * total
@@ -125,11 +148,18 @@ def _draw_index_by_value(score: jax.Array, uniform: jax.Array, keys: tuple[jax.A
 
     first = smallest_key(lambda key: primary <= key)
     second = smallest_key(lambda key: (primary < first) | ((primary == first) & (secondary <= key)))
-    return jnp.argmax((primary == first) & (secondary == second) & (score > 0))
+    return rows.first((primary == first) & (secondary == second) & (score > 0))
 
 
 def _sequential_seeding(
-    key, X, num_components, sample_weight, distance_weighted: bool, num_active=None, by_value: bool = False
+    key,
+    X,
+    num_components,
+    sample_weight,
+    distance_weighted: bool,
+    num_active=None,
+    by_value: bool = False,
+    rows: RowAxis = LOCAL,
 ):
     """Draws ``K`` centers from the data one at a time.
 
@@ -145,27 +175,28 @@ def _sequential_seeding(
     so the first ``K`` centers of a seeding of ``K'`` are those of ``K`` (model selection relies
     on it). One random-number call keeps the compiled program small: each call site of the
     generator is a sizeable kernel to compile. With ``num_active``, only the first
-    ``num_active`` centers are drawn; the others repeat center 0.
+    ``num_active`` centers are drawn; the others repeat center 0. Sharded ``rows``: every draw
+    is over the global rows (see :mod:`gmmjax._collectives`) and the centers are replicated.
     """
     uniforms = jax.random.uniform(key, (num_components,), X.dtype)
     if by_value:
         keys = _value_keys(X)
-        draw_index = lambda score, uniform: _draw_index_by_value(score, uniform, keys)  # noqa: E731
+        draw_index = lambda score, uniform: _draw_index_by_value(score, uniform, keys, rows)  # noqa: E731
     else:
-        draw_index = _draw_index
-    first = draw_index(sample_weight, uniforms[0])
-    centers = jnp.broadcast_to(X[first][None, :], (num_components, X.shape[1]))
-    min_sq = jnp.sum((X - X[first][None, :]) ** 2, axis=-1)
+        draw_index = lambda score, uniform: _draw_index(score, uniform, rows)  # noqa: E731
+    first = rows.take(X, draw_index(sample_weight, uniforms[0]))
+    centers = jnp.broadcast_to(first[None, :], (num_components, X.shape[1]))
+    min_sq = jnp.sum((X - first[None, :]) ** 2, axis=-1)
 
     def add_center(k, carry):
         centers, min_sq = carry
         score = sample_weight * (min_sq if distance_weighted else (min_sq > 0).astype(X.dtype))
-        index = draw_index(jnp.where(jnp.sum(score) > 0, score, sample_weight), uniforms[k])
-        new_min_sq = jnp.minimum(min_sq, jnp.sum((X - X[index][None, :]) ** 2, axis=-1))
+        center = rows.take(X, draw_index(jnp.where(rows.sum(jnp.sum(score)) > 0, score, sample_weight), uniforms[k]))
+        new_min_sq = jnp.minimum(min_sq, jnp.sum((X - center[None, :]) ** 2, axis=-1))
         if num_active is None:
-            return centers.at[k].set(X[index]), new_min_sq
+            return centers.at[k].set(center), new_min_sq
         drawn = k < num_active
-        return (centers.at[k].set(jnp.where(drawn, X[index], centers[k])), jnp.where(drawn, new_min_sq, min_sq))
+        return (centers.at[k].set(jnp.where(drawn, center, centers[k])), jnp.where(drawn, new_min_sq, min_sq))
 
     centers, _ = jax.lax.fori_loop(1, num_components, add_center, (centers, min_sq))
     return centers
@@ -183,6 +214,7 @@ def kmeans_plusplus(
     *,
     num_active=None,
     by_value: bool = False,
+    rows: RowAxis = LOCAL,
 ) -> jax.Array:
     """k-means++ seeding: ``(K, D)`` centers drawn from the data ``(N, D)``.
 
@@ -196,7 +228,7 @@ def kmeans_plusplus(
     """
     weights = _ones_if_none(X, sample_weight)
     return _sequential_seeding(
-        key, X, num_components, weights, distance_weighted=True, num_active=num_active, by_value=by_value
+        key, X, num_components, weights, distance_weighted=True, num_active=num_active, by_value=by_value, rows=rows
     )
 
 
@@ -210,6 +242,7 @@ def kmeans(
     chunk_size: int | None = None,
     num_active=None,
     by_value: bool = False,
+    rows: RowAxis = LOCAL,
 ) -> jax.Array:
     """k-means++ seeding followed by weighted Lloyd steps; returns ``(K, D)`` centers.
     ``by_value``: as in :func:`kmeans_plusplus`.
@@ -218,10 +251,13 @@ def kmeans(
     chunked pass over ``X`` (memory ``O(chunk_size · K · D)``). With ``num_active`` (an int,
     may be traced), only the first ``num_active`` centers are seeded and receive points (as
     ``kmeans(key, X, num_active, ...)``); the others stay at center 0's seed.
-    ``sample_weight`` ``None`` means ones.
+    ``sample_weight`` ``None`` means ones. Sharded ``rows``: each Lloyd step's sums are one
+    all-reduce.
     """
     sample_weight = _ones_if_none(X, sample_weight)
-    centers = kmeans_plusplus(key, X, num_components, sample_weight, num_active=num_active, by_value=by_value)
+    centers = kmeans_plusplus(
+        key, X, num_components, sample_weight, num_active=num_active, by_value=by_value, rows=rows
+    )
     chunk = resolve_chunk_size(chunk_size, X.shape[0], num_components, X.shape[1], X.dtype)
 
     def lloyd(state, operands):
@@ -234,7 +270,7 @@ def kmeans(
             onehot = _nearest_center_onehot(residuals, active) * w_chunk[None, :]
             return jnp.sum(onehot, axis=1), weighted_sums(residuals, onehot), weighted_sums(jnp.abs(residuals), onehot)
 
-        counts, shifted, deviations = sum_over_chunks(chunk_sums, X, sample_weight, chunk)
+        counts, shifted, deviations = rows.sum(sum_over_chunks(chunk_sums, X, sample_weight, chunk))
         safe_counts = jnp.where(counts > 0, counts, 1.0)[:, None]
         new_centers = jnp.where((counts > 0)[:, None], centers + shifted / safe_counts, centers)
         # Unchanged assignments still move a center by rounding (it is re-derived from the
@@ -257,7 +293,7 @@ def kmeans(
 
 
 def initial_responsibility_fn(
-    key, X, num_components, sample_weight, init_params, chunk_size=None, num_active=None, by_value=False
+    key, X, num_components, sample_weight, init_params, chunk_size=None, num_active=None, by_value=False, rows=LOCAL
 ):
     """Starting responsibilities for one of :data:`INIT_METHODS`, as a function of a chunk.
 
@@ -277,7 +313,8 @@ def initial_responsibility_fn(
     Returns:
       ``(resp_fn, shift)``: ``resp_fn(X_chunk (c, D), row_offset) -> (c, K)`` and a
       ``(K, D)`` shift near the components' means (the centers, or the weighted data mean
-      for ``"random"``) for accumulating their moments.
+      for ``"random"``) for accumulating their moments. Sharded ``rows`` (see
+      :mod:`gmmjax._collectives`): ``row_offset`` is global, the centers replicated.
     """
     active = active_mask(num_components, num_active)
     if init_params == "random":
@@ -290,21 +327,44 @@ def initial_responsibility_fn(
                 resp = jnp.where(active[None, :], resp, 0.0)
             return resp / jnp.sum(resp, axis=1, keepdims=True)
 
-        center = jnp.mean(X, axis=0) if sample_weight is None else (sample_weight @ X) / jnp.sum(sample_weight)
+        if not rows.sharded:
+            center = jnp.mean(X, axis=0) if sample_weight is None else (sample_weight @ X) / jnp.sum(sample_weight)
+        else:
+            weight = _ones_if_none(X, sample_weight)
+            weighted_sum, total = rows.sum((weight @ X, jnp.sum(weight)))
+            center = weighted_sum / total
         return random_resp, jnp.broadcast_to(center, (num_components, X.shape[1]))
     # Small data (the usual case) needs no sample: then the seeding's draw is the only
     # random-number call of the initialisation.
-    sample_key, seed_key = jax.random.split(key) if needs_seeding_sample(X, num_components) else (key, key)
-    X_seed, w_seed = seeding_sample(sample_key, X, sample_weight, num_components)
+    sampled = needs_seeding_sample(X, num_components, rows)
+    sample_key, seed_key = jax.random.split(key) if sampled else (key, key)
+    X_seed, w_seed = seeding_sample(sample_key, X, sample_weight, num_components, rows)
+    seed_rows = LOCAL if sampled else rows  # a drawn sample is replicated
     if init_params == "random_from_data":
         centers = _sequential_seeding(
-            seed_key, X_seed, num_components, w_seed, distance_weighted=False, num_active=num_active, by_value=by_value
+            seed_key,
+            X_seed,
+            num_components,
+            w_seed,
+            distance_weighted=False,
+            num_active=num_active,
+            by_value=by_value,
+            rows=seed_rows,
         )
     elif init_params == "k-means++":
-        centers = kmeans_plusplus(seed_key, X_seed, num_components, w_seed, num_active=num_active, by_value=by_value)
+        centers = kmeans_plusplus(
+            seed_key, X_seed, num_components, w_seed, num_active=num_active, by_value=by_value, rows=seed_rows
+        )
     else:
         centers = kmeans(
-            seed_key, X_seed, num_components, w_seed, chunk_size=chunk_size, num_active=num_active, by_value=by_value
+            seed_key,
+            X_seed,
+            num_components,
+            w_seed,
+            chunk_size=chunk_size,
+            num_active=num_active,
+            by_value=by_value,
+            rows=seed_rows,
         )
     return (lambda X_chunk, _: _nearest_center_onehot(residuals_about(X_chunk, centers), active).T), centers
 
@@ -324,6 +384,7 @@ def initialize(
     chunk_size: int | None = None,
     num_active=None,
     by_value: bool = False,
+    rows: RowAxis = LOCAL,
 ):
     """Starting parameters: from ``init_params`` and then any user-given ``*_init`` arrays
     (``by_value``: seeding independent of the rows' order, see :func:`kmeans_plusplus`).
@@ -349,9 +410,11 @@ def initialize(
         )
         return params, jnp.zeros(num_components, bool)
     resp_fn, shift = initial_responsibility_fn(
-        key, X, num_components, sample_weight, init_params, chunk_size, num_active, by_value
+        key, X, num_components, sample_weight, init_params, chunk_size, num_active, by_value, rows
     )
-    stats = stats_from_responsibilities(X, resp_fn, shift, covariance_type, sample_weight, chunk_size=chunk_size)
+    stats = stats_from_responsibilities(
+        X, resp_fn, shift, covariance_type, sample_weight, chunk_size=chunk_size, rows=rows
+    )
     params, collapsed = m_step_with_diagnostics(stats, shift, reg_covar, num_active)
     if weights_init is not None:
         params = params.replace(weights=jnp.asarray(weights_init, dtype))

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gmmjax._collectives import LOCAL, RowAxis
 from gmmjax._covariance import covariance_kind
 from gmmjax._criteria import information_criteria
 from gmmjax._driver import FitResult, call_compiled, check_fit_inputs, compiled
@@ -26,6 +27,7 @@ from gmmjax._em import fit_em_restarts
 from gmmjax._names import CRITERIA  # jax-free, for the command line
 from gmmjax._options import FitOptions, fit_options
 from gmmjax._params import COVARIANCE_TYPES, GMMParams, check_covariance_type
+from gmmjax._sharding import prepare, row_sharding, run_data_parallel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +143,16 @@ def _first_components(params: GMMParams, num_components: int) -> GMMParams:
 
 
 def _fit_and_score_all(
-    key, X, sample_weight, options: FitOptions, candidates, criterion_index, *, num_components, covariance_types
+    key,
+    X,
+    sample_weight,
+    options: FitOptions,
+    candidates,
+    criterion_index,
+    *,
+    num_components,
+    covariance_types,
+    rows: RowAxis = LOCAL,
 ) -> dict:
     """The compiled program (``num_components``: the largest ``K`` tried); the criterion is
     data (an index into CRITERIA), so that changing it does not compile again."""
@@ -157,9 +168,10 @@ def _fit_and_score_all(
                 type_options,  # noqa: B023  jax.vmap below traces fit_and_score at once, in this iteration
                 num_components=num_components,
                 num_active=num_active,
+                rows=rows,
             )
             return fit, information_criteria(
-                fit.params, X, sample_weight, num_active=num_active, chunk_size=options.chunk_size
+                fit.params, X, sample_weight, num_active=num_active, chunk_size=options.chunk_size, rows=rows
             )
 
         fit, scores = jax.vmap(fit_and_score)(candidates)
@@ -255,6 +267,8 @@ def select_num_components(
     covariance_types="full",
     criterion: str = "bic",
     sample_weight: jax.typing.ArrayLike | None = None,
+    mesh=None,
+    data_axis=None,
     **option_keywords,
 ) -> SelectionResult:
     """Fits every number of components (and covariance type) in one compiled program and
@@ -287,6 +301,9 @@ def select_num_components(
         holds all ``J`` fits' temporaries at once), ``restart_batch_size``.
       sample_weight: optional ``(N,)`` non-negative weights; the criteria count them as
         repetitions (``log L`` weighted, ``n = Σ_n s_n``).
+      mesh, data_axis: fit data-parallel with the rows sharded over a mesh axis, as in
+        :func:`gmmjax.fit_em` (also for a row-sharded ``X``): one all-reduce per pass, the
+        same selection as on one device.
 
     Returns:
       A :class:`SelectionResult`; ``result.best_params()`` / ``result.best_fit()`` give
@@ -311,6 +328,29 @@ def select_num_components(
         )
     num_samples = np.shape(X)[0] if np.ndim(X) == 2 else 1  # check_fit_inputs explains other shapes
     candidates = check_num_components_range(num_components, num_samples)
+    if mesh is not None or row_sharding(X) is not None:
+        key, sharded, leaves = prepare(
+            key,
+            X,
+            None,
+            options,
+            sample_weight,
+            mesh,
+            data_axis,
+            max_components=candidates[-1],
+            fits_per_pass=len(candidates),
+        )
+        fields = run_data_parallel(
+            _fit_and_score_all,
+            key,
+            sharded,
+            leaves,
+            jnp.asarray(candidates, jnp.int32),
+            jnp.asarray(CRITERIA.index(criterion), jnp.int32),
+            num_components=candidates[-1],
+            covariance_types=covariance_types,
+        )
+        return SelectionResult(**fields, covariance_types=covariance_types, criterion=criterion)
     # All J fits share each pass over a chunk: size chunks for the whole batch.
     inputs = check_fit_inputs(
         key, X, None, options, sample_weight, max_components=candidates[-1], fits_per_pass=len(candidates)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
 from gmmjax._chunks import resolve_chunk_size, sum_over_chunks
+from gmmjax._collectives import LOCAL, RowAxis, symmetric
 from gmmjax._covariance import covariance_kind, regularize_covariances, weighted_sums
 from gmmjax._density import ComponentTerms, component_terms, log_joint_from_residuals, residuals_about
 from gmmjax._params import GMMParams
@@ -235,6 +236,7 @@ def stats_from_responsibilities(
     sample_weight: jax.Array | None = None,
     *,
     chunk_size: int | None = None,
+    rows: RowAxis = LOCAL,
 ) -> SufficientStats:
     """Statistics about ``shift`` ``(K, D)`` for responsibilities given chunk by chunk.
 
@@ -245,14 +247,29 @@ def stats_from_responsibilities(
       covariance_type: the covariance type.
       sample_weight: optional ``(N,)`` weights.
       chunk_size: rows per chunk (``None``: automatic).
+      rows: where the rows live (:mod:`gmmjax._collectives`); ``resp_fn`` gets global row offsets.
     """
     chunk = resolve_chunk_size(chunk_size, X.shape[0], shift.shape[0], shift.shape[1], X.dtype)
+    first_row = rows.offset(X.shape[0])
 
     def chunk_stats(X_chunk, w_chunk, row_offset):
-        weighted_resp = resp_fn(X_chunk, row_offset).T * w_chunk[None, :]
+        weighted_resp = resp_fn(X_chunk, first_row + row_offset).T * w_chunk[None, :]
         return _moments(residuals_about(X_chunk, shift), weighted_resp, covariance_type)
 
-    return sum_over_chunks(chunk_stats, X, sample_weight, chunk)
+    return sum_stats(rows, sum_over_chunks(chunk_stats, X, sample_weight, chunk))[0]
+
+
+def sum_stats(rows: RowAxis, stats: SufficientStats, *scalars):
+    """``(stats, *scalars)`` summed over the shards of ``rows``: one all-reduce of one flat
+    array, ``K·(1 + D + D(D+1)/2)`` numbers for full/tied statistics (the symmetric second
+    moments as their upper triangle), ``K·(1 + 2D)`` for diag, plus the scalars. Identity on
+    one device."""
+    if not rows.sharded:
+        return (stats, *scalars)
+    matrix = covariance_kind(stats.covariance_type).matrix
+    second = symmetric(stats.second_moments) if matrix else stats.second_moments
+    counts, first, second, *scalars = rows.sum((stats.counts, stats.first_moments, second, *scalars))
+    return (dataclasses.replace(stats, counts=counts, first_moments=first, second_moments=second), *scalars)
 
 
 def active_mask(num_components: int, num_active) -> jax.Array | None:
@@ -356,7 +373,9 @@ def total_weight(X: jax.Array, sample_weight: jax.Array | None) -> jax.Array:
     return jnp.sum(sample_weight)
 
 
-def _em_step_with_diagnostics(params, X, sample_weight, reg_covar, chunk_size=None, num_active=None):
+def _em_step_with_diagnostics(params, X, sample_weight, reg_covar, chunk_size=None, num_active=None, rows=LOCAL):
     stats, log_likelihood = e_step(params, X, sample_weight, chunk_size=chunk_size)
+    # Sharded rows: the one all-reduce of the iteration (statistics, log-likelihood, weight).
+    stats, log_likelihood, weight = sum_stats(rows, stats, log_likelihood, total_weight(X, sample_weight))
     new_params, collapsed = m_step_with_diagnostics(stats, params.means, reg_covar, num_active)
-    return new_params, collapsed, log_likelihood / total_weight(X, sample_weight)
+    return new_params, collapsed, log_likelihood / weight

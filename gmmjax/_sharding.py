@@ -1,0 +1,323 @@
+"""Data-parallel fits: the rows sharded over a mesh axis, one all-reduce per pass.
+
+A fit on sharded rows is the same fit (:func:`gmmjax._em.fit_em_restarts` and the other
+front doors' bodies) run inside ``jax.shard_map`` over the data axis: each device runs the
+unchanged chunked E-step on the rows it holds, and the statistics (with the log-likelihood
+and the total weight) are summed by **one** ``psum`` of one flat array per EM iteration
+(:func:`gmmjax._stats.sum_stats`); the M-step, the convergence test and the choice of the
+best restart run replicated on every device, so no device stops early. Initialisation takes
+the same draws as on one device: every sum over rows in it (seeding draws, Lloyd steps,
+initial statistics) is a collective over the same axis (:mod:`gmmjax._collectives`). The data
+never moves: the compiled program has no all-gather of a data-sized array
+(``tests/test_sharding.py`` reads it).
+
+The rows come as a ``jax.Array`` sharded along its first axis (a ``NamedSharding`` whose
+spec names a mesh axis for the rows), or as any array plus ``mesh=`` (and ``data_axis=``
+when the mesh has several axes), which :func:`shard_rows` places. Rows that do not divide
+evenly are padded with rows of sample weight zero (results unaffected). On many hosts
+(``jax.distributed``), each process passes the rows it holds to :func:`shard_rows` with
+``process_local=True``: ragged counts are padded per process and the global array is built
+by ``jax.make_array_from_process_local_data``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from gmmjax import _validation as v
+from gmmjax._chunks import resolve_chunk_size
+from gmmjax._collectives import RowAxis
+
+
+class ShardedRows(NamedTuple):
+    """Rows placed on a mesh by :func:`shard_rows` (the global arrays a sharded fit takes).
+
+    Attributes:
+      X: ``(N_padded, D)`` ``jax.Array`` sharded along rows over ``data_axis``.
+      sample_weight: ``(N_padded,)`` weights sharded the same way (zero on padding rows), or
+        ``None`` when there is no padding and no weights were given.
+      mesh: the ``jax.sharding.Mesh``.
+      data_axis: the mesh axis (or tuple of axes) the rows are sharded over.
+      num_valid: rows that are data when every padding row comes after them and no weights
+        were given (``None`` otherwise): unweighted draws by position then stay among them.
+    """
+
+    X: jax.Array
+    sample_weight: jax.Array | None
+    mesh: jax.sharding.Mesh
+    data_axis: str | tuple
+    num_valid: int | None
+
+
+def _axis_size(mesh, data_axis) -> int:
+    names = data_axis if isinstance(data_axis, tuple) else (data_axis,)
+    return math.prod(mesh.shape[name] for name in names)
+
+
+def resolve_data_axis(mesh, data_axis):
+    """The mesh axis the rows are sharded over: ``data_axis``, or the mesh's only axis."""
+    names = tuple(mesh.axis_names)
+    if data_axis is None:
+        if len(names) != 1:
+            raise ValueError(f"the mesh has axes {names}: pass data_axis= naming the one the rows are sharded over.")
+        return names[0]
+    for name in data_axis if isinstance(data_axis, tuple) else (data_axis,):
+        if name not in names:
+            raise ValueError(f"data_axis {name!r} is not an axis of the mesh (its axes: {names}).")
+    return data_axis
+
+
+def row_sharding(X) -> tuple[jax.sharding.Mesh, str | tuple] | None:
+    """``(mesh, data_axis)`` when ``X`` is a ``jax.Array`` whose rows are sharded by a
+    ``NamedSharding`` (over more than one device); else ``None``."""
+    sharding = getattr(X, "sharding", None)
+    if not isinstance(sharding, NamedSharding) or getattr(X, "ndim", 0) < 1:
+        return None
+    spec = tuple(sharding.spec) + (None,) * X.ndim
+    if spec[0] is None:
+        return None
+    if any(axis is not None for axis in spec[1 : X.ndim]):
+        raise ValueError(
+            f"X is sharded along its features too (spec {sharding.spec}); gmmjax shards rows only: "
+            "use PartitionSpec(data_axis) or PartitionSpec(data_axis, None)."
+        )
+    return sharding.mesh, spec[0]  # type: ignore[return-value]
+
+
+def _pad(rows: int, shards: int) -> int:
+    return -rows % shards
+
+
+def shard_rows(
+    X,
+    mesh: jax.sharding.Mesh,
+    data_axis: str | tuple | None = None,
+    sample_weight=None,
+    *,
+    process_local: bool = False,
+) -> ShardedRows:
+    """Places rows on ``mesh``, sharded along ``data_axis``, padded with weight-zero rows.
+
+    Args:
+      X: ``(N, D)`` data: the whole data (``process_local=False``), or, under
+        ``jax.distributed``, the rows this process holds (``process_local=True``; every process
+        calls this with its own rows, ragged counts allowed).
+      mesh: a ``jax.sharding.Mesh`` (Explicit axes from ``jax.make_mesh`` or Auto ones).
+      data_axis: the mesh axis (or tuple of axes) for rows; default the mesh's only axis.
+      sample_weight: optional ``(N,)`` weights of those rows.
+      process_local: build the global array from every process's rows
+        (``jax.make_array_from_process_local_data``): each process's rows are padded to the
+        largest count, so the global row order is process by process, each followed by its
+        padding.
+
+    Returns:
+      :class:`ShardedRows` (pass ``X`` and ``sample_weight`` to :func:`gmmjax.fit_em`).
+
+    Raises:
+      ValueError: ``X`` is not 2-D numbers, holds NaN or infinity, processes disagree on the
+        number of features or the dtype, or a weight is invalid.
+    """
+    data_axis = resolve_data_axis(mesh, data_axis)
+    X = v.check_data(np.asarray(X) if not isinstance(X, jax.Array) else X, "X")
+    dtype = X.dtype
+    if sample_weight is not None:
+        sample_weight = v.check_sample_weight(sample_weight, X.shape[0], dtype)
+    sharding = NamedSharding(mesh, PartitionSpec(data_axis))
+    if process_local and jax.process_count() > 1:
+        return _shard_process_rows(X, sample_weight, mesh, data_axis, sharding)
+    shards = _axis_size(mesh, data_axis)
+    pad = _pad(X.shape[0], shards)
+    num_valid = X.shape[0] if (pad and sample_weight is None) else None
+    if pad:
+        weight = jnp.ones(X.shape[0], dtype) if sample_weight is None else sample_weight
+        X = jnp.concatenate([X, jnp.zeros((pad, X.shape[1]), dtype)])
+        sample_weight = jnp.concatenate([weight, jnp.zeros(pad, dtype)])
+    X = jax.device_put(X, sharding)
+    if sample_weight is not None:
+        sample_weight = jax.device_put(sample_weight, sharding)
+    return ShardedRows(X, sample_weight, mesh, data_axis, num_valid)
+
+
+def _process_counts(rows: int, features: int, dtype) -> np.ndarray:
+    """``(P, 3)`` every process's (rows, features, dtype code): one small all-gather."""
+    from jax.experimental import multihost_utils
+
+    code = {np.dtype(np.float32): 32, np.dtype(np.float64): 64}.get(np.dtype(dtype), 0)
+    local = np.array([rows, features, code], np.int64)
+    return np.asarray(multihost_utils.process_allgather(local)).reshape(jax.process_count(), 3)
+
+
+def _shard_process_rows(X, sample_weight, mesh, data_axis, sharding) -> ShardedRows:
+    counts = _process_counts(X.shape[0], X.shape[1], X.dtype)
+    features, codes = counts[:, 1], counts[:, 2]
+    if len(set(features.tolist())) != 1:
+        detail = ", ".join(f"process {p}: {d}" for p, d in enumerate(features.tolist()))
+        raise ValueError(
+            f"the processes' rows have different numbers of features ({detail}): every process must "
+            "pass rows with the same columns."
+        )
+    if len(set(codes.tolist())) != 1:
+        detail = ", ".join(f"process {p}: float{c}" for p, c in enumerate(codes.tolist()))
+        raise ValueError(f"the processes' rows have different dtypes ({detail}): cast them to one dtype.")
+    local_devices = sum(1 for d in mesh.devices.flat if d.process_index == jax.process_index())
+    if local_devices == 0:
+        raise ValueError("this process holds no device of the mesh: build the mesh over every process's devices.")
+    # Every process pads to the same local count, a multiple of its devices' share.
+    target = int(counts[:, 0].max())
+    target += _pad(target, local_devices)
+    pad = target - X.shape[0]
+    weight = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
+    X_local = np.concatenate([np.asarray(X), np.zeros((pad, X.shape[1]), X.dtype)])
+    w_local = np.concatenate([np.asarray(weight), np.zeros(pad, X.dtype)])
+    uniform = bool((counts[:, 0] == target).all()) and sample_weight is None
+    global_rows = target * jax.process_count()
+    X_global = jax.make_array_from_process_local_data(sharding, X_local, (global_rows, X.shape[1]))
+    w_global = None if uniform else jax.make_array_from_process_local_data(sharding, w_local, (global_rows,))
+    return ShardedRows(X_global, w_global, mesh, data_axis, None)
+
+
+def check_sharded_weight(sample_weight, X) -> jax.Array:
+    """Weights of a sharded fit, checked with reductions on the devices (no host copy)."""
+    if not isinstance(sample_weight, jax.Array):
+        return v.check_sample_weight(sample_weight, X.shape[0], X.dtype)
+    if sample_weight.shape != (X.shape[0],):
+        raise ValueError(f"sample_weight must have shape ({X.shape[0]},), got {sample_weight.shape}.")
+    low, total = float(jnp.min(sample_weight)), float(jnp.sum(sample_weight))
+    if not (math.isfinite(low) and math.isfinite(total)) or low < 0:
+        raise ValueError("sample_weight must be finite and non-negative.")
+    if not total > 0:
+        raise ValueError("sample_weight must have a positive sum, but all weights are zero.")
+    return sample_weight.astype(X.dtype)
+
+
+class ShardedInputs(NamedTuple):
+    """A sharded fit's global inputs and layout."""
+
+    X: jax.Array
+    sample_weight: jax.Array | None
+    mesh: jax.sharding.Mesh
+    data_axis: str | tuple
+    rows: RowAxis
+    local_rows: int
+
+
+def sharded_inputs(X, sample_weight, mesh, data_axis) -> ShardedInputs:
+    """Resolves where a fit's rows live: a row-sharded ``X`` (its mesh and axis; ``mesh``, if
+    given, must be that mesh), or ``X`` placed on ``mesh`` by :func:`shard_rows`."""
+    placed = row_sharding(X)
+    if placed is not None:
+        X_mesh, X_axis = placed
+        if mesh is not None and mesh != X_mesh:
+            raise ValueError("X is already sharded over another mesh than mesh=: pass one of them.")
+        if data_axis is not None and data_axis != X_axis:
+            raise ValueError(f"X's rows are sharded over {X_axis!r}, not data_axis={data_axis!r}.")
+        mesh, data_axis = X_mesh, X_axis
+        X = v.check_data(X, "X")
+        shards = _axis_size(mesh, data_axis)
+        if X.shape[0] % shards:
+            # An unevenly sharded array: pad (weight zero) and place again.
+            rows = shard_rows(
+                X, mesh, data_axis, None if sample_weight is None else check_sharded_weight(sample_weight, X)
+            )
+            X, sample_weight, num_valid = rows.X, rows.sample_weight, rows.num_valid
+        else:
+            num_valid = None
+            if sample_weight is not None:
+                weight = check_sharded_weight(sample_weight, X)
+                sample_weight = jax.device_put(weight, NamedSharding(mesh, PartitionSpec(data_axis)))
+    else:
+        if mesh is None:
+            raise ValueError("pass a mesh= (or a row-sharded X) for a sharded fit.")
+        rows = shard_rows(X, mesh, data_axis, sample_weight)
+        X, sample_weight, mesh, data_axis, num_valid = rows
+    shards = _axis_size(mesh, data_axis)
+    return ShardedInputs(X, sample_weight, mesh, data_axis, RowAxis(data_axis, num_valid), X.shape[0] // shards)
+
+
+def local_chunk_size(chunk_size, inputs: ShardedInputs, num_components: int, batch: int) -> int:
+    """Rows per chunk of each device's pass (the options' ``chunk_size``, or automatic, for
+    the rows one device holds)."""
+    return resolve_chunk_size(
+        chunk_size, inputs.local_rows, num_components, inputs.X.shape[1], inputs.X.dtype, batch=batch
+    )
+
+
+def data_parallel(body, mesh, data_axis, num_sharded: int):
+    """``body(*replicated, *sharded)`` inside ``jax.shard_map``: the last ``num_sharded``
+    positional arguments are row arrays (``None`` allowed) sharded over ``data_axis``, the
+    others replicated; the result is replicated (every device computes the same)."""
+
+    def call(*args):
+        replicated, sharded = args[: len(args) - num_sharded], args[len(args) - num_sharded :]
+        present = tuple(a is not None for a in sharded)
+
+        def inner(*flat):
+            rest = iter(flat[len(replicated) :])
+            rows = [next(rest) if here else None for here in present]
+            return body(*flat[: len(replicated)], *rows)
+
+        specs = (PartitionSpec(),) * len(replicated) + (PartitionSpec(data_axis),) * sum(present)
+        mapped = jax.shard_map(inner, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(), check_vma=False)
+        return mapped(*replicated, *(a for a in sharded if a is not None))
+
+    return call
+
+
+@functools.cache
+def data_parallel_program(body, static: tuple, mesh, data_axis, rows: RowAxis, num_extra: int):
+    """The jitted data-parallel program of a front door's body (cached: one per configuration).
+
+    ``body(key, X, sample_weight, options, *extra, rows=rows, **dict(static))`` is a module-level
+    function (a fit body such as :func:`gmmjax._em.fit_em_restarts`); the program takes
+    ``(key, options, *extra, X, sample_weight)`` with ``X`` and ``sample_weight`` global arrays
+    sharded over ``data_axis`` and returns the (replicated) result.
+    """
+    keywords = dict(static)
+
+    def inner(key, options, *rest):
+        extra, (X_local, w_local) = rest[:num_extra], rest[num_extra:]
+        return body(key, X_local, w_local, options, *extra, rows=rows, **keywords)
+
+    return jax.jit(lambda *args: data_parallel(inner, mesh, data_axis, 2)(*args))
+
+
+def run_data_parallel(body, key, inputs: ShardedInputs, options, *extra, **static):
+    """Runs :func:`data_parallel_program` of ``body`` on checked ``inputs`` (``options`` with the
+    chunk size resolved for the rows of one device and its leaves as arrays)."""
+    program = data_parallel_program(
+        body, tuple(sorted(static.items())), inputs.mesh, inputs.data_axis, inputs.rows, len(extra)
+    )
+    return program(key, options, *extra, inputs.X, inputs.sample_weight)
+
+
+def prepare(key, X, num_components, options, sample_weight, mesh, data_axis, *, max_components=None, fits_per_pass=1):
+    """A sharded fit's boundary: rows placed and checked, options checked, chunk size resolved
+    for the rows one device holds. Returns ``(key, inputs, options)``."""
+    from gmmjax._driver import check_fit_inputs, traced_leaves
+
+    inputs = sharded_inputs(X, sample_weight, mesh, data_axis)
+    checked = check_fit_inputs(
+        key, inputs.X, num_components, options, max_components=max_components, fits_per_pass=fits_per_pass
+    )
+    largest = num_components if max_components is None else max_components
+    chunk = local_chunk_size(
+        options.chunk_size, inputs, largest, fits_per_pass * (checked.options.restart_batch_size or 1)
+    )
+    return checked.key, inputs, traced_leaves(checked.options.replace(chunk_size=chunk), inputs.X.dtype)
+
+
+def fit_em_sharded(key, X, num_components: int, options, sample_weight, mesh, data_axis, differentiation: str):
+    """:func:`gmmjax.fit_em` on sharded rows (see the module docstring)."""
+    from gmmjax._em import fit_em_restarts
+
+    key, inputs, options = prepare(key, X, num_components, options, sample_weight, mesh, data_axis)
+    return run_data_parallel(
+        fit_em_restarts, key, inputs, options, num_components=int(num_components), differentiation=differentiation
+    )
