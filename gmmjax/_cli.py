@@ -782,8 +782,31 @@ def _run_fit_stream(args) -> int:
         raise CLIError(f"{args.data}: streamed fits read a .npy file or a folder of .npy shards")
     if args.resume and not args.checkpoint:
         raise CLIError("--resume continues the fit saved in --checkpoint FILE: give --checkpoint")
+    model, caught, elapsed = _fitted_model(
+        args,
+        lambda model: model._fit_stream(
+            args.data,
+            None,
+            batch_size=args.batch_size,
+            checkpoint=args.checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            checkpoint_seconds=args.checkpoint_seconds,
+            resume=args.resume,
+        ),
+    )
+    header = (
+        f"gmmjax fit {args.data}: streamed, {model.n_features_in_} features, K={args.num_components}, "
+        f"covariance {args.covariance_type}, {args.n_init} restart{'s' * (args.n_init > 1)}, seed {args.seed}"
+    )
+    return _report_fit(args, model, header, caught, elapsed)
+
+
+def _fitted_model(args, fit, *, verbose: bool = True):
+    """The estimator ``gmmjax fit``'s arguments describe, after ``fit(model)``; returns
+    ``(model, warnings caught, seconds)``."""
     from gmmjax import GaussianMixtureModel
 
+    progress = {"verbose": args.verbose, "verbose_interval": args.verbose_interval} if verbose else {}
     model = GaussianMixtureModel(
         num_components=args.num_components,
         num_iters=args.max_iter,
@@ -793,25 +816,13 @@ def _run_fit_stream(args) -> int:
         n_init=args.n_init,
         init_params=args.init_params,
         seed=args.seed,
-        verbose=args.verbose,
+        **progress,
     )
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model._fit_stream(
-            args.data,
-            None,
-            batch_size=args.batch_size,
-            checkpoint=args.checkpoint,
-            checkpoint_every=args.checkpoint_every,
-            checkpoint_seconds=args.checkpoint_seconds,
-            resume=args.resume,
-        )
-    header = (
-        f"gmmjax fit {args.data}: streamed, {model.n_features_in_} features, K={args.num_components}, "
-        f"covariance {args.covariance_type}, {args.n_init} restart{'s' * (args.n_init > 1)}, seed {args.seed}"
-    )
-    return _report_fit(args, model, header, caught, time.perf_counter() - start)
+        fit(model)
+    return model, caught, time.perf_counter() - start
 
 
 DISTRIBUTED_ENV = ("GMMJAX_COORDINATOR", "GMMJAX_NUM_PROCESSES", "GMMJAX_PROCESS_ID")
@@ -856,34 +867,23 @@ def _run_fit_distributed(args) -> int:
         X = X[bounds[process] : bounds[process + 1]]
     import jax
 
-    from gmmjax import GaussianMixtureModel, shard_rows
+    from gmmjax import shard_rows
 
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
     try:
         rows = shard_rows(X, mesh, process_local=True)
     except ValueError as exc:
         raise CLIError(f"{path}: {_one_line(exc)}") from None
-    model = GaussianMixtureModel(
-        num_components=args.num_components,
-        num_iters=args.max_iter,
-        covariance_type=args.covariance_type,
-        tol=args.tol,
-        reg_covar=args.reg_covar,
-        n_init=args.n_init,
-        init_params=args.init_params,
-        seed=args.seed,
+    model, caught, elapsed = _fitted_model(
+        args, lambda model: model.fit(rows.X, sample_weight=rows.sample_weight), verbose=False
     )
-    start = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model.fit(rows.X, sample_weight=rows.sample_weight)
     if process != 0:
         return 0
     header = (
         f"gmmjax fit --distributed {args.data}: {num_processes} processes, {jax.device_count()} devices, "
         f"K={args.num_components}, covariance {args.covariance_type}, seed {args.seed}"
     )
-    return _report_fit(args, model, header, caught, time.perf_counter() - start)
+    return _report_fit(args, model, header, caught, elapsed)
 
 
 def _report_fit(args, model, header: str, caught, elapsed: float) -> int:
@@ -963,25 +963,7 @@ def _run_fit(args) -> int:
             f"--plot draws two or more features, but {args.data} has one: leave out --plot (for "
             "1-D data plot a histogram and the model's density, e.g. from gmmjax score --per-sample)"
         )
-    from gmmjax import GaussianMixtureModel
-
-    model = GaussianMixtureModel(
-        num_components=args.num_components,
-        num_iters=args.max_iter,
-        covariance_type=args.covariance_type,
-        tol=args.tol,
-        reg_covar=args.reg_covar,
-        n_init=args.n_init,
-        init_params=args.init_params,
-        seed=args.seed,
-        verbose=args.verbose,
-        verbose_interval=args.verbose_interval,
-    )
-    start = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model.fit(X)
-    elapsed = time.perf_counter() - start
+    model, caught, elapsed = _fitted_model(args, lambda model: model.fit(X))
     for warning in caught:  # one line each, after the progress output
         _print_warning("fit", warning.message)
 
