@@ -886,15 +886,20 @@ def _run_fit_distributed(args) -> int:
     return _report_fit(args, model, header, caught, elapsed)
 
 
-def _report_fit(args, model, header: str, caught, elapsed: float) -> int:
-    """What a streamed or distributed ``gmmjax fit`` prints (and saves with ``-o``)."""
-    for warning in caught:
+def _report_fit(args, model, header: str, caught, elapsed: float, quality=None, feature_names=None) -> int:
+    """What ``gmmjax fit`` prints (and saves with ``-o``): ``quality`` lines, by default the
+    lower bound (streamed and distributed fits, whose data is not at hand to score)."""
+    for warning in caught:  # one line each, after the progress output
         _print_warning("fit", warning.message)
     print(header)
+    _print_feature_names(feature_names)
     print(f"{'component':>9}  {'weight':>7}  mean")
     for k, (weight, mean) in enumerate(zip(model.weights_, model.means_)):
         print(f"{k:>9}  {weight:7.4f}  {_format_vector(mean)}")
-    print(f"lower bound (mean log-likelihood before the last M-step)  {model.lower_bound_:.6f}")
+    if quality is None:
+        quality = [f"lower bound (mean log-likelihood before the last M-step)  {model.lower_bound_:.6f}"]
+    for line in quality:
+        print(line)
     print(f"iterations {model.n_iter_}   converged {model.converged_}")
     print(f"time (including compilation) {elapsed:.2f} s")
     if args.output is not None:
@@ -964,24 +969,12 @@ def _run_fit(args) -> int:
             "1-D data plot a histogram and the model's density, e.g. from gmmjax score --per-sample)"
         )
     model, caught, elapsed = _fitted_model(args, lambda model: model.fit(X))
-    for warning in caught:  # one line each, after the progress output
-        _print_warning("fit", warning.message)
-
-    print(
+    header = (
         f"gmmjax fit {args.data}: {X.shape[0]} samples × {X.shape[1]} features, K={args.num_components}, "
         f"covariance {args.covariance_type}, {args.n_init} restart{'s' * (args.n_init > 1)}, seed {args.seed}"
     )
-    _print_feature_names(data.feature_names)
-    print(f"{'component':>9}  {'weight':>7}  mean")
-    for k, (weight, mean) in enumerate(zip(model.weights_, model.means_)):
-        print(f"{k:>9}  {weight:7.4f}  {_format_vector(mean)}")
-    print(f"mean log-likelihood  {model.score(X):.6f}")
-    print(f"BIC  {model.bic(X):.4f}   AIC  {model.aic(X):.4f}")
-    print(f"iterations {model.n_iter_}   converged {model.converged_}")
-    print(f"time (including compilation) {elapsed:.2f} s")
-    if args.output is not None:
-        model.save(args.output)
-        print(f"model saved to {args.output if _extension(args.output) else args.output + '.npz'}")
+    quality = [f"mean log-likelihood  {model.score(X):.6f}", f"BIC  {model.bic(X):.4f}   AIC  {model.aic(X):.4f}"]
+    _report_fit(args, model, header, caught, elapsed, quality, data.feature_names)
     if plot is not None:
         ax = plot.plot_mixture(model, X)
         if data.feature_names is not None and X.shape[1] == 2:  # more features: principal axes, named by plot
