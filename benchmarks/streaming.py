@@ -78,6 +78,25 @@ def _own_peak_rss_mb() -> float:
     return float("nan")
 
 
+def _record_pass_ends():
+    """Wraps the streamed fit's end of pass so that it blocks and appends the time it ended to
+    the returned list (per-iteration times without changing the fit); returns ``(list, restore)``."""
+    import jax
+
+    from gmmjax import _streaming
+
+    ends: list[float] = []
+    finish = _streaming._finish_pass
+
+    def timed_finish(*args, **kwargs):
+        states = jax.block_until_ready(finish(*args, **kwargs))
+        ends.append(time.perf_counter())
+        return states
+
+    _streaming._finish_pass = timed_finish
+    return ends, lambda: setattr(_streaming, "_finish_pass", finish)
+
+
 def _child(spec: dict) -> dict:
     """Runs in the subprocess: one measurement, returns figures (peak RSS included)."""
     import resource
@@ -89,15 +108,7 @@ def _child(spec: dict) -> dict:
 
     K, max_iter = spec["K"], spec["max_iter"]
     if spec["mode"] == "stream":
-        ends: list[float] = []
-        finish = _streaming._finish_pass
-
-        def timed_finish(*args, **kwargs):
-            states = jax.block_until_ready(finish(*args, **kwargs))
-            ends.append(time.perf_counter())
-            return states
-
-        _streaming._finish_pass = timed_finish
+        ends, _ = _record_pass_ends()
         start = time.perf_counter()
         result = _streaming.fit_em_streaming(
             jax.random.key(0), spec["path"], K, covariance_type="full", tol=0.0, max_iter=max_iter
@@ -159,15 +170,7 @@ def interleaved(data_dir: str, N: int = 4_000_000, D: int = 8, K: int = 16, repe
         X_device = jax.device_put(X)
         fit = lambda iters: jax.block_until_ready(gj.fit_em(jax.random.key(0), X_device, K, max_iter=iters, **init))  # noqa: E731
         fit(1), fit(3)  # compile
-        ends: list[float] = []
-        finish = _streaming._finish_pass
-
-        def timed_finish(*args, **kwargs):
-            states = jax.block_until_ready(finish(*args, **kwargs))
-            ends.append(time.perf_counter())
-            return states
-
-        _streaming._finish_pass = timed_finish
+        ends, restore = _record_pass_ends()
         rows = []
         for _ in range(repeats):
             times = []
@@ -180,7 +183,7 @@ def interleaved(data_dir: str, N: int = 4_000_000, D: int = 8, K: int = 16, repe
             memory, stream = (times[1] - times[0]) / 2, float(np.median(np.diff(ends)))
             rows.append({"memory_s": memory, "stream_s": stream, "ratio": memory / stream})
             print(f"in memory {memory:.3f} s/it, streamed {stream:.3f} s/it, ratio {memory / stream:.2f}", flush=True)
-        _streaming._finish_pass = finish
+        restore()
         return rows
     finally:
         os.remove(path)
