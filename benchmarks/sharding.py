@@ -63,15 +63,9 @@ def device_run(args) -> None:
     if jax.device_count() > 1:
         mesh = jax.make_mesh((jax.device_count(),), ("data",))
         skey, sinputs, leaves = _sharding.prepare(key, X, K, options, None, mesh, None)
-        program = _sharding.data_parallel_program(
-            fit_em_restarts,
-            (("differentiation", "implicit"), ("num_components", K)),
-            mesh,
-            sinputs.data_axis,
-            sinputs.rows,
-            0,
+        program, sargs = _sharding.program_and_arguments(
+            fit_em_restarts, skey, sinputs, leaves, differentiation="implicit", num_components=K
         )
-        sargs = (skey, leaves, sinputs.X, sinputs.sample_weight)
         start = time.perf_counter()
         compiled = program.lower(*sargs).compile()
         record["compile_sharded_s"] = time.perf_counter() - start

@@ -288,13 +288,20 @@ def data_parallel_program(body, static: tuple, mesh, data_axis, rows: RowAxis, n
     return jax.jit(lambda *args: data_parallel(inner, mesh, data_axis, 2)(*args))
 
 
-def run_data_parallel(body, key, inputs: ShardedInputs, options, *extra, **static):
-    """Runs :func:`data_parallel_program` of ``body`` on checked ``inputs`` (``options`` with the
-    chunk size resolved for the rows of one device and its leaves as arrays)."""
+def program_and_arguments(body, key, inputs: ShardedInputs, options, *extra, **static):
+    """:func:`data_parallel_program` of ``body`` and the arguments to call it with, on checked
+    ``inputs`` (``options`` with the chunk size resolved for the rows of one device and its
+    leaves as arrays); apart so that benchmarks and tests can lower and inspect the program."""
     program = data_parallel_program(
         body, tuple(sorted(static.items())), inputs.mesh, inputs.data_axis, inputs.rows, len(extra)
     )
-    return program(key, options, *extra, inputs.X, inputs.sample_weight)
+    return program, (key, options, *extra, inputs.X, inputs.sample_weight)
+
+
+def run_data_parallel(body, key, inputs: ShardedInputs, options, *extra, **static):
+    """Runs :func:`program_and_arguments`' program on its arguments."""
+    program, arguments = program_and_arguments(body, key, inputs, options, *extra, **static)
+    return program(*arguments)
 
 
 def prepare(key, X, num_components, options, sample_weight, mesh, data_axis, *, max_components=None, fits_per_pass=1):

@@ -134,15 +134,9 @@ def check_compiled_program(X, mesh, covariance_type):
     data anywhere; and the compiled program's result equals the one-device fit."""
     options = fit_options(None, covariance_type=covariance_type, n_init=2, tol=TOL)
     key, inputs, leaves = _sharding.prepare(jax.random.key(1), X, K, options, None, mesh, None)
-    program = _sharding.data_parallel_program(
-        fit_em_restarts,
-        (("differentiation", "implicit"), ("num_components", K)),
-        mesh,
-        inputs.data_axis,
-        inputs.rows,
-        0,
+    program, args = _sharding.program_and_arguments(
+        fit_em_restarts, key, inputs, leaves, differentiation="implicit", num_components=K
     )
-    args = (key, leaves, inputs.X, inputs.sample_weight)
     compiled = program.lower(*args).compile()
     hlo = compiled.as_text()
     if os.environ.get("GMMJAX_DUMP_HLO"):
