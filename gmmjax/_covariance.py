@@ -122,8 +122,39 @@ class CovarianceKind:
         raise NotImplementedError
 
     def diagonal_precisions(self, prec_chol, num_features: int):
-        """``(K, D)`` precisions ``1/σ²_kd`` (variance types only: the expanded E-step)."""
+        """``(K, D)`` precisions ``1/σ²_kd`` (variance types only)."""
         raise NotImplementedError(f"{self.name!r} covariances are not diagonal")
+
+    # -- the expanded E-step (gmmjax._stats._expanded_e_step)
+    def second_order_features(self, centred):
+        """``(c, F)`` second-order features ``φ(x̃)`` of centred rows ``(c, D)``: ``x̃²`` for
+        the variance types (``F = D``), the upper triangle ``x̃_i x̃_j`` (``i ≤ j``, row-major)
+        for the matrix types (``F = D(D+1)/2``)."""
+        raise NotImplementedError
+
+    def expanded_terms(self, prec_chol, covariances, offsets):
+        """Coefficients of the squared norm expanded about a shift ``g``.
+
+        With ``x̃ = x − g`` and ``m_k = μ_k − g`` (``offsets``, ``(K, D)``),
+        ``‖(x − μ_k) P_k‖² = a_k · φ(x̃) − 2 b_k · x̃ + c_k``. Returns ``(a, b, c, severity)``:
+        ``a`` ``(K, F)`` (``(1, F)`` when shared), ``b = Λ_k m_k`` ``(K, D)``,
+        ``c = m_kᵀ Λ_k m_k`` ``(K,)`` and ``severity`` ``(K,)``, a bound on the cancellation of
+        the expanded form for points of component ``k``, in units of the squared norm's
+        value: its rounding error is about ``eps · severity``.
+        """
+        raise NotImplementedError
+
+    def moments_from_features(self, packed):
+        """Second moments in the statistics' shape from their ``(K, F)`` feature form."""
+        raise NotImplementedError
+
+    def outer(self, a, b):
+        """``a_k b_kᵀ`` for ``(K, D)`` rows in the statistics' shape (its diagonal for variances)."""
+        raise NotImplementedError
+
+    def components(self, prec_chol, index):
+        """The factors of the components ``index`` (``(S,)`` ints); a shared factor as is."""
+        return prec_chol[index]
 
     # -- statistics and the M-step
     def scatter(self, residuals, weighted_resp):
@@ -298,6 +329,35 @@ class _MatrixKind(CovarianceKind):
     def variances(self, covariances):
         return jnp.diagonal(covariances, axis1=-2, axis2=-1)
 
+    def second_order_features(self, centred):
+        rows, cols = np.triu_indices(centred.shape[-1])
+        return centred[:, rows] * centred[:, cols]
+
+    def expanded_terms(self, prec_chol, covariances, offsets):
+        num_features = offsets.shape[-1]
+        factors = self._per_component_factors(prec_chol)  # (K or 1, D, D)
+        precisions = factors @ jnp.swapaxes(factors, -1, -2)
+        rows, cols = np.triu_indices(num_features)
+        quadratic = precisions[:, rows, cols] * jnp.where(rows == cols, 1.0, 2.0).astype(precisions.dtype)[None, :]
+        linear = jnp.matmul(precisions, offsets[:, :, None])[:, :, 0]  # Λ_k m_k (Λ shared: broadcast)
+        constant = jnp.sum(offsets * linear, axis=-1)
+        # Σ_ij |Λ_ij| (|m_i| + σ_i)(|m_j| + σ_j): the terms that cancel for points within a
+        # standard deviation of the mean. Unlike a diagonal precision, |Λ| can be far larger
+        # than Λ (correlated features): then the whitened residual form is the accurate one.
+        spread = jnp.abs(offsets) + jnp.sqrt(jnp.maximum(self.variances(covariances), 0.0)).reshape(
+            -1, offsets.shape[-1]
+        )
+        severity = jnp.sum(spread * jnp.matmul(jnp.abs(precisions), spread[:, :, None])[:, :, 0], axis=-1)
+        return quadratic, linear, constant, severity
+
+    def moments_from_features(self, packed):
+        num_features = int(round((np.sqrt(8 * packed.shape[-1] + 1) - 1) / 2))
+        upper = self.unpack_raw(packed, num_features)
+        return upper + jnp.swapaxes(jnp.triu(upper, 1), -1, -2)
+
+    def outer(self, a, b):
+        return a[..., :, None] * b[..., None, :]
+
     def add_to_diagonal(self, covariances, value):
         return covariances + value * _eye_like(covariances)
 
@@ -386,6 +446,23 @@ class _DiagonalKind(CovarianceKind):
 
     def scatter(self, residuals, weighted_resp):
         return jnp.einsum("kn,knd->kd", weighted_resp, residuals * residuals)
+
+    def second_order_features(self, centred):
+        return centred * centred
+
+    def expanded_terms(self, prec_chol, covariances, offsets):
+        precisions = self.diagonal_precisions(prec_chol, offsets.shape[-1])
+        linear = offsets * precisions
+        constant = jnp.sum(offsets * linear, axis=-1)
+        # A diagonal precision has no terms of mixed sign: the cancellation is that of the
+        # offset itself, m_kᵀ Λ_k m_k (a point's own spread adds at most D + 2·sqrt(D·c)).
+        return precisions, linear, constant, constant
+
+    def moments_from_features(self, packed):
+        return packed
+
+    def outer(self, a, b):
+        return a * b
 
     def _feature_variances(self, second_moments, counts, mean_offsets):
         return second_moments / counts[:, None] - mean_offsets**2
@@ -477,6 +554,9 @@ class Tied(_MatrixKind):
 
     def _per_component_factors(self, prec_chol):
         return jnp.broadcast_to(prec_chol, (1,) + prec_chol.shape)
+
+    def components(self, prec_chol, index):
+        return prec_chol
 
     def covariances_from_moments(self, second_moments, counts, mean_offsets):
         within = second_moments - counts[:, None, None] * mean_offsets[:, :, None] * mean_offsets[:, None, :]

@@ -6,11 +6,10 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import logsumexp
 
 from gmmjax._chunks import resolve_chunk_size, sum_over_chunks
 from gmmjax._collectives import LOCAL, RowAxis, symmetric
-from gmmjax._covariance import covariance_kind, regularize_covariances, weighted_sums
+from gmmjax._covariance import SMALL_FEATURES, covariance_kind, regularize_covariances, weighted_sums
 from gmmjax._density import ComponentTerms, component_terms, log_joint_from_residuals, residuals_about
 from gmmjax._params import GMMParams
 
@@ -60,10 +59,19 @@ def _moments(residuals: jax.Array, weighted_resp: jax.Array, covariance_type: st
 
 def _weighted_posteriors(log_joint: jax.Array, weight: jax.Array, component_axis: int):
     """Responsibilities times sample weights, and ``Σ_n s_n log p(x_n)``, from joint
-    log-densities with components along ``component_axis`` (0: ``(K, c)``, 1: ``(c, K)``)."""
-    log_norm = logsumexp(log_joint, axis=component_axis, keepdims=True)
+    log-densities with components along ``component_axis`` (0: ``(K, c)``, 1: ``(c, K)``).
+
+    One exponential per (sample, component): ``e = exp(log_joint − max)`` gives both the
+    normaliser ``max + log Σ e`` and the responsibilities ``e / Σ e`` (the exponentials are
+    the E-step's main elementwise cost once K is large).
+    """
+    peak = jax.lax.stop_gradient(jnp.max(log_joint, axis=component_axis, keepdims=True))
+    peak = jnp.where(jnp.isfinite(peak), peak, 0.0)  # as logsumexp: a row of -inf stays -inf
+    scaled = jnp.exp(log_joint - peak)
+    total = jnp.sum(scaled, axis=component_axis, keepdims=True)
     row_weight = jnp.expand_dims(weight, component_axis)
-    weighted_resp = jnp.exp(log_joint - log_norm) * row_weight
+    weighted_resp = scaled * (row_weight / total)
+    log_norm = peak + jnp.log(total)
     # Rows of weight zero (masked rows of the last chunk) must not turn a -inf into NaN.
     log_likelihood = jnp.sum(jnp.where(row_weight > 0, row_weight * log_norm, 0.0))
     return weighted_resp, log_likelihood
@@ -77,10 +85,12 @@ def _chunk_e_step(terms: ComponentTerms, X_chunk: jax.Array, weight: jax.Array):
     return _moments(residuals, weighted_resp, terms.covariance_type), log_likelihood
 
 
-# The expanded (matrix-product) E-step for diag/spherical covariances is used while every
-# component mean lies within sqrt(_EXPANDED_LIMIT / eps) of its own standard deviations from
-# the pass's shift (≈ 90σ in float32), where its cancellation costs < _EXPANDED_LIMIT in the
-# whitened squared norms; otherwise the exact residual form runs.
+# The expanded (matrix-product) E-step is used while, for every component, the terms that
+# cancel in its expanded squared norm about the pass's shift stay below _EXPANDED_LIMIT / eps
+# times the norm's unit (see CovarianceKind.expanded_terms: for a diagonal precision, the
+# mean within ≈ 90 of its own standard deviations of the shift in float32), so that the
+# cancellation costs < _EXPANDED_LIMIT in the whitened squared norms; otherwise the exact
+# residual form runs.
 _EXPANDED_LIMIT = 1e-3
 
 # The components with the largest such error (up to this many) are computed exactly, from
@@ -111,51 +121,65 @@ def _uniform_branch_vmap(axis_size, in_batched, index):
     return uniform_branch(jnp.max(index) if batched else index), False
 
 
-def _diagonal_precisions(terms: ComponentTerms, num_features: int) -> jax.Array:
-    """``(K, D)`` precisions ``1/σ²_kd`` of diag or spherical components."""
-    return covariance_kind(terms.covariance_type).diagonal_precisions(terms.prec_chol, num_features)
+def _expanded_e_step(terms: ComponentTerms, center: jax.Array, expansion, exact: jax.Array, X, sample_weight, chunk):
+    """E-step as three plain matrix products per chunk, about a shift ``g`` fixed for the pass.
 
-
-def _expanded_e_step(terms: ComponentTerms, center: jax.Array, exact: jax.Array, X, sample_weight, chunk: int):
-    """E-step for diag/spherical covariances as four matrix products per chunk.
-
-    With ``x̃ = x − g`` and ``m_k = μ_k − g`` for a shift ``g`` fixed for the pass,
-    ``Σ_d p_kd (x̃_d − m_kd)² = x̃² pᵀ − 2 x̃ (m p)ᵀ + Σ_d p_kd m_kd²`` and the statistics about
-    ``g`` are ``rᵀ x̃`` and ``rᵀ x̃²``; they are moved to the means once per pass. Exact in
-    exact arithmetic; in floating point component ``k`` loses ``eps · Σ_d p_kd m_kd²`` (see
-    ``_EXPANDED_LIMIT``). The components ``exact`` (``(S,)`` indices) are computed from
-    explicit residuals instead: their squared norms and statistics are exact.
+    With ``x̃ = x − g``, the squared norms ``‖(x − μ_k) P_k‖² = a_k · φ(x̃) − 2 b_k · x̃ + c_k``
+    (``expansion = (a, b, c, severity)``, see :meth:`CovarianceKind.expanded_terms`; ``φ`` the
+    ``F`` second-order features: ``x̃²`` for diag/spherical, the upper triangle of ``x̃ x̃ᵀ``
+    for full/tied) are two products of ``(K, ·)`` coefficients with the chunk's features,
+    and the statistics about ``g`` (``Σ r φ(x̃)``, ``Σ r x̃``) one product of the ``(K, c)``
+    responsibilities with ``[φ(x̃), x̃]`` ``(c, F + D)``; they are moved to the means once per
+    pass. For full covariances this is ``2·N·K·(F + D)`` flops per product (``F ≈ D²/2``)
+    in products whose inner dimension is ``F``, against ``2·N·K·D²`` in products of inner
+    dimension ``D`` for whitening and scatter. Exact in exact arithmetic; in floating point
+    component ``k`` loses ``eps · severity_k`` (see ``_EXPANDED_LIMIT``). The components
+    ``exact`` (``(S,)`` indices) are computed from explicit residuals instead: their squared
+    norms and statistics are exact. Components run along the first axis: the reductions over
+    them (max, sum) are then across rows of the ``(K, c)`` block, which vectorise over the
+    samples (measured several times faster on the CPU than along the minor axis of ``(c, K)``).
     """
-    precisions = _diagonal_precisions(terms, X.shape[1])
+    kind = covariance_kind(terms.covariance_type)
+    quadratic, linear, constant, _ = expansion
     offsets = terms.means - center[None, :]
-    constant = jnp.sum(offsets * offsets * precisions, axis=1)
-    linear = offsets * precisions
-    exact_means, exact_precisions = terms.means[exact], precisions[exact]
+    exact_means, exact_factors = terms.means[exact], kind.components(terms.prec_chol, exact)
 
     def chunk_stats(X_chunk, w_chunk, _):
         centred = X_chunk - center[None, :]
-        squares = centred * centred
-        sq_norms = squares @ precisions.T - 2.0 * (centred @ linear.T) + constant[None, :]  # (c, K)
+        features = kind.second_order_features(centred)  # (c, F)
+        # Two products, summed as in ``(x̃ − m)ᵀ Λ (x̃ − m)``: one product of the concatenated
+        # features with all coefficients measured ≈2-4× larger rounding errors.
+        sq_norms = quadratic @ features.T - 2.0 * (linear @ centred.T) + constant[:, None]  # (K, c)
+        log_joint = terms.log_scale[:, None] - 0.5 * jnp.maximum(sq_norms, 0.0)
         residuals = residuals_about(X_chunk, exact_means)  # (S, c, D)
-        exact_sq = jnp.sum(residuals * residuals * exact_precisions[:, None, :], axis=-1)
-        sq_norms = sq_norms.at[:, exact].set(exact_sq.T)
-        log_joint = terms.log_scale[None, :] - 0.5 * jnp.maximum(sq_norms, 0.0)
-        weighted_resp, log_likelihood = _weighted_posteriors(log_joint, w_chunk, component_axis=1)
-        exact_moments = _moments(residuals, weighted_resp[:, exact].T, terms.covariance_type)
+        exact_sq = kind.whitened_squared_norms(residuals, exact_factors)
+        log_joint = log_joint.at[exact].set(terms.log_scale[exact][:, None] - 0.5 * exact_sq)
+        weighted_resp, log_likelihood = _weighted_posteriors(log_joint, w_chunk, component_axis=0)
+        exact_moments = _moments(residuals, weighted_resp[exact], terms.covariance_type)
         return (
-            jnp.sum(weighted_resp, axis=0),
-            weighted_resp.T @ centred,
-            weighted_resp.T @ squares,
+            jnp.sum(weighted_resp, axis=1),
+            weighted_resp @ jnp.concatenate([features, centred], axis=1),
             log_likelihood,
             exact_moments.first_moments,
             exact_moments.second_moments,
         )
 
-    counts, first_about_center, second_about_center, log_likelihood, exact_first, exact_second = sum_over_chunks(
+    counts, moments_about_center, log_likelihood, exact_first, exact_second = sum_over_chunks(
         chunk_stats, X, sample_weight, chunk
     )
+    num_second_order = moments_about_center.shape[1] - X.shape[1]
+    second_features, first_about_center = (
+        moments_about_center[:, :num_second_order],
+        moments_about_center[:, num_second_order:],
+    )
+    second_about_center = kind.moments_from_features(second_features)
     first = first_about_center - counts[:, None] * offsets
-    second = second_about_center - 2.0 * offsets * first_about_center + counts[:, None] * offsets * offsets
+    second = (
+        second_about_center
+        - kind.outer(offsets, first_about_center)
+        - kind.outer(first_about_center, offsets)
+        + counts.reshape(counts.shape + (1,) * (second_about_center.ndim - 1)) * kind.outer(offsets, offsets)
+    )
     stats = SufficientStats(
         counts=counts,
         first_moments=first.at[exact].set(exact_first),
@@ -172,15 +196,16 @@ def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = No
     memory used is ``O(chunk_size · K · D + K · D²)`` beyond the data itself; the result
     does not depend on the chunk size (up to floating-point summation order).
 
-    Full and tied covariances whiten explicit residuals ``x − μ_k`` with one batched
-    matrix product per chunk and accumulate the scatter with another. Diagonal and
-    spherical ones (with more than four components) use four plain matrix products per
-    chunk about the weighted mean of the means, computing the four components farthest from
-    it (in their own standard deviations) exactly from residuals, while that is accurate
-    for all others (each within ≈90 of its own standard deviations in float32); otherwise
-    the exact residual form runs for all (chosen per pass with ``lax.switch``; under ``vmap``
-    one form runs for the whole batch: the most exact one any lane needs, see
-    ``uniform_branch``).
+    Every covariance type uses three plain matrix products per chunk about the weighted
+    mean of the means (see ``_expanded_e_step``), computing the four components whose
+    expanded form would cancel the most digits exactly from residuals, while that form is
+    accurate for all others (for diagonal precisions: each mean within ≈90 of its own
+    standard deviations of the shift in float32); otherwise the exact residual form runs for
+    all: whitened explicit residuals ``x − μ_k`` (one batched matrix product per chunk) and
+    their scatter (another). The form is chosen per pass with ``lax.switch``; under ``vmap``
+    one form runs for the whole batch: the most exact one any lane needs (see
+    ``uniform_branch``). Full and tied covariances with at most ``SMALL_FEATURES`` features
+    always use the residual form.
 
     Args:
       params: current parameters.
@@ -202,30 +227,40 @@ def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = No
         )
 
     num_components, num_features = params.num_components, params.num_features
-    if covariance_kind(params.covariance_type).matrix:
+    kind = covariance_kind(params.covariance_type)
+    if kind.matrix and num_features <= SMALL_FEATURES:  # the fused feature-by-feature form is faster
         return residual_pass()
-    weights = params.weights / jnp.sum(params.weights)
-    center = weights @ params.means
-    offsets = params.means - center[None, :]
-    severity = jnp.sum(offsets * offsets * _diagonal_precisions(terms, num_features), axis=1)
-    # A component of weight zero (inactive, see m_step) has no responsibility: no exact slot.
-    severity = jnp.where(params.weights > 0, severity, -jnp.inf)
+    branch, center, expansion, worst_components = _e_step_form(params, terms, X.dtype)
     slots = min(_EXACT_SLOTS, num_components - 1)
-    worst, worst_components = jax.lax.top_k(severity, slots + 1)
-    limit = _EXPANDED_LIMIT / jnp.finfo(X.dtype).eps
-    # 0: the expanded form is accurate for every component; 1: for all but the `slots`
-    # worst, which are computed exactly; 2: neither, the exact residual form for all.
-    branch = jnp.where(worst[0] <= limit, 0, jnp.where(worst[slots] <= limit, 1, 2))
-    # Under vmap, one branch for the whole batch: the most exact one any lane needs.
-    branch = uniform_branch(branch)
+    num_second_order = num_features * (num_features + 1) // 2 if kind.matrix else num_features
 
     def expanded(exact):
-        # Temporaries (c, 2D + K + S·D) rather than (K, c, D): the same memory holds more rows.
-        width = 2 * num_features + num_components + exact.shape[0] * num_features
+        # Temporaries (c, F + D + K + S·D) rather than (K, c, D): the same memory holds more rows.
+        width = num_second_order + num_features + num_components + exact.shape[0] * num_features
         wide_chunk = min(X.shape[0], chunk * max(1, num_components * num_features // width))
-        return lambda: _expanded_e_step(terms, center, exact, X, sample_weight, wide_chunk)
+        return lambda: _expanded_e_step(terms, center, expansion, exact, X, sample_weight, wide_chunk)
 
     return jax.lax.switch(branch, [expanded(worst_components[:0]), expanded(worst_components[:slots]), residual_pass])
+
+
+def _e_step_form(params: GMMParams, terms: ComponentTerms, dtype):
+    """Which form the E-step runs for the data type ``dtype``: ``(branch, center, expansion,
+    worst_components)``. ``branch`` 0: the expanded form is accurate for every component;
+    1: for all but the (up to ``_EXACT_SLOTS``) worst, ``worst_components[:slots]``, which it
+    computes exactly; 2: neither, the exact residual form for all. Under ``vmap`` the branch
+    is the batch's maximum (see :func:`uniform_branch`)."""
+    kind = covariance_kind(params.covariance_type)
+    weights = params.weights / jnp.sum(params.weights)
+    center = weights @ params.means
+    expansion = kind.expanded_terms(terms.prec_chol, params.covariances, params.means - center[None, :])
+    # A component of weight zero (inactive, see m_step) has no responsibility: no exact slot.
+    severity = jnp.where(params.weights > 0, expansion[3], -jnp.inf)
+    slots = min(_EXACT_SLOTS, params.num_components - 1)
+    worst, worst_components = jax.lax.top_k(severity, slots + 1)
+    limit = _EXPANDED_LIMIT / jnp.finfo(dtype).eps
+    branch = jnp.where(worst[0] <= limit, 0, jnp.where(worst[slots] <= limit, 1, 2))
+    # Under vmap, one branch for the whole batch: the most exact one any lane needs.
+    return uniform_branch(branch), center, expansion, worst_components
 
 
 def stats_from_responsibilities(
