@@ -30,6 +30,8 @@ def test_quick_benchmark_run_writes_report_and_plot(tmp_path):
         "## W7",
         "## W8",
         "## W9",
+        "## R1",
+        "## R2",
         "## M1",
     ):
         assert heading in report, heading
