@@ -336,3 +336,27 @@ def test_two_processes_killed_mid_fit_resume_to_the_uninterrupted_result(tmp_pat
     for rank in range(2):
         with np.load(tmp_path / f"out.{rank}.npz") as got:
             _assert_same(dict(got), reference)
+
+
+@pytest.mark.slow
+def test_cli_fit_distributed_stream_each_process_streams_its_shard_file(tmp_path):
+    X = _write_shards(tmp_path)
+    port, processes = _free_port(), []
+    try:
+        for rank in range(2):
+            env = _env(GMMJAX_COORDINATOR=f"127.0.0.1:{port}", GMMJAX_NUM_PROCESSES="2", GMMJAX_PROCESS_ID=str(rank))
+            command = [sys.executable, "-m", "gmmjax", "fit", str(tmp_path / "shard-{process}.npy"), "-k", "4"]
+            command += ["--tol", "1e-4", "--seed", "1", "--distributed", "--stream", "-o", str(tmp_path / "m.npz")]
+            processes.append(
+                subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+            )
+        outputs = [process.communicate(timeout=300) for process in processes]
+    finally:
+        _kill_all(processes)
+    for process, (_, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-3000:]
+    assert "streamed, 2 processes" in outputs[0][0]
+    model = gj.GaussianMixtureModel.load(tmp_path / "m.npz")
+    reference = gj.GaussianMixtureModel(4, tol=1e-4, seed=1)._fit_stream(X, None)
+    np.testing.assert_allclose(model.means_, reference.means_, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.covariances_, reference.covariances_, rtol=1e-5, atol=1e-5)
