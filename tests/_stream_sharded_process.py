@@ -71,9 +71,9 @@ def main():
     result = fit_em_streaming(jax.random.key(1), source(), 4, mesh=mesh, **keywords)
     np.savez(
         f"{DIR}/out.{PROCESS_ID}.npz",
-        weights=np.asarray(result.params.weights),
-        means=np.asarray(result.params.means),
-        covariances=np.asarray(result.params.covariances),
+        weights=np.asarray(result.restarts.params.weights),  # every restart's (the best may tie)
+        means=np.asarray(result.restarts.params.means),
+        covariances=np.asarray(result.restarts.params.covariances),
         n_iter=np.asarray(result.restarts.n_iter),
         lower_bound_history=np.asarray(result.restarts.lower_bound_history),
     )

@@ -60,9 +60,9 @@ def main():
         result = gj.fit_em(jax.random.key(0), X, 3, mesh=mesh, checkpoint=CHECKPOINT, resume=resume, **MEMORY)
     np.savez(
         OUT,
-        weights=np.asarray(result.params.weights),
-        means=np.asarray(result.params.means),
-        covariances=np.asarray(result.params.covariances),
+        weights=np.asarray(result.restarts.params.weights),  # every restart's (the best may tie)
+        means=np.asarray(result.restarts.params.means),
+        covariances=np.asarray(result.restarts.params.covariances),
         n_iter=np.asarray(result.restarts.n_iter),
         lower_bound_history=np.asarray(result.restarts.lower_bound_history),
     )

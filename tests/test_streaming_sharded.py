@@ -60,11 +60,11 @@ def _assert_same(got, want, rtol=1e-5):
     np.testing.assert_array_equal(got["n_iter"], want["n_iter"])
 
 
-def _as_dict(result):
+def _as_dict(result):  # every restart's parameters: two restarts may tie for the best
     return {
-        "weights": result.params.weights,
-        "means": result.params.means,
-        "covariances": result.params.covariances,
+        "weights": result.restarts.params.weights,
+        "means": result.restarts.params.means,
+        "covariances": result.restarts.params.covariances,
         "n_iter": np.asarray(result.restarts.n_iter),
     }
 
