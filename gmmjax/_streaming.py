@@ -649,8 +649,11 @@ class _Accumulator:
     def params(self, states: FitState):
         return states.params
 
-    def add(self, params, totals, batch: _Batch):
-        X, w = jax.device_put(batch.X), jax.device_put(batch.weight)
+    def put(self, batch: _Batch):
+        """The batch's ``(X, w)`` sent to the device (the transfer starts now)."""
+        return jax.device_put(batch.X), jax.device_put(batch.weight)
+
+    def add(self, params, totals, X, w):
         return _accumulate(params, totals, X, w, chunk_size=self.chunk_size, batched=self.batched)
 
     def reduce(self, totals) -> PassTotals:
@@ -704,8 +707,10 @@ class _ShardedAccumulator(_Accumulator):
     def params(self, states: FitState):
         return jax.device_put(states.params, self.replicated)
 
-    def add(self, params, totals, batch: _Batch):
-        X, w = jax.device_put(batch.X, self.rows_sharding), jax.device_put(batch.weight, self.rows_sharding)
+    def put(self, batch: _Batch):
+        return jax.device_put(batch.X, self.rows_sharding), jax.device_put(batch.weight, self.rows_sharding)
+
+    def add(self, params, totals, X, w):
         return self.add_program(params, totals, X, w)
 
     def reduce(self, totals) -> PassTotals:
@@ -984,9 +989,10 @@ def fit_em_streaming(
             batch_index = start_batch
             params = accumulator.params(states)
             for item in fixed_batches(source, batch, dtype, start_batch):
+                X_device, w_device = accumulator.put(item)
                 if len(in_flight) >= max_in_flight:  # bound what asynchronous dispatch reads ahead
                     in_flight.popleft().block_until_ready()
-                totals, done = accumulator.add(params, totals, item)
+                totals, done = accumulator.add(params, totals, X_device, w_device)
                 in_flight.append(done)
                 rows_done += item.rows
                 weight_done += item.weight_sum
