@@ -10,7 +10,8 @@ lengths). It joins ``jax.distributed`` (CPU collectives over gloo, bounded timeo
 - ``fit``: writes the fitted parameters to ``DIR/out.<PROCESS_ID>.npz``;
 - ``slow``: the same fit with a checkpoint every iteration to ``DIR/c.npz`` and a pause per
   batch (the test kills the processes mid-fit); ``resume``: continues it and writes the result;
-- ``mismatch``: process 1 streams one feature fewer (every process must fail, naming it).
+- ``mismatch``: process 1 streams one feature fewer, ``dtype``: float64 rows (every process
+  must fail, naming it).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def source():
     X = np.load(path)
     if MODE == "mismatch":
         X = X[:, :2]
+    if MODE == "dtype":
+        X = X.astype(np.float64)
     pause = 0.05 if MODE == "slow" else 0.0
 
     def batches():  # batches of another size than the fit's

@@ -290,16 +290,23 @@ def _reference_fit(X, **settings):
 
 
 @pytest.mark.slow
-def test_two_processes_with_different_feature_counts_both_fail_with_the_message(tmp_path):
+@pytest.mark.parametrize(
+    "mode, message",
+    [
+        ("mismatch", "different numbers of features (process 0: 3, process 1: 2)"),
+        ("dtype", "different dtypes (process 0: float32, process 1: float64)"),
+    ],
+)
+def test_two_processes_with_different_feature_counts_or_dtypes_both_fail_with_the_message(tmp_path, mode, message):
     _write_shards(tmp_path)
-    processes = _start("mismatch", tmp_path)
+    processes = _start(mode, tmp_path)
     try:
         errors = [process.communicate(timeout=120)[1] for process in processes]  # bounded: never a hang
     finally:
         _kill_all(processes)
     for process, err in zip(processes, errors):
         assert process.returncode != 0
-        assert "different numbers of features (process 0: 3, process 1: 2)" in err, err[-3000:]
+        assert message in err, err[-3000:]
 
 
 @pytest.mark.slow
