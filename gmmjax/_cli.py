@@ -860,6 +860,8 @@ def _run_fit_distributed(args) -> int:
     process, num_processes = _start_distributed()
     own_file = "{process}" in args.data
     path = args.data.replace("{process}", str(process))
+    if _streams(argparse.Namespace(**{**vars(args), "data": path})):
+        return _run_fit_distributed_stream(args, path, own_file, process, num_processes)
     data = _read_data(argparse.Namespace(**{**vars(args), "data": path}))
     X = data.X
     if not own_file:  # every process reads the same file and keeps its slice of the rows
@@ -882,6 +884,45 @@ def _run_fit_distributed(args) -> int:
     header = (
         f"gmmjax fit --distributed {args.data}: {num_processes} processes, {jax.device_count()} devices, "
         f"K={args.num_components}, covariance {args.covariance_type}, seed {args.seed}"
+    )
+    return _report_fit(args, model, header, caught, elapsed)
+
+
+def _run_fit_distributed_stream(args, path: str, own_file: bool, process: int, num_processes: int) -> int:
+    """``gmmjax fit --distributed --stream``: each process streams its own shard file (or
+    folder) and the statistics are summed over all processes once per pass."""
+    if not own_file:
+        raise CLIError(
+            f"--distributed with a streamed fit reads one file (or folder) per process: put '{{process}}' in "
+            f"DATA (e.g. shard-{{process}}.npy), not {args.data!r}"
+        )
+    if not (os.path.isdir(path) or _extension(path) == ".npy"):
+        raise CLIError(f"{path}: streamed fits read a .npy file or a folder of .npy shards")
+    if args.resume and not args.checkpoint:
+        raise CLIError("--resume continues the fit saved in --checkpoint FILE: give --checkpoint")
+    if args.checkpoint_seconds is not None:
+        raise CLIError("--checkpoint-seconds (mid-pass) is not available with --distributed: use --checkpoint-every")
+    import jax
+
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    model, caught, elapsed = _fitted_model(
+        args,
+        lambda model: model._fit_stream(
+            path,
+            None,
+            batch_size=args.batch_size,
+            checkpoint=args.checkpoint,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+            mesh=mesh,
+        ),
+        verbose=False,
+    )
+    if process != 0:
+        return 0
+    header = (
+        f"gmmjax fit --distributed {args.data}: streamed, {num_processes} processes, {jax.device_count()} "
+        f"devices, K={args.num_components}, covariance {args.covariance_type}, seed {args.seed}"
     )
     return _report_fit(args, model, header, caught, elapsed)
 

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gmmjax._collectives import LOCAL, RowAxis
 from gmmjax._driver import (
@@ -28,7 +29,7 @@ from gmmjax._implicit import attach_fixed_point
 from gmmjax._loops import compacting_while_loop
 from gmmjax._options import FitOptions, fit_options
 from gmmjax._progress import DEFAULT_VERBOSE_INTERVAL, check_verbose, report_em_step
-from gmmjax._sharding import fit_em_sharded, row_sharding
+from gmmjax._sharding import fit_em_sharded, fit_em_sharded_checkpointed, row_sharding
 from gmmjax._stats import _em_step_with_diagnostics
 
 DIFFERENTIATION_MODES = ("implicit", "unrolled")
@@ -217,6 +218,9 @@ def fit_em(
     differentiation: str = "implicit",
     mesh=None,
     data_axis=None,
+    checkpoint=None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
     **option_keywords,
 ) -> FitResult:
     """Fits a Gaussian mixture by EM, ``n_init`` restarts in one vmapped, jitted call.
@@ -279,6 +283,13 @@ def fit_em(
         row-sharded ``jax.Array`` ``X`` (``NamedSharding``) fits so without ``mesh``. The result
         equals the one-device fit (to rounding); no derivatives and no ``verbose`` then.
       data_axis: the mesh axis (or tuple of axes) of the rows.
+      checkpoint: a file (``.npz``): run the fit ``checkpoint_every`` iterations (default 1)
+        at a time as a sharded fit (over ``mesh``, or a one-device mesh), writing the restarts'
+        states after each segment atomically (on many processes, process 0 writes);
+        ``resume=True`` continues from it (refused with a ``CheckpointMismatchError`` when it
+        was written for other data, options or key) to the result of the uninterrupted fit
+        (``gmmjax._sharding.fit_em_sharded_checkpointed``).
+      checkpoint_every, resume: see ``checkpoint``.
       **option_keywords: any field of :class:`~gmmjax.FitOptions` (replacing that of
         ``options``): ``covariance_type``, ``max_iter`` (alias ``num_iters``, the original
         example's name; default 100; 0 returns the initialisation), ``tol``, ``reg_covar``,
@@ -304,6 +315,16 @@ def fit_em(
     """
     differentiation = check_differentiation(differentiation)
     options = fit_options(options, **option_keywords)
+    if checkpoint is None and (checkpoint_every is not None or resume):
+        raise ValueError("checkpoint_every and resume need checkpoint= (a file path).")
+    if checkpoint is not None:
+        if verbose or differentiation != "implicit":
+            raise ValueError("a checkpointed fit reports no progress and has no derivatives: leave out verbose.")
+        if mesh is None and row_sharding(X) is None:
+            mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("rows",))
+        return fit_em_sharded_checkpointed(
+            key, X, num_components, options, sample_weight, mesh, data_axis, checkpoint, checkpoint_every, resume
+        )
     if mesh is not None or row_sharding(X) is not None:
         if verbose:
             raise ValueError("verbose progress is not available for a sharded fit (mesh= or row-sharded X).")

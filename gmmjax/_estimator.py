@@ -221,7 +221,9 @@ class GaussianMixtureModel:
       batch_size: rows per step for ``fit_method="gradient"`` (``None``: all of them).
       mesh, data_axis: a ``jax.sharding.Mesh`` (and its axis for rows): ``fit`` runs
         data-parallel with the rows sharded over it (see :func:`gmmjax.fit_em`); a row-sharded
-        ``jax.Array`` is fitted so without them. :meth:`save` does not store the mesh.
+        ``jax.Array`` is fitted so without them; ``fit`` on a path or an iterable streams each
+        batch over the mesh (:func:`gmmjax._streaming.fit_em_streaming`). :meth:`save` does
+        not store the mesh.
 
     Fitted attributes: ``weights_``, ``means_``, ``covariances_``, ``precisions_``,
     ``precisions_cholesky_``, ``converged_``, ``n_iter_``, ``lower_bound_``,
@@ -435,7 +437,8 @@ class GaussianMixtureModel:
         if is_streamable(X):
             if fit_method != "em":
                 raise ValueError("fit on a path or an iterable streams EM: use fit_method='em' (the default).")
-            return self._fit_stream(X, sample_weight, options, key, max_iter)
+            sharded = {} if self.mesh is None else {"mesh": self.mesh, "data_axis": self.data_axis}
+            return self._fit_stream(X, sample_weight, options, key, max_iter, **sharded)
         if fit_method == "gradient":
             result = fit_gradient(
                 key,

@@ -328,3 +328,120 @@ def fit_em_sharded(key, X, num_components: int, options, sample_weight, mesh, da
     return run_data_parallel(
         fit_em_restarts, key, inputs, options, num_components=int(num_components), differentiation=differentiation
     )
+
+
+# -- checkpointed sharded fits ------------------------------------------------------------------
+def _init_states_body(key, X, sample_weight, options, *, num_components: int, rows: RowAxis):
+    """Each restart's starting :class:`~gmmjax.FitState` (``(R, …)`` leaves), as
+    :func:`gmmjax._em.fit_em_restarts` initialises them (its sums over rows are collectives)."""
+    from gmmjax._driver import initial_params, initial_state, restart_keys
+
+    def one(restart_key):
+        params, collapsed = initial_params(restart_key, X, sample_weight, options, num_components, None, rows)
+        return initial_state(params, collapsed, options.max_iter, options.lower_bound_init)
+
+    keys = restart_keys(key, options.n_init)
+    if options.n_init == 1:
+        return jax.tree_util.tree_map(lambda leaf: leaf[None], one(keys[0]))
+    return jax.vmap(one)(keys)
+
+
+def _segment_body(key, X, sample_weight, options, states, stop_at, *, num_components: int, rows: RowAxis):
+    """EM from ``states`` until each restart has converged or run ``min(stop_at, max_iter)``
+    iterations (the iterations of :func:`gmmjax._em.run_em`, one all-reduce each)."""
+    from gmmjax._em import EMOperands, em_iteration
+    from gmmjax._loops import compacting_while_loop
+    from gmmjax._stats import _em_step_with_diagnostics
+
+    em_step_fn = functools.partial(_em_step_with_diagnostics, chunk_size=options.chunk_size, rows=rows)
+    operands = EMOperands(X, sample_weight, options.tol, options.reg_covar)
+    limit = jnp.minimum(stop_at, options.max_iter)
+
+    def keep_going(state, ops):
+        return (state.n_iter < ops[1]) & ~state.converged
+
+    def step(state, ops):
+        return em_iteration(state, ops[0], em_step_fn)
+
+    return jax.vmap(lambda state: compacting_while_loop(keep_going, step, state, (operands, limit)))(states)
+
+
+def _replicated(tree, mesh):
+    """Host values as arrays replicated over ``mesh`` (on many processes each passes the same)."""
+    sharding = NamedSharding(mesh, PartitionSpec())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree_util.tree_map(lambda leaf: jax.make_array_from_process_local_data(sharding, np.asarray(leaf)), tree)
+
+
+def _host(tree):
+    """A replicated (possibly multi-process) result as NumPy arrays (this process's copy)."""
+    return jax.tree_util.tree_map(lambda leaf: np.asarray(leaf.addressable_shards[0].data), tree)
+
+
+def _data_description(inputs: ShardedInputs) -> dict:
+    """What identifies a sharded fit's data in its checkpoint: the global shape and dtype, the
+    devices, and a digest of the first rows each process holds (all-gathered on many processes)."""
+    from gmmjax._checkpoint import array_digest
+
+    shard = min(inputs.X.addressable_shards, key=lambda s: s.index[0].start or 0)
+    head = np.asarray(shard.data[:1024])
+    weight = None
+    if inputs.sample_weight is not None:
+        weight = np.asarray(min(inputs.sample_weight.addressable_shards, key=lambda s: s.index[0].start or 0).data)
+    digest = array_digest(head, weight)
+    if jax.process_count() > 1:
+        from gmmjax._streaming import process_digests
+
+        digest = process_digests(digest)  # type: ignore[assignment]
+    return {
+        "shape": list(inputs.X.shape),
+        "dtype": np.dtype(inputs.X.dtype).str,
+        "devices": _axis_size(inputs.mesh, inputs.data_axis),
+        "head": digest,
+    }
+
+
+def fit_em_sharded_checkpointed(
+    key, X, num_components: int, options, sample_weight, mesh, data_axis, checkpoint, checkpoint_every, resume
+):
+    """:func:`gmmjax.fit_em` on sharded rows, ``checkpoint_every`` iterations at a time, the
+    restarts' states written to ``checkpoint`` after each segment (atomically; on many
+    processes by process 0 only) and, with ``resume``, read back from it. The iterations are
+    those of the uninterrupted fit: a resumed fit gives its result."""
+    from gmmjax._checkpoint import fingerprint, load_checkpoint, save_checkpoint
+    from gmmjax._driver import choose_best
+    from gmmjax._streaming import _describe_options, restore_states, state_arrays
+
+    checkpoint_every = v.check_int("checkpoint_every", 1 if checkpoint_every is None else checkpoint_every, 1)
+    key, inputs, leaves = prepare(key, X, num_components, options, sample_weight, mesh, data_axis)
+    K = int(num_components)
+    key_data = np.asarray(jax.random.key_data(key))
+    description = {
+        "kind": "sharded fit_em",
+        "num_components": K,
+        "options": _describe_options(options.replace(chunk_size=leaves.chunk_size)),
+        "key": key_data.tolist(),
+        "data": _data_description(inputs),
+    }
+    max_iter = leaves.max_iter
+    if resume:
+        arrays, _ = load_checkpoint(checkpoint, description)
+        states = _replicated(restore_states(arrays, leaves.covariance_type), inputs.mesh)
+    else:
+        states = run_data_parallel(_init_states_body, key, inputs, leaves, num_components=K)
+    while True:
+        host = _host(states)
+        running = (host.n_iter < max_iter) & ~host.converged
+        if not running.any():
+            break
+        stop_at = int(host.n_iter[running].min()) + checkpoint_every
+        program, arguments = program_and_arguments(
+            _segment_body, key, inputs, leaves, states, _replicated(np.int32(stop_at), inputs.mesh), num_components=K
+        )
+        states = program(*arguments)
+        if jax.process_index() == 0:
+            iteration = int(np.max(_host(states.n_iter)))
+            meta = {"description": description, "fingerprint": fingerprint(description), "iteration": iteration}
+            save_checkpoint(checkpoint, {**state_arrays(_host(states)), "key_data": key_data}, meta)
+    return choose_best(_host(states))

@@ -451,12 +451,13 @@ def fixed_batches(source: _Source, batch_size: int, dtype, start_batch: int = 0)
 
 
 # -- initialisation from a reservoir ------------------------------------------------------------
-def reservoir_sample(source: _Source, size: int, seed, dtype):
+def reservoir_sample(source: _Source, size: int, seed, dtype, *, with_keys: bool = False):
     """A uniform sample without replacement of ``size`` rows (all rows when there are fewer),
     in one pass, in the rows' original order: ``(X (S, D), weight (S,) or None, rows seen)``.
 
     Each row gets a uniform random key; the ``size`` smallest keys are kept (a bottom-k
-    sketch, equivalent to reservoir sampling). Every block is checked on the way."""
+    sketch, equivalent to reservoir sampling). Every block is checked on the way. With
+    ``with_keys``, also the kept rows' keys and row indices (``(S,)`` each, the same order)."""
     rng = np.random.default_rng(seed)
     limit = v.largest_safe_magnitude(dtype, source.num_features)
     keys = np.empty(0)
@@ -481,7 +482,8 @@ def reservoir_sample(source: _Source, size: int, seed, dtype):
                 weight = None if weight is None else weight[keep]
         rows += n
     order = np.argsort(index, kind="stable")
-    return X[order], None if weight is None else weight[order].astype(dtype), rows
+    sample = X[order], None if weight is None else weight[order].astype(dtype), rows
+    return (*sample, keys[order], index[order]) if with_keys else sample
 
 
 # -- the device side -------------------------------------------------------------------------
@@ -537,8 +539,206 @@ def _zero_totals(states: FitState, covariance_type: str) -> PassTotals:
     return PassTotals(SufficientStats(zeros((R, K)), zeros((R, K, D)), zeros(second), covariance_type), zeros((R,)))
 
 
+# -- many devices and many processes ------------------------------------------------------------
+_ROWS = "rows"  # the 1-D mesh axis of a sharded stream (over every device of the caller's mesh)
+
+
+class StreamLayout(NamedTuple):
+    """Where a sharded stream's batches go (see :func:`stream_layout`).
+
+    Attributes:
+      local_mesh: 1-D mesh (axis ``"rows"``) over this process's devices: each batch is split
+        over them and their statistics are accumulated there (no collective per batch).
+      global_mesh: 1-D mesh over every device of every process (process by process): the
+        one all-reduce per pass runs over it.
+      num_local: devices of this process (``L``); num_devices: of all processes (``G``).
+      num_processes: processes holding devices of the mesh.
+    """
+
+    local_mesh: Any
+    global_mesh: Any
+    num_local: int
+    num_devices: int
+    num_processes: int
+
+
+def stream_layout(mesh, data_axis) -> StreamLayout:
+    """The :class:`StreamLayout` of a caller's ``mesh``: the rows of every batch over all of
+    its devices (``data_axis`` must be the only axis of size > 1: restarts are vmapped)."""
+    from jax.sharding import Mesh
+
+    from gmmjax._sharding import resolve_data_axis
+
+    axis = resolve_data_axis(mesh, data_axis)
+    names = axis if isinstance(axis, tuple) else (axis,)
+    others = [name for name in mesh.axis_names if name not in names and mesh.shape[name] > 1]
+    if others:
+        raise ValueError(
+            f"a streamed fit shards each batch over data_axis {axis!r} only, but the mesh also has axes "
+            f"{others} of size > 1: pass a mesh whose other axes have size 1 (restarts are vmapped on every device)."
+        )
+    devices = sorted(mesh.devices.flat, key=lambda d: (d.process_index, d.id))
+    local = [d for d in devices if d.process_index == jax.process_index()]
+    if not local:
+        raise ValueError("this process holds no device of the mesh: build the mesh over every process's devices.")
+    global_mesh = Mesh(np.array(devices), (_ROWS,))
+    local_mesh = global_mesh if len(local) == len(devices) else Mesh(np.array(local), (_ROWS,))
+    processes = len({d.process_index for d in devices})
+    return StreamLayout(local_mesh, global_mesh, len(local), len(devices), processes)
+
+
+def _marked(totals: PassTotals) -> PassTotals:
+    """``totals`` with full/tied second moments marked symmetric (packed as upper triangles)."""
+    from gmmjax._collectives import symmetric
+
+    stats = totals.stats
+    if stats.covariance_type in ("full", "tied"):
+        stats = SufficientStats(
+            stats.counts,
+            stats.first_moments,
+            symmetric(stats.second_moments),  # type: ignore[arg-type]
+            stats.covariance_type,
+        )
+    return PassTotals(stats, totals.log_likelihood)
+
+
+@functools.cache
+def _sharded_programs(layout: StreamLayout, chunk_size: int, batched: bool):
+    """``(add, reduce)``: ``add(params, totals, X, w)`` adds a batch split over the local
+    devices into each device's packed totals ``(L, S)`` (donated; no collective);
+    ``reduce(totals)`` is the pass's one all-reduce, ``(G, S)`` → ``(S,)`` replicated."""
+    from jax.sharding import PartitionSpec as P
+
+    from gmmjax._collectives import pack
+
+    rows = P(_ROWS)
+
+    def add_local(params, totals, X, w):
+        stats, ll = _stacked_e_step(params, X, w, chunk_size, batched)
+        flat, _ = pack(_marked(PassTotals(stats, ll)))
+        new = totals + flat[None]
+        return new, new[:, :1]
+
+    add = jax.shard_map(
+        add_local, mesh=layout.local_mesh, in_specs=(P(), rows, rows, rows), out_specs=(rows, rows), check_vma=False
+    )
+    reduce = jax.shard_map(
+        lambda t: jax.lax.psum(t[0], _ROWS), mesh=layout.global_mesh, in_specs=rows, out_specs=P(), check_vma=False
+    )
+    return jax.jit(add, donate_argnums=(1,)), jax.jit(reduce)
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _unpack_totals(flat, how) -> PassTotals:
+    from gmmjax._collectives import unpack
+
+    return unpack(flat, how)  # type: ignore[return-value]
+
+
+class _Accumulator:
+    """A pass's running statistics on one device (``PassTotals``, ``(R, …)`` leaves)."""
+
+    sharded = False
+
+    def __init__(self, chunk_size: int, batched: bool, covariance_type: str):
+        self.chunk_size, self.batched, self.covariance_type = chunk_size, batched, covariance_type
+
+    def zero(self, states: FitState):
+        return _zero_totals(states, self.covariance_type)
+
+    def params(self, states: FitState):
+        return states.params
+
+    def put(self, batch: _Batch):
+        """The batch's ``(X, w)`` sent to the device (the transfer starts now)."""
+        return jax.device_put(batch.X), jax.device_put(batch.weight)
+
+    def add(self, params, totals, X, w):
+        return _accumulate(params, totals, X, w, chunk_size=self.chunk_size, batched=self.batched)
+
+    def reduce(self, totals) -> PassTotals:
+        return totals
+
+    def arrays(self, totals) -> dict[str, np.ndarray]:
+        return _totals_arrays(totals)
+
+    def restore(self, arrays, states: FitState):
+        stats = SufficientStats(
+            jnp.asarray(arrays["counts"]),
+            jnp.asarray(arrays["first_moments"]),
+            jnp.asarray(arrays["second_moments"]),
+            self.covariance_type,
+        )
+        return PassTotals(stats, jnp.asarray(arrays["log_likelihood"]))
+
+
+class _ShardedAccumulator(_Accumulator):
+    """A pass's statistics split over the devices of a :class:`StreamLayout`: every device
+    adds the E-step statistics of its slice of each batch into its own packed totals; the pass
+    ends with ONE all-reduce (a ``psum`` over every device of every process) of those packed
+    totals (``R·(K·(1 + D + D(D+1)/2) + 1)`` numbers for full/tied, ``R·(K·(1 + 2D) + 1)`` for
+    diag/spherical: see :func:`gmmjax._collectives.pack`)."""
+
+    sharded = True
+
+    def __init__(self, chunk_size: int, batched: bool, covariance_type: str, layout: StreamLayout, template):
+        from jax.sharding import NamedSharding
+        from jax.sharding import PartitionSpec as P
+
+        from gmmjax._collectives import pack
+
+        super().__init__(chunk_size, batched, covariance_type)
+        self.layout = layout
+        self.add_program, self.reduce_program = _sharded_programs(layout, chunk_size, batched)
+        flat, self.how = pack(_marked(template))
+        self.size, self.dtype = int(flat.shape[0]), flat.dtype
+        self.rows_sharding = NamedSharding(layout.local_mesh, P(_ROWS))
+        self.replicated = NamedSharding(layout.local_mesh, P())
+        self.global_sharding = NamedSharding(layout.global_mesh, P(_ROWS))
+
+    @property
+    def packed_bytes(self) -> int:
+        """Bytes of the one all-reduce per pass."""
+        return self.size * np.dtype(self.dtype).itemsize
+
+    def zero(self, states: FitState):
+        return jax.device_put(np.zeros((self.layout.num_local, self.size), self.dtype), self.rows_sharding)
+
+    def params(self, states: FitState):
+        return jax.device_put(states.params, self.replicated)
+
+    def put(self, batch: _Batch):
+        return jax.device_put(batch.X, self.rows_sharding), jax.device_put(batch.weight, self.rows_sharding)
+
+    def add(self, params, totals, X, w):
+        return self.add_program(params, totals, X, w)
+
+    def reduce(self, totals) -> PassTotals:
+        shards = [shard.data for shard in totals.addressable_shards]
+        # The local totals as this process's part of the global (G, S) array (in one process
+        # the same devices; on many, each process contributes its devices' rows).
+        global_totals = jax.make_array_from_single_device_arrays(
+            (self.layout.num_devices, self.size), self.global_sharding, shards
+        )
+        summed = self.reduce_program(global_totals)
+        local = jax.device_put(summed.addressable_shards[0].data, jax.local_devices()[0])
+        return _unpack_totals(local, self.how)
+
+    def arrays(self, totals) -> dict[str, np.ndarray]:
+        return {"packed_totals": np.asarray(totals)}
+
+    def restore(self, arrays, states: FitState):
+        packed = np.asarray(arrays["packed_totals"])
+        if packed.shape != (self.layout.num_local, self.size):
+            raise ValueError(
+                f"the checkpoint's statistics have shape {packed.shape}, expected {(self.layout.num_local, self.size)}."
+            )
+        return jax.device_put(packed.astype(self.dtype), self.rows_sharding)
+
+
 # -- checkpoints ----------------------------------------------------------------------------
-def _state_arrays(states: FitState, totals: PassTotals) -> dict[str, np.ndarray]:
+def state_arrays(states: FitState) -> dict[str, np.ndarray]:
+    """The restarts' states as named arrays (for a checkpoint)."""
     leaves = {
         "weights": states.params.weights,
         "means": states.params.means,
@@ -548,6 +748,12 @@ def _state_arrays(states: FitState, totals: PassTotals) -> dict[str, np.ndarray]
         "converged": states.converged,
         "lower_bound_history": states.lower_bound_history,
         "collapsed_components": states.collapsed_components,
+    }
+    return {name: np.asarray(value) for name, value in leaves.items()}
+
+
+def _totals_arrays(totals: PassTotals) -> dict[str, np.ndarray]:
+    leaves = {
         "counts": totals.stats.counts,
         "first_moments": totals.stats.first_moments,
         "second_moments": totals.stats.second_moments,
@@ -556,14 +762,18 @@ def _state_arrays(states: FitState, totals: PassTotals) -> dict[str, np.ndarray]
     return {name: np.asarray(value) for name, value in leaves.items()}
 
 
-def _restore(arrays, covariance_type: str) -> tuple[FitState, PassTotals]:
-    a = {name: jnp.asarray(value) for name, value in arrays.items() if name != "key_data"}
-    params = GMMParams(a["weights"], a["means"], a["covariances"], covariance_type)
-    states = FitState(
+def restore_states(arrays, covariance_type: str) -> FitState:
+    """The inverse of :func:`state_arrays`."""
+    a = {name: jnp.asarray(arrays[name]) for name in FitState._fields if name != "params"}
+    params = GMMParams(
+        jnp.asarray(arrays["weights"]),
+        jnp.asarray(arrays["means"]),
+        jnp.asarray(arrays["covariances"]),
+        covariance_type,
+    )
+    return FitState(
         params, a["lower_bound"], a["n_iter"], a["converged"], a["lower_bound_history"], a["collapsed_components"]
     )
-    stats = SufficientStats(a["counts"], a["first_moments"], a["second_moments"], covariance_type)
-    return states, PassTotals(stats, a["log_likelihood"])
 
 
 def _describe_options(options: FitOptions) -> dict:
@@ -606,6 +816,8 @@ def fit_em_streaming(
     checkpoint_every: int | None = None,
     checkpoint_seconds: float | None = None,
     resume: bool = False,
+    mesh=None,
+    data_axis=None,
     **option_keywords,
 ) -> FitResult:
     """Fits a Gaussian mixture by EM to data streamed in batches: exact out-of-core EM.
@@ -642,6 +854,18 @@ def fit_em_streaming(
         with the same data, options, key and batch size: otherwise a
         ``CheckpointMismatchError`` (a ``ValueError``) says what differs). The result
         equals that of an uninterrupted fit.
+      mesh: a ``jax.sharding.Mesh``: split every batch over the devices of its ``data_axis``
+        (``batch_size`` rounded up to a multiple of this process's devices; each device adds
+        the statistics of its rows into its own totals, no collective per batch) and sum the
+        statistics once per pass by ONE all-reduce of the packed statistics. Under
+        ``jax.distributed`` with a mesh over every process's devices, each process streams its
+        OWN ``data`` (its shard files, its iterator; ragged row counts allowed) and every
+        process gets the same model, equal to a one-process fit of the processes' data
+        concatenated in process order (initialised from the union of every process's
+        reservoir sample, all-gathered: see ``docs/scaling/streaming.md``). Checkpoints of a
+        multi-process fit are written by process 0 at the end of a pass (``checkpoint_every``;
+        the file must be readable by every process on ``resume``).
+      data_axis: the mesh axis of the rows (default: the mesh's only axis).
       **option_keywords: fields of :class:`~gmmjax.FitOptions`.
 
     Returns:
@@ -657,11 +881,22 @@ def fit_em_streaming(
     num_components = v.check_int("num_components", num_components, 1)
     report_every = check_verbose(verbose, 1, key)
     max_in_flight = v.check_int("max_in_flight", max_in_flight, 1)
+    layout = None if mesh is None else stream_layout(mesh, data_axis)
+    if mesh is None and data_axis is not None:
+        raise ValueError("data_axis names an axis of mesh=: pass the mesh too.")
     source = as_source(data, sample_weight)
+    many = layout is not None and layout.num_processes > 1
+    if many:  # before anything else that could differ between processes: one small all-gather
+        agree_across_processes(source)
     dtype = v.working_dtype(source.dtype)
     options = check_fit_options(options, num_components, source.num_features)
     if checkpoint is None and (checkpoint_every or checkpoint_seconds or resume):
         raise ValueError("checkpoint_every, checkpoint_seconds and resume need checkpoint= (a file path).")
+    if many and checkpoint_seconds is not None:
+        raise ValueError(
+            "checkpoint_seconds (mid-pass checkpoints) is not available for a fit over several processes: "
+            "each process is at another place in its data. Use checkpoint_every (end of a pass)."
+        )
     if checkpoint is not None and checkpoint_every is None and checkpoint_seconds is None:
         checkpoint_every = 1
     if checkpoint_every is not None:
@@ -671,9 +906,10 @@ def fit_em_streaming(
     key_data = np.asarray(jax.random.key_data(key))
     covariance_type, n_init, max_iter = options.covariance_type, options.n_init, options.max_iter
     K, D = num_components, source.num_features
+    writer = not many or jax.process_index() == 0  # on many processes, process 0 writes the checkpoints
 
     def describe(batch: int) -> dict:
-        return {
+        description = {
             "num_components": K,
             "options": _describe_options(options),
             "dtype": np.dtype(dtype).str,
@@ -682,27 +918,52 @@ def fit_em_streaming(
             "data": source.describe(),
             "num_rows": source.num_rows,
         }
+        if layout is not None:
+            description["devices"] = layout.num_devices
+        if many:  # every process's own data and batch size, all-gathered as digests
+            description["data"] = process_digests(fingerprint({"data": source.describe(), "batch_size": batch}))
+            del description["num_rows"], description["batch_size"]
+        return description
+
+    def layout_batch(batch: int) -> int:
+        if layout is None:
+            return batch
+        return -(-batch // layout.num_local) * layout.num_local  # each device gets the same rows
 
     reporter = streaming_reporter(n_init, max_iter) if report_every else None
     try:
         if resume:
             arrays, meta = load_checkpoint(checkpoint)  # the batch size is needed to check the rest
-            batch = int(meta["description"]["batch_size"]) if batch_size is None else batch_size
-            if source.num_rows is None:
-                source.num_rows = meta["description"].get("num_rows")
+            if many:
+                batch = layout_batch(batch_size or int(meta["batch_sizes"][jax.process_index()]))
+                source.num_rows = (
+                    source.num_rows if source.num_rows is not None else meta["num_rows"][jax.process_index()]
+                )
+            else:
+                batch = int(meta["description"]["batch_size"]) if batch_size is None else layout_batch(batch_size)
+                if source.num_rows is None:
+                    source.num_rows = meta["description"].get("num_rows")
             arrays, meta = load_checkpoint(checkpoint, describe(batch))
-            states, totals = _restore(arrays, covariance_type)
+            states = restore_states(arrays, covariance_type)
             start_batch, rows_done, weight_done = int(meta["batch"]), int(meta["rows"]), float(meta["weight"])
-            if isinstance(source, IterableSource):
+            if isinstance(source, IterableSource) and not many:
                 source.num_batches = meta.get("num_batches")
         else:
-            states = _initial_states(key, source, K, options, dtype)
-            batch = batch_size or auto_batch_size(D, dtype, source.num_rows)
-            totals = _zero_totals(states, covariance_type)
+            states = _initial_states(key, source, K, options, dtype, many)
+            batch = layout_batch(batch_size or auto_batch_size(D, dtype, source.num_rows))
             start_batch, rows_done, weight_done = 0, 0, 0.0
-        chunk = resolve_chunk_size(options.chunk_size, batch, K, D, dtype, batch=n_init)
+        per_device = batch // (1 if layout is None else layout.num_local)
+        chunk = resolve_chunk_size(options.chunk_size, per_device, K, D, dtype, batch=n_init)
+        if layout is None:
+            accumulator: _Accumulator = _Accumulator(chunk, n_init > 1, covariance_type)
+        else:
+            accumulator = _ShardedAccumulator(
+                chunk, n_init > 1, covariance_type, layout, _zero_totals(states, covariance_type)
+            )
+        totals = accumulator.restore(arrays, states) if resume else accumulator.zero(states)
         tol, reg_covar = np.asarray(options.tol, dtype), np.asarray(options.reg_covar, dtype)
         last_save = time.monotonic()
+        global_rows: list = [None]  # (rows, weight) of every process together, after the first pass
 
         def save(batch_index: int, rows: int, weight: float) -> None:
             description = describe(batch)
@@ -715,19 +976,23 @@ def fit_em_streaming(
                 "iteration": int(np.max(np.asarray(states.n_iter))),
                 "num_batches": getattr(source, "num_batches", None),
             }
-            save_checkpoint(checkpoint, {**_state_arrays(states, totals), "key_data": key_data}, meta)
+            if many:  # what each process needs to resume (checkpoints are written at pass ends only)
+                counts = np.asarray(gather_values([batch, source.num_rows or 0])).reshape(-1, 2)
+                meta["batch_sizes"], meta["num_rows"] = counts[:, 0].tolist(), counts[:, 1].tolist()
+            if writer:
+                arrays = {**state_arrays(states), **accumulator.arrays(totals), "key_data": key_data}
+                save_checkpoint(checkpoint, arrays, meta)
 
         running = _running(states, max_iter)
         while running.any():
             in_flight: collections.deque = collections.deque()
             batch_index = start_batch
+            params = accumulator.params(states)
             for item in fixed_batches(source, batch, dtype, start_batch):
-                X_device, w_device = jax.device_put(item.X), jax.device_put(item.weight)
+                X_device, w_device = accumulator.put(item)
                 if len(in_flight) >= max_in_flight:  # bound what asynchronous dispatch reads ahead
                     in_flight.popleft().block_until_ready()
-                totals, done = _accumulate(
-                    states.params, totals, X_device, w_device, chunk_size=chunk, batched=n_init > 1
-                )
+                totals, done = accumulator.add(params, totals, X_device, w_device)
                 in_flight.append(done)
                 rows_done += item.rows
                 weight_done += item.weight_sum
@@ -739,22 +1004,29 @@ def fit_em_streaming(
                     last_save = time.monotonic()
             while in_flight:  # the pass's last batches (the M-step waits for them anyway)
                 in_flight.popleft().block_until_ready()
-            if rows_done == 0:
-                raise StreamError("the data has no rows to fit.")
             if source.num_rows is not None and rows_done != source.num_rows:
                 raise StreamError(f"a pass read {rows_done} rows, but the data has {source.num_rows}.")
-            if rows_done < K:
+            if many:  # once per fit: every process's rows and weight (an all-gather of 2 numbers each)
+                if global_rows[0] is None:
+                    both = np.asarray(gather_values([rows_done, weight_done]), np.float64).reshape(-1, 2)
+                    global_rows[0] = (int(both[:, 0].sum()), float(both[:, 1].sum()))
+                all_rows, all_weight = global_rows[0]
+            else:
+                all_rows, all_weight = rows_done, weight_done
+            if all_rows == 0:
+                raise StreamError("the data has no rows to fit.")
+            if all_rows < K:
                 raise ValueError(
-                    f"the data has {rows_done} samples, fewer than num_components={K}: provide more samples "
+                    f"the data has {all_rows} samples, fewer than num_components={K}: provide more samples "
                     "or decrease num_components."
                 )
-            if not weight_done > 0:
+            if not all_weight > 0:
                 raise ValueError("sample_weight must have a positive sum.")
             total_weight = np.asarray(
-                rows_done if sample_weight is None and not _has_weights(source) else weight_done, dtype
+                all_rows if sample_weight is None and not _has_weights(source) else all_weight, dtype
             )
-            states = _finish_pass(states, totals, total_weight, tol, reg_covar, max_iter=max_iter)
-            totals = _zero_totals(states, covariance_type)
+            states = _finish_pass(states, accumulator.reduce(totals), total_weight, tol, reg_covar, max_iter=max_iter)
+            totals = accumulator.zero(states)
             start_batch, rows_done, weight_done = 0, 0, 0.0
             running = _running(states, max_iter)
             if reporter is not None:
@@ -771,6 +1043,80 @@ def fit_em_streaming(
     return choose_best(states)
 
 
+# -- many processes -----------------------------------------------------------------------------
+def gather_values(values) -> np.ndarray:
+    """``(P, n)`` every process's ``values`` (``n`` numbers, float64 exactly: sent as bytes)."""
+    from jax.experimental import multihost_utils
+
+    local = np.frombuffer(np.asarray(values, np.float64).tobytes(), np.uint8)
+    gathered = np.asarray(multihost_utils.process_allgather(local))
+    return gathered.reshape(jax.process_count(), -1).view(np.float64)
+
+
+def process_digests(digest: str) -> list[str]:
+    """Every process's hex ``digest`` (one all-gather of 32 bytes each)."""
+    from jax.experimental import multihost_utils
+
+    local = np.frombuffer(bytes.fromhex(digest), np.uint8)
+    gathered = np.asarray(multihost_utils.process_allgather(local)).reshape(jax.process_count(), -1)
+    return [bytes(row.astype(np.uint8)).hex() for row in gathered]
+
+
+def agree_across_processes(source: _Source) -> None:
+    """Raises the same ``ValueError`` on every process when the processes' sources differ in
+    the number of features, the dtype or whether they carry sample weights."""
+    codes = {np.dtype(np.float32): 32, np.dtype(np.float64): 64, np.dtype(np.float16): 16}
+    local = [source.num_features, codes.get(np.dtype(source.dtype), -1), float(_has_weights(source))]
+    every = gather_values(local)
+    features, kinds, weighted = every[:, 0].astype(int), every[:, 1].astype(int), every[:, 2].astype(bool)
+    if len(set(features.tolist())) != 1:
+        detail = ", ".join(f"process {p}: {d}" for p, d in enumerate(features.tolist()))
+        raise StreamError(
+            f"the processes' data have different numbers of features ({detail}): every process must "
+            "stream rows with the same columns."
+        )
+    if len(set(kinds.tolist())) != 1:
+        names = {32: "float32", 64: "float64", 16: "float16", -1: "another dtype"}
+        detail = ", ".join(f"process {p}: {names.get(c, c)}" for p, c in enumerate(kinds.tolist()))
+        raise StreamError(f"the processes' data have different dtypes ({detail}): convert them to one dtype.")
+    if len(set(weighted.tolist())) != 1:
+        detail = ", ".join(f"process {p}: {'yes' if w else 'no'}" for p, w in enumerate(weighted.tolist()))
+        raise StreamError(f"either every process's data carries sample weights or none does ({detail}).")
+
+
+def _gathered_sample(keys, index, X, weight, rows: int, size: int):
+    """The union of every process's bottom-``size`` sample, cut to the ``size`` smallest keys,
+    in (process, row) order: a uniform sample of all processes' rows, the same on every process."""
+    from jax.experimental import multihost_utils
+
+    D = X.shape[1]
+    have = keys.shape[0]
+    padded_keys = np.full(size, np.inf)
+    padded_keys[:have] = keys
+    padded_index = np.zeros(size, np.float64)
+    padded_index[:have] = index
+    X_pad = np.zeros((size, D), X.dtype)
+    X_pad[:have] = X
+    w_pad = np.zeros(size, X.dtype)
+    if weight is not None:
+        w_pad[:have] = weight
+    numbers = gather_values(np.concatenate([padded_keys, padded_index, [rows]]))  # (P, 2·size + 1)
+    X_all = np.asarray(multihost_utils.process_allgather(X_pad)).reshape(-1, size, D)
+    w_all = np.asarray(multihost_utils.process_allgather(w_pad)).reshape(-1, size)
+    P = numbers.shape[0]
+    all_keys, all_index = numbers[:, :size], numbers[:, size : 2 * size]
+    process = np.repeat(np.arange(P), size).reshape(P, size)
+    flat_keys = all_keys.ravel()
+    valid = np.flatnonzero(np.isfinite(flat_keys))
+    if valid.size > size:
+        valid = valid[np.argsort(flat_keys[valid], kind="stable")[:size]]
+    order = np.lexsort((all_index.ravel()[valid], process.ravel()[valid]))
+    chosen = valid[order]
+    X_s = X_all.reshape(-1, D)[chosen]
+    w_s = None if weight is None else w_all.ravel()[chosen]
+    return X_s, w_s, int(numbers[:, -1].sum())
+
+
 def _has_weights(source: _Source) -> bool:
     return bool(getattr(source, "weight", None) is not None or getattr(source, "has_weights", False))
 
@@ -779,8 +1125,9 @@ def _running(states: FitState, max_iter: int) -> np.ndarray:
     return np.asarray((states.n_iter < max_iter) & ~states.converged)
 
 
-def _initial_states(key, source: _Source, num_components: int, options: FitOptions, dtype) -> FitState:
-    """Each restart's starting state: the options' initialisation on a reservoir sample."""
+def _initial_states(key, source: _Source, num_components: int, options: FitOptions, dtype, many=False) -> FitState:
+    """Each restart's starting state: the options' initialisation on a reservoir sample (on
+    many processes: the union of their samples, all-gathered, so every process starts alike)."""
     if options.has_initial_parameters and not (
         options.weights_init is None or options.means_init is None or options.precisions_init is None
     ):
@@ -789,7 +1136,13 @@ def _initial_states(key, source: _Source, num_components: int, options: FitOptio
     else:
         size = seeding_sample_size(num_components)
         seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
-        X_np, w_np, rows = reservoir_sample(source, size, seed, dtype)
+        if many:  # each process draws its own keys; the smallest `size` of all processes win
+            X_np, w_np, rows, keys, index = reservoir_sample(
+                source, size, seed + [jax.process_index()], dtype, with_keys=True
+            )
+            X_np, w_np, rows = _gathered_sample(keys, index, X_np, w_np, rows, size)
+        else:
+            X_np, w_np, rows = reservoir_sample(source, size, seed, dtype)
         if rows < num_components:
             raise ValueError(
                 f"the data has {rows} samples, fewer than num_components={num_components}: provide more "

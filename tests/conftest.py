@@ -33,7 +33,14 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 # Run as a subprocess by the x64_results fixture; never import it here (it would switch this
 # process to float64), e.g. through --doctest-modules.
-collect_ignore = ["_x64_parity_script.py", "_sharding_checks.py", "_sharding_process.py"]  # scripts run with arguments
+collect_ignore = [
+    "_x64_parity_script.py",
+    "_sharding_checks.py",
+    "_sharding_process.py",
+    "_stream_sharded_checks.py",
+    "_stream_sharded_process.py",
+    "_stream_sharded_resume.py",
+]  # scripts run with arguments
 
 
 def pytest_configure(config):
