@@ -41,7 +41,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from run import make_data  # noqa: E402  (the benchmark suite's data: well-separated blobs)
 
-DATASETS = [(10_000, 2), (10_000, 8)]
+DATASETS = [(10_000, 2), (100_000, 8)]
 QUICK_DATASETS = [(1_000, 2)]
 TYPE_SETS = [("full",), ("full", "tied", "diag", "spherical")]
 K_MAXES, QUICK_K_MAXES = (8, 16), (2, 4)
@@ -82,6 +82,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--groups", type=int, nargs="*", default=[], help="num_groups values to compare")
     parser.add_argument("--data", nargs="*", default=None, help="datasets as NxD, e.g. 10000x2 (default: all)")
+    parser.add_argument("--full-only", action="store_true", help="only covariance_types='full'")
     parser.add_argument("--out", default=str(HERE / "SELECTION.md"))
     args = parser.parse_args(argv)
 
@@ -105,7 +106,7 @@ def main(argv=None):
     text = ""
     for n, d in datasets:
         X = jnp.asarray(make_data(n, d, TRUE_K), jnp.float32)
-        for types in TYPE_SETS:
+        for types in TYPE_SETS[:1] if args.full_only else TYPE_SETS:
             label = "all 4 types" if len(types) == 4 else "/".join(types)
 
             def fit_one(covariance_type, k, X=X):

@@ -22,10 +22,12 @@ import numpy as np
 from gmmjax import _validation as v
 from gmmjax._chunks import resolve_chunk_size
 from gmmjax._collectives import LOCAL, RowAxis
+from gmmjax._compile import is_small_program
 from gmmjax._covariance import covariance_kind
 from gmmjax._criteria import information_criteria
 from gmmjax._driver import FitResult, call_compiled, check_fit_inputs, compiled
 from gmmjax._em import fit_em_restarts
+from gmmjax._loops import MIN_BATCH
 from gmmjax._names import CRITERIA  # jax-free, for the command line
 from gmmjax._options import FitOptions, fit_options
 from gmmjax._params import COVARIANCE_TYPES, GMMParams, check_covariance_type
@@ -361,19 +363,24 @@ _fit_and_score_all_for_size = compiled(
     _fit_and_score_all, static_argnames=("num_components", "covariance_types", "groups")
 )
 
-# One batch by default: measured on a 2-core CPU (benchmarks/SELECTION.md), splitting K = 1..K_max
-# into batches saves a quarter of the padded components per pass but compiles one more loop
-# body per batch (≈ +60% cold per batch), and batches of fewer than _loops.MIN_BATCH lanes step
-# as a plain vmapped loop (every lane until the slowest is done): K = 1..8 on 100,000×8 ran
-# 1.3× slower in two batches than in one.
-DEFAULT_GROUPS = 1
+# At most this many batches by default (see default_num_groups).
+DEFAULT_MAX_GROUPS = 2
 
 
 def default_num_groups(candidates: tuple, num_samples: int, num_features: int, n_init: int) -> int:
-    """How many batches :func:`select_num_components` splits the values of ``K`` into by
-    default (:data:`DEFAULT_GROUPS`; the arguments are what a size-dependent rule would use)."""
-    del candidates, num_samples, num_features, n_init
-    return DEFAULT_GROUPS
+    """How many batches :func:`select_num_components` splits the values of ``K`` into by default.
+
+    Measured on a 2-core CPU (benchmarks/SELECTION.md): every batch is one more loop body to
+    compile (≈ +30–70% cold each), and a batch of fewer than ``_loops.MIN_BATCH`` lanes steps
+    as a plain vmapped loop (every lane until the slowest is done): K = 1..8 in two batches
+    ran 1.3× slower warm on 100,000 × 8 than in one, while K = 1..16 in two batches of 8 lanes
+    ran 1.7× faster warm on 10,000 × 2. So: one batch for a compile-bound program
+    (:func:`gmmjax._compile.is_small_program`, where compilation is most of a call), else
+    batches of at least ``MIN_BATCH`` lanes, at most :data:`DEFAULT_MAX_GROUPS`.
+    """
+    if is_small_program(num_samples, num_features, candidates[-1], len(candidates) * n_init):
+        return 1
+    return max(1, min(DEFAULT_MAX_GROUPS, len(candidates) // MIN_BATCH))
 
 
 def select_num_components(

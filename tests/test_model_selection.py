@@ -237,6 +237,17 @@ def test_batches_of_k_are_padded_as_masked_components(grouped):
             assert not np.any(np.asarray(fit.collapsed_components[j])[:, k:])
 
 
+def test_default_batches_keep_compaction_and_spare_compile_bound_programs():
+    """Two batches only for a run-bound program whose batches keep >= MIN_BATCH lanes each."""
+    from gmmjax._loops import MIN_BATCH
+    from gmmjax._model_selection import default_num_groups
+
+    assert default_num_groups((1, 2, 3), N, D, 1) == 1  # this file's selections: compile-bound
+    assert default_num_groups(tuple(range(1, 17)), 10_000, 2, 1) == 1  # compile-bound (is_small_program)
+    assert default_num_groups(tuple(range(1, 17)), 100_000, 8, 1) == 2
+    assert default_num_groups(tuple(range(1, 2 * MIN_BATCH)), 100_000, 8, 1) == 1  # a batch would lose compaction
+
+
 def test_num_groups_is_validated(data):
     with pytest.raises(ValueError, match=r"num_groups must be an integer >= 1"):
         gj.select_num_components(KEY, data, 2, num_groups=0)
