@@ -7,7 +7,10 @@ components are never seeded, never receive responsibility, and the random draws 
 component ``k`` do not depend on how many components there are (see :mod:`gmmjax._init`).
 So ``K = 1…K_max`` is one fit vmapped over ``num_active``, and each of its members equals
 ``fit_em(key, X, K)`` from the same key (up to floating-point summation order). The
-covariance types have different shapes: they are a Python loop inside the same program.
+covariance types have different shapes: they are a Python loop inside the same program. The
+values of ``K`` may also run as a few such batches of consecutive values (``num_groups``,
+:func:`size_groups`), each carrying its own largest ``K``, padded back to ``K_max`` after the
+fit: less work per pass, one more loop body to compile per batch (benchmarks/SELECTION.md).
 """
 
 from __future__ import annotations
@@ -432,9 +435,11 @@ def select_num_components(
         same selection as on one device.
       num_groups: the values of ``K`` run as at most this many vmapped batches of
         consecutive values (per covariance type), each batch's lanes carrying that batch's
-        largest ``K`` rather than ``K_max`` (:func:`size_groups`): less work per pass, one
-        more loop body to compile per batch. ``None`` (default): :func:`default_num_groups`.
-        The results do not depend on it (up to floating-point rounding).
+        largest ``K`` rather than ``K_max`` (the split with the fewest components per pass):
+        less work per pass, one more loop body to compile per batch. ``None`` (default): one
+        batch for a compile-bound program (small data), else at most two batches of at least
+        8 values each (see ``docs/scaling/model_selection_batches.md``). The results do not
+        depend on it (up to floating-point rounding).
 
     Returns:
       A :class:`SelectionResult`; ``result.best_params()`` / ``result.best_fit()`` give
