@@ -1,23 +1,25 @@
-"""Model selection over K = 1..10 as one compiled program, against loops of separate fits.
+"""Model selection as one compiled program against a loop of compiled ``fit_em`` calls.
 
-    python benchmarks/selection.py                 # writes benchmarks/SELECTION.md
-    python benchmarks/selection.py --quick         # tiny sizes, prints only
+    python benchmarks/selection.py                 # full mode (< 10 min): writes benchmarks/SELECTION.md
+    python benchmarks/selection.py --quick         # small sizes, prints only
+    python benchmarks/selection.py --groups 1 2    # also compare numbers of batches of K
 
-For each dataset (N × D, drawn from a mixture of 5 well-separated components) and each set
-of covariance types, three ways to fit K = 1..K_max with the same settings (k-means
-initialisation, one restart, tol 1e-3, at most 100 iterations) and score them by BIC:
+For each dataset (N × D, drawn from a mixture of 5 well-separated components), each set of
+covariance types (``full``; all four) and each ``K_max`` (8, 16), two ways to fit
+``K = 1..K_max`` with the same settings (k-means initialisation, one restart, tol 1e-3, at
+most 100 iterations) and score them by BIC:
 
-- ``select``: ``gj.select_num_components`` (all K vmapped in one program, the types in it);
-- ``fit_em loop``: one ``gj.fit_em`` call per (type, K) plus ``gj.bic``;
-- ``sklearn loop``: one ``GaussianMixture(...).fit`` per (type, K) plus ``.bic``.
+- ``select``: ``gj.select_num_components`` (one compiled program; its default batches of K,
+  or each ``--groups`` value);
+- ``loop``: one ``gj.fit_em`` call per (type, K) plus ``gj.bic`` (jitted).
 
-*cold* is the first call in the process (compilation included for the JAX rows), *warm* the
-median of ``--repeats`` further calls (compiled programs reused). *EM iterations*: the sum
-over fits of the iterations each ran; for ``select``, the iterations its vmapped batch pays
-for (per covariance type, the number of K values times the slowest fit's iterations).
-Everything runs in this one process, on whatever else the machine is doing (the 1-minute
-load average is recorded with each row): the figures are indications, not a controlled
-benchmark (``benchmarks/run.py`` is).
+*cold* is the first call (compilation included): for ``select`` the first call of its
+program; for the loop the sum over (type, K) of each fit's first call (each its own program,
+so the loop for ``K = 1..8`` is the first 8 of the ``1..16`` fits). *warm*: the median of
+``--repeats`` further calls. Wall-clock and process CPU seconds are both recorded: on a
+machine shared with other jobs the CPU seconds are the steadier measure (``load``: the
+1-minute load average when the row's last measurement ended). The BIC tables of both ways
+are compared (they must agree: same fits).
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ import argparse
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,171 +41,159 @@ sys.path.insert(0, str(HERE.parent))
 
 from run import make_data  # noqa: E402  (the benchmark suite's data: well-separated blobs)
 
-DATASETS = [(10_000, 2), (10_000, 8)]
+DATASETS = [(10_000, 2), (100_000, 8)]
+QUICK_DATASETS = [(1_000, 2)]
 TYPE_SETS = [("full",), ("full", "tied", "diag", "spherical")]
-K_MAX, TRUE_K = 10, 5
-MAX_ITER, TOL = 100, 1e-3
+K_MAXES, QUICK_K_MAXES = (8, 16), (2, 4)
+TRUE_K, MAX_ITER, TOL = 5, 100, 1e-3
 
 
 def _timed(fn):
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     out = fn()
-    return time.perf_counter() - start, out
+    return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
-def _cold_and_warm(fn, repeats):
-    cold, out = _timed(fn)
-    warm = statistics.median(_timed(fn)[0] for _ in range(repeats))
-    return cold, warm, out
+def _warm(fn, repeats):
+    runs = [_timed(fn)[:2] for _ in range(repeats)]
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
 
-def gmmjax_select(key, X, types, k_max):
-    import jax
-
-    import gmmjax as gj
-
-    def run():
-        result = gj.select_num_components(key, X, k_max, covariance_types=types, max_iter=MAX_ITER, tol=TOL)
-        jax.block_until_ready(result.bic)
-        n_iter = np.asarray(result.n_iter)
-        # every lane carries all k_max components, masked or not
-        return np.asarray(result.bic), int(n_iter.sum()), int(n_iter.sum()) * k_max
-
-    return run
-
-
-def gmmjax_loop(key, X, types, k_max):
-    import jax
-
-    import gmmjax as gj
-
-    bic = jax.jit(gj.bic)
-
-    def run():
-        table, iterations, component_iterations = np.empty((len(types), k_max)), 0, 0
-        for t, covariance_type in enumerate(types):
-            for k in range(1, k_max + 1):
-                fit = gj.fit_em(key, X, k, covariance_type=covariance_type, max_iter=MAX_ITER, tol=TOL)
-                table[t, k - 1] = float(bic(fit.params, X))
-                iterations += int(fit.n_iter)
-                component_iterations += int(fit.n_iter) * k
-        return table, iterations, component_iterations
-
-    return run
-
-
-def sklearn_loop(X, types, k_max):
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.mixture import GaussianMixture
-
-    def run():
-        table, iterations, component_iterations = np.empty((len(types), k_max)), 0, 0
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            for t, covariance_type in enumerate(types):
-                for k in range(1, k_max + 1):
-                    gm = GaussianMixture(
-                        k, covariance_type=covariance_type, max_iter=MAX_ITER, tol=TOL, random_state=0
-                    ).fit(X)
-                    table[t, k - 1] = gm.bic(X)
-                    iterations += gm.n_iter_
-                    component_iterations += gm.n_iter_ * k
-        return table, iterations, component_iterations
-
-    return run
-
-
-READING = """\
-Reading the figures. *Cold* is what one call costs in a fresh process: `select` compiles one
-program for all K (and types) where a loop of `fit_em` compiles one per (type, K); its
-compilation is most of its cold time on this data size. *Warm* (programs already compiled),
-on this 2-core CPU, a loop of compiled fits can beat the batch. A lane that has converged
-is not stepped again (the compacting loop of `gmmjax/_loops.py` advances the running lanes
-two at a time), so the batch runs the same EM iterations as the loop; but every lane
-carries all `K_max` components (masked ones included: the *component-iterations* column,
-Σ iterations × components computed, is about twice the loop's for K = 1..10), and under
-`vmap` the diagonal/spherical E-step's `lax.switch` evaluates all its branches. On an
-accelerator the lanes run side by side, which is where one program is meant to pay off (not
-measured here). *Best by BIC* above the true 5 components means the single K = 5 fit ended
-in a local optimum (two components sharing a cluster), so a larger K scored better: with
-one restart this happens for a fraction of keys with any k-means++ seeding (scikit-learn's
-loop shows it too); restarts (`n_init` > 1) make it rare."""
-
-
-def _best(table, types):
-    t, j = np.unravel_index(np.nanargmin(table), table.shape)
-    return f"{types[t]} K={j + 1}"
+def cpu_description() -> str:
+    """CPU model, cores and the SIMD flags that decide XLA's kernels."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        flags = set()
+    simd = ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in ("avx2", "avx512f"))
+    return f"{model}, {os.cpu_count()} CPUs ({simd})"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes; print, do not write")
+    parser.add_argument("--quick", action="store_true", help="small sizes; print, do not write")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--groups", type=int, nargs="*", default=[], help="num_groups values to compare")
+    parser.add_argument("--data", nargs="*", default=None, help="datasets as NxD, e.g. 10000x2 (default: all)")
+    parser.add_argument("--full-only", action="store_true", help="only covariance_types='full'")
     parser.add_argument("--out", default=str(HERE / "SELECTION.md"))
     args = parser.parse_args(argv)
 
     import jax
+    import jax.numpy as jnp
     import jaxlib
-    import sklearn
 
-    datasets = [(500, d) for _, d in DATASETS] if args.quick else DATASETS
-    k_max = 4 if args.quick else K_MAX
+    import gmmjax as gj
+    from gmmjax._model_selection import default_num_groups, size_groups
+
+    datasets = QUICK_DATASETS if args.quick else DATASETS
+    if args.data:
+        datasets = [tuple(int(v) for v in item.lower().split("x")) for item in args.data]
+    k_maxes = QUICK_K_MAXES if args.quick else K_MAXES
     repeats = 1 if args.quick else args.repeats
     key = jax.random.key(0)
-    rows = []
+    jax.block_until_ready(jax.jit(lambda x: x + 1)(1.0))  # JAX's own first-compile costs, outside the rows
+    bic = jax.jit(gj.bic)
+    versions = f"jax {jax.__version__}, jaxlib {jaxlib.__version__}"
+    rows: list = []
+    text = ""
     for n, d in datasets:
-        X64 = make_data(n, d, TRUE_K)
-        X = jax.numpy.asarray(X64, jax.numpy.float32)
-        for types in TYPE_SETS:
+        X = jnp.asarray(make_data(n, d, TRUE_K), jnp.float32)
+        for types in TYPE_SETS[:1] if args.full_only else TYPE_SETS:
             label = "all 4 types" if len(types) == 4 else "/".join(types)
-            for method, fn in (
-                ("select (one program)", gmmjax_select(key, X, types, k_max)),
-                ("fit_em loop", gmmjax_loop(key, X, types, k_max)),
-                ("sklearn loop", sklearn_loop(X64.astype(np.float32), types, k_max)),
-            ):
-                load = os.getloadavg()[0]
-                cold, warm, (table, iterations, component_iterations) = _cold_and_warm(fn, repeats)
-                rows.append(
-                    dict(
-                        data=f"{n:,}×{d}",
-                        types=label,
-                        method=method,
-                        cold=cold,
-                        warm=warm,
-                        best=_best(table, types),
-                        iterations=iterations,
-                        component_iterations=component_iterations,
-                        load=load,
+
+            def fit_one(covariance_type, k, X=X):
+                fit = gj.fit_em(key, X, k, covariance_type=covariance_type, max_iter=MAX_ITER, tol=TOL)
+                return float(bic(fit.params, X)), int(fit.n_iter)
+
+            # The loop's cold cost: each (type, K)'s first call, once for the largest K_max.
+            first, table = {}, {}
+            for covariance_type in types:
+                for k in range(1, max(k_maxes) + 1):
+                    wall, cpu, (value, _) = _timed(lambda: fit_one(covariance_type, k))  # noqa: B023
+                    first[covariance_type, k], table[covariance_type, k] = (wall, cpu), value
+            for k_max in k_maxes:
+
+                def loop(k_max=k_max, types=types, fit_one=fit_one):
+                    return [fit_one(t, k) for t in types for k in range(1, k_max + 1)]
+
+                loop_cold = tuple(sum(first[t, k][i] for t in types for k in range(1, k_max + 1)) for i in (0, 1))
+                loop_warm = _warm(loop, repeats)
+                loop_table = np.array([[table[t, k] for k in range(1, k_max + 1)] for t in types])
+                candidates = tuple(range(1, k_max + 1))
+                default = default_num_groups(candidates, n, d, 1)
+                for groups in [None] + [g for g in args.groups if g != default]:
+
+                    def select(groups=groups, types=types, k_max=k_max, X=X):
+                        options = dict(covariance_types=types, max_iter=MAX_ITER, tol=TOL, num_groups=groups)
+                        return np.asarray(gj.select_num_components(key, X, k_max, **options).bic)
+
+                    wall, cpu, select_table = _timed(select)
+                    select_warm = _warm(select, repeats)
+                    batches = size_groups(candidates, default if groups is None else groups)
+                    rows.append(
+                        dict(
+                            data=f"{n:,}×{d}",
+                            types=label,
+                            k=f"1..{k_max}",
+                            batches=" + ".join(f"{size}×K{largest}" for size, largest in batches),
+                            select_cold=(wall, cpu),
+                            loop_cold=loop_cold,
+                            select_warm=select_warm,
+                            loop_warm=loop_warm,
+                            same=bool(np.allclose(select_table, loop_table, rtol=1e-4)),
+                            load=os.getloadavg()[0],
+                        )
                     )
-                )
-                print(rows[-1], flush=True)
+                    print(rows[-1], flush=True)
+                    text = write_table(rows, args, repeats, versions)
+    print(text)
+
+
+def write_table(rows, args, repeats, versions):
+    """The Markdown table of ``rows`` (printed; written to ``args.out`` in full mode, after every row)."""
+
+    def ratio(r, name, i):
+        return r[f"loop_{name}"][i] / r[f"select_{name}"][i]
 
     lines = [
-        "# Model selection: one compiled program against loops of fits",
+        "# Model selection: one compiled program against a loop of compiled fits",
         "",
-        f"Generated by `python benchmarks/selection.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; jax {jax.__version__}, "
-        f"jaxlib {jaxlib.__version__}, scikit-learn {sklearn.__version__}.",
+        f"Generated by `python benchmarks/selection.py{' --quick' if args.quick else ''}` on "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. CPU: {cpu_description()}; {versions}.",
         "",
-        f"K = 1..{k_max}, k-means initialisation, one restart, tol {TOL}, at most {MAX_ITER} iterations, "
-        f"float32; data from {TRUE_K} well-separated components. *cold*: first call (JAX: compilation "
-        f"included); *warm*: median of {repeats} further calls. `load`: the 1-minute load average before "
-        "the row (this process counts ≈1 of the machine's 2 cores).",
+        f"K = 1..K_max, k-means initialisation, one restart, tol {TOL}, at most {MAX_ITER} iterations, float32; "
+        f"data from {TRUE_K} well-separated components. *cold*: first call, compilation included (the loop: the "
+        f"sum of each fit's first call); *warm*: median of {repeats} further calls. **loop/select**: how many "
+        "times faster one program is (target: warm ≥ 1.5, cold ≥ 5). *batches*: the vmapped batches of K per "
+        "covariance type (lanes × components each lane carries). `load`: the 1-minute load average (this "
+        "process counts ≈ 1).",
         "",
-        "| data | covariance types | method | cold s | warm s | EM iterations | component-iterations | "
-        "best by BIC | load |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| data | types | K | batches | select cold s (CPU) | loop cold s (CPU) | **cold loop/select** (CPU) | "
+        "select warm s (CPU) | loop warm s (CPU) | **warm loop/select** (CPU) | same BIC | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    pair = lambda values, digits: f"{values[0]:.{digits}f} ({values[1]:.{digits}f})"  # noqa: E731
     for r in rows:
-        lines.append(
-            f"| {r['data']} | {r['types']} | {r['method']} | {r['cold']:.2f} | {r['warm']:.3f} | "
-            f"{r['iterations']} | {r['component_iterations']} | {r['best']} | {r['load']:.1f} |"
-        )
-    lines += ["", READING]
+        cold = (ratio(r, "cold", 0), ratio(r, "cold", 1))
+        warm = (ratio(r, "warm", 0), ratio(r, "warm", 1))
+        cells = [r["data"], r["types"], r["k"], r["batches"], pair(r["select_cold"], 2), pair(r["loop_cold"], 2)]
+        cells += [f"**{pair(cold, 1)}**", pair(r["select_warm"], 3), pair(r["loop_warm"], 3), f"**{pair(warm, 2)}**"]
+        cells += ["yes" if r["same"] else "NO", f"{r['load']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
-    print(text)
     if not args.quick:
-        Path(args.out).write_text(text)
+        notes = Path(args.out).read_text().split("\n## ", 1) if Path(args.out).exists() else []
+        reading = ("\n## " + notes[1]) if len(notes) == 2 else ""  # keep the hand-written reading below the table
+        Path(args.out).write_text(text + reading)
+    return text
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ components are never seeded, never receive responsibility, and the random draws 
 component ``k`` do not depend on how many components there are (see :mod:`gmmjax._init`).
 So ``K = 1…K_max`` is one fit vmapped over ``num_active``, and each of its members equals
 ``fit_em(key, X, K)`` from the same key (up to floating-point summation order). The
-covariance types have different shapes: they are a Python loop inside the same program.
+covariance types have different shapes: they are a Python loop inside the same program. The
+values of ``K`` may also run as a few such batches of consecutive values (``num_groups``,
+:func:`size_groups`), each carrying its own largest ``K``, padded back to ``K_max`` after the
+fit: less work per pass, one more loop body to compile per batch (benchmarks/SELECTION.md).
 """
 
 from __future__ import annotations
@@ -19,15 +22,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gmmjax import _validation as v
+from gmmjax._chunks import resolve_chunk_size
 from gmmjax._collectives import LOCAL, RowAxis
+from gmmjax._compile import is_small_program
 from gmmjax._covariance import covariance_kind
 from gmmjax._criteria import information_criteria
 from gmmjax._driver import FitResult, call_compiled, check_fit_inputs, compiled
 from gmmjax._em import fit_em_restarts
+from gmmjax._loops import MIN_BATCH
 from gmmjax._names import CRITERIA  # jax-free, for the command line
 from gmmjax._options import FitOptions, fit_options
 from gmmjax._params import COVARIANCE_TYPES, GMMParams, check_covariance_type
-from gmmjax._sharding import prepare, row_sharding, run_data_parallel
+from gmmjax._sharding import local_chunk_size, prepare, row_sharding, run_data_parallel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +149,42 @@ def _first_components(params: GMMParams, num_components: int) -> GMMParams:
     return params.replace(weights=params.weights[..., :k], means=params.means[..., :k, :], covariances=covariances)
 
 
+def _pad_components(tree, num_components: int, component_axis: int):
+    """``GMMParams`` (or a ``(…, K)`` bool array) with components appended up to
+    ``num_components`` along ``component_axis``: weight 0 (``False``), means and covariances
+    repeating component 0's, as the masked components of a larger fit have them."""
+
+    def pad(leaf, fill=None):
+        missing = num_components - leaf.shape[component_axis]
+        if missing == 0:
+            return leaf
+        if fill is None:  # component 0's values, as placeholders
+            first = jax.lax.slice_in_dim(leaf, 0, 1, axis=component_axis)
+            extra = jnp.repeat(first, missing, axis=component_axis)
+        else:
+            shape = leaf.shape[:component_axis] + (missing,) + leaf.shape[component_axis + 1 :]
+            extra = jnp.full(shape, fill, leaf.dtype)
+        return jnp.concatenate([leaf, extra], axis=component_axis)
+
+    if not isinstance(tree, GMMParams):
+        return pad(tree, False)
+    shared = covariance_kind(tree.covariance_type).shared
+    return tree.replace(
+        weights=pad(tree.weights, 0),
+        means=pad(tree.means),
+        covariances=tree.covariances if shared else pad(tree.covariances),
+    )
+
+
+def _pad_fit(fit: FitResult, num_components: int) -> FitResult:
+    """A batch's ``(J_g,)`` fits of ``K_g`` components as fits of ``num_components``."""
+    restarts = fit.restarts._replace(
+        params=_pad_components(fit.restarts.params, num_components, 2),  # (J_g, R, K, ...)
+        collapsed_components=_pad_components(fit.restarts.collapsed_components, num_components, 2),
+    )
+    return fit._replace(params=_pad_components(fit.params, num_components, 1), restarts=restarts)
+
+
 def _fit_and_score_all(
     key,
     X,
@@ -152,31 +195,41 @@ def _fit_and_score_all(
     *,
     num_components,
     covariance_types,
+    groups=None,
     rows: RowAxis = LOCAL,
 ) -> dict:
     """The compiled program (``num_components``: the largest ``K`` tried); the criterion is
-    data (an index into CRITERIA), so that changing it does not compile again."""
+    data (an index into CRITERIA), so that changing it does not compile again.
+
+    ``groups`` (static): ``(size, largest, chunk_size)`` for each vmapped batch: the next
+    ``size`` of the (increasing) ``candidates``, fitted with ``largest`` components (at least
+    the largest of them) and that ``chunk_size`` (see :func:`batch_chunk_sizes`), e.g.
+    ``((4, 4, c), (4, 8, c'))`` for ``K = 1..8`` in two batches; ``None``: one batch with
+    ``num_components`` and ``options.chunk_size``. Each batch is padded to ``num_components``
+    components afterwards, so the result does not depend on the grouping."""
+    if groups is None:
+        groups = ((candidates.shape[0], num_components, options.chunk_size),)
+    bounds = np.cumsum((0,) + tuple(group[0] for group in groups))
     fits, tables = [], []
     for covariance_type in covariance_types:  # different shapes: one vmapped batch per type
-        type_options = options.replace(covariance_type=covariance_type)
+        type_fits, type_scores = [], []
+        for start, stop, (_, largest, chunk_size) in zip(bounds[:-1], bounds[1:], groups):  # one batch per group
+            group_options = options.replace(covariance_type=covariance_type, chunk_size=chunk_size)
 
-        def fit_and_score(num_active):
-            fit = fit_em_restarts(
-                key,
-                X,
-                sample_weight,
-                type_options,  # noqa: B023  jax.vmap below traces fit_and_score at once, in this iteration
-                num_components=num_components,
-                num_active=num_active,
-                rows=rows,
-            )
-            return fit, information_criteria(
-                fit.params, X, sample_weight, num_active=num_active, chunk_size=options.chunk_size, rows=rows
-            )
+            def fit_and_score(num_active, largest=largest, group_options=group_options):
+                fit = fit_em_restarts(
+                    key, X, sample_weight, group_options, num_components=largest, num_active=num_active, rows=rows
+                )
+                return fit, information_criteria(
+                    fit.params, X, sample_weight, num_active=num_active, chunk_size=group_options.chunk_size, rows=rows
+                )
 
-        fit, scores = jax.vmap(fit_and_score)(candidates)
-        fits.append(fit)
-        tables.append(scores)
+            fit, scores = jax.vmap(fit_and_score)(candidates[start:stop])
+            type_fits.append(_pad_fit(fit, num_components))
+            type_scores.append(scores)
+        concatenate = lambda *leaves: jnp.concatenate(leaves, axis=0)
+        fits.append(jax.tree_util.tree_map(concatenate, *type_fits))
+        tables.append(jax.tree_util.tree_map(concatenate, *type_scores))
     table = lambda name: jnp.stack([getattr(scores, name) for scores in tables])
     chosen = jnp.stack([table(name) for name in CRITERIA])[criterion_index]
     best = jnp.argmin(jnp.where(jnp.isnan(chosen), jnp.inf, chosen))  # first of ties: smallest K of the first type
@@ -192,6 +245,60 @@ def _fit_and_score_all(
         best_type_index=best // candidates.shape[0],
         best_index=best % candidates.shape[0],
     )
+
+
+def size_groups(candidates: tuple, num_groups: int) -> tuple:
+    """Splits the increasing ``candidates`` into at most ``num_groups`` runs of consecutive
+    values, each fitted as one vmapped batch whose lanes carry the run's largest ``K``:
+    the split that minimises the components computed per pass, ``Σ_groups size · largest``
+    (for ``K = 1..16`` in two groups, ``1..8`` and ``9..16``: 192 against 256 for one).
+
+    Returns:
+      ``((size, largest), ...)`` in increasing order of ``K`` (the ``groups`` of the
+      compiled program).
+    """
+    values = tuple(candidates)
+    count = len(values)
+    num_groups = max(1, min(num_groups, count))
+    # cost[g][j]: the cheapest split of the first j candidates into g groups; cut: its last start.
+    inf = float("inf")
+    cost = [[inf] * (count + 1) for _ in range(num_groups + 1)]
+    cut = [[0] * (count + 1) for _ in range(num_groups + 1)]
+    cost[0][0] = 0
+    for g in range(1, num_groups + 1):
+        for j in range(1, count + 1):
+            for i in range(g - 1, j):
+                c = cost[g - 1][i] + (j - i) * values[j - 1]
+                if c < cost[g][j]:
+                    cost[g][j], cut[g][j] = c, i
+    best = min(range(1, num_groups + 1), key=lambda g: (cost[g][count], g))  # fewest groups among ties
+    groups, j = [], count
+    for g in range(best, 0, -1):
+        i = cut[g][j]
+        groups.append((j - i, values[j - 1]))
+        j = i
+    return tuple(reversed(groups))
+
+
+def batch_chunk_sizes(groups: tuple, chunk_size, size_for, num_rows: int) -> tuple:
+    """``groups`` (``(size, largest)`` pairs, :func:`size_groups`) with each batch's chunk size
+    appended: ``chunk_size`` if the caller gave one, else ``size_for(largest, fits)``, sized
+    for the batch's own lanes (``fits``: its number of ``K`` values, which pass over a chunk
+    together), so a batch of small ``K`` reads larger chunks than one sized for ``K_max``. An
+    automatic size is evened out over the ``num_rows`` rows (:func:`even_chunk_size`)."""
+    if chunk_size is not None:
+        return tuple((size, largest, chunk_size) for size, largest in groups)
+    return tuple((size, largest, even_chunk_size(size_for(largest, size), num_rows)) for size, largest in groups)
+
+
+def even_chunk_size(chunk_size: int, num_rows: int) -> int:
+    """The same number of chunks as ``chunk_size`` needs for ``num_rows``, of equal size
+    (rounded up to a multiple of 8 rows, at most ``num_rows``): the last chunk then re-reads
+    next to no rows. (4096-row chunks of 10,000 rows read 12,288; 3,336-row ones 10,008: on
+    the CPU measured 1.6× faster for K = 1..16, benchmarks/SELECTION.md.)"""
+    num_chunks = -(-num_rows // chunk_size)
+    rows = -(-num_rows // num_chunks)
+    return min(num_rows, -(-rows // 8) * 8)
 
 
 def check_num_components_range(num_components, num_samples: int) -> tuple:
@@ -255,7 +362,28 @@ def check_criterion(criterion) -> str:
     return criterion
 
 
-_fit_and_score_all_for_size = compiled(_fit_and_score_all, static_argnames=("num_components", "covariance_types"))
+_fit_and_score_all_for_size = compiled(
+    _fit_and_score_all, static_argnames=("num_components", "covariance_types", "groups")
+)
+
+# At most this many batches by default (see default_num_groups).
+DEFAULT_MAX_GROUPS = 2
+
+
+def default_num_groups(candidates: tuple, num_samples: int, num_features: int, n_init: int) -> int:
+    """How many batches :func:`select_num_components` splits the values of ``K`` into by default.
+
+    Measured on a 2-core CPU (benchmarks/SELECTION.md): every batch is one more loop body to
+    compile (≈ +30–70% cold each), and a batch of fewer than ``_loops.MIN_BATCH`` lanes steps
+    as a plain vmapped loop (every lane until the slowest is done): K = 1..8 in two batches
+    ran 1.3× slower warm on 100,000 × 8 than in one, while K = 1..16 in two batches of 8 lanes
+    ran 1.7× faster warm on 10,000 × 2. So: one batch for a compile-bound program
+    (:func:`gmmjax._compile.is_small_program`, where compilation is most of a call), else
+    batches of at least ``MIN_BATCH`` lanes, at most :data:`DEFAULT_MAX_GROUPS`.
+    """
+    if is_small_program(num_samples, num_features, candidates[-1], len(candidates) * n_init):
+        return 1
+    return max(1, min(DEFAULT_MAX_GROUPS, len(candidates) // MIN_BATCH))
 
 
 def select_num_components(
@@ -269,6 +397,7 @@ def select_num_components(
     sample_weight: jax.typing.ArrayLike | None = None,
     mesh=None,
     data_axis=None,
+    num_groups: int | None = None,
     **option_keywords,
 ) -> SelectionResult:
     """Fits every number of components (and covariance type) in one compiled program and
@@ -304,6 +433,13 @@ def select_num_components(
       mesh, data_axis: fit data-parallel with the rows sharded over a mesh axis, as in
         :func:`gmmjax.fit_em` (also for a row-sharded ``X``): one all-reduce per pass, the
         same selection as on one device.
+      num_groups: the values of ``K`` run as at most this many vmapped batches of
+        consecutive values (per covariance type), each batch's lanes carrying that batch's
+        largest ``K`` rather than ``K_max`` (the split with the fewest components per pass):
+        less work per pass, one more loop body to compile per batch. ``None`` (default): one
+        batch for a compile-bound program (small data), else at most two batches of at least
+        8 values each (see ``docs/scaling/model_selection_batches.md``). The results do not
+        depend on it (up to floating-point rounding).
 
     Returns:
       A :class:`SelectionResult`; ``result.best_params()`` / ``result.best_fit()`` give
@@ -328,6 +464,10 @@ def select_num_components(
         )
     num_samples = np.shape(X)[0] if np.ndim(X) == 2 else 1  # check_fit_inputs explains other shapes
     candidates = check_num_components_range(num_components, num_samples)
+    if num_groups is None:
+        num_features = np.shape(X)[1] if np.ndim(X) == 2 else 1
+        num_groups = default_num_groups(candidates, num_samples, num_features, options.n_init)
+    groups = size_groups(candidates, v.check_int("num_groups", num_groups, 1))
     if mesh is not None or row_sharding(X) is not None:
         key, sharded, leaves = prepare(
             key,
@@ -340,6 +480,10 @@ def select_num_components(
             max_components=candidates[-1],
             fits_per_pass=len(candidates),
         )
+        rows_per_device = lambda largest, fits: local_chunk_size(  # noqa: E731
+            options.chunk_size, sharded, largest, fits * (leaves.restart_batch_size or 1)
+        )
+        groups = batch_chunk_sizes(groups, options.chunk_size, rows_per_device, sharded.local_rows)
         fields = run_data_parallel(
             _fit_and_score_all,
             key,
@@ -349,12 +493,22 @@ def select_num_components(
             jnp.asarray(CRITERIA.index(criterion), jnp.int32),
             num_components=candidates[-1],
             covariance_types=covariance_types,
+            groups=groups,
         )
         return SelectionResult(**fields, covariance_types=covariance_types, criterion=criterion)
     # All J fits share each pass over a chunk: size chunks for the whole batch.
     inputs = check_fit_inputs(
         key, X, None, options, sample_weight, max_components=candidates[-1], fits_per_pass=len(candidates)
     )
+    rows_per_chunk = lambda largest, fits: resolve_chunk_size(  # noqa: E731
+        None,
+        inputs.X.shape[0],
+        largest,
+        inputs.X.shape[1],
+        inputs.X.dtype,
+        batch=fits * inputs.options.restart_batch_size,
+    )
+    groups = batch_chunk_sizes(groups, options.chunk_size, rows_per_chunk, inputs.X.shape[0])
     fields = call_compiled(
         _fit_and_score_all_for_size,
         inputs,
@@ -363,5 +517,6 @@ def select_num_components(
         num_components=candidates[-1],
         fits=len(candidates) * len(covariance_types),
         covariance_types=covariance_types,
+        groups=groups,
     )
     return SelectionResult(**fields, covariance_types=covariance_types, criterion=criterion)
