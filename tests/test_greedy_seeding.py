@@ -9,6 +9,7 @@ fewer components; a NumPy nearest-center M-step; and the optima scikit-learn's
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import jax
@@ -65,6 +66,20 @@ def data():
 KEYS = jax.vmap(jax.random.key)(jnp.arange(4))
 
 
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _compiled_seed(keys, X, weight, num_components, n_local_trials, by_value):
+    seed = lambda key: gj.kmeans_plusplus(  # noqa: E731
+        key, X, num_components, weight, n_local_trials=n_local_trials, by_value=by_value
+    )
+    return jax.vmap(seed)(keys)
+
+
+def _seed(keys, X, weight, num_components=K, n_local_trials=None, by_value=False):
+    """The seeding of each key (vmapped): one compiled program per shape and setting, shared
+    by the tests (the settings passed positionally: one cache entry however they are given)."""
+    return _compiled_seed(keys, X, weight, num_components, n_local_trials, by_value)
+
+
 @pytest.mark.parametrize("n_local_trials", [None, 1, 6])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_greedy_seeding_is_sklearns_kmeans_plusplus(data, n_local_trials, weighted):
@@ -72,8 +87,7 @@ def test_greedy_seeding_is_sklearns_kmeans_plusplus(data, n_local_trials, weight
     same draws (plain k-means++ for ``n_local_trials=1``)."""
     X, weight = data
     weight = weight if weighted else np.ones_like(weight)
-    seed = jax.jit(jax.vmap(lambda key, w: gj.kmeans_plusplus(key, X, K, w, n_local_trials=n_local_trials), (0, None)))
-    centers = np.asarray(seed(KEYS, weight))
+    centers = np.asarray(_seed(KEYS, X, weight, n_local_trials=n_local_trials))
     for s in range(KEYS.shape[0]):
         want = _sklearn_centers(KEYS[s], X, K, weight.astype(np.float64), n_local_trials)
         np.testing.assert_array_equal(centers[s], want)
@@ -81,11 +95,10 @@ def test_greedy_seeding_is_sklearns_kmeans_plusplus(data, n_local_trials, weight
 
 def test_plain_centers_are_the_greedy_first_candidates(data):
     """The first center is the same draw, and ``n_local_trials=1`` is the first candidate of each."""
-    X, _ = data
-    plain = gj.kmeans_plusplus(KEYS[0], X, K, n_local_trials=1)
-    greedy = gj.kmeans_plusplus(KEYS[0], X, K)
-    np.testing.assert_array_equal(np.asarray(plain[0]), np.asarray(greedy[0]))
-    assert not np.array_equal(np.asarray(plain), np.asarray(greedy))  # the greedy choice mattered
+    X, weight = data
+    plain, greedy = (np.asarray(_seed(KEYS, X, weight, n_local_trials=t)) for t in (1, None))
+    np.testing.assert_array_equal(plain[:, 0], greedy[:, 0])
+    assert not np.array_equal(plain, greedy)  # the greedy choice mattered
 
 
 def test_data_far_from_the_origin_lose_no_digits(data):
@@ -93,8 +106,9 @@ def test_data_far_from_the_origin_lose_no_digits(data):
     centers as scikit-learn's float64 seeding of the same float32 values."""
     X, weight = data
     far = (X.astype(np.float64) + 1e4).astype(np.float32)
-    centers = np.asarray(jax.jit(lambda key: gj.kmeans_plusplus(key, far, K, weight))(KEYS[1]))
-    np.testing.assert_array_equal(centers, _sklearn_centers(KEYS[1], far, K, weight.astype(np.float64), None))
+    centers = np.asarray(_seed(KEYS, far, weight))
+    for s in range(KEYS.shape[0]):
+        np.testing.assert_array_equal(centers[s], _sklearn_centers(KEYS[s], far, K, weight.astype(np.float64), None))
 
 
 def test_lane_trial_counts_are_numpys_2_plus_int_log_k():
@@ -105,33 +119,38 @@ def test_lane_trial_counts_are_numpys_2_plus_int_log_k():
 
 
 def test_inactive_lanes_seed_as_fewer_components(data):
-    """A lane of ``num_active = a`` in a ``K = 21`` seeding (5 candidates drawn, ``2 + int(log a)``
+    """A lane of ``num_active = a`` in a ``K = 9`` seeding (4 candidates drawn, ``2 + int(log a)``
     counting) equals the separate seeding of ``a`` components (traced ``a``, vmapped)."""
     X, weight = data
-    lanes = jnp.array([2, 7, 8, 21])  # 2, 3, 4 and 5 candidates count
-    masked = jax.jit(jax.vmap(lambda a: gj.kmeans_plusplus(KEYS[2], X, 21, weight, num_active=a)))(lanes)
+    lanes = jnp.array([2, 3, K])  # 2, 3 and 4 candidates count
+    masked = jax.jit(jax.vmap(lambda a: gj.kmeans_plusplus(KEYS[2], X, K, weight, num_active=a)))(lanes)
     for lane, a in enumerate(lanes.tolist()):
-        separate = np.asarray(gj.kmeans_plusplus(KEYS[2], X, a, weight))
+        separate = np.asarray(_seed(KEYS, X, weight, num_components=a)[2])
         np.testing.assert_array_equal(np.asarray(masked[lane, :a]), separate)
-        np.testing.assert_array_equal(np.asarray(masked[lane, a:]), np.repeat(separate[:1], 21 - a, axis=0))
+        np.testing.assert_array_equal(np.asarray(masked[lane, a:]), np.repeat(separate[:1], K - a, axis=0))
 
 
 def test_given_trials_make_fewer_centers_a_prefix(data):
     """With ``n_local_trials`` given, the first ``K`` centers of ``K' > K`` are those of ``K``."""
     X, weight = data
-    few, more = (np.asarray(gj.kmeans_plusplus(KEYS[3], X, k, weight, n_local_trials=3)) for k in (5, 12))
-    np.testing.assert_array_equal(more[:5], few)
+    few, more = (np.asarray(_seed(KEYS, X, weight, num_components=k, n_local_trials=6)) for k in (3, K))
+    np.testing.assert_array_equal(more[:, :3], few)
 
 
 def test_by_value_ignores_row_order_and_counts_integer_weights_as_copies(data):
+    """Rows of integer weights (summing to N) and zero-weight rows, against the rows repeated
+    (N rows of weight one) and against the same rows permuted: the same centers."""
     X, _ = data
-    counts = np.random.default_rng(6).integers(0, 4, X.shape[0]).astype(np.float32)
+    half = X.shape[0] // 2
+    counts = np.zeros(X.shape[0], np.float32)
+    counts[:half] = np.random.default_rng(6).multinomial(X.shape[0] - half, np.full(half, 1 / half)) + 1
+    assert counts.sum() == X.shape[0]
     order = np.random.default_rng(7).permutation(X.shape[0])
-    seed = lambda X, w: np.asarray(gj.kmeans_plusplus(KEYS[0], X, K, w, by_value=True))  # noqa: E731
+    seed = lambda X, w: np.asarray(_seed(KEYS, X, w, by_value=True))  # noqa: E731
     weighted = seed(X, counts)
     np.testing.assert_array_equal(seed(X[order], counts[order]), weighted)
     repeated = np.repeat(X, counts.astype(int), axis=0)
-    np.testing.assert_array_equal(seed(repeated, np.ones(repeated.shape[0], np.float32)), weighted)
+    np.testing.assert_array_equal(seed(repeated, np.ones(X.shape[0], np.float32)), weighted)
 
 
 @pytest.mark.parametrize("n_local_trials", [None, 1])
@@ -175,7 +194,7 @@ def _mean_log_likelihood(weights, means, covariances, X):
     return float(np.mean(O.mixture_log_prob(weights, means, covariances, "full", X)))
 
 
-def _reached(X64, k, num_keys, tol=0.01):
+def _reached(X64, k, num_keys, methods=(("greedy", None), ("plain", 1)), tol=0.01):
     """Per method, the keys whose one-restart fit ends within ``tol`` (mean log-likelihood) of
     the best optimum over all keys and methods: gmmjax's greedy default, gmmjax's plain seeding
     and scikit-learn's ``init_params="kmeans"`` (scikit-learn's greedy k-means++, then k-means)."""
@@ -185,7 +204,7 @@ def _reached(X64, k, num_keys, tol=0.01):
     X32 = X64.astype(np.float32)
     keys = jax.vmap(jax.random.key)(jnp.arange(num_keys))
     scores = {}
-    for label, trials in (("greedy", None), ("plain", 1)):
+    for label, trials in methods:
         fit = jax.vmap(lambda key, trials=trials: gj.fit_em(key, X32, k, n_local_trials=trials).params)(keys)
         weights, means, covariances = (np.asarray(a) for a in (fit.weights, fit.means, fit.covariances))
         scores[label] = [_mean_log_likelihood(weights[s], means[s], covariances[s], X64) for s in range(num_keys)]
@@ -199,7 +218,7 @@ def _reached(X64, k, num_keys, tol=0.01):
 
 def test_greedy_seeding_reaches_the_best_optimum_as_often_as_sklearn():
     """Small version of benchmarks/seeding.py (2,000 × 8, K = 5, 16 keys)."""
-    reached = _reached(_selection_data(2000, 8), 5, 16)
+    reached = _reached(_selection_data(2000, 8), 5, 16, methods=(("greedy", None),))
     assert reached["greedy"] >= reached["sklearn"], reached
 
 
