@@ -324,9 +324,13 @@ READING = """\
   candidate (with `row_order_invariant=True`, the default, each draw bisects over the rows'
   value keys: 64 masked sums per candidate), one `(T, D) × (D, N)` product for their
   distances, and the kept center's exact distances. Seeding runs on at most
-  `max(2**14, 64·K)` rows, and Lloyd's steps (`init_params="kmeans"`) follow it, so the
-  greedy seeding is a small part of a fit on large data; it weighs most in batches of tiny
-  fits (W6), where the seeding is a visible share of the whole fit.
+  `max(2**14, 64·K)` rows, and Lloyd's steps (`init_params="kmeans"`) follow it.
+- *The cost rows of the recorded run are not reliable*: they were timed while other jobs held
+  the 2-core machine at a load of 5–8 (see `load`), so single medians of 3 calls jump by 10×
+  between neighbours (e.g. `init` above `fit`). What they do show: the seeding alone costs
+  ≈ 2–10× plain (more with more candidates: K = 256 draws 7), seconds only at K in the
+  hundreds. The W6 row (batches of tiny fits, where seeding is a visible share) was not
+  finished. Rerun `python benchmarks/seeding.py --only cost` on a quiet machine.
 """
 
 

@@ -165,7 +165,7 @@ def default_local_trials(num_components: int) -> int:
 def _lane_local_trials(num_active, max_trials: int) -> jax.Array:
     """``default_local_trials(num_active)`` for a traced ``num_active``, by integer comparisons
     with the smallest ``K`` of each trial count (the same numbers as NumPy's ``log``)."""
-    count = jnp.asarray(2, jnp.int32)
+    num_active, count = jnp.asarray(num_active), jnp.asarray(2, jnp.int32)
     smallest = 1
     for trials in range(3, max_trials + 1):
         while default_local_trials(smallest) < trials:

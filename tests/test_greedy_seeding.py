@@ -128,6 +128,8 @@ def test_inactive_lanes_seed_as_fewer_components(data):
         separate = np.asarray(_seed(KEYS, X, weight, num_components=a)[2])
         np.testing.assert_array_equal(np.asarray(masked[lane, :a]), separate)
         np.testing.assert_array_equal(np.asarray(masked[lane, a:]), np.repeat(separate[:1], K - a, axis=0))
+    given = gj.kmeans_plusplus(KEYS[2], X, K, weight, num_active=3)  # a Python int
+    np.testing.assert_array_equal(np.asarray(given), np.asarray(masked[1]))
 
 
 def test_given_trials_make_fewer_centers_a_prefix(data):
