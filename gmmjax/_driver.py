@@ -208,6 +208,7 @@ def initial_params(
         num_active=num_active,
         by_value=options.row_order_invariant,
         rows=rows,
+        n_local_trials=options.n_local_trials,
     )
 
 

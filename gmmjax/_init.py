@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gmmjax._chunks import resolve_chunk_size, sum_over_chunks
 from gmmjax._collectives import LOCAL, RowAxis
@@ -18,6 +19,10 @@ from gmmjax._stats import active_mask, m_step_with_diagnostics, stats_from_respo
 # assignment no longer changes.
 KMEANS_MAX_STEPS = 30
 _LLOYD_ULPS = 64
+
+# The stream of the greedy k-means++ candidates beyond the first: ``fold_in(key, _TRIALS_STREAM)``
+# then ``fold_in(·, k)`` for center ``k`` (the first candidate is the plain variant's draw).
+_TRIALS_STREAM = 0x6B2B
 
 # Seeding and Lloyd's steps run on at most max(INIT_SAMPLE_SIZE, 64·K) rows (see seeding_sample).
 INIT_SAMPLE_SIZE = 2**14
@@ -151,6 +156,45 @@ def _draw_index_by_value(
     return rows.first((primary == first) & (secondary == second) & (score > 0))
 
 
+def default_local_trials(num_components: int) -> int:
+    """scikit-learn's number of greedy k-means++ candidates per center for ``K`` centers:
+    ``2 + int(log K)`` (3 for K = 3..7, 4 for 8..20, 5 for 21..54, …)."""
+    return 2 + int(np.log(max(int(num_components), 1)))
+
+
+def _lane_local_trials(num_active, max_trials: int) -> jax.Array:
+    """``default_local_trials(num_active)`` for a traced ``num_active``, by integer comparisons
+    with the smallest ``K`` of each trial count (the same numbers as NumPy's ``log``)."""
+    num_active, count = jnp.asarray(num_active), jnp.asarray(2, jnp.int32)
+    smallest = 1
+    for trials in range(3, max_trials + 1):
+        while default_local_trials(smallest) < trials:
+            smallest += 1
+        count = count + (num_active >= smallest).astype(jnp.int32)
+    return count
+
+
+def resolve_local_trials(num_components: int, n_local_trials, num_active=None):
+    """``(num_trials, lane_trials)`` of the greedy k-means++ seeding: the static number of
+    candidates drawn per center, and for ``n_local_trials=None`` with ``num_active`` the traced
+    number of them that count (scikit-learn's default for ``K = num_active``; ``None``: all)."""
+    if n_local_trials is not None:
+        return check_local_trials(n_local_trials), None
+    num_trials = default_local_trials(num_components)
+    return num_trials, None if num_active is None else _lane_local_trials(num_active, num_trials)
+
+
+def check_local_trials(n_local_trials) -> int:
+    if isinstance(n_local_trials, (bool, np.bool_)) or not isinstance(n_local_trials, (int, np.integer)):
+        raise ValueError(
+            f"n_local_trials must be None (2 + int(log K) candidates per center, as scikit-learn) "
+            f"or an integer >= 1 (1: plain k-means++), got {n_local_trials!r}."
+        )
+    if n_local_trials < 1:
+        raise ValueError(f"n_local_trials must be at least 1 (1: plain k-means++), got {n_local_trials}.")
+    return int(n_local_trials)
+
+
 def _sequential_seeding(
     key,
     X,
@@ -160,6 +204,8 @@ def _sequential_seeding(
     num_active=None,
     by_value: bool = False,
     rows: RowAxis = LOCAL,
+    num_trials: int = 1,
+    lane_trials=None,
 ):
     """Draws ``K`` centers from the data one at a time.
 
@@ -169,14 +215,26 @@ def _sequential_seeding(
     When every point coincides with a center (fewer distinct points than components), it
     falls back to drawing by weight alone.
 
+    Greedy k-means++ (``num_trials > 1``, scikit-learn's ``_kmeans_plusplus``): each center
+    after the first draws ``num_trials`` candidates that way and keeps the one that minimises
+    the potential ``Σ w · min D²`` (the first of equal ones); with ``lane_trials`` (traced)
+    only the first ``lane_trials`` candidates compete. The candidates' distances are one
+    ``(num_trials, D) × (D, N)`` product about the first center (so data far from the origin
+    lose no digits to it); the kept center's distances are computed exactly, so a point that
+    coincides with a center has distance zero.
+
     Center ``k`` is drawn from uniform ``k`` of one draw of ``K`` uniforms, turned into an
-    index by :func:`_draw_index`. With JAX's default counter-based generator
-    (``jax_threefry_partitionable``) the first ``K`` of ``K' > K`` uniforms are those of ``K``,
-    so the first ``K`` centers of a seeding of ``K'`` are those of ``K`` (model selection relies
-    on it). One random-number call keeps the compiled program small: each call site of the
-    generator is a sizeable kernel to compile. With ``num_active``, only the first
-    ``num_active`` centers are drawn; the others repeat center 0. Sharded ``rows``: every draw
-    is over the global rows (see :mod:`gmmjax._collectives`) and the centers are replicated.
+    index by :func:`_draw_index` (greedy: that is its first candidate; candidates ``1…`` come
+    from ``fold_in(fold_in(key, _TRIALS_STREAM), k)``, a draw of ``num_trials − 1``). With
+    JAX's default counter-based generator (``jax_threefry_partitionable``) the first ``K`` of
+    ``K' > K`` uniforms are those of ``K`` (and the first candidates of more those of fewer),
+    so the first ``K`` centers of a seeding of ``K'`` are those of ``K`` with the same
+    candidates counting (model selection relies on it). One random-number call (two when
+    greedy) keeps the compiled program small: each call site of the generator is a sizeable
+    kernel to compile. With ``num_active``, only the first ``num_active`` centers are drawn;
+    the others repeat center 0. Sharded ``rows``: every draw is over the global rows (see
+    :mod:`gmmjax._collectives`), each candidate's potential is one all-reduced row sum, and
+    the centers are replicated.
     """
     uniforms = jax.random.uniform(key, (num_components,), X.dtype)
     if by_value:
@@ -187,11 +245,31 @@ def _sequential_seeding(
     first = rows.take(X, draw_index(sample_weight, uniforms[0]))
     centers = jnp.broadcast_to(first[None, :], (num_components, X.shape[1]))
     min_sq = jnp.sum((X - first[None, :]) ** 2, axis=-1)
+    greedy = distance_weighted and num_trials > 1
+    if greedy:
+        trials_key = jax.random.fold_in(key, _TRIALS_STREAM)
+        about_first, first_sq = X - first[None, :], min_sq  # (N, D) and its squared norms (N,)
+        counting = jnp.arange(num_trials) < (num_trials if lane_trials is None else lane_trials)
+
+    def best_candidate(k, score, min_sq):
+        """Of ``num_trials`` candidates drawn ∝ ``score``, the one of least potential."""
+        more = jax.random.uniform(jax.random.fold_in(trials_key, k), (num_trials - 1,), X.dtype)
+        index = jax.vmap(lambda uniform: draw_index(score, uniform))(jnp.concatenate([uniforms[k][None], more]))
+        candidates = rows.take(X, index)  # (T, D)
+        offsets = candidates - first[None, :]
+        products = jnp.matmul(offsets, about_first.T, precision=jax.lax.Precision.HIGHEST)  # (T, N)
+        squared = jnp.sum(offsets * offsets, axis=-1)[:, None] - 2 * products + first_sq[None, :]
+        potential = rows.sum(jnp.minimum(jnp.maximum(squared, 0), min_sq[None, :]) @ sample_weight)
+        return candidates[jnp.argmin(jnp.where(counting, potential, jnp.inf))]
 
     def add_center(k, carry):
         centers, min_sq = carry
         score = sample_weight * (min_sq if distance_weighted else (min_sq > 0).astype(X.dtype))
-        center = rows.take(X, draw_index(jnp.where(rows.sum(jnp.sum(score)) > 0, score, sample_weight), uniforms[k]))
+        score = jnp.where(rows.sum(jnp.sum(score)) > 0, score, sample_weight)
+        if greedy:
+            center = best_candidate(k, score, min_sq)
+        else:
+            center = rows.take(X, draw_index(score, uniforms[k]))
         new_min_sq = jnp.minimum(min_sq, jnp.sum((X - center[None, :]) ** 2, axis=-1))
         if num_active is None:
             return centers.at[k].set(center), new_min_sq
@@ -212,6 +290,7 @@ def kmeans_plusplus(
     num_components: int,
     sample_weight: jax.Array | None = None,
     *,
+    n_local_trials: int | None = None,
     num_active=None,
     by_value: bool = False,
     rows: RowAxis = LOCAL,
@@ -219,16 +298,42 @@ def kmeans_plusplus(
     """k-means++ seeding: ``(K, D)`` centers drawn from the data ``(N, D)``.
 
     Each further center is drawn with probability proportional to the weighted squared
-    distance to the nearest center already chosen. With ``num_active`` (an int, may be
-    traced), only the first ``num_active`` centers are drawn, the same as
-    ``kmeans_plusplus(key, X, num_active, ...)`` draws; the others repeat center 0.
+    distance to the nearest center already chosen; greedy, as scikit-learn's
+    ``kmeans_plusplus``: ``n_local_trials`` candidates are drawn so and the one that leaves
+    the least potential ``Σ w · min D²`` is kept (``None``: ``2 + int(log K)``, scikit-learn's
+    default; ``1``: plain k-means++, whose centers are the greedy variant's first candidates).
+    Greedy seeding costs about ``n_local_trials`` distance passes per center (one product of
+    the candidates with the data) against one.
+
+    With ``num_active`` (an int, may be traced), only the first ``num_active`` centers are
+    drawn, the same as ``kmeans_plusplus(key, X, num_active, ...)`` draws (with the default
+    ``n_local_trials``, ``2 + int(log num_active)`` candidates count); the others repeat center
+    0. With a given ``n_local_trials`` the first ``K`` centers of ``K' > K`` are those of ``K``.
     ``sample_weight`` ``None`` means ones. ``by_value``: rows are drawn in an order set by their
     values, so the centers do not depend on the order of the rows and a row of integer weight
     ``m`` draws as ``m`` copies of it (see :func:`_draw_index_by_value`).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, gmmjax as gj
+      >>> X = jnp.concatenate([jnp.zeros((50, 2)), jnp.full((50, 2), 10.0)])
+      >>> centers = gj.kmeans_plusplus(jax.random.key(0), X, 2)
+      >>> sorted(centers[:, 0].tolist())
+      [0.0, 10.0]
     """
+    X = jnp.asarray(X)
     weights = _ones_if_none(X, sample_weight)
+    num_trials, lane_trials = resolve_local_trials(num_components, n_local_trials, num_active)
     return _sequential_seeding(
-        key, X, num_components, weights, distance_weighted=True, num_active=num_active, by_value=by_value, rows=rows
+        key,
+        X,
+        num_components,
+        weights,
+        distance_weighted=True,
+        num_active=num_active,
+        by_value=by_value,
+        rows=rows,
+        num_trials=num_trials,
+        lane_trials=lane_trials,
     )
 
 
@@ -240,12 +345,14 @@ def kmeans(
     max_steps: int = KMEANS_MAX_STEPS,
     *,
     chunk_size: int | None = None,
+    n_local_trials: int | None = None,
     num_active=None,
     by_value: bool = False,
     rows: RowAxis = LOCAL,
 ) -> jax.Array:
     """k-means++ seeding followed by weighted Lloyd steps; returns ``(K, D)`` centers.
-    ``by_value``: as in :func:`kmeans_plusplus`.
+    ``n_local_trials`` (greedy seeding; ``None``: ``2 + int(log K)``) and ``by_value``: as in
+    :func:`kmeans_plusplus`.
 
     A cluster that loses all its points keeps its previous center. Each Lloyd step is one
     chunked pass over ``X`` (memory ``O(chunk_size · K · D)``). With ``num_active`` (an int,
@@ -254,9 +361,17 @@ def kmeans(
     ``sample_weight`` ``None`` means ones. Sharded ``rows``: each Lloyd step's sums are one
     all-reduce.
     """
+    X = jnp.asarray(X)
     sample_weight = _ones_if_none(X, sample_weight)
     centers = kmeans_plusplus(
-        key, X, num_components, sample_weight, num_active=num_active, by_value=by_value, rows=rows
+        key,
+        X,
+        num_components,
+        sample_weight,
+        n_local_trials=n_local_trials,
+        num_active=num_active,
+        by_value=by_value,
+        rows=rows,
     )
     chunk = resolve_chunk_size(chunk_size, X.shape[0], num_components, X.shape[1], X.dtype)
 
@@ -293,13 +408,23 @@ def kmeans(
 
 
 def initial_responsibility_fn(
-    key, X, num_components, sample_weight, init_params, chunk_size=None, num_active=None, by_value=False, rows=LOCAL
+    key,
+    X,
+    num_components,
+    sample_weight,
+    init_params,
+    chunk_size=None,
+    num_active=None,
+    by_value=False,
+    rows=LOCAL,
+    n_local_trials=None,
 ):
     """Starting responsibilities for one of :data:`INIT_METHODS`, as a function of a chunk.
 
     ``"kmeans"``, ``"k-means++"`` and ``"random_from_data"`` (distinct data points drawn at
     random by weight) find ``K`` centers on :func:`seeding_sample` and assign each point to
-    its nearest center (hard responsibilities); ``"random"`` draws uniform
+    its nearest center (hard responsibilities; the k-means++ seeding of the first two is
+    greedy with ``n_local_trials`` candidates, see :func:`kmeans_plusplus`); ``"random"`` draws uniform
     responsibilities per row (keyed by the row's index, so independent of chunking) and
     normalises them, as scikit-learn does.
 
@@ -353,7 +478,14 @@ def initial_responsibility_fn(
         )
     elif init_params == "k-means++":
         centers = kmeans_plusplus(
-            seed_key, X_seed, num_components, w_seed, num_active=num_active, by_value=by_value, rows=seed_rows
+            seed_key,
+            X_seed,
+            num_components,
+            w_seed,
+            n_local_trials=n_local_trials,
+            num_active=num_active,
+            by_value=by_value,
+            rows=seed_rows,
         )
     else:
         centers = kmeans(
@@ -362,6 +494,7 @@ def initial_responsibility_fn(
             num_components,
             w_seed,
             chunk_size=chunk_size,
+            n_local_trials=n_local_trials,
             num_active=num_active,
             by_value=by_value,
             rows=seed_rows,
@@ -385,9 +518,11 @@ def initialize(
     num_active=None,
     by_value: bool = False,
     rows: RowAxis = LOCAL,
+    n_local_trials: int | None = None,
 ):
     """Starting parameters: from ``init_params`` and then any user-given ``*_init`` arrays
-    (``by_value``: seeding independent of the rows' order, see :func:`kmeans_plusplus`).
+    (``by_value``: seeding independent of the rows' order; ``n_local_trials``: candidates per
+    center of the greedy k-means++ seeding; see :func:`kmeans_plusplus`).
 
     When all three ``*_init`` are given they are used as they are; otherwise the missing
     ones come from an M-step on the initial responsibilities (as in scikit-learn).
@@ -410,7 +545,7 @@ def initialize(
         )
         return params, jnp.zeros(num_components, bool)
     resp_fn, shift = initial_responsibility_fn(
-        key, X, num_components, sample_weight, init_params, chunk_size, num_active, by_value, rows
+        key, X, num_components, sample_weight, init_params, chunk_size, num_active, by_value, rows, n_local_trials
     )
     stats = stats_from_responsibilities(
         X, resp_fn, shift, covariance_type, sample_weight, chunk_size=chunk_size, rows=rows

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from gmmjax import _validation as v
-from gmmjax._init import check_init_params
+from gmmjax._init import check_init_params, check_local_trials
 from gmmjax._params import check_covariance_type
 
 DEFAULT_MAX_ITER = 100
@@ -50,6 +50,11 @@ class FitOptions:
         Each draw bisects over the rows' value keys (no sort): nothing next to a fit of any
         size, ≈1.2× the warm time of 1000 vmapped fits of 500 rows on a 2-core CPU;
         ``False`` draws by position (as gmmjax did before) for such batches of tiny fits.
+      n_local_trials: candidates per center of the k-means++ seeding (``"kmeans"`` and
+        ``"k-means++"``), of which the one leaving the least potential ``Σ w · min D²`` is kept
+        (scikit-learn's greedy k-means++); ``None``: ``2 + int(log K)`` as scikit-learn; ``1``:
+        plain k-means++ (as gmmjax did before), which reaches the best optimum for fewer seeds
+        (``benchmarks/SEEDING.md``).
 
     Leaves (new values reuse the compiled program):
 
@@ -77,6 +82,7 @@ class FitOptions:
     chunk_size: int | None = None
     restart_batch_size: int | None = None
     row_order_invariant: bool = True
+    n_local_trials: int | None = None
     tol: Any = 1e-3
     reg_covar: Any = 1e-6
     weights_init: Any = None
@@ -95,6 +101,8 @@ class FitOptions:
         if not isinstance(self.row_order_invariant, (bool, np.bool_)):
             raise ValueError(f"row_order_invariant must be True or False, got {self.row_order_invariant!r}.")
         normalise("row_order_invariant", bool(self.row_order_invariant))
+        if self.n_local_trials is not None:
+            normalise("n_local_trials", check_local_trials(self.n_local_trials))
         for name in ("chunk_size", "restart_batch_size"):
             if getattr(self, name) is not None:
                 normalise(name, v.check_int(name, getattr(self, name), 1))
@@ -116,6 +124,7 @@ STATIC_FIELDS = (
     "chunk_size",
     "restart_batch_size",
     "row_order_invariant",
+    "n_local_trials",
 )
 LEAF_FIELDS = ("tol", "reg_covar", "weights_init", "means_init", "precisions_init", "lower_bound_init")
 OPTION_NAMES = STATIC_FIELDS + LEAF_FIELDS
