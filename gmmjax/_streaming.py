@@ -39,6 +39,7 @@ is an error.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import glob
 import math
@@ -777,18 +778,18 @@ def restore_states(arrays, covariance_type: str) -> FitState:
 
 
 def _describe_options(options: FitOptions) -> dict:
-    return {
-        "covariance_type": options.covariance_type,
-        "max_iter": options.max_iter,
-        "n_init": options.n_init,
-        "init_params": options.init_params,
-        "chunk_size": options.chunk_size,
-        "row_order_invariant": options.row_order_invariant,
-        "tol": float(options.tol),
-        "reg_covar": float(options.reg_covar),
-        "initial_values": array_digest(options.weights_init, options.means_init, options.precisions_init),
-        "lower_bound_init": None if options.lower_bound_init is None else float(options.lower_bound_init),
-    }
+    """Every field of ``options`` as JSON values for a checkpoint's fingerprint: the initial
+    values as one digest, scalars as floats (a new option is covered without a change here)."""
+    initial = ("weights_init", "means_init", "precisions_init")
+    description: dict = {"initial_values": array_digest(*(getattr(options, name) for name in initial))}
+    for field in dataclasses.fields(options):
+        value = getattr(options, field.name)
+        if field.name in initial:
+            continue
+        if value is not None and not isinstance(value, (str, bool, int)):
+            value = float(value)  # tol, reg_covar, lower_bound_init: arrays or scalars
+        description[field.name] = value
+    return description
 
 
 # -- the front door ---------------------------------------------------------------------------
