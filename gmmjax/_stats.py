@@ -93,11 +93,21 @@ def _chunk_e_step(terms: ComponentTerms, X_chunk: jax.Array, weight: jax.Array):
 # residual form runs.
 _EXPANDED_LIMIT = 1e-3
 
-# The components with the largest such error (up to this many) are computed exactly, from
-# explicit residuals, inside the expanded pass: a few tight, far-away components (a small
-# distant cluster, a component collapsing on a point) do not push the whole pass onto the
-# slow exact form.
+# The components with the largest such error are computed exactly, from explicit residuals,
+# inside the expanded pass: a few tight, far-away components (a small distant cluster, a
+# component collapsing on a point) do not push the whole pass onto the slow exact form. Two
+# tiers of such slots: up to _EXACT_SLOTS (or one in 64 of the components, if more), then,
+# with many components, up to one in 8: early EM iterations with K = 1024 in 128 dimensions
+# (W8) leave ≈100 components above the limit, and the exact form (elementwise over
+# (K, chunk, D)) costs ≈20× the expanded one there.
 _EXACT_SLOTS = 4
+
+
+def _slot_tiers(num_components: int) -> tuple[int, ...]:
+    """The numbers of exactly computed components of the expanded forms, increasing."""
+    first = min(max(_EXACT_SLOTS, num_components // 64), num_components - 1)
+    second = min(num_components // 8, num_components - 1)
+    return (first,) if second <= first else (first, second)
 
 
 @jax.custom_batching.custom_vmap
@@ -130,9 +140,10 @@ def _expanded_e_step(terms: ComponentTerms, center: jax.Array, expansion, exact:
     for full/tied) are one product of the ``(K, F + D)`` coefficients ``[a, −2b]`` with the
     chunk's features ``[φ(x̃), x̃]`` ``(c, F + D)``, and the statistics about ``g``
     (``Σ r φ(x̃)``, ``Σ r x̃``) one product of the ``(K, c)`` responsibilities with the same
-    features; they are moved to the means once per pass. For full covariances this is ``2·N·K·(F + D)`` flops per product (``F ≈ D²/2``)
-    in products whose inner dimension is ``F``, against ``2·N·K·D²`` in products of inner
-    dimension ``D`` for whitening and scatter. Exact in exact arithmetic; in floating point
+    features; they are moved to the means once per pass. For full covariances this is
+    ``2·N·K·(F + D)`` flops per product (``F ≈ D²/2``) in products whose inner dimension is
+    ``F + D``, against ``2·N·K·D²`` in products of inner dimension ``D`` for whitening and
+    scatter. Exact in exact arithmetic; in floating point
     component ``k`` loses ``eps · severity_k`` (see ``_EXPANDED_LIMIT``). The components
     ``exact`` (``(S,)`` indices) are computed from explicit residuals instead: their squared
     norms and statistics are exact. Components run along the first axis: the reductions over
@@ -201,7 +212,7 @@ def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = No
     does not depend on the chunk size (up to floating-point summation order).
 
     Every covariance type uses two plain matrix products per chunk about the weighted
-    mean of the means (see ``_expanded_e_step``), computing the four components whose
+    mean of the means (see ``_expanded_e_step``), computing the (four, K/64 or K/8) components whose
     expanded form would cancel the most digits exactly from residuals, while that form is
     accurate for all others (for diagonal precisions: each mean within ≈90 of its own
     standard deviations of the shift in float32); otherwise the exact residual form runs for
@@ -235,7 +246,6 @@ def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = No
     if kind.matrix and num_features <= SMALL_FEATURES:  # the fused feature-by-feature form is faster
         return residual_pass()
     branch, center, expansion, worst_components = _e_step_form(params, terms, X.dtype)
-    slots = min(_EXACT_SLOTS, num_components - 1)
     num_second_order = num_features * (num_features + 1) // 2 if kind.matrix else num_features
 
     def expanded(exact):
@@ -244,25 +254,27 @@ def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = No
         wide_chunk = min(X.shape[0], chunk * max(1, num_components * num_features // width))
         return lambda: _expanded_e_step(terms, center, expansion, exact, X, sample_weight, wide_chunk)
 
-    return jax.lax.switch(branch, [expanded(worst_components[:0]), expanded(worst_components[:slots]), residual_pass])
+    forms = [expanded(worst_components[:slots]) for slots in (0, *_slot_tiers(num_components))]
+    return jax.lax.switch(branch, [*forms, residual_pass])
 
 
 def _e_step_form(params: GMMParams, terms: ComponentTerms, dtype):
     """Which form the E-step runs for the data type ``dtype``: ``(branch, center, expansion,
     worst_components)``. ``branch`` 0: the expanded form is accurate for every component;
-    1: for all but the (up to ``_EXACT_SLOTS``) worst, ``worst_components[:slots]``, which it
-    computes exactly; 2: neither, the exact residual form for all. Under ``vmap`` the branch
-    is the batch's maximum (see :func:`uniform_branch`)."""
+    ``t`` (1 ≤ t ≤ T, the tiers of :func:`_slot_tiers`): for all but the worst, of which it
+    computes the ``tiers[t − 1]`` first of ``worst_components`` exactly; ``T + 1``: the exact
+    residual form for all. Under ``vmap`` the branch is the batch's maximum (see
+    :func:`uniform_branch`)."""
     kind = covariance_kind(params.covariance_type)
     weights = params.weights / jnp.sum(params.weights)
     center = weights @ params.means
     expansion = kind.expanded_terms(terms.prec_chol, params.covariances, params.means - center[None, :])
     # A component of weight zero (inactive, see m_step) has no responsibility: no exact slot.
     severity = jnp.where(params.weights > 0, expansion[3], -jnp.inf)
-    slots = min(_EXACT_SLOTS, params.num_components - 1)
-    worst, worst_components = jax.lax.top_k(severity, slots + 1)
-    limit = _EXPANDED_LIMIT / jnp.finfo(dtype).eps
-    branch = jnp.where(worst[0] <= limit, 0, jnp.where(worst[slots] <= limit, 1, 2))
+    tiers = _slot_tiers(params.num_components)
+    worst_components = jax.lax.top_k(severity, tiers[-1])[1]
+    num_inexact = jnp.sum(severity > _EXPANDED_LIMIT / jnp.finfo(dtype).eps)
+    branch = jnp.sum(num_inexact > jnp.asarray((0, *tiers))).astype(jnp.int32)
     # Under vmap, one branch for the whole batch: the most exact one any lane needs.
     return uniform_branch(branch), center, expansion, worst_components
 
