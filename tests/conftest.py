@@ -45,6 +45,12 @@ collect_ignore = [
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: heavier test (several seconds or more); deselect with -m 'not slow'")
+    # A command run in-process (gmmjax._cli.main) turns JAX's persistent compilation cache on
+    # for the rest of the session (it is process-global): every later test then writes its
+    # programs to the user's cache, and writing a sharded executable crashed jaxlib 0.10.2
+    # (a segfault in tests/test_streaming_sharded.py after test_streaming.py's CLI test).
+    # Tests of the cache unset this themselves (test_cli.py, test_cache.py in a subprocess).
+    os.environ["GMMJAX_NO_CACHE"] = "1"
 
 
 @pytest.fixture
