@@ -13,6 +13,7 @@ float64 checks run in a subprocess (see ``_x64_parity_script.py``).
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -45,12 +46,41 @@ collect_ignore = [
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: heavier test (several seconds or more); deselect with -m 'not slow'")
-    # A command run in-process (gmmjax._cli.main) turns JAX's persistent compilation cache on
-    # for the rest of the session (it is process-global): every later test then writes its
-    # programs to the user's cache, and writing a sharded executable crashed jaxlib 0.10.2
-    # (a segfault in tests/test_streaming_sharded.py after test_streaming.py's CLI test).
-    # Tests of the cache unset this themselves (test_cli.py, test_cache.py in a subprocess).
+    # A command run in-process (gmmjax._cli.main) would turn JAX's persistent compilation
+    # cache on for the rest of the session (it is process-global), and every later test would
+    # write its programs to the user's cache. Tests of the cache unset this themselves
+    # (test_cli.py, test_cache.py in a subprocess).
     os.environ["GMMJAX_NO_CACHE"] = "1"
+
+
+def _memory_maps() -> int | None:
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            return sum(1 for _ in maps)
+    except OSError:  # not Linux
+        return None
+
+
+def _map_limit() -> int:
+    try:
+        with open("/proc/sys/vm/max_map_count") as limit:
+            return int(limit.read())
+    except (OSError, ValueError):
+        return 65530
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _bounded_compiled_programs():
+    """Frees JAX's compiled programs after a module once they hold a third of the process's
+    memory-map limit. Every compiled CPU program keeps a few memory maps; the suite compiles
+    tens of thousands of programs, and past Linux's ``vm.max_map_count`` (65530 by default)
+    XLA's next compilation segfaults (what ended two CI runs, 80% through the suite). Programs
+    shared between the tests of a module stay compiled."""
+    yield
+    maps = _memory_maps()
+    if maps is not None and maps > _map_limit() // 3:
+        jax.clear_caches()
+        gc.collect()  # the executables go with their last references
 
 
 @pytest.fixture
