@@ -9,18 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 
-DEVICES = int(sys.argv[1])
-MODE = sys.argv[2]
-X64 = "--x64" in sys.argv
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={DEVICES}"
+from _children import forced_devices_from_argv
+
+DEVICES, MODE, X64 = forced_devices_from_argv()
 
 import jax  # noqa: E402
-
-if X64:
-    jax.config.update("jax_enable_x64", True)
-
 import numpy as np  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 

@@ -14,30 +14,12 @@ array with :func:`gmmjax.shard_rows` (``process_local=True``) and fits. ``MODE``
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
+from _children import join_cluster_from_argv
 
-PROCESS_ID, NUM_PROCESSES, PORT, MODE, OUT = (
-    int(sys.argv[1]),
-    int(sys.argv[2]),
-    int(sys.argv[3]),
-    sys.argv[4],
-    sys.argv[5],
-)
-HEARTBEAT_S = 10
+PROCESS_ID, NUM_PROCESSES, MODE, OUT = join_cluster_from_argv()
 
 import jax  # noqa: E402
-
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
-jax.distributed.initialize(
-    coordinator_address=f"127.0.0.1:{PORT}",
-    num_processes=NUM_PROCESSES,
-    process_id=PROCESS_ID,
-    initialization_timeout=60,
-    heartbeat_timeout_seconds=HEARTBEAT_S,
-    shutdown_timeout_seconds=10,
-)
 
 import gmmjax as gj  # noqa: E402
 

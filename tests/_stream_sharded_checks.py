@@ -9,19 +9,11 @@ failure raises.
 
 from __future__ import annotations
 
-import os
-import sys
+from _children import forced_devices_from_argv
 
-DEVICES = int(sys.argv[1])
-MODE = sys.argv[2]
-X64 = "--x64" in sys.argv
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={DEVICES}"
+DEVICES, MODE, X64 = forced_devices_from_argv()
 
 import jax  # noqa: E402
-
-if X64:
-    jax.config.update("jax_enable_x64", True)
-
 import numpy as np  # noqa: E402
 
 import gmmjax as gj  # noqa: E402

@@ -16,30 +16,14 @@ lengths). It joins ``jax.distributed`` (CPU collectives over gloo, bounded timeo
 
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy as np
+from _children import join_cluster_from_argv
 
-PROCESS_ID, NUM_PROCESSES, PORT, MODE, DIR = (
-    int(sys.argv[1]),
-    int(sys.argv[2]),
-    int(sys.argv[3]),
-    sys.argv[4],
-    sys.argv[5],
-)
+PROCESS_ID, NUM_PROCESSES, MODE, DIR = join_cluster_from_argv()
 
 import jax  # noqa: E402
-
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
-jax.distributed.initialize(
-    coordinator_address=f"127.0.0.1:{PORT}",
-    num_processes=NUM_PROCESSES,
-    process_id=PROCESS_ID,
-    initialization_timeout=60,
-    heartbeat_timeout_seconds=10,
-    shutdown_timeout_seconds=10,
-)
 
 from gmmjax._streaming import fit_em_streaming  # noqa: E402
 

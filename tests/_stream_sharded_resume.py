@@ -19,6 +19,7 @@ os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={DEVICES}"
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from _stream_fit_script import batches_of  # noqa: E402
 
 import gmmjax as gj  # noqa: E402
 from gmmjax import _checkpoint  # noqa: E402
@@ -26,15 +27,6 @@ from gmmjax._streaming import fit_em_streaming  # noqa: E402
 
 STREAM = dict(tol=0.0, max_iter=8, batch_size=768, n_init=2, checkpoint_seconds=0.0)
 MEMORY = dict(tol=0.0, max_iter=40, n_init=2, checkpoint_every=3)
-
-
-def batches_of(X, pause: float):
-    def batches():
-        for start in range(0, X.shape[0], 500):
-            time.sleep(pause)
-            yield X[start : start + 500]
-
-    return batches
 
 
 def main():

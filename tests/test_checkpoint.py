@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
+from _children import TESTS, child_env, kill_once_checkpointed
 from _stream_fit_script import SETTINGS, batches_of, fit
 from test_streaming import _data
 
@@ -20,8 +19,6 @@ from gmmjax import _checkpoint
 from gmmjax._checkpoint import CheckpointMismatchError, load_checkpoint, save_checkpoint
 from gmmjax._streaming import fit_em_streaming
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(TESTS)
 FIELDS = ("weights", "means", "covariances")
 
 
@@ -122,32 +119,13 @@ def test_another_configuration_is_refused(X, uninterrupted):
 def test_killed_subprocess_resumes_to_the_uninterrupted_result(X, uninterrupted, tmp_path):
     data, checkpoint = tmp_path / "X.npy", tmp_path / "c.npz"
     np.save(data, X)
-    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    script = os.path.join(TESTS, "_stream_fit_script.py")
+    script = str(TESTS / "_stream_fit_script.py")
     command = [sys.executable, script, str(data), str(checkpoint), str(tmp_path / "out.npz")]
-    child = subprocess.Popen(command + ["slow"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline, meta = time.monotonic() + 120, None
-        while time.monotonic() < deadline and child.poll() is None:
-            if checkpoint.exists():
-                try:
-                    meta = load_checkpoint(checkpoint)[1]
-                except (ValueError, OSError):  # never torn (atomic); a rename may race the open
-                    meta = None
-                if meta is not None and meta["iteration"] >= 2 and meta["batch"] > 0:
-                    break
-            time.sleep(0.05)
-        assert child.poll() is None, f"the fit ended before it was killed: {child.communicate()[1][-2000:]!r}"
-        assert meta is not None and meta["iteration"] < SETTINGS["max_iter"], "no checkpoint mid-fit in 120 s"
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    child = subprocess.Popen(command + ["slow"], env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    kill_once_checkpointed([child], checkpoint, mid_pass=True, seconds=120)
     killed_at = load_checkpoint(checkpoint)[1]
     assert 2 <= killed_at["iteration"] < SETTINGS["max_iter"]
-    done = subprocess.run(command + ["resume"], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command + ["resume"], env=child_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     with np.load(tmp_path / "out.npz") as got:
         _assert_equal_fits(dict(got), _as_dict(uninterrupted[0]))

@@ -7,52 +7,23 @@ of all the rows in this process.
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from _children import TESTS, kill_all, run_cli_cluster, start_cluster
 
 import gmmjax as gj
 
-WORKER = Path(__file__).with_name("_sharding_process.py")
-ROOT = Path(__file__).resolve().parents[1]
+WORKER = TESTS / "_sharding_process.py"
 CENTERS = np.array([[0.0, 0.0, 0.0], [6.0, 0.0, 0.0], [0.0, 6.0, 0.0], [0.0, 0.0, 6.0]])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(mode: str, out: Path, num_processes: int = 2) -> list[subprocess.Popen]:
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    env.pop("XLA_FLAGS", None)  # one CPU device per process
-    return [
-        subprocess.Popen(
-            [sys.executable, str(WORKER), str(i), str(num_processes), str(port), mode, str(out)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=ROOT,
-        )
-        for i in range(num_processes)
-    ]
-
-
-def kill_all(processes):
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=30)
+    return start_cluster(WORKER, mode, out, num_processes)
 
 
 def all_rows(num_samples: int) -> np.ndarray:  # as the worker generates them
@@ -116,30 +87,12 @@ def test_cli_fit_distributed_reads_each_process_shard_file(tmp_path):
     X = all_rows(1002)
     np.save(tmp_path / "shard-0.npy", X[:600])
     np.save(tmp_path / "shard-1.npy", X[600:])
-    port = free_port()
-    processes = []
-    try:
-        for rank in range(2):
-            env = dict(
-                os.environ,
-                PYTHONPATH=str(ROOT),
-                GMMJAX_COORDINATOR=f"127.0.0.1:{port}",
-                GMMJAX_NUM_PROCESSES="2",
-                GMMJAX_PROCESS_ID=str(rank),
-            )
-            env.pop("XLA_FLAGS", None)
-            command = [sys.executable, "-m", "gmmjax", "fit", str(tmp_path / "shard-{process}.npy"), "-k", "4"]
-            command += ["--tol", "1e-4", "--seed", "1", "--distributed", "-o", str(tmp_path / "model.npz")]
-            processes.append(
-                subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-            )
-        outputs = [process.communicate(timeout=300) for process in processes]
-    finally:
-        kill_all(processes)
-    for process, (_, err) in zip(processes, outputs):
-        assert process.returncode == 0, err[-3000:]
-    assert "gmmjax fit --distributed" in outputs[0][0] and "2 processes" in outputs[0][0]
-    assert "gmmjax fit" not in outputs[1][0]  # only process 0 prints
+    shards, out = str(tmp_path / "shard-{process}.npy"), str(tmp_path / "model.npz")
+    outputs = run_cli_cluster("fit", shards, "-k", "4", "--tol", "1e-4", "--seed", "1", "-o", out)
+    for code, _, err in outputs:
+        assert code == 0, err[-3000:]
+    assert "gmmjax fit --distributed" in outputs[0][1] and "2 processes" in outputs[0][1]
+    assert "gmmjax fit" not in outputs[1][1]  # only process 0 prints
     model = gj.GaussianMixtureModel.load(tmp_path / "model.npz")
     reference = gj.GaussianMixtureModel(4, tol=1e-4, seed=1).fit(X)
     np.testing.assert_allclose(model.means_, reference.means_, rtol=1e-5, atol=1e-5)

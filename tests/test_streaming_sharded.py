@@ -13,31 +13,20 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from _children import ROOT, TESTS, child_env, kill_all, kill_once_checkpointed, run_cli_cluster, start_cluster
 
 import gmmjax as gj
 from gmmjax._checkpoint import CheckpointMismatchError, load_checkpoint
 from gmmjax._streaming import fit_em_streaming
 
-TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
 N, D, K = 2501, 3, 3
-
-
-def _env(**extra):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", **extra)
-    env.pop("XLA_FLAGS", None)
-    return env
 
 
 def _data(seed=0, n=N):
@@ -48,7 +37,7 @@ def _data(seed=0, n=N):
 
 def _checks(devices: int, mode: str, *flags, timeout: float = 900) -> str:
     command = [sys.executable, str(TESTS / "_stream_sharded_checks.py"), str(devices), mode, *flags]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=ROOT)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=child_env(), cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -175,36 +164,18 @@ def test_sigkilled_sharded_fit_resumes_to_the_uninterrupted_result(kind, tmp_pat
         capture_output=True,
         text=True,
         timeout=600,
-        env=_env(),
+        env=child_env(),
         cwd=ROOT,
     )
     assert plain.returncode == 0, plain.stderr[-3000:]
     child = subprocess.Popen(
         _run_resume_script(kind, tmp_path, "slow", checkpoint, tmp_path / "never.npz"),
-        env=_env(),
+        env=child_env(),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    try:
-        deadline, meta = time.monotonic() + 300, None
-        while time.monotonic() < deadline and child.poll() is None:
-            if checkpoint.exists():
-                try:
-                    meta = load_checkpoint(checkpoint)[1]
-                except (ValueError, OSError):  # never torn (atomic); a rename may race the open
-                    meta = None
-                if meta is not None and meta["iteration"] >= 2 and (kind == "memory" or meta["batch"] > 0):
-                    break
-            time.sleep(0.05)
-        assert child.poll() is None, f"the fit ended before it was killed: {child.communicate()[1][-2000:]!r}"
-        assert meta is not None, "no checkpoint mid-fit in 300 s"
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    kill_once_checkpointed([child], checkpoint, mid_pass=kind == "stream", seconds=300)
     killed_at = load_checkpoint(checkpoint)[1]
     with np.load(tmp_path / "plain-out.npz") as whole:
         whole = dict(whole)
@@ -214,7 +185,7 @@ def test_sigkilled_sharded_fit_resumes_to_the_uninterrupted_result(kind, tmp_pat
         capture_output=True,
         text=True,
         timeout=600,
-        env=_env(),
+        env=child_env(),
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -232,33 +203,8 @@ def _rows4(n=1002):
     return (rng.normal(size=(n, 3)) + CENTERS4[rng.integers(0, 4, n)]).astype(np.float32)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(mode: str, folder: Path) -> list[subprocess.Popen]:
-    port = _free_port()
-    script = str(TESTS / "_stream_sharded_process.py")
-    return [
-        subprocess.Popen(
-            [sys.executable, script, str(i), "2", str(port), mode, str(folder)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_env(),
-            cwd=ROOT,
-        )
-        for i in range(2)
-    ]
-
-
-def _kill_all(processes):
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=30)
+    return start_cluster(TESTS / "_stream_sharded_process.py", mode, folder)
 
 
 def _write_shards(folder: Path) -> np.ndarray:
@@ -275,7 +221,7 @@ def test_two_processes_each_streaming_its_own_data_equal_one_process(tmp_path):
     try:
         errors = [process.communicate(timeout=300)[1] for process in processes]
     finally:
-        _kill_all(processes)
+        kill_all(processes)
     for process, err in zip(processes, errors):
         assert process.returncode == 0, err[-3000:]
     reference = _as_dict(_reference_fit(X))
@@ -303,7 +249,7 @@ def test_two_processes_with_different_feature_counts_or_dtypes_both_fail_with_th
     try:
         errors = [process.communicate(timeout=120)[1] for process in processes]  # bounded: never a hang
     finally:
-        _kill_all(processes)
+        kill_all(processes)
     for process, err in zip(processes, errors):
         assert process.returncode != 0
         assert message in err, err[-3000:]
@@ -313,30 +259,13 @@ def test_two_processes_with_different_feature_counts_or_dtypes_both_fail_with_th
 def test_two_processes_killed_mid_fit_resume_to_the_uninterrupted_result(tmp_path):
     X = _write_shards(tmp_path)
     checkpoint = tmp_path / "c.npz"
-    processes = _start("slow", tmp_path)
-    try:
-        deadline, meta = time.monotonic() + 300, None
-        while time.monotonic() < deadline and all(p.poll() is None for p in processes):
-            if checkpoint.exists():
-                try:
-                    meta = load_checkpoint(checkpoint)[1]
-                except (ValueError, OSError):
-                    meta = None
-                if meta is not None and meta["iteration"] >= 2:
-                    break
-            time.sleep(0.05)
-        assert all(p.poll() is None for p in processes), "the fit ended before it was killed"
-        assert meta is not None, "no checkpoint in 300 s"
-        for process in processes:
-            process.send_signal(signal.SIGKILL)
-    finally:
-        _kill_all(processes)
+    kill_once_checkpointed(_start("slow", tmp_path), checkpoint, mid_pass=False, seconds=300)
     assert 2 <= load_checkpoint(checkpoint)[1]["iteration"] < 12
     processes = _start("resume", tmp_path)
     try:
         errors = [process.communicate(timeout=300)[1] for process in processes]
     finally:
-        _kill_all(processes)
+        kill_all(processes)
     for process, err in zip(processes, errors):
         assert process.returncode == 0, err[-3000:]
     reference = _as_dict(_reference_fit(X, tol=0.0))
@@ -348,21 +277,11 @@ def test_two_processes_killed_mid_fit_resume_to_the_uninterrupted_result(tmp_pat
 @pytest.mark.slow
 def test_cli_fit_distributed_stream_each_process_streams_its_shard_file(tmp_path):
     X = _write_shards(tmp_path)
-    port, processes = _free_port(), []
-    try:
-        for rank in range(2):
-            env = _env(GMMJAX_COORDINATOR=f"127.0.0.1:{port}", GMMJAX_NUM_PROCESSES="2", GMMJAX_PROCESS_ID=str(rank))
-            command = [sys.executable, "-m", "gmmjax", "fit", str(tmp_path / "shard-{process}.npy"), "-k", "4"]
-            command += ["--tol", "1e-4", "--seed", "1", "--distributed", "--stream", "-o", str(tmp_path / "m.npz")]
-            processes.append(
-                subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-            )
-        outputs = [process.communicate(timeout=300) for process in processes]
-    finally:
-        _kill_all(processes)
-    for process, (_, err) in zip(processes, outputs):
-        assert process.returncode == 0, err[-3000:]
-    assert "streamed, 2 processes" in outputs[0][0]
+    shards, out = str(tmp_path / "shard-{process}.npy"), str(tmp_path / "m.npz")
+    outputs = run_cli_cluster("fit", shards, "-k", "4", "--tol", "1e-4", "--seed", "1", "--stream", "-o", out)
+    for code, _, err in outputs:
+        assert code == 0, err[-3000:]
+    assert "streamed, 2 processes" in outputs[0][1]
     model = gj.GaussianMixtureModel.load(tmp_path / "m.npz")
     reference = gj.GaussianMixtureModel(4, tol=1e-4, seed=1)._fit_stream(X, None)
     np.testing.assert_allclose(model.means_, reference.means_, rtol=1e-5, atol=1e-5)
