@@ -145,38 +145,65 @@ def shard_rows(
     return ShardedRows(X, sample_weight, mesh, data_axis, num_valid)
 
 
-def _process_counts(rows: int, features: int, dtype) -> np.ndarray:
-    """``(P, 3)`` every process's (rows, features, dtype code): one small all-gather."""
+def gather_values(values) -> np.ndarray:
+    """``(P, n)`` every process's ``values`` (``n`` numbers, float64 exactly: sent as bytes)."""
     from jax.experimental import multihost_utils
 
-    code = {np.dtype(np.float32): 32, np.dtype(np.float64): 64}.get(np.dtype(dtype), 0)
-    local = np.array([rows, features, code], np.int64)
-    return np.asarray(multihost_utils.process_allgather(local)).reshape(jax.process_count(), 3)
+    local = np.frombuffer(np.asarray(values, np.float64).tobytes(), np.uint8)
+    gathered = np.asarray(multihost_utils.process_allgather(local))
+    return gathered.reshape(jax.process_count(), -1).view(np.float64)
 
 
-def _shard_process_rows(X, sample_weight, mesh, data_axis, sharding) -> ShardedRows:
-    counts = _process_counts(X.shape[0], X.shape[1], X.dtype)
-    features, codes = counts[:, 1], counts[:, 2]
+def process_digests(digest: str) -> list[str]:
+    """Every process's hex ``digest`` (one all-gather of 32 bytes each)."""
+    from jax.experimental import multihost_utils
+
+    local = np.frombuffer(bytes.fromhex(digest), np.uint8)
+    gathered = np.asarray(multihost_utils.process_allgather(local)).reshape(jax.process_count(), -1)
+    return [bytes(row.astype(np.uint8)).hex() for row in gathered]
+
+
+_DTYPE_NAMES = {16: "float16", 32: "float32", 64: "float64"}
+
+
+def agree_across_processes(
+    rows: int, num_features: int, dtype, weighted: bool, *, what: str, error: type[Exception] = ValueError
+) -> np.ndarray:
+    """Every process's row count, ``(P,)`` int64, from one small all-gather; raises the same
+    ``error`` on every process when the processes' data (``what``: "rows", "data") differ in
+    the number of features, the dtype or whether they carry sample weights."""
+    dtype = np.dtype(dtype)
+    code = dtype.itemsize * 8 if dtype.kind == "f" and dtype.itemsize * 8 in _DTYPE_NAMES else -1
+    every = gather_values([rows, num_features, code, float(weighted)])
+    counts, features, codes, weights = (every[:, i] for i in range(4))
     if len(set(features.tolist())) != 1:
-        detail = ", ".join(f"process {p}: {d}" for p, d in enumerate(features.tolist()))
-        raise ValueError(
-            f"the processes' rows have different numbers of features ({detail}): every process must "
+        detail = ", ".join(f"process {p}: {int(d)}" for p, d in enumerate(features.tolist()))
+        raise error(
+            f"the processes' {what} have different numbers of features ({detail}): every process must "
             "pass rows with the same columns."
         )
     if len(set(codes.tolist())) != 1:
-        detail = ", ".join(f"process {p}: float{c}" for p, c in enumerate(codes.tolist()))
-        raise ValueError(f"the processes' rows have different dtypes ({detail}): cast them to one dtype.")
+        detail = ", ".join(f"process {p}: {_DTYPE_NAMES.get(int(c), 'another dtype')}" for p, c in enumerate(codes))
+        raise error(f"the processes' {what} have different dtypes ({detail}): cast them to one dtype.")
+    if len(set(weights.tolist())) != 1:
+        detail = ", ".join(f"process {p}: {'yes' if w else 'no'}" for p, w in enumerate(weights.tolist()))
+        raise error(f"either every process's {what} carry sample weights or none do ({detail}).")
+    return counts.astype(np.int64)
+
+
+def _shard_process_rows(X, sample_weight, mesh, data_axis, sharding) -> ShardedRows:
+    counts = agree_across_processes(X.shape[0], X.shape[1], X.dtype, sample_weight is not None, what="rows")
     local_devices = sum(1 for d in mesh.devices.flat if d.process_index == jax.process_index())
     if local_devices == 0:
         raise ValueError("this process holds no device of the mesh: build the mesh over every process's devices.")
     # Every process pads to the same local count, a multiple of its devices' share.
-    target = int(counts[:, 0].max())
+    target = int(counts.max())
     target += _pad(target, local_devices)
     pad = target - X.shape[0]
     weight = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
     X_local = np.concatenate([np.asarray(X), np.zeros((pad, X.shape[1]), X.dtype)])
     w_local = np.concatenate([np.asarray(weight), np.zeros(pad, X.dtype)])
-    uniform = bool((counts[:, 0] == target).all()) and sample_weight is None
+    uniform = bool((counts == target).all()) and sample_weight is None
     global_rows = target * jax.process_count()
     X_global = jax.make_array_from_process_local_data(sharding, X_local, (global_rows, X.shape[1]))
     w_global = None if uniform else jax.make_array_from_process_local_data(sharding, w_local, (global_rows,))
@@ -391,8 +418,6 @@ def _data_description(inputs: ShardedInputs) -> dict:
         weight = np.asarray(min(inputs.sample_weight.addressable_shards, key=lambda s: s.index[0].start or 0).data)
     digest = array_digest(head, weight)
     if jax.process_count() > 1:
-        from gmmjax._streaming import process_digests
-
         digest = process_digests(digest)  # type: ignore[assignment]
     return {
         "shape": list(inputs.X.shape),

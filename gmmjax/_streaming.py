@@ -69,6 +69,7 @@ from gmmjax._init import seeding_sample_size
 from gmmjax._options import FitOptions, check_fit_options, fit_options
 from gmmjax._params import GMMParams
 from gmmjax._progress import check_verbose, streaming_reporter
+from gmmjax._sharding import agree_across_processes, gather_values, process_digests
 from gmmjax._stats import SufficientStats, e_step, m_step_with_diagnostics
 
 # Bytes of one batch of data that the automatic batch size aims at.
@@ -888,7 +889,9 @@ def fit_em_streaming(
     source = as_source(data, sample_weight)
     many = layout is not None and layout.num_processes > 1
     if many:  # before anything else that could differ between processes: one small all-gather
-        agree_across_processes(source)
+        agree_across_processes(
+            0, source.num_features, source.dtype, _has_weights(source), what="data", error=StreamError
+        )
     dtype = v.working_dtype(source.dtype)
     options = check_fit_options(options, num_components, source.num_features)
     if checkpoint is None and (checkpoint_every or checkpoint_seconds or resume):
@@ -1045,46 +1048,6 @@ def fit_em_streaming(
 
 
 # -- many processes -----------------------------------------------------------------------------
-def gather_values(values) -> np.ndarray:
-    """``(P, n)`` every process's ``values`` (``n`` numbers, float64 exactly: sent as bytes)."""
-    from jax.experimental import multihost_utils
-
-    local = np.frombuffer(np.asarray(values, np.float64).tobytes(), np.uint8)
-    gathered = np.asarray(multihost_utils.process_allgather(local))
-    return gathered.reshape(jax.process_count(), -1).view(np.float64)
-
-
-def process_digests(digest: str) -> list[str]:
-    """Every process's hex ``digest`` (one all-gather of 32 bytes each)."""
-    from jax.experimental import multihost_utils
-
-    local = np.frombuffer(bytes.fromhex(digest), np.uint8)
-    gathered = np.asarray(multihost_utils.process_allgather(local)).reshape(jax.process_count(), -1)
-    return [bytes(row.astype(np.uint8)).hex() for row in gathered]
-
-
-def agree_across_processes(source: _Source) -> None:
-    """Raises the same ``ValueError`` on every process when the processes' sources differ in
-    the number of features, the dtype or whether they carry sample weights."""
-    codes = {np.dtype(np.float32): 32, np.dtype(np.float64): 64, np.dtype(np.float16): 16}
-    local = [source.num_features, codes.get(np.dtype(source.dtype), -1), float(_has_weights(source))]
-    every = gather_values(local)
-    features, kinds, weighted = every[:, 0].astype(int), every[:, 1].astype(int), every[:, 2].astype(bool)
-    if len(set(features.tolist())) != 1:
-        detail = ", ".join(f"process {p}: {d}" for p, d in enumerate(features.tolist()))
-        raise StreamError(
-            f"the processes' data have different numbers of features ({detail}): every process must "
-            "stream rows with the same columns."
-        )
-    if len(set(kinds.tolist())) != 1:
-        names = {32: "float32", 64: "float64", 16: "float16", -1: "another dtype"}
-        detail = ", ".join(f"process {p}: {names.get(c, c)}" for p, c in enumerate(kinds.tolist()))
-        raise StreamError(f"the processes' data have different dtypes ({detail}): convert them to one dtype.")
-    if len(set(weighted.tolist())) != 1:
-        detail = ", ".join(f"process {p}: {'yes' if w else 'no'}" for p, w in enumerate(weighted.tolist()))
-        raise StreamError(f"either every process's data carries sample weights or none does ({detail}).")
-
-
 def _gathered_sample(keys, index, X, weight, rows: int, size: int):
     """The union of every process's bottom-``size`` sample, cut to the ``size`` smallest keys,
     in (process, row) order: a uniform sample of all processes' rows, the same on every process."""
