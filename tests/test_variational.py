@@ -1,0 +1,176 @@
+"""Variational Bayesian mixtures (:func:`gmmjax.fit_variational`, :class:`gmmjax.BayesianGaussianMixtureModel`).
+
+Oracles: scikit-learn's ``BayesianGaussianMixture`` from the same initial responsibilities in
+float64 (``_x64_variational_script.py``, in a subprocess: ``jax_enable_x64`` is global), the
+plain loop (for ``vmap``) and the eager call (for ``jit``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from _children import TESTS, child_env
+
+import gmmjax as gj
+
+DEFAULT_CHECKS = [
+    "parity_full_dirichlet_process",
+    "parity_tied_dirichlet_distribution",
+    "parity_diag_dirichlet_process",
+    "parity_spherical_dirichlet_distribution",
+    "parity_full_d8_chunked",
+]
+SLOW_CHECKS = [
+    "parity_full_dirichlet_distribution",
+    "parity_tied_dirichlet_process",
+    "parity_diag_dirichlet_distribution",
+    "parity_spherical_dirichlet_process",
+    "parity_tied_d8",
+    "parity_given_priors",
+    "parity_given_priors_full",
+    "weights_as_repeats",
+]
+
+
+def _run_x64(names):
+    done = subprocess.run(
+        [sys.executable, str(TESTS / "_x64_variational_script.py"), *names],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=900,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("X64_VARIATIONAL ")]
+    assert lines, done.stderr[-4000:]
+    results = json.loads(lines[-1][len("X64_VARIATIONAL ") :])
+    assert set(results) == set(names), results
+    for name, outcome in results.items():
+        assert outcome == "ok", f"{name}:\n{outcome}"
+
+
+def test_float64_parity_with_sklearn():
+    """Parameters, lower bound (and its history), n_iter, converged, priors, score_samples and
+    predict_proba equal scikit-learn's BayesianGaussianMixture to 1e-6 relative from the same
+    initial responsibilities: every covariance type, both weight priors, chunked passes and the
+    expanded (matrix-product) E-step (D = 8)."""
+    _run_x64(DEFAULT_CHECKS)
+
+
+@pytest.mark.slow
+def test_float64_parity_with_sklearn_more():
+    """The other type/prior pairs, user-given priors, and integer sample weights as repeated rows."""
+    _run_x64(SLOW_CHECKS)
+
+
+@pytest.fixture(scope="module")
+def three_clusters():
+    rng = np.random.default_rng(0)
+    centers = np.array([[0.0, 0.0], [8.0, 0.0], [0.0, 8.0]])
+    return np.concatenate([rng.normal(size=(100, 2)) + c for c in centers]).astype(np.float32)
+
+
+K = 8
+
+
+@pytest.fixture(scope="module")
+def dp_fit(three_clusters):
+    return gj.fit_variational(jax.random.key(0), three_clusters, K, n_init=2)
+
+
+def test_dirichlet_process_switches_off_unneeded_components(dp_fit):
+    """K = 8 on 3 clusters: three components carry almost all the weight (float32)."""
+    weights = np.sort(np.asarray(dp_fit.params.weights))[::-1]
+    assert weights[:3].sum() > 0.97, weights
+    assert np.all(weights[3:] < 0.01), weights
+    assert bool(dp_fit.converged)
+    assert dp_fit.params.means.dtype == np.float32
+    history = np.asarray(dp_fit.lower_bound_history[int(dp_fit.best_restart)])[: int(dp_fit.n_iter)]
+    assert np.all(np.isfinite(history)) and history[-1] == pytest.approx(float(dp_fit.lower_bound))
+    # the variational bound increases (up to float32 rounding of a ~1e3 number)
+    assert np.all(np.diff(history) > -1e-3 * np.abs(history[1:])), history
+
+
+def test_float32_matches_sklearn_from_the_same_start(three_clusters):
+    """float32 sanity: 30 iterations from the same random responsibilities give scikit-learn's
+    (float64) bound and posterior to float32 tolerance."""
+    from sklearn.mixture import BayesianGaussianMixture
+
+    rng = np.random.default_rng(5)
+    resp = rng.uniform(size=(three_clusters.shape[0], K))
+    resp /= resp.sum(axis=1, keepdims=True)
+    model = BayesianGaussianMixture(n_components=K, init_params="random", max_iter=30, tol=0.0)
+    initialize = model._initialize
+    model._initialize = lambda X_, _: initialize(X_, resp)
+    with pytest.warns(Warning):  # not converged (tol=0)
+        model.fit(three_clusters.astype(np.float64))
+    result = gj.fit_variational(jax.random.key(0), three_clusters, K, max_iter=30, tol=0.0, _resp_init=resp)
+    assert int(result.n_iter) == 30
+    assert float(result.lower_bound) == pytest.approx(model.lower_bound_, rel=1e-4)
+    np.testing.assert_allclose(result.params.weights, model.weights_, atol=1e-4)
+    np.testing.assert_allclose(result.params.means, model.means_, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(result.params.covariances, model.covariances_, rtol=1e-3, atol=1e-3)
+
+
+def test_jit_equals_eager(three_clusters, dp_fit):
+    fit = jax.jit(lambda X: gj.fit_variational(jax.random.key(0), X, K, n_init=2))
+    result = fit(three_clusters)
+    np.testing.assert_allclose(result.params.means, dp_fit.params.means, rtol=1e-4, atol=1e-4)
+    assert float(result.lower_bound) == pytest.approx(float(dp_fit.lower_bound), rel=1e-5)
+
+
+def test_vmap_over_datasets_equals_loop(three_clusters, dp_fit):
+    shifted = three_clusters[::-1] + np.float32(3.0)
+    batch = np.stack([three_clusters, shifted])
+    results = jax.vmap(lambda X: gj.fit_variational(jax.random.key(0), X, K, n_init=2))(batch)
+    second = gj.fit_variational(jax.random.key(0), shifted, K, n_init=2)
+    for i, single in enumerate((dp_fit, second)):
+        assert float(results.lower_bound[i]) == pytest.approx(float(single.lower_bound), rel=1e-5)
+        np.testing.assert_allclose(results.params.weights[i], single.params.weights, atol=1e-5)
+        assert int(results.n_iter[i]) == int(single.n_iter)
+
+
+def test_estimator_attributes_and_methods(three_clusters):
+    model = gj.BayesianGaussianMixtureModel(n_components=K, covariance_type="diag", random_state=0, max_iter=200)
+    labels = model.fit_predict(three_clusters)
+    assert model.converged_ and model.n_iter_ >= 1
+    a, b = model.weight_concentration_
+    assert a.shape == b.shape == (K,)
+    assert model.means_.shape == (K, 2) and model.covariances_.shape == (K, 2)
+    np.testing.assert_allclose(model.precisions_, model.precisions_cholesky_**2, rtol=1e-6)
+    assert model.mean_precision_.shape == model.degrees_of_freedom_.shape == (K,)
+    np.testing.assert_allclose(model.mean_prior_, three_clusters.mean(axis=0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.covariance_prior_, three_clusters.var(axis=0, ddof=1), rtol=1e-4)
+    assert model.degrees_of_freedom_prior_ == 2.0 and model.weight_concentration_prior_ == pytest.approx(1 / K)
+    assert len(np.unique(labels)) == 3
+    proba = model.predict_proba(three_clusters[:5])
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    assert model.score(three_clusters) == pytest.approx(model.score_samples(three_clusters).mean(), rel=1e-6)
+    X, y = model.sample(50)
+    assert X.shape == (50, 2) and y.shape == (50,)
+    assert model.lower_bounds_.shape == (model.n_iter_,)
+
+
+def test_boundary_messages(three_clusters):
+    with pytest.raises(ValueError, match="weight_concentration_prior_type must be one of"):
+        gj.fit_variational(jax.random.key(0), three_clusters, 2, weight_concentration_prior_type="stick")
+    with pytest.raises(ValueError, match="should be greater than 1"):
+        gj.fit_variational(jax.random.key(0), three_clusters, 2, degrees_of_freedom_prior=0.5)
+    with pytest.raises(ValueError, match="mean_precision_prior must be a positive"):
+        gj.fit_variational(jax.random.key(0), three_clusters, 2, mean_precision_prior=-1.0)
+    with pytest.raises(ValueError, match="mean_prior must be a"):
+        gj.fit_variational(jax.random.key(0), three_clusters, 2, mean_prior=np.zeros(3))
+    with pytest.raises(ValueError, match="positive definite"):
+        gj.fit_variational(jax.random.key(0), three_clusters, 2, covariance_prior=-np.eye(2))
+    with pytest.raises(ValueError, match="diag covariance_prior"):
+        gj.fit_variational(jax.random.key(0), three_clusters, 2, covariance_type="diag", covariance_prior=np.ones(3))
+    with pytest.raises(ValueError, match="not used by the variational model"):
+        gj.fit_variational(jax.random.key(0), three_clusters, 2, means_init=np.zeros((2, 2)))
+    with pytest.raises(gj.NotFittedError, match="not fitted"):
+        gj.BayesianGaussianMixtureModel().predict(three_clusters)
+    with pytest.raises(ValueError, match="warm_start"):
+        gj.BayesianGaussianMixtureModel(warm_start=True).fit(three_clusters)
