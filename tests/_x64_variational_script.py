@@ -73,11 +73,25 @@ def _compare(result, model):
         _close(name, getattr(posterior, name), getattr(model, name + "_"))
     _close("mean_prior", posterior.prior.mean, model.mean_prior_)
     _close("covariance_prior", posterior.prior.covariance, model.covariance_prior_)
-    # predictions: the variational log-joint, as scikit-learn's
+    # the estimator's attributes (scikit-learn's names) and predictions (the variational
+    # log-joint, as scikit-learn's) from the same result
     X = model._parity_X
-    params = gj._variational.effective_params(posterior)
-    _close("score_samples", gj.log_prob(params, X), model.score_samples(X))
-    _close("predict_proba", gj.responsibilities(params, X), model.predict_proba(X))
+    estimator = gj.BayesianGaussianMixtureModel(n_components=model.n_components)
+    estimator._store(result)
+    for name in (
+        "mean_precision_", "means_", "degrees_of_freedom_", "covariances_", "precisions_", "precisions_cholesky_",
+        "weights_", "mean_prior_", "covariance_prior_", "weight_concentration_prior_", "mean_precision_prior_",
+        "degrees_of_freedom_prior_", "lower_bound_", "n_iter_", "converged_",
+    ):  # fmt: skip
+        _close("estimator." + name, getattr(estimator, name), getattr(model, name))
+    concentration = model.weight_concentration_
+    for i, part in enumerate(concentration if isinstance(concentration, tuple) else (concentration,)):
+        mine = estimator.weight_concentration_
+        _close(f"estimator.weight_concentration_[{i}]", mine[i] if isinstance(mine, tuple) else mine, part)
+    _close("score_samples", estimator.score_samples(X), model.score_samples(X))
+    _close("predict_proba", estimator.predict_proba(X), model.predict_proba(X))
+    assert np.array_equal(estimator.predict(X), model.predict(X))
+    _close("score", estimator.score(X), model.score(X))
 
 
 def parity(covariance_type, prior_type, num_features=3, chunk_size=None, **priors):
