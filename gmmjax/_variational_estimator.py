@@ -44,8 +44,9 @@ class BayesianGaussianMixtureModel:
       init_params: ``"kmeans"`` (default), ``"k-means++"``, ``"random"``, ``"random_from_data"``.
       weight_concentration_prior_type: ``"dirichlet_process"`` (default) or
         ``"dirichlet_distribution"``.
-      weight_concentration_prior, mean_precision_prior, mean_prior, degrees_of_freedom_prior,
-        covariance_prior: the prior's hyperparameters (``None``: scikit-learn's defaults).
+      weight_concentration_prior: the prior's hyperparameters (``None``: scikit-learn's
+        defaults), as in :func:`gmmjax.fit_variational`; so are ``mean_precision_prior``,
+        ``mean_prior``, ``degrees_of_freedom_prior`` and ``covariance_prior``.
       random_state: int or ``jax.random`` key (``None`` means 0: reproducible by default).
       warm_start: must be ``False`` (not supported yet).
       verbose, verbose_interval: accepted for scikit-learn compatibility; no progress is shown.
