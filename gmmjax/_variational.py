@@ -555,11 +555,11 @@ def fit_variational(
       scikit-learn's ``lower_bound_`` and ``lower_bound_history`` its ``lower_bounds_``.
 
     Example:
-      >>> import jax, jax.numpy as jnp, gmmjax as gj
-      >>> X, _ = gj.sample(jax.random.key(0), gj.GMMParams(
-      ...     jnp.array([0.5, 0.5]), jnp.array([[0.0], [8.0]]), jnp.ones((2, 1, 1))), 400)
-      >>> result = gj.fit_variational(jax.random.key(1), X, 5)
-      >>> int((result.params.weights > 0.05).sum())
+      >>> import jax, numpy as np, gmmjax as gj
+      >>> X = gj.generate_gmm_data(400, np.array([0.5, 0.5]), np.array([[0.0, 0.0], [6.0, 6.0]]),
+      ...                          np.stack([np.eye(2)] * 2))
+      >>> result = gj.fit_variational(jax.random.key(0), X, 5)
+      >>> int((result.params.weights > 0.05).sum())  # the Dirichlet process keeps two components
       2
     """
     prior_type = check_weight_prior_type(weight_concentration_prior_type)

@@ -181,3 +181,17 @@ def test_boundary_messages(three_clusters):
         gj.BayesianGaussianMixtureModel().predict(three_clusters)
     with pytest.raises(ValueError, match="warm_start"):
         gj.BayesianGaussianMixtureModel(warm_start=True).fit(three_clusters)
+
+
+@pytest.mark.slow
+def test_many_unused_components_stay_finite(three_clusters):
+    """K = 64 with a tiny concentration: the unused components' expected log-weights fall far
+    below float32's range (their weights underflow to 0 in the E-step); the bound stays finite and
+    the three clusters keep the weight."""
+    result = gj.fit_variational(
+        jax.random.key(0), three_clusters, 64, covariance_type="diag", weight_concentration_prior=1e-3, max_iter=200
+    )
+    history = np.asarray(result.lower_bound_history[0])[: int(result.n_iter)]
+    assert np.all(np.isfinite(history)) and bool(result.converged)
+    assert np.sort(np.asarray(result.params.weights))[-3:].sum() > 0.97
+    assert float(np.min(gj._variational.effective_log_weights(result.params))) < -1000  # underflow exercised
