@@ -13,7 +13,12 @@ default — the same as benchmarks/run.py):
   call of the same shapes first), and so is scikit-learn's one-off cost of its first fit in a
   process (a small warm-up fit first).
 - **16 restarts**: one ``fit_variational(n_init=16)`` call against ``n_init=16`` in scikit-learn,
-  10 iterations each (``tol=0``), end to end (initialisation included, compilation excluded).
+  ``--restart-iters`` (10) iterations each (``tol=0``), end to end (initialisation included,
+  compilation excluded).
+
+Under load, NumPy's multi-threaded BLAS in scikit-learn slows down by an order of magnitude
+(threads wait for cores that other processes hold): ``--sklearn-threads 1`` gives a steadier
+figure there; on a quiet machine leave it unset.
 
 The table records the machine and says whether it was quiet: figures measured while other
 work runs are marked so.
@@ -86,30 +91,39 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="write a Markdown table here")
     parser.add_argument("--note", default="measured under load (other helpers running)")
+    parser.add_argument(
+        "--sklearn-threads", type=int, default=None, help="limit NumPy's BLAS threads (threadpoolctl); default: as is"
+    )
+    parser.add_argument("--restart-iters", type=int, default=10, help="iterations of each of the 16 restarts")
     args = parser.parse_args(argv)
     w2 = WORKLOADS["W2"]
     K, COV = w2["k"], w2["cov"]
     n = args.samples or (w2["n"] if args.w2 else 20_000)
     X64 = make_data(n, w2["d"], K)
     X32 = X64.astype(np.float32)
+    if args.sklearn_threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.sklearn_threads, user_api="blas")
     rows = []
     _sklearn(X64[:2000], 2)  # warm-up: the first fit in a process pays a one-off cost (seconds under load)
     sk_iter = per_iteration(_sklearn, X64, args.repeats)
     gj_iter = per_iteration(_gmmjax, X32, args.repeats)
     rows.append(("per iteration", sk_iter, gj_iter))
     print(f"per iteration: sklearn {sk_iter * 1e3:.1f} ms, gmmjax {gj_iter * 1e3:.1f} ms, {sk_iter / gj_iter:.1f}x")
-    sk_r = _sklearn(X64, 10, n_init=16)
-    gj_r = _gmmjax(X32, 10, n_init=16)
-    rows.append(("16 restarts × 10 iterations", sk_r, gj_r))
+    sk_r = _sklearn(X64, args.restart_iters, n_init=16)
+    gj_r = _gmmjax(X32, args.restart_iters, n_init=16)
+    rows.append((f"16 restarts × {args.restart_iters} iterations", sk_r, gj_r))
     print(f"16 restarts: sklearn {sk_r:.2f} s, gmmjax {gj_r:.2f} s, {sk_r / gj_r:.1f}x")
     if args.out:
         lines = [
             "# Variational fit: gmmjax.fit_variational vs scikit-learn BayesianGaussianMixture",
             "",
             f"Data: {n} × {w2['d']}, K = {K}, {COV} covariances (benchmarks/run.py's W2 generator);",
-            "scikit-learn in float64, gmmjax in float32. Command: `python benchmarks/variational.py"
-            + (" --w2" if args.w2 else f" --samples {n}")
-            + "`.",
+            "scikit-learn in float64, gmmjax in float32. Command: `python benchmarks/variational.py "
+            + " ".join(sys.argv[1:])
+            + "`"
+            + (f" (scikit-learn's BLAS limited to {args.sklearn_threads} thread(s))." if args.sklearn_threads else "."),
             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, JAX {jax.__version__} on "
             f"{jax.devices()[0].platform}. **{args.note}.**",
             "",
