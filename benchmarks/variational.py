@@ -1,6 +1,6 @@
 """Variational Bayesian mixtures: gmmjax.fit_variational against scikit-learn's BayesianGaussianMixture.
 
-    python benchmarks/variational.py            # short default: 20k × 16, K = 16 full (~1-2 min on 2 cores)
+    python benchmarks/variational.py            # short default: 20k × 16, K = 16 full (about a minute on 2 quiet cores)
     python benchmarks/variational.py --w2       # W2's shape (benchmarks/run.py WORKLOADS: 200k × 16, K = 16)
     python benchmarks/variational.py --w2 --out benchmarks/VARIATIONAL.md   # also writes the table
 
@@ -13,7 +13,7 @@ default — the same as benchmarks/run.py):
   call of the same shapes first), and so is scikit-learn's one-off cost of its first fit in a
   process (a small warm-up fit first).
 - **16 restarts**: one ``fit_variational(n_init=16)`` call against ``n_init=16`` in scikit-learn,
-  ``--restart-iters`` (10) iterations each (``tol=0``), end to end (initialisation included,
+  ``--restart-iters`` (5) iterations each (``tol=0``), end to end (initialisation included,
   compilation excluded).
 
 Under load, NumPy's multi-threaded BLAS in scikit-learn slows down by an order of magnitude
@@ -94,7 +94,7 @@ def main(argv=None):
     parser.add_argument(
         "--sklearn-threads", type=int, default=None, help="limit NumPy's BLAS threads (threadpoolctl); default: as is"
     )
-    parser.add_argument("--restart-iters", type=int, default=10, help="iterations of each of the 16 restarts")
+    parser.add_argument("--restart-iters", type=int, default=5, help="iterations of each of the 16 restarts")
     args = parser.parse_args(argv)
     w2 = WORKLOADS["W2"]
     K, COV = w2["k"], w2["cov"]
