@@ -13,9 +13,10 @@ component's mean and precision. Mean-field variational inference alternates
 
 The lower bound (scikit-learn's ``lower_bound_``, not divided by ``N``) needs the
 responsibilities' entropy ``−Σ_n s_n Σ_k r_nk log r_nk``; it follows from the same statistics:
-``Σ_n s_n Σ_k r_nk log r_nk = Σ_k (N_k log c_k − ½ tr(Λ̃_k S_k)) − Σ_n s_n log Σ_k e^{…}``
-(``c_k`` the component's log-scale, ``S_k`` the second moments about the means, ``Λ̃_k``
-the precision ``P_k P_kᵀ``), so no second pass over the data and no extra statistic.
+``Σ_n s_n Σ_k r_nk log r_nk = Σ_k (N_k c_k − ½ tr(Λ̃_k S_k)) − Σ_n s_n log Σ_k e^{…}``
+(``c_k`` the component's log-scale ``log w_k + log det P_k − D/2 log 2π``, ``S_k`` the
+second moments about the means, ``Λ̃_k`` the precision ``P_k P_kᵀ``), so no second pass over
+the data and no extra statistic.
 In float32 this difference loses about ``eps · N · |log p|`` (small next to the bound).
 
 Restarts run through :func:`gmmjax._driver.run_restarts` (vmapped), the loop is the
