@@ -264,7 +264,7 @@ def check_fit_inputs(
     if num_components is not None:
         num_components = v.check_int("num_components", num_components, 1)
     largest = num_components if max_components is None else max_components
-    X = v.check_data(X, "X", min_samples=largest or 1)
+    X = v.check_data(X, "X", min_samples=largest or 1, allow_nan=options.missing == "marginalize")
     options = check_fit_options(options, num_components, X.shape[1])
     if sample_weight is not None:
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0], X.dtype)
