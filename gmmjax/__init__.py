@@ -9,6 +9,7 @@ from gmmjax._chunks import auto_chunk_size
 from gmmjax._covariance import precision_cholesky
 from gmmjax._criteria import aic, bic, icl, num_parameters
 from gmmjax._density import component_log_prob, log_prob, responsibilities
+from gmmjax._missing import impute, marginal_log_prob
 from gmmjax._driver import FitResult, FitState, restart_keys
 from gmmjax._em import fit_em
 from gmmjax._estimator import ConvergenceWarning, GaussianMixtureModel, NotFittedError
@@ -55,10 +56,12 @@ __all__ = [
     "from_unconstrained",
     "generate_gmm_data",
     "icl",
+    "impute",
     "kmeans",
     "kmeans_plusplus",
     "log_prob",
     "m_step",
+    "marginal_log_prob",
     "num_parameters",
     "online_em_init",
     "online_em_update",

@@ -117,7 +117,7 @@ def _chunk_terms(terms, X_chunk: jax.Array, m: int):
         b = jnp.einsum("kcd,cad->kca", gradient, onehot)  # (Λ r̃)_M, 0 on padded slots
         block = precision[:, order[:, :, None], order[:, None, :]]  # (K, c, m, m) Λ_MM
         pair = valid[:, :, None] & valid[:, None, :]
-        block = jnp.where(pair[None], block, jnp.eye(m, dtype=filled.dtype))
+        block = jnp.where(pair[None], block, jnp.eye(m, dtype=filled.dtype)[None, None])
         chol = jnp.linalg.cholesky(block)
         eye = jnp.broadcast_to(jnp.eye(m, dtype=filled.dtype), chol.shape)
         chol_inv = jax.scipy.linalg.solve_triangular(chol, eye, lower=True)  # C⁻¹
@@ -223,10 +223,38 @@ def marginal_component_log_prob(params: GMMParams, X, *, tiers=None, chunk_size=
     return _map_missing(params, X, tiers, chunk_size, lambda log_joint, _: log_joint.T)
 
 
+def marginal_log_prob(params: GMMParams, X, *, tiers=None, chunk_size=None) -> jax.Array:
+    """Log-density of each row over its observed features, NaN entries missing:
+    ``log Σ_k w_k N(x_{n,O_n} | μ_k,O, Σ_k,OO)`` ``(N,)`` (0 for a row with none observed).
+    Equals :func:`gmmjax.log_prob` on rows without NaN. Works under ``jit`` and ``vmap``.
+
+    Args:
+      params: mixture parameters.
+      X: ``(N, D)`` data with NaN for missing entries.
+      tiers: static tiers (:func:`tiers_for`); ``None``: up to ``D``, correct for any row.
+      chunk_size: rows per chunk (``None``: automatic).
+
+    Example:
+      >>> import jax.numpy as jnp, gmmjax as gj
+      >>> p = gj.GMMParams(jnp.array([1.0]), jnp.zeros((1, 2)), jnp.eye(2)[None])
+      >>> round(float(gj.marginal_log_prob(p, jnp.array([[0.0, jnp.nan]]))[0]), 4)
+      -0.9189
+    """
+    return jax.scipy.special.logsumexp(marginal_component_log_prob(params, X, tiers=tiers, chunk_size=chunk_size), axis=1)
+
+
 def impute(params: GMMParams, X, *, tiers=None, chunk_size=None) -> jax.Array:
     """``X`` ``(N, D)`` with each NaN entry replaced by its conditional mean under the mixture,
     ``E[x_M | x_O] = Σ_k p(k | x_O) (μ_k,M − (Λ_k,MM)⁻¹ (Λ_k (x − μ_k))_M)``; observed entries
-    unchanged; a row with no observed entry gets the mixture's mean."""
+    unchanged; a row with no observed entry gets the mixture's mean. ``(N, D)``; ``tiers``,
+    ``chunk_size`` as in :func:`marginal_log_prob`. Works under ``jit`` and ``vmap``.
+
+    Example:
+      >>> import jax.numpy as jnp, gmmjax as gj
+      >>> p = gj.GMMParams(jnp.array([1.0]), jnp.zeros((1, 2)), jnp.array([[[1.0, 0.5], [0.5, 1.0]]]))
+      >>> gj.impute(p, jnp.array([[2.0, jnp.nan]])).tolist()
+      [[2.0, 1.0]]
+    """
     tiers = tiers_for(params.num_features, params.num_features) if tiers is None else tiers
 
     def row_fn(log_joint, completed):
