@@ -9,13 +9,13 @@ from gmmjax._chunks import auto_chunk_size
 from gmmjax._covariance import precision_cholesky
 from gmmjax._criteria import aic, bic, icl, num_parameters
 from gmmjax._density import component_log_prob, log_prob, responsibilities
-from gmmjax._missing import impute, marginal_log_prob
 from gmmjax._driver import FitResult, FitState, restart_keys
 from gmmjax._em import fit_em
 from gmmjax._estimator import ConvergenceWarning, GaussianMixtureModel, NotFittedError
 from gmmjax._gradient import fit_gradient
 from gmmjax._init import INIT_METHODS, kmeans, kmeans_plusplus
 from gmmjax._interop import params_from_sklearn, params_to_sklearn, to_distrax, to_numpyro
+from gmmjax._missing import impute, marginal_log_prob
 from gmmjax._model_selection import SelectionResult, select_num_components
 from gmmjax._online import OnlineEMState, online_em_init, online_em_update
 from gmmjax._options import FitOptions

@@ -30,9 +30,9 @@ from gmmjax._loops import compacting_while_loop
 from gmmjax._missing import MissingLayout, em_step_missing, mean_imputed, tiers_for
 from gmmjax._options import FitOptions, fit_options
 from gmmjax._progress import DEFAULT_VERBOSE_INTERVAL, check_verbose, report_em_step
-from gmmjax._validation import is_traced
 from gmmjax._sharding import fit_em_sharded, fit_em_sharded_checkpointed, row_sharding
 from gmmjax._stats import _em_step_with_diagnostics
+from gmmjax._validation import is_traced
 
 DIFFERENTIATION_MODES = ("implicit", "unrolled")
 

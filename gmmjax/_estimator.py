@@ -24,8 +24,8 @@ from gmmjax._criteria import bic as _bic
 from gmmjax._criteria import num_parameters
 from gmmjax._density import log_prob, responsibilities
 from gmmjax._em import fit_em
-from gmmjax._missing import check_missing, impute, marginal_component_log_prob
 from gmmjax._gradient import DEFAULT_NUM_STEPS, fit_gradient
+from gmmjax._missing import check_missing, impute, marginal_component_log_prob
 from gmmjax._options import FitOptions, fit_options
 from gmmjax._params import GMMParams
 from gmmjax._sampling import _sample_jit

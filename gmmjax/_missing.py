@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmmjax._chunks import map_over_chunks, resolve_chunk_size, sum_over_chunks
-from gmmjax._covariance import covariance_kind, precision_cholesky
+from gmmjax._covariance import covariance_kind
 from gmmjax._density import component_terms
 from gmmjax._params import GMMParams
 from gmmjax._stats import SufficientStats, _weighted_posteriors, m_step_with_diagnostics, uniform_branch
@@ -110,25 +110,60 @@ def _chunk_terms(terms, X_chunk: jax.Array, m: int):
         spread = jnp.zeros((K, X_chunk.shape[0], 0, D), filled.dtype)
     else:
         gradient = jnp.einsum("kce,kde->kcd", whitened, prec_chol)  # Λ r̃
-        order = jnp.argsort(observed, axis=1, stable=True)[:, :m]  # missing features first
+        # Slot a of a row holds its a-th missing feature (no sort: a running count).
+        missing = ~observed
+        slot = jnp.cumsum(missing, axis=1) - 1  # (c, D)
         valid = jnp.arange(m)[None, :] < num_missing[:, None]  # (c, m)
-        onehot = (order[:, :, None] == jnp.arange(D)[None, None, :]) & valid[:, :, None]  # (c, m, D)
-        onehot = onehot.astype(filled.dtype)
-        b = jnp.einsum("kcd,cad->kca", gradient, onehot)  # (Λ r̃)_M, 0 on padded slots
-        block = precision[:, order[:, :, None], order[:, None, :]]  # (K, c, m, m) Λ_MM
-        pair = valid[:, :, None] & valid[:, None, :]
-        block = jnp.where(pair[None], block, jnp.eye(m, dtype=filled.dtype)[None, None])
-        chol = jnp.linalg.cholesky(block)
-        eye = jnp.broadcast_to(jnp.eye(m, dtype=filled.dtype), chol.shape)
-        chol_inv = jax.scipy.linalg.solve_triangular(chol, eye, lower=True)  # C⁻¹
-        u = jnp.einsum("kcab,kcb->kca", chol_inv, b)  # C⁻¹ b
-        shift = jnp.einsum("kcab,kca->kcb", chol_inv, u)  # C⁻ᵀ C⁻¹ b = Λ_MM⁻¹ b
-        residual = residual - jnp.einsum("kca,cad->kcd", shift, onehot)
-        spread = jnp.einsum("kcab,cbd->kcad", chol_inv, onehot)
-        log_det_block = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+        onehot = (missing[:, None, :] & (slot[:, None, :] == jnp.arange(m)[None, :, None])).astype(filled.dtype)
+        order = jnp.sum(onehot * jnp.arange(D, dtype=filled.dtype)[None, None, :], axis=2).astype(jnp.int32)
+        # Small (m, m) systems, unrolled: lists of (K, c) arrays, elementwise over the batch.
+        b = [jnp.sum(gradient * onehot[None, :, a, :], axis=2) for a in range(m)]  # (Λ r̃)_M, 0 if padded
+        flat = (order[:, :, None] * D + order[:, None, :]).reshape(-1)  # (c·m·m,) into Λ_k's D·D entries
+        block = jnp.take(precision.reshape(K, D * D), flat, axis=1).reshape(K, -1, m, m)
+        block = jnp.moveaxis(block, (2, 3), (0, 1))  # (m, m, K, c) Λ_MM
+        pair = valid[:, :, None] & valid[:, None, :]  # (c, m, m)
+        eye = jnp.eye(m, dtype=filled.dtype)[:, :, None, None]
+        block = jnp.where(jnp.moveaxis(pair, 0, 2)[:, :, None, :], block, eye)
+        chol, inv = _small_cholesky_and_inverse(block)
+        u = [sum(inv[a][j] * b[j] for j in range(a + 1)) for a in range(m)]  # C⁻¹ b
+        shift = [sum(inv[a][j] * u[a] for a in range(j, m)) for j in range(m)]  # C⁻ᵀ C⁻¹ b = Λ_MM⁻¹ b
+        rows = [onehot[None, :, a, :] for a in range(m)]  # (1, c, D) each
+        residual = residual - sum(shift[a][:, :, None] * rows[a] for a in range(m))
+        spread = jnp.stack(
+            [sum(inv[a][j][:, :, None] * rows[j] for j in range(a + 1)) for a in range(m)], axis=2
+        )  # (K, c, m, D): C⁻¹ E
+        log_det_block = 2.0 * sum(jnp.log(chol[a][a]) for a in range(m))
+        u = jnp.stack(u, axis=-1)
         log_joint = log_joint + 0.5 * jnp.sum(u**2, axis=-1) - 0.5 * log_det_block
     log_joint = log_joint + 0.5 * num_missing[None, :] * math.log(2.0 * math.pi)
     return log_joint, residual, spread, all_missing
+
+
+def _small_cholesky_and_inverse(block: jax.Array):
+    """Cholesky factors ``C`` and their inverses ``C⁻¹`` of a batch of small SPD matrices stored
+    as ``(m, m, *batch)``: ``(C, C⁻¹)``, each as nested lists ``[i][j]`` of batch arrays.
+
+    Unrolled over the ``m²`` entries, each step elementwise over the whole batch: for the
+    small ``m`` of missing entries per row this vectorises across the ``(K, chunk)`` batch,
+    where batched LAPACK calls (``jnp.linalg.cholesky``, ``solve_triangular``) run one
+    ``(m, m)`` matrix at a time: the whole missing-data EM step was 2.1× slower with them
+    (20k × 16, K=16, 20% missing, 2-core CPU under load).
+    """
+    m = block.shape[0]
+    chol: list[list] = [[None] * m for _ in range(m)]
+    for j in range(m):
+        diagonal = block[j, j] - sum((chol[j][p] ** 2 for p in range(j)), jnp.zeros_like(block[j, j]))
+        chol[j][j] = jnp.sqrt(diagonal)
+        for i in range(j + 1, m):
+            off = block[i, j] - sum((chol[i][p] * chol[j][p] for p in range(j)), jnp.zeros_like(block[i, j]))
+            chol[i][j] = off / chol[j][j]
+    inverse: list[list] = [[jnp.zeros_like(block[0, 0])] * m for _ in range(m)]
+    for i in range(m):
+        inverse[i][i] = 1.0 / chol[i][i]
+        for j in range(i):
+            total = sum((chol[i][p] * inverse[p][j] for p in range(j, i)), jnp.zeros_like(block[0, 0]))
+            inverse[i][j] = -total / chol[i][i]
+    return chol, inverse
 
 
 def _chunk_tier(X_chunk: jax.Array, tiers: tuple[int, ...]) -> jax.Array:
@@ -240,7 +275,9 @@ def marginal_log_prob(params: GMMParams, X, *, tiers=None, chunk_size=None) -> j
       >>> round(float(gj.marginal_log_prob(p, jnp.array([[0.0, jnp.nan]]))[0]), 4)
       -0.9189
     """
-    return jax.scipy.special.logsumexp(marginal_component_log_prob(params, X, tiers=tiers, chunk_size=chunk_size), axis=1)
+    return jax.scipy.special.logsumexp(
+        marginal_component_log_prob(params, X, tiers=tiers, chunk_size=chunk_size), axis=1
+    )
 
 
 def impute(params: GMMParams, X, *, tiers=None, chunk_size=None) -> jax.Array:

@@ -52,9 +52,7 @@ def working_dtype(dtype) -> np.dtype:
     return default
 
 
-def check_data(
-    X, name: str = "X", *, num_features: int | None = None, min_samples: int = 1, allow_nan: bool = False
-):
+def check_data(X, name: str = "X", *, num_features: int | None = None, min_samples: int = 1, allow_nan: bool = False):
     """Returns ``X`` as a 2-D float JAX array after checking shape and values.
 
     ``allow_nan``: NaN entries pass (missing values, ``missing="marginalize"``); infinity never does.

@@ -13,10 +13,10 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _missing_oracle as oracle  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-import _missing_oracle as oracle  # noqa: E402
 import gmmjax as gj  # noqa: E402
 from gmmjax import _missing  # noqa: E402
 

@@ -10,16 +10,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import warnings
 
+import _missing_oracle as oracle
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import _missing_oracle as oracle
-import gmmjax as gj
 from _children import TESTS, child_env, kill_all
+
+import gmmjax as gj
 
 N, D, K = 400, 3, 2
 SCRIPT = TESTS / "_missing_x64_script.py"
