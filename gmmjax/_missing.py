@@ -133,8 +133,7 @@ def _chunk_terms(terms, X_chunk: jax.Array, m: int):
             [sum(inv[a][j][:, :, None] * rows[j] for j in range(a + 1)) for a in range(m)], axis=2
         )  # (K, c, m, D): C⁻¹ E
         log_det_block = 2.0 * sum(jnp.log(chol[a][a]) for a in range(m))
-        u = jnp.stack(u, axis=-1)
-        log_joint = log_joint + 0.5 * jnp.sum(u**2, axis=-1) - 0.5 * log_det_block
+        log_joint = log_joint + 0.5 * sum(u_a**2 for u_a in u) - 0.5 * log_det_block
     log_joint = log_joint + 0.5 * num_missing[None, :] * math.log(2.0 * math.pi)
     return log_joint, residual, spread, all_missing
 
@@ -187,7 +186,7 @@ def e_step_missing(
     observed-data log-likelihood ``Σ_n s_n log p(x_{n,O_n})``.
 
     Rows with every entry missing contribute nothing (zero weight). ``tiers``: static numbers
-    of missing entries a chunk is padded to (see :func:`tiers_for`); every row must have at
+    of missing entries a chunk is padded to (see ``gmmjax._missing.tiers_for``); every row must have at
     most ``tiers[-1]`` (or all) entries missing.
     """
     K, D = params.num_components, params.num_features
@@ -253,7 +252,7 @@ def _map_missing(params: GMMParams, X, tiers, chunk_size, row_fn):
 def marginal_component_log_prob(params: GMMParams, X, *, tiers=None, chunk_size=None) -> jax.Array:
     """``(N, K)`` ``log w_k + log N(x_{n,O_n} | μ_k, Σ_k)`` over each row's observed features
     (NaN entries missing; a row with none observed: ``log w_k``). ``tiers``: see
-    :func:`tiers_for` (``None``: up to ``D``, correct for any data)."""
+    ``gmmjax._missing.tiers_for`` (``None``: up to ``D``, correct for any data)."""
     tiers = tiers_for(params.num_features, params.num_features) if tiers is None else tiers
     return _map_missing(params, X, tiers, chunk_size, lambda log_joint, _: log_joint.T)
 
@@ -266,7 +265,7 @@ def marginal_log_prob(params: GMMParams, X, *, tiers=None, chunk_size=None) -> j
     Args:
       params: mixture parameters.
       X: ``(N, D)`` data with NaN for missing entries.
-      tiers: static tiers (:func:`tiers_for`); ``None``: up to ``D``, correct for any row.
+      tiers: static tiers (``gmmjax._missing.tiers_for``); ``None``: up to ``D``, correct for any row.
       chunk_size: rows per chunk (``None``: automatic).
 
     Example:
@@ -309,7 +308,7 @@ class MissingLayout:
       X: the rows sorted by their number of missing entries (stable), as a NumPy array.
       sample_weight: weights in the same order (zero for rows with every entry missing), or
         ``None`` when no weights were given and no row is all missing.
-      tiers: static tiers for the fit (:func:`tiers_for`); ``(0,)``: no NaN at all.
+      tiers: static tiers for the fit (``gmmjax._missing.tiers_for``); ``(0,)``: no NaN at all.
       num_all_missing: rows with every entry missing.
     """
 
