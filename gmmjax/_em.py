@@ -356,7 +356,7 @@ def fit_em(
         if verbose:
             raise ValueError("verbose progress is not available for a sharded fit (mesh= or row-sharded X).")
         return fit_em_sharded(key, X, num_components, options, sample_weight, mesh, data_axis, differentiation)
-    inputs = check_fit_inputs(key, X, num_components, options, sample_weight)
+    inputs = check_fit_inputs(key, X, num_components, options, sample_weight, marginalizes=True)
     inputs, missing_tiers = _prepare_missing(inputs)
     report_every = check_verbose(verbose, verbose_interval, inputs.key, inputs.X)
     if report_every and differentiation == "unrolled":

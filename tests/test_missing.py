@@ -176,6 +176,8 @@ def test_validation(data):
         gj.fit_em(jax.random.key(0), X_missing, K, missing="marginalize", differentiation="unrolled")
     with pytest.raises(ValueError, match="fit_method='em'"):
         gj.GaussianMixtureModel(K, missing="marginalize", fit_method="gradient").fit(X_missing)
+    with pytest.raises(ValueError, match="fit_em and GaussianMixtureModel.fit"):
+        gj.select_num_components(jax.random.key(0), X_missing, [1, 2], missing="marginalize")
     model = gj.GaussianMixtureModel(K).fit(X)
     with pytest.raises(ValueError, match="impute\\(\\) needs missing='marginalize'"):
         model.impute(X_missing)
