@@ -15,6 +15,7 @@ from gmmjax._estimator import ConvergenceWarning, GaussianMixtureModel, NotFitte
 from gmmjax._gradient import fit_gradient
 from gmmjax._init import INIT_METHODS, kmeans, kmeans_plusplus
 from gmmjax._interop import params_from_sklearn, params_to_sklearn, to_distrax, to_numpyro
+from gmmjax._missing import impute, marginal_log_prob
 from gmmjax._model_selection import SelectionResult, select_num_components
 from gmmjax._online import OnlineEMState, online_em_init, online_em_update
 from gmmjax._options import FitOptions
@@ -61,10 +62,12 @@ __all__ = [
     "from_unconstrained",
     "generate_gmm_data",
     "icl",
+    "impute",
     "kmeans",
     "kmeans_plusplus",
     "log_prob",
     "m_step",
+    "marginal_log_prob",
     "num_parameters",
     "online_em_init",
     "online_em_update",

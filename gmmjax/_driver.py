@@ -244,6 +244,7 @@ def check_fit_inputs(
     *,
     max_components: int | None = None,
     fits_per_pass: int = 1,
+    marginalizes: bool = False,
 ) -> FitInputs:
     """Checks a fit's inputs at the boundary, with messages that say what to do, and resolves
     the options' sizes for this data.
@@ -259,12 +260,19 @@ def check_fit_inputs(
         least that many rows.
       fits_per_pass: fits sharing each pass over the data besides the restarts of one batch
         (model selection's numbers of components): chunks are sized for all of them.
+      marginalizes: the caller runs the missing-data EM of :mod:`gmmjax._missing` (NaN allowed
+        with ``options.missing == "marginalize"``); other fits refuse that option.
     """
+    if options.missing == "marginalize" and not marginalizes:
+        raise ValueError(
+            "missing='marginalize' is available for fit_em and GaussianMixtureModel.fit (EM in memory) only: "
+            "impute the data first for this kind of fit, or use missing='raise'."
+        )
     key = v.check_key(key)
     if num_components is not None:
         num_components = v.check_int("num_components", num_components, 1)
     largest = num_components if max_components is None else max_components
-    X = v.check_data(X, "X", min_samples=largest or 1)
+    X = v.check_data(X, "X", min_samples=largest or 1, allow_nan=options.missing == "marginalize")
     options = check_fit_options(options, num_components, X.shape[1])
     if sample_weight is not None:
         sample_weight = v.check_sample_weight(sample_weight, X.shape[0], X.dtype)

@@ -27,10 +27,12 @@ from gmmjax._driver import (
 )
 from gmmjax._implicit import attach_fixed_point
 from gmmjax._loops import compacting_while_loop
+from gmmjax._missing import MissingLayout, em_step_missing, mean_imputed, tiers_for
 from gmmjax._options import FitOptions, fit_options
 from gmmjax._progress import DEFAULT_VERBOSE_INTERVAL, check_verbose, report_em_step
 from gmmjax._sharding import fit_em_sharded, fit_em_sharded_checkpointed, row_sharding
 from gmmjax._stats import _em_step_with_diagnostics
+from gmmjax._validation import is_traced
 
 DIFFERENTIATION_MODES = ("implicit", "unrolled")
 
@@ -82,6 +84,7 @@ def run_em(
     chunk_size: int | None = None,
     report_every: int = 0,
     rows: RowAxis = LOCAL,
+    em_step_fn=None,
 ) -> FitState:
     """EM from ``start`` until the mean log-likelihood changes by less than ``operands.tol`` or
     ``max_iter`` iterations have run, as one ``lax.while_loop`` on the device (each
@@ -94,8 +97,11 @@ def run_em(
     progress to the host every that many iterations, tagged with ``operands.restart``
     (:mod:`gmmjax._progress`). With sharded ``rows`` (inside ``jax.shard_map``, see
     :mod:`gmmjax._sharding`) each iteration's statistics are summed over the shards by one
-    all-reduce; the M-step and the convergence test then run replicated."""
-    em_step_fn = functools.partial(_em_step_with_diagnostics, chunk_size=chunk_size, rows=rows)
+    all-reduce; the M-step and the convergence test then run replicated. ``em_step_fn``
+    (see :func:`em_iteration`; default: the complete-data step) replaces the EM step, e.g. by
+    the missing-data step of :mod:`gmmjax._missing`."""
+    if em_step_fn is None:
+        em_step_fn = functools.partial(_em_step_with_diagnostics, chunk_size=chunk_size, rows=rows)
 
     def keep_going(state: FitState, operands: EMOperands):
         return (state.n_iter < max_iter) & ~state.converged
@@ -157,6 +163,7 @@ def fit_em_restarts(
     report_every: int = 0,
     differentiation: str = "implicit",
     rows: RowAxis = LOCAL,
+    missing_tiers: tuple[int, ...] | None = None,
 ) -> FitResult:
     """The body of :func:`fit_em` (inputs checked, sizes resolved, ``tol``/``reg_covar`` arrays).
 
@@ -166,23 +173,32 @@ def fit_em_restarts(
     :mod:`gmmjax._model_selection`; such fits are constants for derivatives).
     ``report_every``: progress (see :func:`run_em`; the while loop only). ``rows``: where the
     rows of ``X`` live (sharded inside ``jax.shard_map``: :mod:`gmmjax._sharding`; no
-    derivatives then).
+    derivatives then). With ``options.missing == "marginalize"`` NaN entries of ``X`` are
+    missing values (:mod:`gmmjax._missing`; ``missing_tiers``: its static tiers, ``None``:
+    up to ``D``): the seeding sees mean-imputed data, EM runs the exact missing-data step, and
+    the result is a constant for derivatives.
     """
     # Initialisation (k-means, random draws, *_init), the convergence test and the choice of
     # the best restart are constants for derivatives. "unrolled": the EM steps see the live
     # data; "implicit": the while loop runs on constants and its fixed point is attached to
     # the live data afterwards (see _implicit).
     X_const, weight_const, options_const = jax.lax.stop_gradient((X, sample_weight, options))
-    if differentiation == "unrolled":
+    marginalize = options.missing == "marginalize"
+    X_seed, em_step_fn = X_const, None
+    if marginalize:
+        tiers = tiers_for(X.shape[1], X.shape[1]) if missing_tiers is None else missing_tiers
+        X_seed = mean_imputed(X_const, weight_const)
+        em_step_fn = functools.partial(em_step_missing, chunk_size=options.chunk_size, tiers=tiers)
+    if differentiation == "unrolled" and not marginalize:
         run = functools.partial(run_em_unrolled, rows=rows)
         X_em, weight_em, reg_em = X, sample_weight, options.reg_covar
     else:
-        run = functools.partial(run_em, report_every=report_every, rows=rows)
+        run = functools.partial(run_em, report_every=report_every, rows=rows, em_step_fn=em_step_fn)
         X_em, weight_em, reg_em = X_const, weight_const, options_const.reg_covar
 
     def fit_one(restart_key, restart_index) -> FitState:
         params, collapsed = initial_params(
-            restart_key, X_const, weight_const, options_const, num_components, num_active, rows
+            restart_key, X_seed, weight_const, options_const, num_components, num_active, rows
         )
         start = initial_state(params, collapsed, options.max_iter, options_const.lower_bound_init)
         if options.max_iter == 0:  # scikit-learn's max_iter=0: the initialisation itself
@@ -193,6 +209,8 @@ def fit_em_restarts(
         return run(start, operands, max_iter=options.max_iter, chunk_size=options.chunk_size)
 
     result = run_restarts(key, options, fit_one)
+    if marginalize:
+        return refuse_derivatives(result, X, sample_weight, options.reg_covar)
     if differentiation == "implicit" and num_active is None and options.max_iter > 0:
         params, lower_bound = attach_fixed_point(
             result.params,
@@ -208,8 +226,36 @@ def fit_em_restarts(
     return result
 
 
+@jax.custom_vjp
+def _constant_for_values(result, X, sample_weight, reg_covar):
+    return result
+
+
+def _constant_fwd(result, X, sample_weight, reg_covar):
+    return result, None
+
+
+def _refuse_bwd(_, cotangent):
+    raise NotImplementedError(
+        "derivatives through a fit with missing='marginalize' are not available: differentiate "
+        "through a fit on complete rows, or treat the fitted parameters as constants "
+        "(jax.lax.stop_gradient)."
+    )
+
+
+_constant_for_values.defvjp(_constant_fwd, _refuse_bwd)
+
+
+def refuse_derivatives(result, X, sample_weight, reg_covar):
+    """``result`` unchanged; reverse-mode derivatives of it with respect to the data raise
+    instead of being silently zero (the fit ran on constants)."""
+    return _constant_for_values(result, X, sample_weight, reg_covar)
+
+
 # The compiled fit, as fit_em runs it: _fit_em_for_size(small, ...) (see gmmjax._compile).
-_fit_em_for_size = compiled(fit_em_restarts, static_argnames=("num_components", "report_every", "differentiation"))
+_fit_em_for_size = compiled(
+    fit_em_restarts, static_argnames=("num_components", "report_every", "differentiation", "missing_tiers")
+)
 _fit_em = _fit_em_for_size.variant(False)  # XLA's default settings (e.g. for inspecting the compiled program)
 
 
@@ -324,6 +370,13 @@ def fit_em(
     """
     differentiation = check_differentiation(differentiation)
     options = fit_options(options, **option_keywords)
+    if options.missing == "marginalize" and (
+        checkpoint is not None or mesh is not None or row_sharding(X) is not None or differentiation != "implicit"
+    ):
+        raise ValueError(
+            "missing='marginalize' fits on one device, without checkpoints and without derivatives: leave out "
+            "mesh, checkpoint and differentiation (or impute the data and use missing='raise')."
+        )
     if checkpoint is None and (checkpoint_every is not None or resume):
         raise ValueError("checkpoint_every and resume need checkpoint= (a file path).")
     if checkpoint is not None:
@@ -338,7 +391,8 @@ def fit_em(
         if verbose:
             raise ValueError("verbose progress is not available for a sharded fit (mesh= or row-sharded X).")
         return fit_em_sharded(key, X, num_components, options, sample_weight, mesh, data_axis, differentiation)
-    inputs = check_fit_inputs(key, X, num_components, options, sample_weight)
+    inputs = check_fit_inputs(key, X, num_components, options, sample_weight, marginalizes=True)
+    inputs, missing_tiers = _prepare_missing(inputs)
     report_every = check_verbose(verbose, verbose_interval, inputs.key, inputs.X)
     if report_every and differentiation == "unrolled":
         raise ValueError(
@@ -351,4 +405,20 @@ def fit_em(
         num_components=int(num_components),
         report_every=report_every,
         differentiation=differentiation,
+        missing_tiers=missing_tiers,
     )
+
+
+def _prepare_missing(inputs):
+    """``(inputs, missing_tiers)`` for ``missing="marginalize"``: concrete data gets its rows
+    sorted by number of missing entries, rows with every entry missing weight zero (with a
+    warning) and the tiers of :mod:`gmmjax._missing`; data without NaN runs today's
+    complete-data fit (``missing`` reset to ``"raise"``), traced data the tiers up to ``D``."""
+    if inputs.options.missing != "marginalize" or is_traced(inputs.X):
+        return inputs, None
+    weight = None if inputs.sample_weight is None else np.asarray(inputs.sample_weight)
+    layout = MissingLayout(np.asarray(inputs.X), weight)
+    if layout.tiers == (0,) and not layout.num_all_missing:
+        return inputs._replace(options=inputs.options.replace(missing="raise")), None
+    sample_weight = None if layout.sample_weight is None else jnp.asarray(layout.sample_weight, inputs.X.dtype)
+    return inputs._replace(X=jnp.asarray(layout.X), sample_weight=sample_weight), layout.tiers

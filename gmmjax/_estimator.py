@@ -25,6 +25,7 @@ from gmmjax._criteria import num_parameters
 from gmmjax._density import log_prob, responsibilities
 from gmmjax._em import fit_em
 from gmmjax._gradient import DEFAULT_NUM_STEPS, fit_gradient
+from gmmjax._missing import check_missing, impute, marginal_component_log_prob
 from gmmjax._options import FitOptions, fit_options
 from gmmjax._params import GMMParams
 from gmmjax._sampling import _sample_jit
@@ -89,6 +90,8 @@ def _convergence_warning() -> type:
 
 _log_prob = jax.jit(log_prob, static_argnames="chunk_size")
 _responsibilities = jax.jit(responsibilities, static_argnames="chunk_size")
+_marginal_component_log_prob = jax.jit(marginal_component_log_prob, static_argnames=("chunk_size", "tiers"))
+_impute = jax.jit(impute, static_argnames=("chunk_size", "tiers"))
 _bic_jit = jax.jit(_bic)
 _aic_jit = jax.jit(_aic)
 
@@ -224,6 +227,11 @@ class GaussianMixtureModel:
         ``jax.Array`` is fitted so without them; ``fit`` on a path or an iterable streams each
         batch over the mesh (:func:`gmmjax._streaming.fit_em_streaming`). :meth:`save` does
         not store the mesh.
+      missing: ``"raise"`` (default: NaN in ``X`` is an error) or ``"marginalize"``: NaN
+        entries are missing at random; ``fit`` runs exact EM on each row's observed features,
+        and ``predict``, ``predict_proba``, ``score_samples`` and ``score`` marginalise the
+        missing ones; :meth:`impute` fills them with conditional means
+        (``docs/guides/missing_data.md``). EM fits only (``fit_method="em"``, in memory).
 
     Fitted attributes: ``weights_``, ``means_``, ``covariances_``, ``precisions_``,
     ``precisions_cholesky_``, ``converged_``, ``n_iter_``, ``lower_bound_``,
@@ -275,6 +283,7 @@ class GaussianMixtureModel:
         batch_size=None,
         mesh=None,
         data_axis=None,
+        missing="raise",
     ):
         self.num_components = num_components
         self.num_iters = num_iters
@@ -301,6 +310,7 @@ class GaussianMixtureModel:
         self.batch_size = batch_size
         self.mesh = mesh
         self.data_axis = data_axis
+        self.missing = missing
 
     # -- scikit-learn's parameter protocol -------------------------------------------------
     @classmethod
@@ -382,6 +392,7 @@ class GaussianMixtureModel:
             weights_init=self.weights_init,
             means_init=self.means_init,
             precisions_init=self.precisions_init,
+            missing=self.missing,
         )
 
     def _resolved_fit_method(self) -> str:
@@ -434,6 +445,10 @@ class GaussianMixtureModel:
             )
         from gmmjax._streaming import is_streamable  # the stream route: a path, shards or an iterable
 
+        if options.missing == "marginalize" and (fit_method != "em" or is_streamable(X)):
+            raise ValueError(
+                "missing='marginalize' fits by EM on data in memory: use fit_method='em' and pass an array."
+            )
         if is_streamable(X):
             if fit_method != "em":
                 raise ValueError("fit on a path or an iterable streams EM: use fit_method='em' (the default).")
@@ -604,8 +619,15 @@ class GaussianMixtureModel:
         :func:`_row_bucket`), ``n`` its number of real rows (``result[:n]`` drops the padding)."""
         params = self._fitted_params(method)
         X, num_rows = _padded_to_bucket(X)
-        X = v.check_data(X, "X", num_features=params.num_features)
+        X = v.check_data(X, "X", num_features=params.num_features, allow_nan=self._marginalizes())
         return params, X.astype(params.means.dtype), num_rows
+
+    def _marginalizes(self) -> bool:
+        return check_missing(self.missing) == "marginalize"
+
+    def _component_log_prob(self, params, X):
+        """``(N, K)`` joint log-densities, marginalised over NaN entries with ``missing="marginalize"``."""
+        return _marginal_component_log_prob(params, X, chunk_size=self._chunk_size())
 
     def _fitted_params(self, method):
         if "params_" not in self.__dict__:
@@ -620,17 +642,32 @@ class GaussianMixtureModel:
     def predict_proba(self, X):
         """Posterior probability of each component: ``(N, K)``."""
         params, X, n = self._check_input(X, "predict_proba")
+        if self._marginalizes():
+            return np.asarray(jax.nn.softmax(self._component_log_prob(params, X), axis=1))[:n]
         return np.asarray(_responsibilities(params, X, chunk_size=self._chunk_size()))[:n]
 
     def predict(self, X):
         """Most probable component of each sample: ``(N,)`` int."""
         params, X, n = self._check_input(X, "predict")
+        if self._marginalizes():
+            return np.argmax(np.asarray(self._component_log_prob(params, X))[:n], axis=1)
         return np.argmax(np.asarray(_responsibilities(params, X, chunk_size=self._chunk_size()))[:n], axis=1)
 
     def score_samples(self, X):
         """Log-density of each sample: ``(N,)``."""
         params, X, n = self._check_input(X, "score_samples")
+        if self._marginalizes():
+            return np.asarray(jax.scipy.special.logsumexp(self._component_log_prob(params, X), axis=1))[:n]
         return np.asarray(_log_prob(params, X, chunk_size=self._chunk_size()))[:n]
+
+    def impute(self, X):
+        """``X`` ``(N, D)`` with each NaN entry replaced by its conditional mean under the fitted
+        mixture, ``E[x_M | x_O]`` (see :func:`gmmjax.impute`); observed entries unchanged. Needs
+        ``missing="marginalize"``."""
+        if not self._marginalizes():
+            raise ValueError("impute() needs missing='marginalize': set_params(missing='marginalize').")
+        params, X, n = self._check_input(X, "impute")
+        return np.asarray(_impute(params, X, chunk_size=self._chunk_size()))[:n]
 
     def score(self, X, y=None):
         """Mean log-likelihood of ``X``."""

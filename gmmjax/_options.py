@@ -20,6 +20,7 @@ import numpy as np
 
 from gmmjax import _validation as v
 from gmmjax._init import check_init_params, check_local_trials
+from gmmjax._missing import check_missing
 from gmmjax._params import check_covariance_type
 
 DEFAULT_MAX_ITER = 100
@@ -55,6 +56,10 @@ class FitOptions:
         (scikit-learn's greedy k-means++); ``None``: ``2 + int(log K)`` as scikit-learn; ``1``:
         plain k-means++ (as gmmjax did before), which reaches the best optimum for fewer seeds
         (``benchmarks/SEEDING.md``).
+      missing: ``"raise"`` (default: NaN in ``X`` is an error) or ``"marginalize"``: NaN entries
+        are missing at random and EM is exact on each row's observed features
+        (:mod:`gmmjax._missing`, ``docs/guides/missing_data.md``); the seeding sees the data with
+        NaN replaced by feature means.
 
     Leaves (new values reuse the compiled program):
 
@@ -83,6 +88,7 @@ class FitOptions:
     restart_batch_size: int | None = None
     row_order_invariant: bool = True
     n_local_trials: int | None = None
+    missing: str = "raise"
     tol: Any = 1e-3
     reg_covar: Any = 1e-6
     weights_init: Any = None
@@ -106,6 +112,7 @@ class FitOptions:
         for name in ("chunk_size", "restart_batch_size"):
             if getattr(self, name) is not None:
                 normalise(name, v.check_int(name, getattr(self, name), 1))
+        check_missing(self.missing)
 
     def replace(self, **changes) -> FitOptions:
         """A copy with the given fields replaced (checked again)."""
@@ -125,6 +132,7 @@ STATIC_FIELDS = (
     "restart_batch_size",
     "row_order_invariant",
     "n_local_trials",
+    "missing",
 )
 LEAF_FIELDS = ("tol", "reg_covar", "weights_init", "means_init", "precisions_init", "lower_bound_init")
 OPTION_NAMES = STATIC_FIELDS + LEAF_FIELDS

@@ -52,8 +52,10 @@ def working_dtype(dtype) -> np.dtype:
     return default
 
 
-def check_data(X, name: str = "X", *, num_features: int | None = None, min_samples: int = 1):
+def check_data(X, name: str = "X", *, num_features: int | None = None, min_samples: int = 1, allow_nan: bool = False):
     """Returns ``X`` as a 2-D float JAX array after checking shape and values.
+
+    ``allow_nan``: NaN entries pass (missing values, ``missing="marginalize"``); infinity never does.
 
     Raises:
       ValueError: naming what is wrong and how to fix it.
@@ -108,7 +110,16 @@ def check_data(X, name: str = "X", *, num_features: int | None = None, min_sampl
     dtype = working_dtype(arr.dtype)
     arr = jnp.asarray(arr, dtype=dtype)
     if not is_traced(arr):
-        largest = _concrete_max_abs(arr)
+        if allow_nan:
+            with jax.ensure_compile_time_eval():
+                largest = _concrete_max_abs(jnp.where(jnp.isnan(arr), 0, arr))
+        else:
+            largest = _concrete_max_abs(arr)
+        if allow_nan and not largest < math.inf:
+            raise ValueError(
+                f"{name} contains infinity: missing='marginalize' treats NaN entries as missing, but infinite "
+                "values are data errors: replace them by NaN (missing) or by finite values."
+            )
         if not largest < math.inf:
             raise ValueError(
                 f"{name} contains NaN or infinity: remove or impute those entries before fitting or predicting."

@@ -36,6 +36,7 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # process to float64), e.g. through --doctest-modules.
 collect_ignore = [
     "_x64_parity_script.py",
+    "_missing_x64_script.py",
     "_sharding_checks.py",
     "_sharding_process.py",
     "_stream_sharded_checks.py",
