@@ -224,6 +224,11 @@ class GaussianMixtureModel:
         ``jax.Array`` is fitted so without them; ``fit`` on a path or an iterable streams each
         batch over the mesh (:func:`gmmjax._streaming.fit_em_streaming`). :meth:`save` does
         not store the mesh.
+      prior: ``None`` (maximum likelihood, default), ``"default"`` (mclust's default
+        conjugate prior for the data being fitted, :meth:`gmmjax.ConjugatePrior.default`) or a
+        :class:`~gmmjax.ConjugatePrior`: MAP EM (see ``prior`` in :func:`gmmjax.fit_em`;
+        ``lower_bound_`` is then the penalised objective per sample). EM on in-memory data
+        only. :meth:`save` stores ``"default"`` but not a ``ConjugatePrior`` object.
 
     Fitted attributes: ``weights_``, ``means_``, ``covariances_``, ``precisions_``,
     ``precisions_cholesky_``, ``converged_``, ``n_iter_``, ``lower_bound_``,
@@ -275,6 +280,7 @@ class GaussianMixtureModel:
         batch_size=None,
         mesh=None,
         data_axis=None,
+        prior=None,
     ):
         self.num_components = num_components
         self.num_iters = num_iters
@@ -301,6 +307,7 @@ class GaussianMixtureModel:
         self.batch_size = batch_size
         self.mesh = mesh
         self.data_axis = data_axis
+        self.prior = prior
 
     # -- scikit-learn's parameter protocol -------------------------------------------------
     @classmethod
@@ -382,6 +389,7 @@ class GaussianMixtureModel:
             weights_init=self.weights_init,
             means_init=self.means_init,
             precisions_init=self.precisions_init,
+            prior=self.prior,
         )
 
     def _resolved_fit_method(self) -> str:
