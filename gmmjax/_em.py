@@ -28,7 +28,7 @@ from gmmjax._driver import (
 from gmmjax._implicit import attach_fixed_point
 from gmmjax._loops import compacting_while_loop
 from gmmjax._options import FitOptions, fit_options
-from gmmjax._prior import require_no_prior, resolve_prior
+from gmmjax._prior import check_prior, require_no_prior, resolve_prior
 from gmmjax._progress import DEFAULT_VERBOSE_INTERVAL, check_verbose, report_em_step
 from gmmjax._sharding import fit_em_sharded, fit_em_sharded_checkpointed, row_sharding
 from gmmjax._stats import _em_step_with_diagnostics
@@ -359,6 +359,9 @@ def fit_em(
             raise ValueError("verbose progress is not available for a sharded fit (mesh= or row-sharded X).")
         return fit_em_sharded(key, X, num_components, options, sample_weight, mesh, data_axis, differentiation)
     inputs = check_fit_inputs(key, X, num_components, options, sample_weight)
+    if inputs.options.prior is not None:  # the prior's leaves in the data's dtype: one compiled fit for all
+        prior = check_prior(inputs.options.prior, inputs.options.covariance_type, inputs.X.shape[1], inputs.X.dtype)
+        inputs = inputs._replace(options=inputs.options.replace(prior=prior))
     report_every = check_verbose(verbose, verbose_interval, inputs.key, inputs.X)
     if report_every and differentiation == "unrolled":
         raise ValueError(

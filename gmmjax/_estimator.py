@@ -534,9 +534,11 @@ class GaussianMixtureModel:
         running state is ``online_state_`` (an :class:`gmmjax.OnlineEMState`).
         """
         from gmmjax._online import online_em_init, online_em_update_jit
+        from gmmjax._prior import require_no_prior
 
         if self._resolved_fit_method() != "em":
             raise ValueError("partial_fit runs online EM: set fit_method='em'.")
+        require_no_prior(self.prior, "partial_fit (online EM)")
         state = self.__dict__.get("online_state_")
         if state is None and "params_" in self.__dict__:
             state = online_em_init(self.params_, reg_covar=self.reg_covar)

@@ -198,6 +198,10 @@ def test_estimator_prior(X):
     assert np.isfinite(model.bic(X))
     with pytest.raises(ValueError, match="not by fit_gradient"):
         gj.GaussianMixtureModel(K, prior="default", fit_method="gradient", num_steps=2).fit(X)
+    with pytest.raises(ValueError, match="not by partial_fit"):
+        gj.GaussianMixtureModel(K, prior="default").partial_fit(X)
+    with pytest.raises(ValueError, match="not by online EM"):
+        gj.online_em_init(model.params_, options=gj.FitOptions(prior=gj.ConjugatePrior.default(X, K)))
 
 
 def test_cli_fit_with_default_prior(tmp_path, capsys, X):
