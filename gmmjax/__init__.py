@@ -25,10 +25,13 @@ from gmmjax._sharding import ShardedRows, shard_rows
 from gmmjax._stats import SufficientStats, e_step, em_step, m_step
 from gmmjax._streaming import fit_em_streaming
 from gmmjax._unconstrained import UnconstrainedParams, from_unconstrained, to_unconstrained, unconstrained_log_prob
+from gmmjax._variational import VariationalPosterior, VariationalPrior, fit_variational
+from gmmjax._variational_estimator import BayesianGaussianMixtureModel
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BayesianGaussianMixtureModel",
     "COVARIANCE_TYPES",
     "ConjugatePrior",
     "ConvergenceWarning",
@@ -44,6 +47,8 @@ __all__ = [
     "ShardedRows",
     "SufficientStats",
     "UnconstrainedParams",
+    "VariationalPosterior",
+    "VariationalPrior",
     "aic",
     "auto_chunk_size",
     "bic",
@@ -54,6 +59,7 @@ __all__ = [
     "fit_em",
     "fit_em_streaming",
     "fit_gradient",
+    "fit_variational",
     "from_unconstrained",
     "generate_gmm_data",
     "icl",

@@ -202,7 +202,7 @@ def fit_em_restarts(
         return run(start, operands, max_iter=options.max_iter, chunk_size=options.chunk_size)
 
     result = run_restarts(key, options, fit_one)
-    if differentiation == "implicit" and num_active is None and options.max_iter > 0 and not rows.sharded:
+    if differentiation == "implicit" and num_active is None and options.max_iter > 0:
         params, lower_bound = attach_fixed_point(
             result.params,
             result.lower_bound,
@@ -211,6 +211,7 @@ def fit_em_restarts(
             options.reg_covar,
             options.chunk_size,
             options.max_iter,
+            rows,
             options.prior,
         )
         result = result._replace(params=params, lower_bound=lower_bound)
@@ -297,7 +298,9 @@ def fit_em(
         ``data_axis`` (default: the mesh's only axis), one all-reduce of the statistics per
         iteration (:mod:`gmmjax._sharding`, ``docs/scaling/devices_and_hosts.md``). A
         row-sharded ``jax.Array`` ``X`` (``NamedSharding``) fits so without ``mesh``. The result
-        equals the one-device fit (to rounding); no derivatives and no ``verbose`` then.
+        equals the one-device fit (to rounding), and so do its derivatives (on a mesh of
+        Explicit axes, differentiate inside ``jax.set_mesh(mesh)``, as JAX asks); no
+        ``verbose`` then.
       data_axis: the mesh axis (or tuple of axes) of the rows.
       checkpoint: a file (``.npz``): run the fit ``checkpoint_every`` iterations (default 1)
         at a time as a sharded fit (over ``mesh``, or a one-device mesh), writing the restarts'

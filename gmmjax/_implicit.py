@@ -41,9 +41,10 @@ import jax
 import jax.numpy as jnp
 
 from gmmjax._chunks import map_over_chunks, sum_over_chunks
+from gmmjax._collectives import LOCAL, RowAxis
 from gmmjax._params import GMMParams
 from gmmjax._prior import log_prior
-from gmmjax._stats import e_step, m_step, total_weight
+from gmmjax._stats import e_step, m_step, sum_stats, total_weight
 
 # The adjoint iteration stops once an iteration changes the adjoint by less than eps^(3/4)
 # of its norm (6e-6 in float32, 2e-12 in float64), or after max(max_iter, this many)
@@ -118,9 +119,17 @@ def solve_adjoint(affine_map, zero, max_iter: int):
     return jax.lax.while_loop(keep_going, iterate, (zero, jnp.array(True), jnp.array(0)))[0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
 def attach_fixed_point(
-    params: GMMParams, lower_bound, X, sample_weight, reg_covar, chunk_size: int, max_iter: int, prior=None
+    params: GMMParams,
+    lower_bound,
+    X,
+    sample_weight,
+    reg_covar,
+    chunk_size: int,
+    max_iter: int,
+    rows: RowAxis = LOCAL,
+    prior=None,
 ):
     """Returns ``(params, lower_bound)`` unchanged; reverse-mode derivatives treat them as
     the EM fixed point ``p*(X, sample_weight, reg_covar)`` and ``L(p*, X, sample_weight)``.
@@ -135,22 +144,25 @@ def attach_fixed_point(
       chunk_size: rows per chunk in the backward passes (static).
       max_iter: the fit's iteration limit (static); the adjoint iteration runs at most
         ``max(max_iter, ADJOINT_MIN_ITER)`` times.
+      rows: where the rows live (static; inside ``jax.shard_map`` the rows a device holds:
+        every sum over rows of the backward passes is then one all-reduce, and each device
+        returns the cotangents of its own rows).
       prior: a :class:`~gmmjax.ConjugatePrior` (MAP EM: ``T`` is the MAP step and ``L`` adds
-        the log-prior; derivatives also flow to the prior's leaves) or ``None``.
+        the log-prior; derivatives also flow to the prior's leaves) or ``None``. One device only.
     """
     return params, lower_bound
 
 
-def _attach_fwd(params, lower_bound, X, sample_weight, reg_covar, chunk_size, max_iter, prior=None):
+def _attach_fwd(params, lower_bound, X, sample_weight, reg_covar, chunk_size, max_iter, rows, prior):
     return (params, lower_bound), (params, X, sample_weight, reg_covar, prior)
 
 
-def _attach_bwd(chunk_size, max_iter, residuals, cotangents):
+def _attach_bwd(chunk_size, max_iter, rows, residuals, cotangents):
     params, X, sample_weight, reg_covar, prior = residuals
     params_bar, bound_bar = cotangents
     dtype = X.dtype
-    stats, log_likelihood = e_step(params, X, sample_weight, chunk_size=chunk_size)
-    total = total_weight(X, sample_weight)
+    local_stats, local_log_likelihood = e_step(params, X, sample_weight, chunk_size=chunk_size)
+    stats, log_likelihood, total = sum_stats(rows, local_stats, local_log_likelihood, total_weight(X, sample_weight))
     bound_bar_sum = (bound_bar / total).astype(dtype)  # L = Σ s log p / Σ s
     if prior is None:
         _, m_pullback = jax.vjp(m_step, stats, params.means, reg_covar)
@@ -167,7 +179,7 @@ def _attach_bwd(chunk_size, max_iter, residuals, cotangents):
         """``p̄ + ∂T/∂pᵀ adjoint + l̄ ∂L/∂pᵀ``: the M-step's pullback, then the E-step's
         (both cotangents in one pass over the data, chunk by chunk)."""
         stats_bar, shift_bar, *_ = m_pullback(adjoint)
-        through_e_step = e_step_vjp_params(params, X, sample_weight, (stats_bar, bound_bar_sum), chunk_size)
+        through_e_step = rows.sum(e_step_vjp_params(params, X, sample_weight, (stats_bar, bound_bar_sum), chunk_size))
         return jax.tree_util.tree_map(
             jnp.add, params_bar, through_e_step.replace(means=through_e_step.means + shift_bar)
         )
@@ -179,6 +191,12 @@ def _attach_bwd(chunk_size, max_iter, residuals, cotangents):
         weight_bar = None
     else:  # the normalisation Σ s of the mean log-likelihood
         weight_bar = weight_bar - bound_bar_sum * (log_likelihood / total)
+    if rows.sharded:
+        # jax.shard_map (check_vma=False) hands each of the n devices 1/n of the cotangent of
+        # a replicated result and sums the devices' cotangents of replicated inputs: the
+        # adjoint above is 1/n of the global one on every device, which the sum over devices
+        # restores for reg_covar; each device's own rows take all of theirs.
+        X_bar, weight_bar = jax.tree_util.tree_map(lambda bar: bar * rows.num_shards(), (X_bar, weight_bar))
     if prior is None:
         return _tree_zeros_like(params), jnp.zeros_like(bound_bar), X_bar, weight_bar, reg_covar_bar, None
     prior_bar = jax.tree_util.tree_map(lambda a, g: a + bound_bar_sum * g, prior_bar[0], prior_grad_prior)

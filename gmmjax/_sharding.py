@@ -139,9 +139,12 @@ def shard_rows(
         weight = jnp.ones(X.shape[0], dtype) if sample_weight is None else sample_weight
         X = jnp.concatenate([X, jnp.zeros((pad, X.shape[1]), dtype)])
         sample_weight = jnp.concatenate([weight, jnp.zeros(pad, dtype)])
-    X = jax.device_put(X, sharding)
-    if sample_weight is not None:
-        sample_weight = jax.device_put(sample_weight, sharding)
+    if not (v.is_traced(X) or v.is_traced(sample_weight)):
+        # (Traced rows, e.g. under grad, are placed by the program's shard_map instead: a
+        # device_put of a tracer onto a mesh of Explicit axes cannot be transposed outside it.)
+        X = jax.device_put(X, sharding)
+        if sample_weight is not None:
+            sample_weight = jax.device_put(sample_weight, sharding)
     return ShardedRows(X, sample_weight, mesh, data_axis, num_valid)
 
 
@@ -276,6 +279,17 @@ def local_chunk_size(chunk_size, inputs: ShardedInputs, num_components: int, bat
     )
 
 
+def _place_rows(array: jax.Array, mesh, data_axis) -> jax.Array:
+    """``array``'s rows sharded over ``data_axis``, inside a traced program: a no-op for rows
+    already placed (:func:`shard_rows`), the placement itself for rows that a caller's
+    transformation traced (``jax.grad`` of a fit: the rows reach the program unplaced).
+    ``jax.reshard`` for Explicit mesh axes, a sharding constraint for Auto ones."""
+    sharding = NamedSharding(mesh, PartitionSpec(data_axis))
+    names = data_axis if isinstance(data_axis, tuple) else (data_axis,)
+    explicit = any(mesh.axis_types[mesh.axis_names.index(name)] == jax.sharding.AxisType.Explicit for name in names)
+    return jax.reshard(array, sharding) if explicit else jax.lax.with_sharding_constraint(array, sharding)
+
+
 def data_parallel(body, mesh, data_axis, num_sharded: int):
     """``body(*replicated, *sharded)`` inside ``jax.shard_map``: the last ``num_sharded``
     positional arguments are row arrays (``None`` allowed) sharded over ``data_axis``, the
@@ -292,7 +306,7 @@ def data_parallel(body, mesh, data_axis, num_sharded: int):
 
         specs = (PartitionSpec(),) * len(replicated) + (PartitionSpec(data_axis),) * sum(present)
         mapped = jax.shard_map(inner, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(), check_vma=False)
-        return mapped(*replicated, *(a for a in sharded if a is not None))
+        return mapped(*replicated, *(_place_rows(a, mesh, data_axis) for a in sharded if a is not None))
 
     return call
 

@@ -60,6 +60,19 @@ def test_float64_to_1e_10(devices):
     assert out.count("OK ") == 4
 
 
+def test_derivatives_through_a_sharded_fit_equal_the_one_device_derivatives():
+    # Implicit differentiation used to be switched off for sharded rows: the derivatives were
+    # silently zero.
+    out = run_checks(4, "gradients")
+    assert "OK gradients implicit full explicit mesh" in out
+
+
+@pytest.mark.slow
+def test_derivatives_through_sharded_fits_auto_mesh_and_unrolled():
+    out = run_checks(4, "gradients", "--all")
+    assert out.count("OK gradients") == 3
+
+
 @pytest.mark.slow
 def test_model_selection_gradient_and_estimator_sharded():
     out = run_checks(4, "frontdoors")

@@ -1,0 +1,269 @@
+"""``BayesianGaussianMixtureModel``: scikit-learn's ``BayesianGaussianMixture`` interface over
+:func:`gmmjax.fit_variational`.
+
+It validates, converts, calls the front door and stores scikit-learn's fitted attributes; the
+mathematics lives in :mod:`gmmjax._variational`. It imports without scikit-learn, and reuses the
+boundary helpers of :mod:`gmmjax._estimator` (seeds, row buckets, not-fitted errors, warnings).
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+
+import jax
+import numpy as np
+
+from gmmjax import _validation as v
+from gmmjax._covariance import covariance_kind
+from gmmjax._estimator import (
+    _convergence_warning,
+    _key_from_seed,
+    _log_prob,
+    _not_fitted_error,
+    _padded_to_bucket,
+    _responsibilities,
+    _row_bucket,
+)
+from gmmjax._options import FitOptions
+from gmmjax._sampling import _sample_jit
+from gmmjax._variational import VariationalPosterior, effective_params, fit_variational
+
+
+class BayesianGaussianMixtureModel:
+    """Variational Bayesian Gaussian mixture, with scikit-learn's ``BayesianGaussianMixture``
+    parameters, defaults and fitted attributes (see :func:`gmmjax.fit_variational`).
+
+    Args:
+      n_components: the largest number of components ``K`` (default 1).
+      covariance_type: ``"full"`` (default), ``"tied"``, ``"diag"`` or ``"spherical"``.
+      tol: convergence threshold on the change of the lower bound (default 1e-3).
+      reg_covar: non-negative value added to the covariance diagonals (default 1e-6).
+      max_iter: iteration limit (default 100).
+      n_init: restarts, run as one vmapped batch; the one with the highest lower bound is kept.
+      init_params: ``"kmeans"`` (default), ``"k-means++"``, ``"random"``, ``"random_from_data"``.
+      weight_concentration_prior_type: ``"dirichlet_process"`` (default) or
+        ``"dirichlet_distribution"``.
+      weight_concentration_prior: the prior's hyperparameters (``None``: scikit-learn's
+        defaults), as in :func:`gmmjax.fit_variational`; so are ``mean_precision_prior``,
+        ``mean_prior``, ``degrees_of_freedom_prior`` and ``covariance_prior``.
+      random_state: int or ``jax.random`` key (``None`` means 0: reproducible by default).
+      warm_start: must be ``False`` (not supported yet).
+      verbose, verbose_interval: accepted for scikit-learn compatibility; no progress is shown.
+      chunk_size: rows per chunk in every pass over the data (``None``: automatic).
+      restart_batch_size: restarts run together (``None``: all ``n_init``).
+
+    Fitted attributes: ``weight_concentration_`` (a tuple of two ``(K,)`` arrays for the
+    Dirichlet process, else ``(K,)``), ``weight_concentration_prior_``, ``mean_precision_``,
+    ``mean_precision_prior_``, ``mean_prior_``, ``means_``, ``degrees_of_freedom_``,
+    ``degrees_of_freedom_prior_``, ``covariance_prior_``, ``covariances_``, ``precisions_``,
+    ``precisions_cholesky_``, ``weights_``, ``converged_``, ``n_iter_``, ``lower_bound_``,
+    ``lower_bounds_``, ``n_features_in_``, ``posterior_`` (a :class:`VariationalPosterior`)
+    and ``fit_result_``.
+
+    ``predict``, ``predict_proba`` and ``score_samples`` use the variational expected
+    log-terms, as scikit-learn's (``score_samples`` is then not a normalised density);
+    ``sample`` draws from the point estimate ``(weights_, means_, covariances_)``.
+
+    Example:
+      >>> import numpy as np, gmmjax as gj
+      >>> X = gj.generate_gmm_data(400, np.array([0.5, 0.5]), np.array([[0.0, 0.0], [6.0, 6.0]]),
+      ...                          np.stack([np.eye(2)] * 2))
+      >>> model = gj.BayesianGaussianMixtureModel(n_components=5, random_state=0).fit(X)
+      >>> int((model.weights_ > 0.05).sum())
+      2
+    """
+
+    def __init__(
+        self,
+        *,
+        n_components=1,
+        covariance_type="full",
+        tol=1e-3,
+        reg_covar=1e-6,
+        max_iter=100,
+        n_init=1,
+        init_params="kmeans",
+        weight_concentration_prior_type="dirichlet_process",
+        weight_concentration_prior=None,
+        mean_precision_prior=None,
+        mean_prior=None,
+        degrees_of_freedom_prior=None,
+        covariance_prior=None,
+        random_state=None,
+        warm_start=False,
+        verbose=0,
+        verbose_interval=10,
+        chunk_size=None,
+        restart_batch_size=None,
+    ):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.weight_concentration_prior_type = weight_concentration_prior_type
+        self.weight_concentration_prior = weight_concentration_prior
+        self.mean_precision_prior = mean_precision_prior
+        self.mean_prior = mean_prior
+        self.degrees_of_freedom_prior = degrees_of_freedom_prior
+        self.covariance_prior = covariance_prior
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose = verbose
+        self.verbose_interval = verbose_interval
+        self.chunk_size = chunk_size
+        self.restart_batch_size = restart_batch_size
+
+    # -- scikit-learn's parameter protocol -------------------------------------------------
+    @classmethod
+    def _param_names(cls):
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def get_params(self, deep=True):
+        """Constructor arguments as a dict (scikit-learn protocol)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params):
+        """Sets constructor arguments (scikit-learn protocol); returns ``self``."""
+        valid = self._param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"Invalid parameter {name!r} for BayesianGaussianMixtureModel; valid ones: {valid}.")
+            setattr(self, name, value)
+        return self
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return "posterior_" in self.__dict__
+
+    def __repr__(self):
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        changed = [
+            f"{k}={val!r}"
+            for k, val in self.get_params().items()
+            if not (val is defaults[k] or (isinstance(val, (int, float, str)) and val == defaults[k]))
+        ]
+        return f"BayesianGaussianMixtureModel({', '.join(changed)})"
+
+    # -- fitting ---------------------------------------------------------------------------
+    def fit(self, X, y=None, sample_weight=None):
+        """Fits the variational posterior to ``X`` ``(N, D)`` (``sample_weight`` ``(N,)`` optional,
+        as repeated rows); returns ``self``."""
+        if self.warm_start:
+            raise ValueError(
+                "warm_start=True is not supported by BayesianGaussianMixtureModel yet: use warm_start=False."
+            )
+        num_components = v.check_int("n_components", self.n_components, 1)
+        options = FitOptions(
+            covariance_type=self.covariance_type,
+            max_iter=self.max_iter,
+            n_init=self.n_init,
+            init_params=self.init_params,
+            chunk_size=self.chunk_size,
+            restart_batch_size=self.restart_batch_size,
+            tol=self.tol,
+            reg_covar=self.reg_covar,
+        )
+        result = fit_variational(
+            _key_from_seed(self.random_state),
+            X,
+            num_components,
+            options,
+            weight_concentration_prior_type=self.weight_concentration_prior_type,
+            weight_concentration_prior=self.weight_concentration_prior,
+            mean_precision_prior=self.mean_precision_prior,
+            mean_prior=self.mean_prior,
+            degrees_of_freedom_prior=self.degrees_of_freedom_prior,
+            covariance_prior=self.covariance_prior,
+            sample_weight=sample_weight,
+        )
+        self._store(result)
+        if not self.converged_ and options.max_iter > 0:
+            warnings.warn(
+                "Best performing initialization did not converge. Try different init parameters, or increase "
+                f"max_iter, tol, or check for degenerate data. The lower bound did not converge within "
+                f"{options.max_iter} iterations (tol={self.tol}).",
+                _convergence_warning(),
+                stacklevel=2,
+            )
+        return self
+
+    def _store(self, result):
+        posterior: VariationalPosterior = result.params
+        best = int(result.best_restart)
+        self.fit_result_ = result
+        self.posterior_ = posterior
+        concentration = posterior.weight_concentration
+        if isinstance(concentration, tuple):
+            self.weight_concentration_ = tuple(np.asarray(part) for part in concentration)
+        else:
+            self.weight_concentration_ = np.asarray(concentration)
+        prior = posterior.prior
+        self.weight_concentration_prior_ = float(prior.weight_concentration)
+        self.mean_precision_prior_ = float(prior.mean_precision)
+        self.mean_prior_ = np.asarray(prior.mean)
+        self.degrees_of_freedom_prior_ = float(prior.degrees_of_freedom)
+        covariance_prior = np.asarray(prior.covariance)
+        self.covariance_prior_ = float(covariance_prior) if covariance_prior.ndim == 0 else covariance_prior
+        self.mean_precision_ = np.asarray(posterior.mean_precision)
+        self.means_ = np.asarray(posterior.means)
+        self.degrees_of_freedom_ = np.asarray(posterior.degrees_of_freedom)
+        self.covariances_ = np.asarray(posterior.covariances)
+        self.precisions_cholesky_ = np.asarray(posterior.precisions_cholesky)
+        self.precisions_ = np.asarray(
+            covariance_kind(posterior.covariance_type).precisions_from_precision_cholesky(posterior.precisions_cholesky)
+        )
+        self.weights_ = np.asarray(posterior.weights)
+        self.converged_ = bool(result.converged)
+        self.n_iter_ = int(result.n_iter)
+        self.lower_bound_ = float(result.lower_bound)
+        self.lower_bounds_ = np.asarray(result.lower_bound_history[best, : self.n_iter_])
+        self.n_features_in_ = posterior.num_features
+        self._effective_params = effective_params(posterior)
+
+    # -- inference -------------------------------------------------------------------------
+    def _check_input(self, X, method):
+        if "posterior_" not in self.__dict__:
+            raise _not_fitted_error(
+                "This BayesianGaussianMixtureModel instance is not fitted yet. Call 'fit' with appropriate "
+                f"arguments before using this estimator (call fit(X) before {method}())."
+            )
+        params = self._effective_params
+        X, num_rows = _padded_to_bucket(X)
+        X = v.check_data(X, "X", num_features=params.num_features)
+        return params, X.astype(params.means.dtype), num_rows
+
+    def fit_predict(self, X, y=None, sample_weight=None):
+        """Fits and returns the component of each sample (same as ``fit(X).predict(X)``)."""
+        return self.fit(X, sample_weight=sample_weight).predict(X)
+
+    def predict_proba(self, X):
+        """Posterior component probabilities ``(N, K)`` (scikit-learn's: from the expected log-terms)."""
+        params, X, n = self._check_input(X, "predict_proba")
+        return np.asarray(_responsibilities(params, X, chunk_size=self.chunk_size))[:n]
+
+    def predict(self, X):
+        """Most probable component of each sample: ``(N,)`` int."""
+        return np.argmax(self.predict_proba(X), axis=1)
+
+    def score_samples(self, X):
+        """scikit-learn's ``score_samples``: ``log Σ_k exp(E[log π_k] + E[log N(x | μ_k, Λ_k)])`` ``(N,)``."""
+        params, X, n = self._check_input(X, "score_samples")
+        return np.asarray(_log_prob(params, X, chunk_size=self.chunk_size))[:n]
+
+    def score(self, X, y=None):
+        """Mean of :meth:`score_samples`."""
+        return float(np.mean(self.score_samples(X)))
+
+    def sample(self, n_samples=1, key=None):
+        """Draws ``n_samples`` points from ``(weights_, means_, covariances_)``; returns ``(X, labels)``."""
+        self._check_input(np.zeros((1, self.__dict__.get("n_features_in_", 1))), "sample")
+        n_samples = v.check_int("n_samples", n_samples, 1)
+        params = self.posterior_.to_gmm_params()
+        v.check_sample_memory(n_samples, params)
+        if key is None:
+            key = jax.random.fold_in(_key_from_seed(self.random_state), 1)
+        X, labels = _sample_jit(key, params, _row_bucket(n_samples))
+        return np.asarray(X)[:n_samples], np.asarray(labels)[:n_samples]
