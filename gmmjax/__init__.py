@@ -20,6 +20,7 @@ from gmmjax._model_selection import SelectionResult, select_num_components
 from gmmjax._online import OnlineEMState, online_em_init, online_em_update
 from gmmjax._options import FitOptions
 from gmmjax._params import COVARIANCE_TYPES, GMMParams
+from gmmjax._prior import ConjugatePrior, log_prior
 from gmmjax._sampling import generate_gmm_data, sample
 from gmmjax._sharding import ShardedRows, shard_rows
 from gmmjax._stats import SufficientStats, e_step, em_step, m_step
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BayesianGaussianMixtureModel",
     "COVARIANCE_TYPES",
+    "ConjugatePrior",
     "ConvergenceWarning",
     "FitOptions",
     "FitResult",
@@ -65,6 +67,7 @@ __all__ = [
     "impute",
     "kmeans",
     "kmeans_plusplus",
+    "log_prior",
     "log_prob",
     "m_step",
     "marginal_log_prob",

@@ -675,6 +675,13 @@ def _add_fit(commands):
     )
     p.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default="full", help="(default full)")
     _add_em_options(p, n_init_help="restarts, run as one batch (default 1)")
+    p.add_argument(
+        "--prior",
+        choices=("none", "default"),
+        default="none",
+        help="none: maximum likelihood (default); default: MAP EM with mclust's default conjugate prior "
+        "(priorControl(); in-memory data only)",
+    )
     p.add_argument("-o", "--output", metavar="MODEL.npz", help="save the fitted model (.npz)")
     p.add_argument("--plot", metavar="FIG.png", help="save a picture of the data and the fitted components")
     p.add_argument("-v", "--verbose", action="store_true", help="show the fit's progress on stderr")
@@ -816,6 +823,7 @@ def _fitted_model(args, fit, *, verbose: bool = True):
         n_init=args.n_init,
         init_params=args.init_params,
         seed=args.seed,
+        prior=None if getattr(args, "prior", "none") == "none" else args.prior,
         **progress,
     )
     start = time.perf_counter()
@@ -1013,6 +1021,7 @@ def _run_fit(args) -> int:
     header = (
         f"gmmjax fit {args.data}: {X.shape[0]} samples × {X.shape[1]} features, K={args.num_components}, "
         f"covariance {args.covariance_type}, {args.n_init} restart{'s' * (args.n_init > 1)}, seed {args.seed}"
+        + (", MAP with mclust's default prior" if args.prior == "default" else "")
     )
     quality = [f"mean log-likelihood  {model.score(X):.6f}", f"BIC  {model.bic(X):.4f}   AIC  {model.aic(X):.4f}"]
     _report_fit(args, model, header, caught, elapsed, quality, data.feature_names)

@@ -8,7 +8,7 @@ restarts, the best restart, compilation and progress belong to :mod:`gmmjax._dri
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +29,7 @@ from gmmjax._implicit import attach_fixed_point
 from gmmjax._loops import compacting_while_loop
 from gmmjax._missing import MissingLayout, em_step_missing, mean_imputed, tiers_for
 from gmmjax._options import FitOptions, fit_options
+from gmmjax._prior import check_prior, require_no_prior, resolve_prior
 from gmmjax._progress import DEFAULT_VERBOSE_INTERVAL, check_verbose, report_em_step
 from gmmjax._sharding import fit_em_sharded, fit_em_sharded_checkpointed, row_sharding
 from gmmjax._stats import _em_step_with_diagnostics
@@ -48,6 +49,7 @@ class EMOperands(NamedTuple):
       reg_covar: ``()``.
       num_active: ``()`` int or ``None`` (see :func:`run_em`).
       restart: ``()`` int32 index of the restart for progress reports, or ``None``.
+      prior: a :class:`~gmmjax.ConjugatePrior` (MAP EM) or ``None``.
     """
 
     X: jax.Array
@@ -56,6 +58,7 @@ class EMOperands(NamedTuple):
     reg_covar: jax.Array
     num_active: jax.Array | None = None
     restart: jax.Array | None = None
+    prior: Any = None
 
 
 def em_iteration(state: FitState, operands: EMOperands, em_step_fn) -> FitState:
@@ -63,8 +66,14 @@ def em_iteration(state: FitState, operands: EMOperands, em_step_fn) -> FitState:
 
     ``em_step_fn(params, X, sample_weight, reg_covar, num_active=...) -> (params, collapsed, lower_bound)``.
     """
+    with_prior = {} if operands.prior is None else {"prior": operands.prior}  # MAP EM
     new_params, new_collapsed, lower_bound = em_step_fn(
-        state.params, operands.X, operands.sample_weight, operands.reg_covar, num_active=operands.num_active
+        state.params,
+        operands.X,
+        operands.sample_weight,
+        operands.reg_covar,
+        num_active=operands.num_active,
+        **with_prior,
     )
     return FitState(
         params=new_params,
@@ -191,10 +200,10 @@ def fit_em_restarts(
         em_step_fn = functools.partial(em_step_missing, chunk_size=options.chunk_size, tiers=tiers)
     if differentiation == "unrolled" and not marginalize:
         run = functools.partial(run_em_unrolled, rows=rows)
-        X_em, weight_em, reg_em = X, sample_weight, options.reg_covar
+        X_em, weight_em, reg_em, prior_em = X, sample_weight, options.reg_covar, options.prior
     else:
         run = functools.partial(run_em, report_every=report_every, rows=rows, em_step_fn=em_step_fn)
-        X_em, weight_em, reg_em = X_const, weight_const, options_const.reg_covar
+        X_em, weight_em, reg_em, prior_em = X_const, weight_const, options_const.reg_covar, options_const.prior
 
     def fit_one(restart_key, restart_index) -> FitState:
         params, collapsed = initial_params(
@@ -204,7 +213,7 @@ def fit_em_restarts(
         if options.max_iter == 0:  # scikit-learn's max_iter=0: the initialisation itself
             return start
         operands = EMOperands(
-            X_em, weight_em, options_const.tol, reg_em, num_active, restart_index if report_every else None
+            X_em, weight_em, options_const.tol, reg_em, num_active, restart_index if report_every else None, prior_em
         )
         return run(start, operands, max_iter=options.max_iter, chunk_size=options.chunk_size)
 
@@ -221,6 +230,7 @@ def fit_em_restarts(
             options.chunk_size,
             options.max_iter,
             rows,
+            options.prior,
         )
         result = result._replace(params=params, lower_bound=lower_bound)
     return result
@@ -354,7 +364,16 @@ def fit_em(
         ``O(restart_batch_size · chunk_size · K · D + K · D²)``; ``None`` sizes chunks so that
         one ``(restarts, K, chunk, D)`` temporary is about 8 MiB; results do not depend on it
         beyond floating-point summation order) and ``restart_batch_size`` (restarts run
-        together, vmapped; batches run one after another inside the same compiled program).
+        together, vmapped; batches run one after another inside the same compiled program),
+        and ``prior``: a :class:`~gmmjax.ConjugatePrior` or ``"default"`` (mclust's defaults
+        for ``X``, :meth:`~gmmjax.ConjugatePrior.default`) for MAP EM with mclust's conjugate
+        prior (Fraley & Raftery 2007): the M-step adds the prior's pseudo-statistics, the
+        weights keep their maximum-likelihood update, and ``lower_bound`` (the convergence
+        test, the choice of the best restart, ``lower_bound_history``) is the *penalised*
+        objective ``(Σ_n s_n log p(x_n) + log prior(params)) / Σ_n s_n``, which MAP EM never
+        decreases (mclust's ``loglik`` reports the log-likelihood alone: ``gj.log_prob``;
+        ``gj.bic`` uses the log-likelihood alone, as mclust's BIC). Not with ``mesh``,
+        ``checkpoint`` or sharded ``X``.
 
     Returns:
       A :class:`FitResult`.
@@ -370,6 +389,11 @@ def fit_em(
     """
     differentiation = check_differentiation(differentiation)
     options = fit_options(options, **option_keywords)
+    if options.missing == "marginalize" and options.prior is not None:
+        raise ValueError(
+            "missing='marginalize' and prior= are not available together yet: impute the data for a MAP fit, "
+            "or leave out the prior."
+        )
     if options.missing == "marginalize" and (
         checkpoint is not None or mesh is not None or row_sharding(X) is not None or differentiation != "implicit"
     ):
@@ -377,6 +401,10 @@ def fit_em(
             "missing='marginalize' fits on one device, without checkpoints and without derivatives: leave out "
             "mesh, checkpoint and differentiation (or impute the data and use missing='raise')."
         )
+    if options.prior is not None and (checkpoint is not None or mesh is not None or row_sharding(X) is not None):
+        require_no_prior(options.prior, "sharded or checkpointed fits")
+    if isinstance(options.prior, str):  # "default": mclust's defaults for this data
+        options = options.replace(prior=resolve_prior(options.prior, X, num_components, options.covariance_type))
     if checkpoint is None and (checkpoint_every is not None or resume):
         raise ValueError("checkpoint_every and resume need checkpoint= (a file path).")
     if checkpoint is not None:
@@ -393,6 +421,9 @@ def fit_em(
         return fit_em_sharded(key, X, num_components, options, sample_weight, mesh, data_axis, differentiation)
     inputs = check_fit_inputs(key, X, num_components, options, sample_weight, marginalizes=True)
     inputs, missing_tiers = _prepare_missing(inputs)
+    if inputs.options.prior is not None:  # the prior's leaves in the data's dtype: one compiled fit for all
+        prior = check_prior(inputs.options.prior, inputs.options.covariance_type, inputs.X.shape[1], inputs.X.dtype)
+        inputs = inputs._replace(options=inputs.options.replace(prior=prior))
     report_every = check_verbose(verbose, verbose_interval, inputs.key, inputs.X)
     if report_every and differentiation == "unrolled":
         raise ValueError(

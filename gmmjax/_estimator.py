@@ -232,6 +232,11 @@ class GaussianMixtureModel:
         and ``predict``, ``predict_proba``, ``score_samples`` and ``score`` marginalise the
         missing ones; :meth:`impute` fills them with conditional means
         (``docs/guides/missing_data.md``). EM fits only (``fit_method="em"``, in memory).
+      prior: ``None`` (maximum likelihood, default), ``"default"`` (mclust's default
+        conjugate prior for the data being fitted, :meth:`gmmjax.ConjugatePrior.default`) or a
+        :class:`~gmmjax.ConjugatePrior`: MAP EM (see ``prior`` in :func:`gmmjax.fit_em`;
+        ``lower_bound_`` is then the penalised objective per sample). EM on in-memory data
+        only. :meth:`save` stores ``"default"`` but not a ``ConjugatePrior`` object.
 
     Fitted attributes: ``weights_``, ``means_``, ``covariances_``, ``precisions_``,
     ``precisions_cholesky_``, ``converged_``, ``n_iter_``, ``lower_bound_``,
@@ -284,6 +289,7 @@ class GaussianMixtureModel:
         mesh=None,
         data_axis=None,
         missing="raise",
+        prior=None,
     ):
         self.num_components = num_components
         self.num_iters = num_iters
@@ -311,6 +317,7 @@ class GaussianMixtureModel:
         self.mesh = mesh
         self.data_axis = data_axis
         self.missing = missing
+        self.prior = prior
 
     # -- scikit-learn's parameter protocol -------------------------------------------------
     @classmethod
@@ -393,6 +400,7 @@ class GaussianMixtureModel:
             means_init=self.means_init,
             precisions_init=self.precisions_init,
             missing=self.missing,
+            prior=self.prior,
         )
 
     def _resolved_fit_method(self) -> str:
@@ -541,9 +549,11 @@ class GaussianMixtureModel:
         running state is ``online_state_`` (an :class:`gmmjax.OnlineEMState`).
         """
         from gmmjax._online import online_em_init, online_em_update_jit
+        from gmmjax._prior import require_no_prior
 
         if self._resolved_fit_method() != "em":
             raise ValueError("partial_fit runs online EM: set fit_method='em'.")
+        require_no_prior(self.prior, "partial_fit (online EM)")
         state = self.__dict__.get("online_state_")
         if state is None and "params_" in self.__dict__:
             state = online_em_init(self.params_, reg_covar=self.reg_covar)

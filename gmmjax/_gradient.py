@@ -54,6 +54,7 @@ from gmmjax._covariance import covariance_kind
 from gmmjax._density import log_joint_from_residuals, residuals_about
 from gmmjax._driver import FitResult, FitState, call_compiled, check_fit_inputs, compiled, initial_params, run_restarts
 from gmmjax._options import FitOptions, fit_options
+from gmmjax._prior import require_no_prior
 from gmmjax._sharding import prepare, row_sharding, run_data_parallel
 from gmmjax._stats import _weighted_posteriors, total_weight
 from gmmjax._unconstrained import (
@@ -463,6 +464,7 @@ def fit_gradient(
             "(and stops early only with its own tol): use num_steps instead."
         )
     options = fit_options(options, **option_keywords)
+    require_no_prior(options.prior, "fit_gradient")
     optimizer = check_optimizer(optimizer)
     num_steps = v.check_int("num_steps", num_steps, 1)
     if batch_size is not None:

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 from gmmjax._chunks import map_over_chunks, sum_over_chunks
 from gmmjax._collectives import LOCAL, RowAxis
 from gmmjax._params import GMMParams
+from gmmjax._prior import log_prior
 from gmmjax._stats import e_step, m_step, sum_stats, total_weight
 
 # The adjoint iteration stops once an iteration changes the adjoint by less than eps^(3/4)
@@ -120,7 +121,15 @@ def solve_adjoint(affine_map, zero, max_iter: int):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
 def attach_fixed_point(
-    params: GMMParams, lower_bound, X, sample_weight, reg_covar, chunk_size: int, max_iter: int, rows: RowAxis = LOCAL
+    params: GMMParams,
+    lower_bound,
+    X,
+    sample_weight,
+    reg_covar,
+    chunk_size: int,
+    max_iter: int,
+    rows: RowAxis = LOCAL,
+    prior=None,
 ):
     """Returns ``(params, lower_bound)`` unchanged; reverse-mode derivatives treat them as
     the EM fixed point ``p*(X, sample_weight, reg_covar)`` and ``L(p*, X, sample_weight)``.
@@ -138,34 +147,45 @@ def attach_fixed_point(
       rows: where the rows live (static; inside ``jax.shard_map`` the rows a device holds:
         every sum over rows of the backward passes is then one all-reduce, and each device
         returns the cotangents of its own rows).
+      prior: a :class:`~gmmjax.ConjugatePrior` (MAP EM: ``T`` is the MAP step and ``L`` adds
+        the log-prior; derivatives also flow to the prior's leaves) or ``None``. One device only.
     """
     return params, lower_bound
 
 
-def _attach_fwd(params, lower_bound, X, sample_weight, reg_covar, chunk_size, max_iter, rows):
-    return (params, lower_bound), (params, X, sample_weight, reg_covar)
+def _attach_fwd(params, lower_bound, X, sample_weight, reg_covar, chunk_size, max_iter, rows, prior):
+    return (params, lower_bound), (params, X, sample_weight, reg_covar, prior)
 
 
 def _attach_bwd(chunk_size, max_iter, rows, residuals, cotangents):
-    params, X, sample_weight, reg_covar = residuals
+    params, X, sample_weight, reg_covar, prior = residuals
     params_bar, bound_bar = cotangents
     dtype = X.dtype
     local_stats, local_log_likelihood = e_step(params, X, sample_weight, chunk_size=chunk_size)
     stats, log_likelihood, total = sum_stats(rows, local_stats, local_log_likelihood, total_weight(X, sample_weight))
-    _, m_pullback = jax.vjp(m_step, stats, params.means, reg_covar)
     bound_bar_sum = (bound_bar / total).astype(dtype)  # L = Σ s log p / Σ s
+    if prior is None:
+        _, m_pullback = jax.vjp(m_step, stats, params.means, reg_covar)
+    else:  # MAP EM: the MAP step, and L = (Σ s log p + log prior) / Σ s
+        map_step = lambda s, m, r, p: m_step(s, m, r, prior=p)  # noqa: E731
+        _, m_pullback = jax.vjp(map_step, stats, params.means, reg_covar, prior)
+        prior_value, (prior_grad_params, prior_grad_prior) = jax.value_and_grad(log_prior, argnums=(0, 1))(
+            params, prior
+        )
+        log_likelihood = log_likelihood + prior_value
+        params_bar = jax.tree_util.tree_map(lambda a, g: a + bound_bar_sum * g, params_bar, prior_grad_params)
 
     def adjoint_map(adjoint: GMMParams) -> GMMParams:
         """``p̄ + ∂T/∂pᵀ adjoint + l̄ ∂L/∂pᵀ``: the M-step's pullback, then the E-step's
         (both cotangents in one pass over the data, chunk by chunk)."""
-        stats_bar, shift_bar, _ = m_pullback(adjoint)
+        stats_bar, shift_bar, *_ = m_pullback(adjoint)
         through_e_step = rows.sum(e_step_vjp_params(params, X, sample_weight, (stats_bar, bound_bar_sum), chunk_size))
         return jax.tree_util.tree_map(
             jnp.add, params_bar, through_e_step.replace(means=through_e_step.means + shift_bar)
         )
 
     adjoint = solve_adjoint(adjoint_map, _tree_zeros_like(params), max(max_iter, ADJOINT_MIN_ITER))
-    stats_bar, _, reg_covar_bar = m_pullback(adjoint)
+    stats_bar, _, reg_covar_bar, *prior_bar = m_pullback(adjoint)
     X_bar, weight_bar = e_step_vjp_data(params, X, sample_weight, (stats_bar, bound_bar_sum), chunk_size)
     if sample_weight is None:
         weight_bar = None
@@ -177,7 +197,10 @@ def _attach_bwd(chunk_size, max_iter, rows, residuals, cotangents):
         # adjoint above is 1/n of the global one on every device, which the sum over devices
         # restores for reg_covar; each device's own rows take all of theirs.
         X_bar, weight_bar = jax.tree_util.tree_map(lambda bar: bar * rows.num_shards(), (X_bar, weight_bar))
-    return _tree_zeros_like(params), jnp.zeros_like(bound_bar), X_bar, weight_bar, reg_covar_bar
+    if prior is None:
+        return _tree_zeros_like(params), jnp.zeros_like(bound_bar), X_bar, weight_bar, reg_covar_bar, None
+    prior_bar = jax.tree_util.tree_map(lambda a, g: a + bound_bar_sum * g, prior_bar[0], prior_grad_prior)
+    return _tree_zeros_like(params), jnp.zeros_like(bound_bar), X_bar, weight_bar, reg_covar_bar, prior_bar
 
 
 attach_fixed_point.defvjp(_attach_fwd, _attach_bwd)

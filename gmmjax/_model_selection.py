@@ -34,6 +34,7 @@ from gmmjax._loops import MIN_BATCH
 from gmmjax._names import CRITERIA  # jax-free, for the command line
 from gmmjax._options import FitOptions, fit_options
 from gmmjax._params import COVARIANCE_TYPES, GMMParams, check_covariance_type
+from gmmjax._prior import require_no_prior
 from gmmjax._sharding import local_chunk_size, prepare, row_sharding, run_data_parallel
 
 
@@ -458,6 +459,7 @@ def select_num_components(
     covariance_types = check_covariance_types(covariance_types)
     criterion = check_criterion(criterion)
     options = fit_options(options, **option_keywords)
+    require_no_prior(options.prior, "model selection")
     if "covariance_type" in option_keywords:
         raise ValueError(
             "select_num_components tries covariance_types; pass covariance_types=..., not covariance_type."

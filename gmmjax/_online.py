@@ -30,6 +30,7 @@ from gmmjax import _validation as v
 from gmmjax._covariance import covariance_kind
 from gmmjax._options import FitOptions
 from gmmjax._params import GMMParams
+from gmmjax._prior import require_no_prior
 from gmmjax._stats import SufficientStats, e_step, m_step, total_weight
 
 # Defaults of the step-size schedule γ_t = (t + t0)^(−α) and of the averaging, chosen by
@@ -208,6 +209,8 @@ def online_em_init(
         raise TypeError(f"params must be a gmmjax.GMMParams, got {type(params).__name__}.")
     if not isinstance(averaging, bool):
         raise ValueError(f"averaging must be True or False, got {averaging!r}.")
+    if options is not None:
+        require_no_prior(options.prior, "online EM")
     if reg_covar is None:
         reg_covar = (options or FitOptions()).reg_covar
     reg_covar = v.check_nonnegative_float("reg_covar", reg_covar)

@@ -72,6 +72,9 @@ class FitOptions:
         covariance type (precisions, not covariances).
       lower_bound_init: optional ``()`` mean log-likelihood the convergence test starts
         from (a warm start continues from the previous fit's ``lower_bound``; ``None``: −∞).
+      prior: optional :class:`~gmmjax.ConjugatePrior` (its hyperparameters are leaves):
+        MAP EM with mclust's conjugate prior (:func:`gmmjax.fit_em` also takes
+        ``"default"``, mclust's defaults for the data); ``None``: maximum likelihood.
 
     Example:
       >>> import gmmjax as gj
@@ -95,6 +98,7 @@ class FitOptions:
     means_init: Any = None
     precisions_init: Any = None
     lower_bound_init: Any = None
+    prior: Any = None
 
     def __post_init__(self):
         # Only the static fields are checked here: JAX rebuilds the object with placeholders
@@ -134,7 +138,7 @@ STATIC_FIELDS = (
     "n_local_trials",
     "missing",
 )
-LEAF_FIELDS = ("tol", "reg_covar", "weights_init", "means_init", "precisions_init", "lower_bound_init")
+LEAF_FIELDS = ("tol", "reg_covar", "weights_init", "means_init", "precisions_init", "lower_bound_init", "prior")
 OPTION_NAMES = STATIC_FIELDS + LEAF_FIELDS
 
 jax.tree_util.register_dataclass(FitOptions, data_fields=list(LEAF_FIELDS), meta_fields=list(STATIC_FIELDS))
@@ -198,4 +202,9 @@ def check_fit_options(options: FitOptions, num_components: int | None, num_featu
     lower_bound_init = options.lower_bound_init
     if lower_bound_init is not None and not v.is_traced(lower_bound_init):
         lower_bound_init = float(lower_bound_init)
-    return options.replace(tol=tol, reg_covar=reg_covar, lower_bound_init=lower_bound_init)
+    prior = options.prior
+    if prior is not None:
+        from gmmjax._prior import check_prior
+
+        prior = check_prior(prior, options.covariance_type, num_features)
+    return options.replace(tol=tol, reg_covar=reg_covar, lower_bound_init=lower_bound_init, prior=prior)

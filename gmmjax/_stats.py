@@ -12,6 +12,7 @@ from gmmjax._collectives import LOCAL, RowAxis, symmetric
 from gmmjax._covariance import SMALL_FEATURES, covariance_kind, regularize_covariances, weighted_sums
 from gmmjax._density import ComponentTerms, component_terms, log_joint_from_residuals, residuals_about
 from gmmjax._params import GMMParams
+from gmmjax._prior import log_prior, map_offsets_and_covariances
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,8 +338,13 @@ def _where_active(active: jax.Array, values: jax.Array) -> jax.Array:
     return jnp.where(mask, values, values[:1])
 
 
-def m_step_with_diagnostics(stats: SufficientStats, shift: jax.Array, reg_covar, num_active=None):
+def m_step_with_diagnostics(stats: SufficientStats, shift: jax.Array, reg_covar, num_active=None, prior=None):
     """M-step that also reports components that were empty or needed extra regularisation.
+
+    With ``prior`` (a :class:`~gmmjax.ConjugatePrior`), the MAP M-step: means and
+    covariances from the statistics plus the prior's pseudo-statistics (see
+    :func:`gmmjax._prior.map_offsets_and_covariances`), weights as without it; not with
+    ``num_active``.
 
     With ``num_active`` (a traced int scalar is fine), only the first ``num_active``
     components are fitted: the others get weight exactly 0 and, as finite placeholders,
@@ -355,8 +361,13 @@ def m_step_with_diagnostics(stats: SufficientStats, shift: jax.Array, reg_covar,
     # scikit-learn's guard: every component keeps a tiny positive count, so an empty
     # component gets a near-zero weight and keeps its mean instead of dividing by zero.
     counts = stats.counts + 10 * eps
-    offsets = stats.first_moments / counts[:, None]
-    raw_cov = covariance_kind(stats.covariance_type).covariances_from_moments(stats.second_moments, counts, offsets)
+    if prior is None:
+        offsets = stats.first_moments / counts[:, None]
+        raw_cov = covariance_kind(stats.covariance_type).covariances_from_moments(stats.second_moments, counts, offsets)
+    else:
+        if num_active is not None:
+            raise ValueError("a prior (MAP EM) is not supported together with num_active.")
+        offsets, raw_cov = map_offsets_and_covariances(stats, counts, shift, prior)
     means = shift + offsets
     active = active_mask(stats.counts.shape[0], num_active)
     if active is not None:
@@ -380,7 +391,7 @@ def m_step_with_diagnostics(stats: SufficientStats, shift: jax.Array, reg_covar,
     return params, collapsed
 
 
-def m_step(stats: SufficientStats, shift: jax.Array, reg_covar=1e-6, *, num_active=None) -> GMMParams:
+def m_step(stats: SufficientStats, shift: jax.Array, reg_covar=1e-6, *, num_active=None, prior=None) -> GMMParams:
     """M-step: maximum-likelihood parameters from summed statistics about ``shift``.
 
     Args:
@@ -391,12 +402,14 @@ def m_step(stats: SufficientStats, shift: jax.Array, reg_covar=1e-6, *, num_acti
       num_active: optional int (may be traced) in ``1..K``: only the first ``num_active``
         components are fitted; the others get weight exactly 0 (so an E-step gives them no
         responsibility) and component 0's mean and covariance as placeholders.
+      prior: optional :class:`~gmmjax.ConjugatePrior`: the MAP M-step (mclust's; the
+        weights keep the maximum-likelihood update).
 
     Returns:
       New :class:`GMMParams`. Covariances are always positive definite (see
       ``regularize_covariances``); weights are normalised.
     """
-    return m_step_with_diagnostics(stats, shift, reg_covar, num_active)[0]
+    return m_step_with_diagnostics(stats, shift, reg_covar, num_active, prior)[0]
 
 
 def em_step(
@@ -406,14 +419,17 @@ def em_step(
     reg_covar=1e-6,
     *,
     chunk_size: int | None = None,
+    prior=None,
 ):
-    """One EM iteration (E-step in chunks of ``chunk_size`` rows, see :func:`e_step`).
+    """One EM iteration (E-step in chunks of ``chunk_size`` rows, see :func:`e_step`);
+    with ``prior`` (a :class:`~gmmjax.ConjugatePrior`), one MAP EM iteration.
 
     Returns:
       ``(new_params, mean_log_likelihood)``, where the log-likelihood (per unit weight) is
-      that of the *input* parameters, as scikit-learn's ``lower_bound_``.
+      that of the *input* parameters, as scikit-learn's ``lower_bound_`` (with ``prior``:
+      log-likelihood plus log-prior, per unit weight).
     """
-    new_params, _, mean_ll = _em_step_with_diagnostics(params, X, sample_weight, reg_covar, chunk_size)
+    new_params, _, mean_ll = _em_step_with_diagnostics(params, X, sample_weight, reg_covar, chunk_size, prior=prior)
     return new_params, mean_ll
 
 
@@ -424,9 +440,13 @@ def total_weight(X: jax.Array, sample_weight: jax.Array | None) -> jax.Array:
     return jnp.sum(sample_weight)
 
 
-def _em_step_with_diagnostics(params, X, sample_weight, reg_covar, chunk_size=None, num_active=None, rows=LOCAL):
+def _em_step_with_diagnostics(
+    params, X, sample_weight, reg_covar, chunk_size=None, num_active=None, rows=LOCAL, prior=None
+):
     stats, log_likelihood = e_step(params, X, sample_weight, chunk_size=chunk_size)
     # Sharded rows: the one all-reduce of the iteration (statistics, log-likelihood, weight).
     stats, log_likelihood, weight = sum_stats(rows, stats, log_likelihood, total_weight(X, sample_weight))
-    new_params, collapsed = m_step_with_diagnostics(stats, params.means, reg_covar, num_active)
+    new_params, collapsed = m_step_with_diagnostics(stats, params.means, reg_covar, num_active, prior)
+    if prior is not None:  # MAP EM: the penalised objective, log-likelihood plus log-prior
+        log_likelihood = log_likelihood + log_prior(params, prior)
     return new_params, collapsed, log_likelihood / weight

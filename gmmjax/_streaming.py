@@ -68,6 +68,7 @@ from gmmjax._em import EMOperands, em_iteration
 from gmmjax._init import seeding_sample_size
 from gmmjax._options import FitOptions, check_fit_options, fit_options
 from gmmjax._params import GMMParams
+from gmmjax._prior import require_no_prior
 from gmmjax._progress import check_verbose, streaming_reporter
 from gmmjax._sharding import agree_across_processes, gather_values, process_digests
 from gmmjax._stats import SufficientStats, e_step, m_step_with_diagnostics
@@ -879,6 +880,7 @@ def fit_em_streaming(
         iterable that yields nothing or changes length between passes.
     """
     options = fit_options(options, **option_keywords)
+    require_no_prior(options.prior, "streaming fits")
     key = v.check_key(key)
     num_components = v.check_int("num_components", num_components, 1)
     report_every = check_verbose(verbose, 1, key)

@@ -43,6 +43,7 @@ from gmmjax._init import initial_responsibility_fn
 from gmmjax._loops import compacting_while_loop
 from gmmjax._options import FitOptions, fit_options
 from gmmjax._params import GMMParams
+from gmmjax._prior import require_no_prior
 from gmmjax._stats import SufficientStats, e_step, stats_from_responsibilities
 
 WEIGHT_PRIOR_TYPES = ("dirichlet_process", "dirichlet_distribution")
@@ -565,6 +566,7 @@ def fit_variational(
     """
     prior_type = check_weight_prior_type(weight_concentration_prior_type)
     options = fit_options(options, **option_keywords)
+    require_no_prior(options.prior, "fit_variational (its priors are its own arguments)")
     if options.has_initial_parameters:
         raise ValueError(
             "fit_variational starts from initial responsibilities (init_params): weights_init, means_init and "
