@@ -189,7 +189,43 @@ def _key_from_seed(seed) -> jax.Array:
     )
 
 
-class GaussianMixtureModel:
+class ParameterProtocol:
+    """scikit-learn's parameter protocol for an estimator whose constructor stores each
+    argument under its own name: ``get_params``, ``set_params`` and a ``repr`` of the
+    arguments that differ from their defaults."""
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def get_params(self, deep=True):
+        """Constructor arguments as a dict (scikit-learn protocol)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def _check_param_names(self, params) -> None:
+        valid = self._param_names()
+        for name in params:
+            if name not in valid:
+                raise ValueError(f"Invalid parameter {name!r} for {type(self).__name__}; valid ones: {valid}.")
+
+    def set_params(self, **params):
+        """Sets constructor arguments (scikit-learn protocol); returns ``self``."""
+        self._check_param_names(params)
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self):
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        changed = [
+            f"{k}={v!r}"
+            for k, v in self.get_params().items()
+            if not (v is defaults[k] or (isinstance(v, (int, float, str)) and v == defaults[k]))
+        ]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+
+class GaussianMixtureModel(ParameterProtocol):
     """Gaussian mixture fitted by EM, with scikit-learn's interface and the original names.
 
     Args:
@@ -319,15 +355,7 @@ class GaussianMixtureModel:
         self.missing = missing
         self.prior = prior
 
-    # -- scikit-learn's parameter protocol -------------------------------------------------
-    @classmethod
-    def _param_names(cls):
-        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-
-    def get_params(self, deep=True):
-        """Constructor arguments as a dict (scikit-learn protocol)."""
-        return {name: getattr(self, name) for name in self._param_names()}
-
+    # -- scikit-learn's parameter protocol (ParameterProtocol), with the alias pairs --------
     def set_params(self, **params):
         """Sets constructor arguments (scikit-learn protocol); returns ``self``.
 
@@ -335,10 +363,7 @@ class GaussianMixtureModel:
         ``num_iters``/``max_iter``, ``seed``/``random_state``) without the other clears the
         other, so the new value is the one used.
         """
-        valid = self._param_names()
-        for name in params:
-            if name not in valid:
-                raise ValueError(f"Invalid parameter {name!r} for GaussianMixtureModel; valid ones: {valid}.")
+        self._check_param_names(params)
         for name, value in params.items():
             object.__setattr__(self, name, value)  # both names of a pair given: kept as given
             if _ALIASES.get(name) is not None and _ALIASES[name] not in params:
@@ -364,15 +389,6 @@ class GaussianMixtureModel:
     def __sklearn_is_fitted__(self) -> bool:
         """Whether ``fit`` has run (scikit-learn's ``check_is_fitted`` protocol)."""
         return "params_" in self.__dict__
-
-    def __repr__(self):
-        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
-        changed = [
-            f"{k}={v!r}"
-            for k, v in self.get_params().items()
-            if not (v is defaults[k] or (isinstance(v, (int, float, str)) and v == defaults[k]))
-        ]
-        return f"GaussianMixtureModel({', '.join(changed)})"
 
     # -- resolved configuration --------------------------------------------------------------
     def _resolved_num_components(self) -> int:

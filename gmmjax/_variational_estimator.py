@@ -8,7 +8,6 @@ boundary helpers of :mod:`gmmjax._estimator` (seeds, row buckets, not-fitted err
 
 from __future__ import annotations
 
-import inspect
 import warnings
 
 import jax
@@ -17,6 +16,7 @@ import numpy as np
 from gmmjax import _validation as v
 from gmmjax._covariance import covariance_kind
 from gmmjax._estimator import (
+    ParameterProtocol,
     _convergence_warning,
     _key_from_seed,
     _log_prob,
@@ -30,7 +30,7 @@ from gmmjax._sampling import _sample_jit
 from gmmjax._variational import VariationalPosterior, effective_params, fit_variational
 
 
-class BayesianGaussianMixtureModel:
+class BayesianGaussianMixtureModel(ParameterProtocol):
     """Variational Bayesian Gaussian mixture, with scikit-learn's ``BayesianGaussianMixture``
     parameters, defaults and fitted attributes (see :func:`gmmjax.fit_variational`).
 
@@ -117,35 +117,8 @@ class BayesianGaussianMixtureModel:
         self.chunk_size = chunk_size
         self.restart_batch_size = restart_batch_size
 
-    # -- scikit-learn's parameter protocol -------------------------------------------------
-    @classmethod
-    def _param_names(cls):
-        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-
-    def get_params(self, deep=True):
-        """Constructor arguments as a dict (scikit-learn protocol)."""
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params):
-        """Sets constructor arguments (scikit-learn protocol); returns ``self``."""
-        valid = self._param_names()
-        for name, value in params.items():
-            if name not in valid:
-                raise ValueError(f"Invalid parameter {name!r} for BayesianGaussianMixtureModel; valid ones: {valid}.")
-            setattr(self, name, value)
-        return self
-
     def __sklearn_is_fitted__(self) -> bool:
         return "posterior_" in self.__dict__
-
-    def __repr__(self):
-        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
-        changed = [
-            f"{k}={val!r}"
-            for k, val in self.get_params().items()
-            if not (val is defaults[k] or (isinstance(val, (int, float, str)) and val == defaults[k]))
-        ]
-        return f"BayesianGaussianMixtureModel({', '.join(changed)})"
 
     # -- fitting ---------------------------------------------------------------------------
     def fit(self, X, y=None, sample_weight=None):
