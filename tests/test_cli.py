@@ -22,6 +22,7 @@ import sysconfig
 import jax
 import numpy as np
 import pytest
+from _children import child_env
 
 import _oracles as O
 import gmmjax as gj
@@ -37,14 +38,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _env(**changes):
     """The subprocess imports this checkout's gmmjax, whatever is installed, and does not write
     to the user's compilation cache (``changes``: more variables; ``None`` removes one)."""
-    env = dict(os.environ, GMMJAX_NO_CACHE="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
-    for name, value in changes.items():
-        if value is None:
-            env.pop(name, None)
-        else:
-            env[name] = value
-    return env
+    return child_env(**changes)
 
 
 @pytest.fixture(scope="module", autouse=True)
