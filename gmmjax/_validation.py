@@ -122,7 +122,8 @@ def check_data(X, name: str = "X", *, num_features: int | None = None, min_sampl
             )
         if not largest < math.inf:
             raise ValueError(
-                f"{name} contains NaN or infinity: remove or impute those entries before fitting or predicting."
+                f"{name} contains NaN or infinity: remove or impute those entries before fitting or predicting "
+                "(fit_em and GaussianMixtureModel treat NaN entries as missing values with missing='marginalize')."
             )
         limit = largest_safe_magnitude(dtype, arr.shape[1])
         if largest > limit:

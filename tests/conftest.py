@@ -45,6 +45,10 @@ collect_ignore = [
 ]  # scripts run with arguments
 
 
+_SHARED_DIR = "GMMJAX_TEST_SHARED_DIR"
+_OWNS_SHARED_DIR = pytest.StashKey[bool]()
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: heavier test (several seconds or more); deselect with -m 'not slow'")
     # A command run in-process (gmmjax._cli.main) would turn JAX's persistent compilation
@@ -52,6 +56,20 @@ def pytest_configure(config):
     # write its programs to the user's cache. Tests of the cache unset this themselves
     # (test_cli.py, test_cache.py in a subprocess).
     os.environ["GMMJAX_NO_CACHE"] = "1"
+    if _xdist_worker() is None and _SHARED_DIR not in os.environ:
+        # A folder for what the xdist workers share (they inherit the environment); removed in
+        # pytest_unconfigure by the process that made it.
+        import tempfile
+
+        os.environ[_SHARED_DIR] = tempfile.mkdtemp(prefix="gmmjax-tests-")
+        config.stash[_OWNS_SHARED_DIR] = True
+
+
+def pytest_unconfigure(config):
+    if config.stash.get(_OWNS_SHARED_DIR, False):
+        import shutil
+
+        shutil.rmtree(os.environ.pop(_SHARED_DIR), ignore_errors=True)
 
 
 def _memory_maps() -> int | None:
@@ -111,6 +129,22 @@ _X64_SCRIPT = os.path.join(_TESTS_DIR, "_x64_parity_script.py")
 
 
 _X64_PROCESS = None
+_X64_RESULTS = None  # (returncode, {check: "ok" | traceback}, stderr) once collected
+
+
+def _xdist_worker() -> str | None:
+    """This process's pytest-xdist worker name (``gw0``, ``gw1``, ...), or None without xdist."""
+    return os.environ.get("PYTEST_XDIST_WORKER")
+
+
+def _runs_x64_checks() -> bool:
+    # Under pytest-xdist every worker collects every test: only the first one runs the float64
+    # checks, for the whole run, and shares their results through a file (the others wait for it).
+    return _xdist_worker() in (None, "gw0")
+
+
+def _shared_x64_path() -> str:
+    return os.path.join(os.environ[_SHARED_DIR], "x64_results.json")
 
 
 def _start_x64_subprocess():
@@ -129,16 +163,59 @@ def _start_x64_subprocess():
     return _X64_PROCESS
 
 
+def _collect_x64_results():
+    """Waits for the float64 subprocess and parses its results (once); under xdist, writes them
+    where the other workers read them. Returns ``(returncode, results | None, message)``."""
+    global _X64_RESULTS
+    if _X64_RESULTS is None:
+        import json
+
+        proc = _start_x64_subprocess()
+        proc.wait(timeout=600)
+        stdout, stderr = ((f.seek(0), f.read())[1] for f in proc.output_files)
+        lines = [ln for ln in stdout.splitlines() if ln.startswith("X64_RESULTS ")]
+        if lines:
+            _X64_RESULTS = (proc.returncode, json.loads(lines[-1][len("X64_RESULTS ") :]), stderr)
+        else:
+            message = (
+                f"float64 subprocess produced no results (exit {proc.returncode}).\n"
+                f"stdout:\n{stdout[-4000:]}\nstderr:\n{stderr[-4000:]}"
+            )
+            _X64_RESULTS = (proc.returncode, None, message)
+        if _xdist_worker() is not None:
+            path = _shared_x64_path()
+            with open(path + ".part", "w") as shared:
+                json.dump(_X64_RESULTS, shared)
+            os.replace(path + ".part", path)  # atomic: a reader never sees half a file
+    return _X64_RESULTS
+
+
+def _wait_for_shared_x64_results(timeout: float = 900.0):
+    import json
+    import time
+
+    path = _shared_x64_path()
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            pytest.fail(f"worker gw0 did not share the float64 results ({path}) within {timeout:.0f} s")
+        time.sleep(0.5)
+    with open(path) as shared:
+        return tuple(json.load(shared))
+
+
 @pytest.hookimpl(trylast=True)  # after -k/-m deselection
 def pytest_collection_modifyitems(session, config, items):
     # The float64 subprocess takes ~15 s, mostly single-threaded XLA compilation: start it as
     # soon as we know a selected test needs it, so it overlaps with the tests that run first.
-    if any("x64_results" in getattr(item, "fixturenames", ()) for item in items):
+    if _runs_x64_checks() and any("x64_results" in getattr(item, "fixturenames", ()) for item in items):
         _start_x64_subprocess()
 
 
 def pytest_sessionfinish(session, exitstatus):
     if _X64_PROCESS is not None:
+        if _xdist_worker() is not None and _X64_RESULTS is None and exitstatus != pytest.ExitCode.INTERRUPTED:
+            _collect_x64_results()  # another worker may be waiting for them
         if _X64_PROCESS.poll() is None:
             _X64_PROCESS.kill()
             _X64_PROCESS.wait()
@@ -148,22 +225,17 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.fixture(scope="session")
 def x64_results():
-    """Results of ``_x64_parity_script.py``, run once per session in a float64 subprocess.
+    """Results of ``_x64_parity_script.py``, run once per test run in a float64 subprocess.
 
     Returns ``(returncode, {check_name: "ok" | traceback}, stderr)``.
     """
-    import json
-
-    proc = _start_x64_subprocess()
-    proc.wait(timeout=600)
-    stdout, stderr = ((f.seek(0), f.read())[1] for f in proc.output_files)
-    lines = [ln for ln in stdout.splitlines() if ln.startswith("X64_RESULTS ")]
-    if not lines:
-        pytest.fail(
-            f"float64 subprocess produced no results (exit {proc.returncode}).\n"
-            f"stdout:\n{stdout[-4000:]}\nstderr:\n{stderr[-4000:]}"
-        )
-    return proc.returncode, json.loads(lines[-1][len("X64_RESULTS ") :]), stderr
+    if _runs_x64_checks():
+        returncode, results, message = _collect_x64_results()
+    else:
+        returncode, results, message = _wait_for_shared_x64_results()
+    if results is None:
+        pytest.fail(message)
+    return returncode, results, message
 
 
 @pytest.fixture

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # every workload at a small size, each in its own worker process: ≈40 s on 2 cores
 def test_quick_benchmark_run_writes_report_and_plot(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--no-gmmx", "--out", str(tmp_path)],
