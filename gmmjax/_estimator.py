@@ -273,16 +273,16 @@ class GaussianMixtureModel(ParameterProtocol):
         :class:`~gmmjax.ConjugatePrior`: MAP EM (see ``prior`` in :func:`gmmjax.fit_em`;
         ``lower_bound_`` is then the penalised objective per sample). EM on in-memory data
         only. :meth:`save` stores ``"default"`` but not a ``ConjugatePrior`` object.
-      learning_decay, learning_offset: :meth:`partial_fit`'s step sizes
+      learning_decay, learning_offset: ``partial_fit``'s step sizes
         ``γ_t = (t + learning_offset)^(−learning_decay)`` for update ``t = 1, 2, ...``
         (scikit-learn's ``LatentDirichletAllocation`` names; ``α`` and ``t0`` of
         :func:`gmmjax.online_em_init`): ``learning_decay`` in ``(0.5, 1]`` (default 0.6; larger
         forgets the early batches faster), ``learning_offset >= 0`` (default 0: the first update
         is one EM step on its batch; larger damps the early updates).
-      average: :meth:`partial_fit` reports the Polyak–Ruppert average of the running statistics
+      average: ``partial_fit`` reports the Polyak–Ruppert average of the running statistics
         (default ``True``) rather than the last iterate.
       average_start: updates before that average starts (default 100), so that it leaves out
-        the early iterates. These four are read at every :meth:`partial_fit` call (a change
+        the early iterates. These four are read at every ``partial_fit`` call (a change
         applies to the later updates); ``fit`` does not use them.
 
     Fitted attributes: ``weights_``, ``means_``, ``covariances_``, ``precisions_``,

@@ -562,9 +562,9 @@ class ZarrSource(_PartsSource):
     def read_blocks(self, start: int, block_rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
         """Row blocks from ``start`` on, each ending on a chunk boundary (or the last row)."""
         step = max(1, block_rows // self.chunk_rows) * self.chunk_rows
-        row = start
-        while row < self.num_rows:
-            stop = min(self.num_rows, (row // step + 1) * step)
+        row, num_rows = start, self.shape[0]
+        while row < num_rows:
+            stop = min(num_rows, (row // step + 1) * step)
             try:
                 X = np.asarray(self.array[row:stop])
             except Exception as exc:  # a chunk that does not decompress, a vanished file, ...
