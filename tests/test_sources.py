@@ -265,3 +265,41 @@ def test_cli_distributed_each_process_streams_its_own_parquet_file(tmp_path, X):
     want = gj.fit_em(jax.random.key(1), X, K, tol=1e-4)
     np.testing.assert_allclose(model.means_, np.asarray(want.params.means), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(model.covariances_, np.asarray(want.params.covariances), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow  # two fresh processes per format; writes 256 MB files
+@pytest.mark.parametrize("kind", ["parquet", "zarr"])
+def test_memory_does_not_grow_with_the_rows(tmp_path, kind):
+    """Peak RSS streaming 8M rows (256 MB of float32) is within 100 MB of streaming 70k rows
+    with the same batches, as for .npy files (test_streaming.py): the file is never loaded."""
+    import subprocess
+
+    from _children import ROOT, TESTS, child_env
+
+    zarr = _zarr() if kind == "zarr" else None
+    pq = pytest.importorskip("pyarrow.parquet")
+    rng = np.random.default_rng(0)
+    peaks = {}
+    for rows in (70_000, 8_000_000):
+        path = tmp_path / f"x{rows}.{kind}"
+        pieces = range(0, rows, 1_000_000)
+        if zarr is not None:
+            out = zarr.create_array(str(path), shape=(rows, 8), chunks=(65536, 8), dtype="float32")
+        else:
+            writer = pq.ParquetWriter(path, _table(np.zeros((1, 8), np.float32)).schema)
+        for start in pieces:
+            n = min(1_000_000, rows - start)
+            block = (rng.normal(size=(n, 8)) + 5.0 * rng.integers(0, 4, size=(n, 1))).astype(np.float32)
+            if zarr is not None:
+                out[start : start + n] = block
+            else:
+                writer.write_table(_table(block), row_group_size=250_000)
+        if zarr is None:
+            writer.close()
+        script = str(TESTS / "_stream_memory_script.py")
+        done = subprocess.run(
+            [sys.executable, script, str(path)], env=child_env(), cwd=ROOT, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        peaks[rows] = float(done.stdout.strip().splitlines()[-1])
+    assert peaks[8_000_000] - peaks[70_000] < 100, peaks
