@@ -522,6 +522,8 @@ class ZarrSource(_PartsSource):
     def __init__(self, array, sample_weight=None, block_rows: int = 2**16):
         zarr = _optional_import("zarr", "zarr", "reading a Zarr array")
         self.path = os.fspath(array) if isinstance(array, (str, os.PathLike)) else None
+        if self.path is not None and "://" not in self.path and not os.path.exists(self.path):
+            raise FileNotFoundError(f"{self.path}: no such Zarr array.")
         if not isinstance(array, zarr.Array):
             try:
                 array = zarr.open_array(array, mode="r")
@@ -535,18 +537,21 @@ class ZarrSource(_PartsSource):
                     ) from None
                 raise StreamError(f"{self.path or array} is not a readable Zarr array: {exc}") from None
         self.array = array
-        if self.path is None:
-            where = [str(getattr(array, "store", "")).rstrip("/"), str(getattr(array, "path", ""))]
+        if self.path is None:  # the store's folder (zarr 3: root, zarr 2: path), else its description
+            store = getattr(array, "store", "")
+            root = getattr(store, "root", None) or getattr(store, "path", None) or store
+            where = [str(root).rstrip("/"), str(getattr(array, "path", "")).strip("/")]
             self.path = "zarr array " + "/".join(part for part in where if part)
         shape, dtype = tuple(int(s) for s in array.shape), np.dtype(array.dtype)
         _check_numeric_dtype(dtype, self.path)
         if len(shape) != 2:
             raise StreamError(f"{self.path} holds an array of shape {shape}: expected (n_samples, n_features).")
         written, chunks = int(array.nchunks_initialized), int(array.nchunks)
+        fill = np.asarray(array.fill_value).item()
         if written < chunks:
             raise StreamError(
                 f"{self.path} has {chunks - written} of its {chunks} chunks missing (a partial copy?): Zarr would "
-                f"read them as the fill value {array.fill_value!r}. Copy the array again (or, if the missing chunks "
+                f"read them as the fill value {fill!r}. Copy the array again (or, if the missing chunks "
                 "are meant to hold the fill value, rewrite it with write_empty_chunks=True)."
             )
         self.shape, self.num_rows, self.num_features, self.dtype = shape, shape[0], shape[1], dtype
