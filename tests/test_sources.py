@@ -105,6 +105,19 @@ def test_estimator_streams_parquet_and_zarr_without_loading_them(parquet_dir, za
         assert model.n_iter_ == int(in_memory.n_iter)
 
 
+def test_checkpoints_fingerprint_the_parquet_and_zarr_sources(tmp_path, parquet_dir, zarr_path, in_memory):
+    from gmmjax._checkpoint import CheckpointMismatchError
+
+    for name, data in (("parquet", str(parquet_dir)), ("zarr", zarr_path)):
+        checkpoint = str(tmp_path / f"{name}.npz")
+        whole = _fit(data, checkpoint=checkpoint)
+        _assert_same_fit(whole, in_memory)
+        _assert_same_fit(_fit(data, checkpoint=checkpoint, resume=True), in_memory)  # finished: its result
+    other = ParquetSource(parquet_dir, columns=["x1", "x0", "x2"])
+    with pytest.raises(CheckpointMismatchError, match=r"data\.columns: checkpoint \[.x0., .x1., .x2.\]"):
+        _fit(other, checkpoint=str(tmp_path / "parquet.npz"), resume=True)
+
+
 # -- what the sources read -------------------------------------------------------------------------
 def test_sources_read_the_rows_from_any_row_in_bounded_chunk_aligned_blocks(X, parquet_dir, zarr_path):
     parquet = ParquetSource(parquet_dir, block_rows=128)
