@@ -94,6 +94,14 @@ class _Block(NamedTuple):
     where: str  # for messages: "shard.npy rows 0..1000" or "batch 3 of pass 2"
 
 
+def _check_numeric_dtype(dtype: np.dtype, where: str) -> None:
+    """Refuses anything but real numbers (and booleans), naming ``where``."""
+    if dtype.hasobject or not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
+        raise StreamError(f"{where} holds dtype {dtype}, not numbers.")
+    if np.issubdtype(dtype, np.complexfloating):
+        raise StreamError(f"{where} holds complex numbers (dtype {dtype}): data must be real-valued.")
+
+
 class NpyFile:
     """One ``.npy`` file (1-D or 2-D, C order), read row range by row range.
 
@@ -116,10 +124,7 @@ class NpyFile:
             raise FileNotFoundError(f"{self.path}: no such file.") from None
         except (ValueError, OSError) as exc:
             raise StreamError(f"{self.path} is not a readable .npy file: {exc}") from None
-        if dtype.hasobject or not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
-            raise StreamError(f"{self.path} holds dtype {dtype}, not numbers.")
-        if np.issubdtype(dtype, np.complexfloating):
-            raise StreamError(f"{self.path} holds complex numbers (dtype {dtype}): data must be real-valued.")
+        _check_numeric_dtype(dtype, self.path)
         if len(shape) not in (1, 2):
             raise StreamError(f"{self.path} holds an array of shape {shape}: expected (n_samples, n_features).")
         if fortran and len(shape) == 2 and shape[1] > 1:
@@ -194,10 +199,12 @@ class _PartsSource(_Source):
         self.block_rows = block_rows
         self.weight: Any = None
         if sample_weight is not None:
-            self.weight = NpyFile(sample_weight) if isinstance(sample_weight, (str, os.PathLike)) else None
-            shape = self.weight.shape if self.weight is not None else np.shape(sample_weight)
-            if self.weight is None:
+            if isinstance(sample_weight, (str, os.PathLike)):
+                self.weight = NpyFile(sample_weight)
+                shape = self.weight.shape
+            else:
                 self.weight = np.asarray(sample_weight)
+                shape = self.weight.shape
             if tuple(shape) != (self.num_rows,):
                 raise StreamError(
                     f"sample_weight must have shape ({self.num_rows},) (one per row), got {tuple(shape)}."
@@ -376,6 +383,10 @@ def _files_in(folder, extension: str) -> list[str]:
 PARQUET_EXTENSIONS = (".parquet", ".pq")
 
 
+def _parquet_files(folder) -> list[str]:
+    return sorted(p for extension in PARQUET_EXTENSIONS for p in _files_in(folder, extension))
+
+
 def _path_source(path: str, sample_weight) -> _Source:
     """The source of one path: a ``.npy`` file, a ``.parquet`` file, a Zarr array, or a folder
     of ``.npy`` or of ``.parquet`` files."""
@@ -383,11 +394,11 @@ def _path_source(path: str, sample_weight) -> _Source:
         return ZarrSource(path, sample_weight)
     if os.path.isdir(path):
         npy = _files_in(path, ".npy")
-        parquet = [p for extension in PARQUET_EXTENSIONS for p in _files_in(path, extension)]
+        parquet = _parquet_files(path)
         if npy and parquet:
             raise StreamError(f"{path} holds both .npy and Parquet files: put the shards of one data set in a folder.")
         if parquet:
-            return ParquetSource(sorted(parquet), sample_weight=sample_weight)
+            return ParquetSource(parquet, sample_weight=sample_weight)
         if not npy:
             raise StreamError(f"{path} holds no .npy or .parquet files (and is not a Zarr array).")
         return ShardsSource(npy, sample_weight)
@@ -405,7 +416,7 @@ def is_parquet_path(path) -> bool:
     """A ``.parquet`` (``.pq``) file, or a folder holding such files."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        return any(_files_in(path, extension) for extension in PARQUET_EXTENSIONS)
+        return bool(_parquet_files(path))
     return path.lower().endswith(PARQUET_EXTENSIONS)
 
 
@@ -496,13 +507,6 @@ def _is_zarr_path(path: str) -> bool:
     )
 
 
-def _check_numeric_dtype(dtype: np.dtype, where: str) -> None:
-    if dtype.hasobject or not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
-        raise StreamError(f"{where} holds dtype {dtype}, not numbers.")
-    if np.issubdtype(dtype, np.complexfloating):
-        raise StreamError(f"{where} holds complex numbers (dtype {dtype}): data must be real-valued.")
-
-
 class ZarrSource(_PartsSource):
     """A 2-D Zarr array (a path, a zarr store, or an opened ``zarr.Array``), read in row blocks
     aligned with its chunks (or shards): each read decompresses whole chunks once.
@@ -530,10 +534,11 @@ class ZarrSource(_PartsSource):
             except FileNotFoundError:
                 raise FileNotFoundError(f"{self.path or array}: no such Zarr array.") from None
             except Exception as exc:  # zarr's errors for groups, bad metadata, other formats
-                if self.path is not None and os.path.isdir(self.path) and self._group_arrays(zarr):
+                arrays = self._group_arrays(zarr) if self.path is not None and os.path.isdir(self.path) else []
+                if arrays:
                     raise StreamError(
                         f"{self.path} is a Zarr group, not an array: pass one of its arrays, e.g. "
-                        f"{os.path.join(self.path, self._group_arrays(zarr)[0])}."
+                        f"{os.path.join(str(self.path), arrays[0])}."
                     ) from None
                 raise StreamError(f"{self.path or array} is not a readable Zarr array: {exc}") from None
         self.array = array
@@ -556,7 +561,7 @@ class ZarrSource(_PartsSource):
             )
         self.shape, self.num_rows, self.num_features, self.dtype = shape, shape[0], shape[1], dtype
         self.chunk_rows = max(1, int((getattr(array, "shards", None) or array.chunks)[0]))
-        self._set_parts([self], sample_weight, block_rows, self.path)
+        self._set_parts([self], sample_weight, block_rows, self.path)  # one part: the array itself
 
     def _group_arrays(self, zarr) -> list[str]:
         try:
@@ -594,7 +599,7 @@ def _parquet_numeric(pa, arrow_type) -> bool:
     return bool(pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_boolean(arrow_type))
 
 
-class ParquetFile:
+class ParquetShard:
     """One Parquet file: its schema and row groups from the footer (read when opened: a
     truncated file, which has no footer, is refused before any fit starts), rows read as
     record batches of the chosen ``columns`` (names) with pyarrow."""
@@ -690,7 +695,7 @@ class ParquetSource(_PartsSource):
 
     def __init__(self, data, columns=None, sample_weight=None, block_rows: int = 2**16):
         if isinstance(data, (str, os.PathLike)) and os.path.isdir(data):
-            paths = _files_in(data, ".parquet")
+            paths = _parquet_files(data)
         elif isinstance(data, (str, os.PathLike)):
             paths = [os.fspath(data)]
         else:
@@ -698,12 +703,12 @@ class ParquetSource(_PartsSource):
         if not paths:
             raise StreamError("no Parquet files to read.")
         if columns is not None:
-            if isinstance(columns, str) or not all(isinstance(c, str) for c in columns) or not columns:
+            if not isinstance(columns, (list, tuple)) or not columns or not all(isinstance(c, str) for c in columns):
                 raise ValueError(f"columns must be a non-empty list of column names, got {columns!r}.")
             if len(set(columns)) != len(columns):
                 raise ValueError(f"columns names a column more than once: {list(columns)!r}.")
             columns = list(columns)
-        self.files = [ParquetFile(path, columns) for path in paths]
+        self.files = [ParquetShard(path, columns) for path in paths]
         first = self.files[0]
         pa = _optional_import("pyarrow", "parquet", "reading Parquet files")
         types = first.types()
