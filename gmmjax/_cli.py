@@ -13,6 +13,8 @@ starts a comment). A 1-D array is one feature. Text tables are read with the sta
 and NumPy (no pandas): :class:`TableOptions` documents the rules (header detection, the index
 column of ``pandas.DataFrame.to_csv``, missing values, ``--columns``), which the data options of
 every command set. Feature names from a header appear in ``fit``'s summary and ``--plot``.
+``gmmjax fit`` also streams (exact out-of-core EM) large ``.npy`` files, folders of ``.npy``
+or ``.parquet`` shards, Parquet files and Zarr arrays (``--columns`` names Parquet columns).
 
 Only JAX-free modules are imported at the top: ``gmmjax --help``, ``gmmjax CMD --help`` and
 argument errors run without importing JAX (through the console script's launcher
@@ -666,10 +668,15 @@ def _add_fit(commands):
     p = commands.add_parser(
         "fit",
         help="fit a mixture to a data file and print it",
-        description="Fit a Gaussian mixture by EM to DATA (.npy, .npz, .csv) and print the weights, means, "
-        "mean log-likelihood, BIC/AIC, iterations and convergence.",
+        description="Fit a Gaussian mixture by EM to DATA (.npy, .npz, .csv; streamed: .parquet, .zarr, "
+        "folders of shards) and print the weights, means, mean log-likelihood, BIC/AIC, iterations and convergence.",
     )
-    p.add_argument("data", metavar="DATA", help="data file: .npy, .npz (see --key) or .csv/.txt/.tsv")
+    p.add_argument(
+        "data",
+        metavar="DATA",
+        help="data file: .npy, .npz (see --key) or .csv/.txt/.tsv; streamed: .parquet (pip install "
+        "'gmmjax[parquet]'), a Zarr array .zarr (pip install 'gmmjax[zarr]'), a folder of .npy or .parquet shards",
+    )
     p.add_argument(
         "-k", "--num-components", type=_int_at_least(1), required=True, metavar="K", help="number of components"
     )
@@ -694,11 +701,12 @@ def _add_fit(commands):
     )
     g = p.add_argument_group(
         "streaming (exact out-of-core EM)",
-        "A .npy DATA file larger than --memory-budget, or a folder of .npy shards, is streamed from disk in "
-        "batches: the same EM iterations as in memory, with memory independent of the number of rows.",
+        "A .npy DATA file larger than --memory-budget, a Parquet file, a Zarr array, or a folder of .npy or "
+        ".parquet shards is streamed from disk in batches: the same EM iterations as in memory, with memory "
+        "independent of the number of rows.",
     )
     g.add_argument(
-        "--stream", action="store_true", help="stream DATA (.npy or a folder of .npy shards) whatever its size"
+        "--stream", action="store_true", help="stream DATA (a .npy file or any of the above) whatever its size"
     )
     g.add_argument(
         "--memory-budget",
@@ -756,16 +764,35 @@ def _default_memory_budget() -> int:
 
 
 def _streams(args) -> bool:
-    """Whether ``gmmjax fit`` streams DATA: asked for (--stream, a checkpoint), a folder, or a
-    .npy file larger than the memory budget."""
+    """Whether ``gmmjax fit`` streams DATA: asked for (--stream, a checkpoint), data that only
+    a streamed fit reads (a folder, Parquet, Zarr), or a .npy file larger than the memory budget."""
+    from gmmjax._streaming import stream_only_path
+
     if args.stream or args.checkpoint or args.resume:
         return True
-    if os.path.isdir(args.data):
+    if stream_only_path(args.data):
         return True
     if _extension(args.data) != ".npy" or not os.path.isfile(args.data):
         return False
     budget = _default_memory_budget() if args.memory_budget is None else args.memory_budget
     return os.path.getsize(args.data) > budget
+
+
+def _stream_data(args, path: str):
+    """What a streamed ``gmmjax fit`` reads: ``path`` (checked), or a Parquet source of the
+    ``--columns`` named."""
+    from gmmjax._streaming import ParquetSource, is_parquet_path, streamable_path
+
+    if not streamable_path(path):
+        raise CLIError(
+            f"{path}: streamed fits read a .npy file, a Parquet file, a Zarr array or a folder of .npy or "
+            ".parquet files"
+        )
+    if args.columns is None:
+        return path
+    if not is_parquet_path(path):
+        raise CLIError("--columns cannot be used with a streamed fit of .npy shards or a Zarr array (Parquet only)")
+    return ParquetSource(path, columns=list(args.columns))
 
 
 def _run_fit_stream(args) -> int:
@@ -775,7 +802,6 @@ def _run_fit_stream(args) -> int:
         for flag, given in (
             ("--plot", args.plot is not None),
             ("--key", args.key is not None),
-            ("--columns", args.columns is not None),
             ("--dropna", args.dropna),
             ("--index-col", args.index_col is not None),
             ("--header/--no-header", args.header is not None),
@@ -784,15 +810,16 @@ def _run_fit_stream(args) -> int:
         if given
     ]
     if unsupported:
-        raise CLIError(f"{' and '.join(unsupported)} cannot be used with a streamed fit (a large .npy or shards)")
-    if not (os.path.isdir(args.data) or _extension(args.data) == ".npy"):
-        raise CLIError(f"{args.data}: streamed fits read a .npy file or a folder of .npy shards")
+        raise CLIError(
+            f"{' and '.join(unsupported)} cannot be used with a streamed fit (a large .npy, shards or a Zarr array)"
+        )
+    data = _stream_data(args, args.data)
     if args.resume and not args.checkpoint:
         raise CLIError("--resume continues the fit saved in --checkpoint FILE: give --checkpoint")
     model, caught, elapsed = _fitted_model(
         args,
         lambda model: model._fit_stream(
-            args.data,
+            data,
             None,
             batch_size=args.batch_size,
             checkpoint=args.checkpoint,
@@ -904,8 +931,7 @@ def _run_fit_distributed_stream(args, path: str, own_file: bool, process: int, n
             f"--distributed with a streamed fit reads one file (or folder) per process: put '{{process}}' in "
             f"DATA (e.g. shard-{{process}}.npy), not {args.data!r}"
         )
-    if not (os.path.isdir(path) or _extension(path) == ".npy"):
-        raise CLIError(f"{path}: streamed fits read a .npy file or a folder of .npy shards")
+    data = _stream_data(args, path)
     if args.resume and not args.checkpoint:
         raise CLIError("--resume continues the fit saved in --checkpoint FILE: give --checkpoint")
     if args.checkpoint_seconds is not None:
@@ -916,7 +942,7 @@ def _run_fit_distributed_stream(args, path: str, own_file: bool, process: int, n
     model, caught, elapsed = _fitted_model(
         args,
         lambda model: model._fit_stream(
-            path,
+            data,
             None,
             batch_size=args.batch_size,
             checkpoint=args.checkpoint,

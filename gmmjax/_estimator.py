@@ -273,6 +273,17 @@ class GaussianMixtureModel(ParameterProtocol):
         :class:`~gmmjax.ConjugatePrior`: MAP EM (see ``prior`` in :func:`gmmjax.fit_em`;
         ``lower_bound_`` is then the penalised objective per sample). EM on in-memory data
         only. :meth:`save` stores ``"default"`` but not a ``ConjugatePrior`` object.
+      learning_decay, learning_offset: ``partial_fit``'s step sizes
+        ``γ_t = (t + learning_offset)^(−learning_decay)`` for update ``t = 1, 2, ...``
+        (scikit-learn's ``LatentDirichletAllocation`` names; ``α`` and ``t0`` of
+        :func:`gmmjax.online_em_init`): ``learning_decay`` in ``(0.5, 1]`` (default 0.6; larger
+        forgets the early batches faster), ``learning_offset >= 0`` (default 0: the first update
+        is one EM step on its batch; larger damps the early updates).
+      average: ``partial_fit`` reports the Polyak–Ruppert average of the running statistics
+        (default ``True``) rather than the last iterate.
+      average_start: updates before that average starts (default 100), so that it leaves out
+        the early iterates. These four are read at every ``partial_fit`` call (a change
+        applies to the later updates); ``fit`` does not use them.
 
     Fitted attributes: ``weights_``, ``means_``, ``covariances_``, ``precisions_``,
     ``precisions_cholesky_``, ``converged_``, ``n_iter_``, ``lower_bound_``,
@@ -326,6 +337,10 @@ class GaussianMixtureModel(ParameterProtocol):
         data_axis=None,
         missing="raise",
         prior=None,
+        learning_decay=0.6,
+        learning_offset=0.0,
+        average=True,
+        average_start=100,
     ):
         self.num_components = num_components
         self.num_iters = num_iters
@@ -354,6 +369,10 @@ class GaussianMixtureModel(ParameterProtocol):
         self.data_axis = data_axis
         self.missing = missing
         self.prior = prior
+        self.learning_decay = learning_decay
+        self.learning_offset = learning_offset
+        self.average = average
+        self.average_start = average_start
 
     # -- scikit-learn's parameter protocol (ParameterProtocol), with the alias pairs --------
     def set_params(self, **params):
@@ -555,27 +574,39 @@ class GaussianMixtureModel(ParameterProtocol):
         estimator's settings (``init_params``, ``n_init``, ``*_init``, ``seed``, as ``fit``
         with ``max_iter=0``), then updates on it; on a model fitted by ``fit`` (or loaded),
         the first call starts from the fitted parameters. Later calls update the running
-        statistics with the step-size schedule and Polyak averaging of
-        :func:`gmmjax.online_em_init`'s defaults (``γ_1 = 1``: the first update is one EM
-        step on that batch). ``n_features_in_`` is checked; ``weights_``, ``means_``,
+        statistics with the step sizes ``γ_t = (t + learning_offset)^(−learning_decay)`` and the
+        averaging (``average``, ``average_start``) set on the estimator (the defaults are
+        :func:`gmmjax.online_em_init`'s; with ``learning_offset=0``, ``γ_1 = 1``: the first
+        update is one EM step on that batch). ``n_features_in_`` is checked; ``weights_``, ``means_``,
         ``covariances_``, ``precisions_``, ``precisions_cholesky_`` hold the current
         (averaged) estimate; ``n_iter_`` counts the updates, ``lower_bound_`` is the last
         batch's mean log-likelihood under the parameters before its update (``lower_bounds_``
         all of them), ``converged_`` is false (online EM has no convergence test). The
         running state is ``online_state_`` (an :class:`gmmjax.OnlineEMState`).
         """
+        import dataclasses
+
         from gmmjax._online import online_em_init, online_em_update_jit
         from gmmjax._prior import require_no_prior
 
         if self._resolved_fit_method() != "em":
             raise ValueError("partial_fit runs online EM: set fit_method='em'.")
         require_no_prior(self.prior, "partial_fit (online EM)")
+        settings = self._online_settings()
         state = self.__dict__.get("online_state_")
         if state is None and "params_" in self.__dict__:
-            state = online_em_init(self.params_, reg_covar=self.reg_covar)
+            state = online_em_init(self.params_, reg_covar=self.reg_covar, **settings)
             history = []
         elif state is not None:
             history = list(self.lower_bounds_)
+            dtype = state.alpha.dtype  # the settings as they are now (set_params between calls)
+            state = dataclasses.replace(
+                state,
+                alpha=jnp.asarray(settings["alpha"], dtype),
+                t0=jnp.asarray(settings["t0"], dtype),
+                average_start=jnp.asarray(settings["average_start"], jnp.int32),
+                averaging=settings["averaging"],
+            )
         if state is None:
             num_components = self._resolved_num_components()
             X = v.check_data(X, "X", min_samples=num_components)
@@ -585,7 +616,7 @@ class GaussianMixtureModel(ParameterProtocol):
             start = fit_em(
                 _key_from_seed(self._resolved_seed()), X, num_components, options, sample_weight=sample_weight
             )
-            state = online_em_init(start.params, options=options)
+            state = online_em_init(start.params, options=options, **settings)
             history = []
         else:
             X = v.check_data(X, "X", num_features=state.params.num_features).astype(state.params.dtype)
@@ -603,6 +634,24 @@ class GaussianMixtureModel(ParameterProtocol):
         self.collapsed_components_ = np.zeros(params.num_components, bool)
         self.n_features_in_ = params.num_features
         return self
+
+    def _online_settings(self) -> dict:
+        """``partial_fit``'s schedule and averaging as :func:`gmmjax.online_em_init`'s
+        arguments, checked with messages that name the estimator's parameters."""
+        decay = v.check_nonnegative_float("learning_decay", self.learning_decay)
+        if not 0.5 < decay <= 1.0:
+            raise ValueError(
+                f"learning_decay (the exponent of the step sizes (t + learning_offset)^-learning_decay) must be "
+                f"in (0.5, 1], got {self.learning_decay!r}: online EM converges only there (default 0.6)."
+            )
+        if not isinstance(self.average, (bool, np.bool_)):
+            raise ValueError(f"average (Polyak averaging in partial_fit) must be True or False, got {self.average!r}.")
+        return {
+            "alpha": decay,
+            "t0": v.check_nonnegative_float("learning_offset", self.learning_offset),
+            "averaging": bool(self.average),
+            "average_start": v.check_int("average_start", self.average_start, 0),
+        }
 
     def _store(self, result, num_features):
         self.__dict__.pop("online_state_", None)  # a fit starts afresh: partial_fit continues from it

@@ -29,8 +29,11 @@ summation order.
 Sources (:func:`as_source`): a ``.npy`` file (read by positioned reads of the rows, never
 ``np.load``: memory-mapping the whole file would make every page read count in the
 process's resident memory, and a copy or a transfer of the whole array is exactly what
-streaming avoids), a folder of ``.npy`` shards (sorted by name) or a list of them, a NumPy
-array, or any re-iterable of batches: a callable returning a fresh iterator, or an object
+streaming avoids), a folder of ``.npy`` shards (sorted by name) or a list of them, a
+Parquet file, folder or list of them (:class:`ParquetSource`: record batches read with
+pyarrow; ``columns=`` there), a 2-D Zarr array (:class:`ZarrSource`: a path, a store or a
+``zarr.Array``, read in chunk-aligned row blocks), a NumPy array, or any re-iterable of
+batches: a callable returning a fresh iterator, or an object
 whose ``iter()`` starts again (a list of arrays). Each item is an ``(n, D)`` array or an
 ``(X, sample_weight)`` pair. Every pass must yield the same rows: a pass of another length
 is an error.
@@ -42,6 +45,7 @@ import collections
 import dataclasses
 import functools
 import glob
+import importlib
 import math
 import os
 import time
@@ -90,6 +94,14 @@ class _Block(NamedTuple):
     where: str  # for messages: "shard.npy rows 0..1000" or "batch 3 of pass 2"
 
 
+def _check_numeric_dtype(dtype: np.dtype, where: str) -> None:
+    """Refuses anything but real numbers (and booleans), naming ``where``."""
+    if dtype.hasobject or not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
+        raise StreamError(f"{where} holds dtype {dtype}, not numbers.")
+    if np.issubdtype(dtype, np.complexfloating):
+        raise StreamError(f"{where} holds complex numbers (dtype {dtype}): data must be real-valued.")
+
+
 class NpyFile:
     """One ``.npy`` file (1-D or 2-D, C order), read row range by row range.
 
@@ -112,10 +124,7 @@ class NpyFile:
             raise FileNotFoundError(f"{self.path}: no such file.") from None
         except (ValueError, OSError) as exc:
             raise StreamError(f"{self.path} is not a readable .npy file: {exc}") from None
-        if dtype.hasobject or not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
-            raise StreamError(f"{self.path} holds dtype {dtype}, not numbers.")
-        if np.issubdtype(dtype, np.complexfloating):
-            raise StreamError(f"{self.path} holds complex numbers (dtype {dtype}): data must be real-valued.")
+        _check_numeric_dtype(dtype, self.path)
         if len(shape) not in (1, 2):
             raise StreamError(f"{self.path} holds an array of shape {shape}: expected (n_samples, n_features).")
         if fortran and len(shape) == 2 and shape[1] > 1:
@@ -145,6 +154,12 @@ class NpyFile:
             raise StreamError(f"{self.path}: rows {start}..{stop} could not be read (file truncated while fitting?).")
         return out
 
+    def read_blocks(self, start: int, block_rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Rows from ``start`` on as ``(row, stop, X)`` blocks of ``block_rows`` rows."""
+        for row in range(start, self.num_rows, block_rows):
+            stop = min(self.num_rows, row + block_rows)
+            yield row, stop, self.read(row, stop)
+
     def describe(self) -> dict:
         return {"path": os.path.abspath(self.path), "shape": list(self.shape), "dtype": self.dtype.str}
 
@@ -164,32 +179,23 @@ class _Source:
         raise NotImplementedError
 
 
-class ShardsSource(_Source):
-    """``.npy`` shards read in order; optional sample weights in a 1-D ``.npy`` or an array."""
+class _PartsSource(_Source):
+    """Rows read part by part, in order: ``.npy`` shards, Parquet files, one Zarr array.
+
+    Each part has ``path``, ``num_rows`` and ``read_blocks(start, block_rows)``, an iterator of
+    ``(row, stop, X)`` row blocks from row ``start`` of that part on (at most about
+    ``block_rows`` rows each, so memory is bounded by a block). Optional sample weights are an
+    ``(N,)`` array or a 1-D ``.npy`` path, read block by block alongside the rows.
+    """
 
     random_access = True
 
-    def __init__(self, paths, sample_weight=None, block_rows: int = 2**16):
-        self.files = [NpyFile(p) for p in paths]
-        if not self.files:
-            raise StreamError("no .npy shards to read.")
-        first = self.files[0]
-        for f in self.files:
-            if len(f.shape) != 2:
-                raise StreamError(f"{f.path} holds an array of shape {f.shape}: expected (n_samples, n_features).")
-            if f.shape[1] != first.shape[1]:
-                raise StreamError(
-                    f"{f.path} has {f.shape[1]} features but {first.path} has {first.shape[1]}: "
-                    "every shard must have the same number of columns."
-                )
-            if f.dtype != first.dtype:
-                raise StreamError(
-                    f"{f.path} holds {f.dtype} but {first.path} holds {first.dtype}: every shard must have "
-                    "the same dtype (convert the odd one out)."
-                )
-        self.num_features, self.dtype = first.shape[1], first.dtype
-        self.num_rows = sum(f.num_rows for f in self.files)
-        self.starts = np.cumsum([0] + [f.num_rows for f in self.files])
+    def _set_parts(self, parts: list, sample_weight, block_rows: int, what: str) -> None:
+        self.parts = parts
+        self.num_rows = sum(part.num_rows for part in parts)
+        if self.num_rows == 0:
+            raise StreamError(f"{what} holds no rows: there is no data to fit.")
+        self.starts = np.cumsum([0] + [part.num_rows for part in parts])
         self.block_rows = block_rows
         self.weight: Any = None
         if sample_weight is not None:
@@ -211,24 +217,54 @@ class ShardsSource(_Source):
             return self.weight.read(start, stop)
         return self.weight[start:stop]
 
+    def _describe_weight(self):
+        return self.weight.describe() if isinstance(self.weight, NpyFile) else self.weight is not None
+
+    def _head(self) -> str:
+        """A digest of the first rows (up to 1024), for a checkpoint's fingerprint."""
+        for _, _, X in self.parts[0].read_blocks(0, 1024):
+            return array_digest(X[:1024])
+        return array_digest(np.empty((0, self.num_features), self.dtype))
+
     def blocks(self, start_row: int = 0) -> Iterator[_Block]:
-        for f, first_row in zip(self.files, self.starts[:-1].tolist()):
-            if first_row + f.num_rows <= start_row:
+        for part, first_row in zip(self.parts, self.starts[:-1].tolist()):
+            if first_row + part.num_rows <= start_row:
                 continue
-            row = max(0, start_row - first_row)
-            while row < f.num_rows:
-                stop = min(f.num_rows, row + self.block_rows)
-                yield _Block(
-                    f.read(row, stop),
-                    self._weights(first_row + row, first_row + stop),
-                    f"{f.path} rows {row}..{stop}",
+            for row, stop, X in part.read_blocks(max(0, start_row - first_row), self.block_rows):
+                yield _Block(X, self._weights(first_row + row, first_row + stop), f"{part.path} rows {row}..{stop}")
+
+
+class ShardsSource(_PartsSource):
+    """``.npy`` shards read in order; optional sample weights in a 1-D ``.npy`` or an array."""
+
+    def __init__(self, paths, sample_weight=None, block_rows: int = 2**16):
+        self.files = [NpyFile(p) for p in paths]
+        if not self.files:
+            raise StreamError("no .npy shards to read.")
+        first = self.files[0]
+        for f in self.files:
+            if len(f.shape) != 2:
+                raise StreamError(f"{f.path} holds an array of shape {f.shape}: expected (n_samples, n_features).")
+            if f.shape[1] != first.shape[1]:
+                raise StreamError(
+                    f"{f.path} has {f.shape[1]} features but {first.path} has {first.shape[1]}: "
+                    "every shard must have the same number of columns."
                 )
-                row = stop
+            if f.dtype != first.dtype:
+                raise StreamError(
+                    f"{f.path} holds {f.dtype} but {first.path} holds {first.dtype}: every shard must have "
+                    "the same dtype (convert the odd one out)."
+                )
+        self.num_features, self.dtype = first.shape[1], first.dtype
+        what = first.path if len(self.files) == 1 else f"the {len(self.files)} shards {first.path}, ..."
+        self._set_parts(self.files, sample_weight, block_rows, what)
 
     def describe(self) -> dict:
-        weight = self.weight.describe() if isinstance(self.weight, NpyFile) else self.weight is not None
-        head = self.files[0].read(0, min(1024, self.files[0].num_rows))
-        return {"shards": [f.describe() for f in self.files], "sample_weight": weight, "head": array_digest(head)}
+        return {
+            "shards": [f.describe() for f in self.files],
+            "sample_weight": self._describe_weight(),
+            "head": self._head(),
+        }
 
 
 class ArraySource(_Source):
@@ -340,17 +376,66 @@ class IterableSource(_Source):
         }
 
 
-def _npy_paths(folder) -> list[str]:
-    paths = sorted(glob.glob(os.path.join(os.fspath(folder), "*.npy")))
-    if not paths:
-        raise StreamError(f"{folder} holds no .npy files.")
-    return paths
+def _files_in(folder, extension: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(os.fspath(folder), "*" + extension)))
+
+
+PARQUET_EXTENSIONS = (".parquet", ".pq")
+
+
+def _parquet_files(folder) -> list[str]:
+    return sorted(p for extension in PARQUET_EXTENSIONS for p in _files_in(folder, extension))
+
+
+def _path_source(path: str, sample_weight) -> _Source:
+    """The source of one path: a ``.npy`` file, a ``.parquet`` file, a Zarr array, or a folder
+    of ``.npy`` or of ``.parquet`` files."""
+    if _is_zarr_path(path):
+        return ZarrSource(path, sample_weight)
+    if os.path.isdir(path):
+        npy = _files_in(path, ".npy")
+        parquet = _parquet_files(path)
+        if npy and parquet:
+            raise StreamError(f"{path} holds both .npy and Parquet files: put the shards of one data set in a folder.")
+        if parquet:
+            return ParquetSource(parquet, sample_weight=sample_weight)
+        if not npy:
+            raise StreamError(f"{path} holds no .npy or .parquet files (and is not a Zarr array).")
+        return ShardsSource(npy, sample_weight)
+    if is_parquet_path(path):
+        return ParquetSource(path, sample_weight=sample_weight)
+    if not path.endswith(".npy"):
+        raise StreamError(
+            f"{path}: streamed fits read .npy files, Parquet files (.parquet), Zarr arrays (.zarr) or a folder "
+            "of .npy or .parquet files."
+        )
+    return ShardsSource([path], sample_weight)
+
+
+def is_parquet_path(path) -> bool:
+    """A ``.parquet`` (``.pq``) file, or a folder holding such files."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return bool(_parquet_files(path))
+    return path.lower().endswith(PARQUET_EXTENSIONS)
+
+
+def stream_only_path(path) -> bool:
+    """Whether ``path`` is data that only a streamed fit reads: a folder (of ``.npy`` or
+    Parquet shards), a Parquet file or a Zarr array (the command line streams them always)."""
+    path = os.fspath(path)
+    return os.path.isdir(path) or _is_zarr_path(path) or is_parquet_path(path)
+
+
+def streamable_path(path) -> bool:
+    """Whether a streamed fit can read ``path``: a ``.npy`` file or a :func:`stream_only_path`."""
+    return os.fspath(path).lower().endswith(".npy") or stream_only_path(path)
 
 
 def is_streamable(data) -> bool:
     """Whether ``data`` is something only a streamed fit reads: a path, a list of paths, a
-    callable or a re-iterable that is not array-like."""
-    if isinstance(data, (str, os.PathLike)):
+    source, a Zarr array, a callable or a re-iterable that is not array-like."""
+    if isinstance(data, (str, os.PathLike, _Source)) or _is_zarr_object(data):
         return True
     if isinstance(data, (np.ndarray, jax.Array)) or hasattr(data, "__array__"):
         return False
@@ -364,16 +449,19 @@ def is_streamable(data) -> bool:
 def as_source(data, sample_weight=None) -> _Source:
     """The :class:`_Source` for ``data`` (see the module docstring for what is accepted)."""
     if isinstance(data, _Source):
+        if sample_weight is not None:
+            raise ValueError("pass the sample weights to the source itself (its sample_weight=), not to the fit.")
         return data
     if isinstance(data, (str, os.PathLike)):
-        path = os.fspath(data)
-        if os.path.isdir(path):
-            return ShardsSource(_npy_paths(path), sample_weight)
-        if not path.endswith(".npy"):
-            raise StreamError(f"{path}: streamed fits read .npy files (or a folder of them).")
-        return ShardsSource([path], sample_weight)
+        return _path_source(os.fspath(data), sample_weight)
     if isinstance(data, (list, tuple)) and data and all(isinstance(p, (str, os.PathLike)) for p in data):
-        return ShardsSource(list(data), sample_weight)
+        paths = [os.fspath(p) for p in data]
+        parquet = [is_parquet_path(p) for p in paths]
+        if any(parquet) and not all(parquet):
+            raise StreamError("a list of paths must be all .npy files or all Parquet files, not a mix.")
+        return ParquetSource(paths, sample_weight=sample_weight) if any(parquet) else ShardsSource(paths, sample_weight)
+    if _is_zarr_object(data):
+        return ZarrSource(data, sample_weight)
     if isinstance(data, (np.ndarray, jax.Array)):
         return ArraySource(np.asarray(data), sample_weight)
     if sample_weight is not None:
@@ -392,6 +480,272 @@ def as_source(data, sample_weight=None) -> _Source:
     raise ValueError(
         f"cannot stream {type(data).__name__}: pass a .npy path, a folder or list of them, or an iterable."
     )
+
+
+# -- Zarr and Parquet (optional extras) ---------------------------------------------------------
+def _optional_import(module: str, extra: str, what: str):
+    """``module`` imported, or an ImportError that says which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"{what} needs the {module.partition('.')[0]} package ({exc}): pip install 'gmmjax[{extra}]'"
+        ) from None
+
+
+def _is_zarr_object(data) -> bool:
+    """A ``zarr.Array`` or a zarr store object (checked without importing zarr)."""
+    return type(data).__module__.partition(".")[0] == "zarr"
+
+
+def _is_zarr_path(path: str) -> bool:
+    """A Zarr array or group on disk: a ``.zarr`` path or a folder with Zarr metadata (v3 or v2)."""
+    if path.rstrip("/\\").endswith(".zarr"):
+        return True
+    return os.path.isdir(path) and any(
+        os.path.isfile(os.path.join(path, name)) for name in ("zarr.json", ".zarray", ".zgroup")
+    )
+
+
+class ZarrSource(_PartsSource):
+    """A 2-D Zarr array (a path, a zarr store, or an opened ``zarr.Array``), read in row blocks
+    aligned with its chunks (or shards): each read decompresses whole chunks once.
+
+    The array's chunk files are counted when it is opened: a chunk never written reads as
+    the array's fill value in Zarr, which for a partial copy would be silent wrong data, so
+    an array with unwritten chunks is refused. Needs the ``zarr`` package
+    (``pip install 'gmmjax[zarr]'``).
+
+    Args:
+      array: a path (``.zarr`` folder), a zarr store, or a ``zarr.Array`` ``(N, D)`` of
+        real numbers (any numeric dtype; computed in the working dtype, see ``fit_em``).
+      sample_weight: optional ``(N,)`` weights: an array or a 1-D ``.npy`` path.
+      block_rows: rows per read, rounded to whole chunks (at least one chunk).
+    """
+
+    def __init__(self, array, sample_weight=None, block_rows: int = 2**16):
+        zarr = _optional_import("zarr", "zarr", "reading a Zarr array")
+        self.path = os.fspath(array) if isinstance(array, (str, os.PathLike)) else None
+        if self.path is not None and "://" not in self.path and not os.path.exists(self.path):
+            raise FileNotFoundError(f"{self.path}: no such Zarr array.")
+        if not isinstance(array, zarr.Array):
+            try:
+                array = zarr.open_array(array, mode="r")
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{self.path or array}: no such Zarr array.") from None
+            except Exception as exc:  # zarr's errors for groups, bad metadata, other formats
+                arrays = self._group_arrays(zarr) if self.path is not None and os.path.isdir(self.path) else []
+                if arrays:
+                    raise StreamError(
+                        f"{self.path} is a Zarr group, not an array: pass one of its arrays, e.g. "
+                        f"{os.path.join(str(self.path), arrays[0])}."
+                    ) from None
+                raise StreamError(f"{self.path or array} is not a readable Zarr array: {exc}") from None
+        self.array = array
+        if self.path is None:  # the store's folder (zarr 3: root, zarr 2: path), else its description
+            store = getattr(array, "store", "")
+            root = getattr(store, "root", None) or getattr(store, "path", None) or store
+            where = [str(root).rstrip("/"), str(getattr(array, "path", "")).strip("/")]
+            self.path = "zarr array " + "/".join(part for part in where if part)
+        shape, dtype = tuple(int(s) for s in array.shape), np.dtype(array.dtype)
+        _check_numeric_dtype(dtype, self.path)
+        if len(shape) != 2:
+            raise StreamError(f"{self.path} holds an array of shape {shape}: expected (n_samples, n_features).")
+        written, chunks = int(array.nchunks_initialized), int(array.nchunks)
+        fill = np.asarray(array.fill_value).item()
+        if written < chunks:
+            raise StreamError(
+                f"{self.path} has {chunks - written} of its {chunks} chunks missing (a partial copy?): Zarr would "
+                f"read them as the fill value {fill!r}. Copy the array again (or, if the missing chunks "
+                "are meant to hold the fill value, rewrite it with write_empty_chunks=True)."
+            )
+        self.shape, self.num_rows, self.num_features, self.dtype = shape, shape[0], shape[1], dtype
+        self.chunk_rows = max(1, int((getattr(array, "shards", None) or array.chunks)[0]))
+        self._set_parts([self], sample_weight, block_rows, self.path)  # one part: the array itself
+
+    def _group_arrays(self, zarr) -> list[str]:
+        try:
+            return sorted(name for name, _ in zarr.open_group(self.path, mode="r").arrays())
+        except Exception:  # not a group either: the caller reports the original error
+            return []
+
+    def read_blocks(self, start: int, block_rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Row blocks from ``start`` on, each ending on a chunk boundary (or the last row)."""
+        step = max(1, block_rows // self.chunk_rows) * self.chunk_rows
+        row, num_rows = start, self.shape[0]
+        while row < num_rows:
+            stop = min(num_rows, (row // step + 1) * step)
+            try:
+                X = np.asarray(self.array[row:stop])
+            except Exception as exc:  # a chunk that does not decompress, a vanished file, ...
+                raise StreamError(
+                    f"{self.path}: rows {row}..{stop} could not be read (corrupt chunk?): {exc}"
+                ) from None
+            yield row, stop, X
+            row = stop
+
+    def describe(self) -> dict:
+        return {
+            "zarr": self.path,
+            "shape": list(self.shape),
+            "dtype": self.dtype.str,
+            "chunk_rows": self.chunk_rows,
+            "sample_weight": self._describe_weight(),
+            "head": self._head(),
+        }
+
+
+def _parquet_numeric(pa, arrow_type) -> bool:
+    return bool(pa.types.is_integer(arrow_type) or pa.types.is_floating(arrow_type) or pa.types.is_boolean(arrow_type))
+
+
+class ParquetShard:
+    """One Parquet file: its schema and row groups from the footer (read when opened: a
+    truncated file, which has no footer, is refused before any fit starts), rows read as
+    record batches of the chosen ``columns`` (names) with pyarrow."""
+
+    def __init__(self, path, columns: list[str] | None):
+        pq = _optional_import("pyarrow.parquet", "parquet", "reading Parquet files")
+        self.path = os.fspath(path)
+        try:
+            with pq.ParquetFile(self.path) as file:
+                self.schema = file.schema_arrow
+                metadata = file.metadata
+                self.group_rows = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{self.path}: no such file.") from None
+        except Exception as exc:  # pyarrow.ArrowInvalid for a truncated or foreign file, OSError
+            raise StreamError(f"{self.path} is not a readable Parquet file (truncated or corrupt?): {exc}") from None
+        self.num_rows = int(sum(self.group_rows))
+        names = self.schema.names
+        self.columns = list(names) if columns is None else columns
+        missing = [name for name in self.columns if name not in names]
+        if missing:
+            raise StreamError(
+                f"{self.path} has no column {', '.join(map(repr, missing))}: its columns are "
+                f"{', '.join(map(repr, names))}."
+            )
+
+    def types(self) -> list:
+        return [self.schema.field(name).type for name in self.columns]
+
+    def read_blocks(self, start: int, block_rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Record batches of at most ``block_rows`` rows from row ``start`` on (whole row groups
+        before it are not read), as ``(n, D)`` arrays; nulls become NaN."""
+        pq = _optional_import("pyarrow.parquet", "parquet", "reading Parquet files")
+        ends = np.cumsum(self.group_rows)
+        first = int(np.searchsorted(ends, start, side="right"))
+        row = int(ends[first - 1]) if first else 0
+        if first >= len(self.group_rows):
+            return
+        try:
+            with pq.ParquetFile(self.path, pre_buffer=True) as file:
+                # One row group per call: with several, pyarrow's pre-buffering reads all of
+                # them ahead (measured: the whole file); with one, a row group's column chunks
+                # in coalesced reads, decoded batch by batch.
+                for group in range(first, len(self.group_rows)):
+                    for batch in file.iter_batches(batch_size=block_rows, row_groups=[group], columns=self.columns):
+                        stop = row + batch.num_rows
+                        if stop > start:
+                            skip = max(0, start - row)
+                            yield row + skip, stop, _record_batch_array(batch)[skip:]
+                        row = stop
+        except StreamError:
+            raise
+        except Exception as exc:  # a corrupt page, a file changed or truncated since it was opened
+            raise StreamError(f"{self.path}: rows from {row} on could not be read (corrupt file?): {exc}") from None
+        if row != self.num_rows:
+            raise StreamError(f"{self.path}: read {row} rows, but its footer says {self.num_rows} (file changed?).")
+
+    def describe(self) -> dict:
+        return {"path": os.path.abspath(self.path), "num_rows": self.num_rows, "row_groups": len(self.group_rows)}
+
+
+def _record_batch_array(batch) -> np.ndarray:
+    """A pyarrow record batch as an ``(n, D)`` C-order array, column by column; a column with
+    nulls becomes floating point with NaN there (the NaN rules of the fit then apply)."""
+    columns = []
+    for column in batch.columns:
+        if column.null_count:
+            float_type = "float32" if str(column.type) in ("float", "halffloat") else "float64"
+            column = column.cast(float_type)  # nulls read as NaN
+        columns.append(column.to_numpy(zero_copy_only=False))
+    dtype = np.result_type(*(c.dtype for c in columns))
+    out = np.empty((batch.num_rows, len(columns)), dtype)
+    for j, values in enumerate(columns):
+        out[:, j] = values
+    return out
+
+
+class ParquetSource(_PartsSource):
+    """Parquet files (a ``.parquet`` path, a folder of them sorted by name, or a list), read
+    with pyarrow in record batches of ``block_rows`` rows: memory is one row group's column
+    chunks plus a block, whatever the number of rows. Needs ``pyarrow``
+    (``pip install 'gmmjax[parquet]'``).
+
+    Args:
+      data: a ``.parquet`` file, a folder of ``.parquet`` files, or a list of paths.
+      columns: the feature columns, names in order (default: every column, which must then
+        all be numeric). Integer, floating-point and boolean columns are numeric; others
+        (strings, timestamps, ...) are refused with their names. Nulls read as NaN, which a
+        fit refuses as it refuses NaN in any data (naming the file and rows).
+      sample_weight: optional ``(N,)`` weights: an array or a 1-D ``.npy`` path.
+      block_rows: rows per record batch.
+    """
+
+    def __init__(self, data, columns=None, sample_weight=None, block_rows: int = 2**16):
+        if isinstance(data, (str, os.PathLike)) and os.path.isdir(data):
+            paths = _parquet_files(data)
+        elif isinstance(data, (str, os.PathLike)):
+            paths = [os.fspath(data)]
+        else:
+            paths = [os.fspath(p) for p in data]
+        if not paths:
+            raise StreamError("no Parquet files to read.")
+        if columns is not None:
+            if not isinstance(columns, (list, tuple)) or not columns or not all(isinstance(c, str) for c in columns):
+                raise ValueError(f"columns must be a non-empty list of column names, got {columns!r}.")
+            if len(set(columns)) != len(columns):
+                raise ValueError(f"columns names a column more than once: {list(columns)!r}.")
+            columns = list(columns)
+        self.files = [ParquetShard(path, columns) for path in paths]
+        first = self.files[0]
+        pa = _optional_import("pyarrow", "parquet", "reading Parquet files")
+        types = first.types()
+        other = [f"{name!r} ({kind})" for name, kind in zip(first.columns, types) if not _parquet_numeric(pa, kind)]
+        if other:
+            numeric = [name for name, kind in zip(first.columns, types) if _parquet_numeric(pa, kind)]
+            raise StreamError(
+                f"{first.path}: column{'s' * (len(other) > 1)} {', '.join(other)} "
+                f"{'are' if len(other) > 1 else 'is'} not numeric: pass columns= with the feature columns"
+                + (f", e.g. columns={numeric!r}." if numeric else ".")
+            )
+        for f in self.files[1:]:
+            if f.columns != first.columns:
+                raise StreamError(
+                    f"{f.path} has {len(f.columns)} columns {f.columns} but {first.path} has {len(first.columns)} "
+                    f"{first.columns}: every file must have the same columns (or pass columns=)."
+                )
+            for name, mine, theirs in zip(f.columns, f.types(), types):
+                if mine != theirs:
+                    raise StreamError(
+                        f"{f.path}: column {name!r} holds {mine} but {first.path} holds {theirs}: every file "
+                        "must have the same column types (convert the odd one out)."
+                    )
+        self.columns = first.columns
+        self.num_features = len(self.columns)
+        self.dtype = np.result_type(*(np.dtype(kind.to_pandas_dtype()) for kind in types))
+        what = first.path if len(self.files) == 1 else f"the {len(self.files)} Parquet files {first.path}, ..."
+        self._set_parts(self.files, sample_weight, block_rows, what)
+
+    def describe(self) -> dict:
+        return {
+            "parquet": [f.describe() for f in self.files],
+            "columns": self.columns,
+            "dtype": self.dtype.str,
+            "sample_weight": self._describe_weight(),
+            "head": self._head(),
+        }
 
 
 # -- fixed-size batches ------------------------------------------------------------------------
@@ -836,14 +1190,19 @@ def fit_em_streaming(
 
     Args:
       key: ``jax.random`` key (initialisation and the reservoir sample).
-      data: a ``.npy`` path, a folder of ``.npy`` shards, a list of paths, a NumPy array, a
-        callable returning an iterator of batches, or a re-iterable of batches; a batch is an
-        ``(n, D)`` array or an ``(X, sample_weight)`` pair. Every pass must yield the same rows.
+      data: a ``.npy`` path, a folder of ``.npy`` shards, a list of paths, a ``.parquet``
+        file, a folder or list of them (every column a feature; choose columns with
+        ``gmmjax._streaming.ParquetSource(path, columns=[...])``), a Zarr array (a ``.zarr``
+        path, a store or a ``zarr.Array``), a source object (``ParquetSource``,
+        ``ZarrSource``, ...), a NumPy array, a callable returning an iterator of batches, or a
+        re-iterable of batches; a batch is an ``(n, D)`` array or an ``(X, sample_weight)``
+        pair. Every pass must yield the same rows.
       num_components: ``K``.
       options: :class:`~gmmjax.FitOptions` (``restart_batch_size`` is not used: all restarts
         share every batch).
       sample_weight: for file and array sources, ``(N,)`` weights: an array or a 1-D ``.npy``
-        path (read batch by batch). Iterables carry theirs in the batches.
+        path (read batch by batch). Iterables carry theirs in the batches; a source object
+        takes its own (``ParquetSource(..., sample_weight=w)``).
       batch_size: rows per batch (``None``: about 32 MiB of data, at most ``N``).
       max_in_flight: batches dispatched to the device and not yet finished, at most (≥ 1; 2
         is double buffering: one computing, one being transferred).
@@ -876,8 +1235,10 @@ def fit_em_streaming(
 
     Raises:
       ValueError: (``gmmjax._streaming.StreamError``) malformed data, naming the file or batch: shards with
-        other feature counts or dtypes, a truncated ``.npy``, NaN or infinity in a batch, an
-        iterable that yields nothing or changes length between passes.
+        other feature counts or dtypes, a truncated ``.npy`` or Parquet file, a corrupt Zarr
+        chunk, non-numeric columns, NaN (a Parquet null) or infinity in a batch, an empty
+        source, an iterable that yields nothing or changes length between passes.
+      ImportError: a Parquet or Zarr source without pyarrow or zarr (``pip install 'gmmjax[parquet]'``).
     """
     options = fit_options(options, **option_keywords)
     require_no_prior(options.prior, "streaming fits")

@@ -344,3 +344,50 @@ def test_partial_fit_after_fit_continues_from_the_fitted_model(data):
     assert model.n_iter_ == 1
     model.fit(X1)  # a new fit starts afresh: the online state is dropped
     assert "online_state_" not in model.__dict__
+
+
+def test_partial_fit_takes_its_schedule_and_averaging_from_the_estimator(data):
+    from gmmjax._online import DEFAULT_ALPHA, DEFAULT_AVERAGE_START, DEFAULT_T0
+
+    defaults = gj.GaussianMixtureModel()
+    assert (defaults.learning_decay, defaults.learning_offset, defaults.average, defaults.average_start) == (
+        DEFAULT_ALPHA,
+        DEFAULT_T0,
+        True,
+        DEFAULT_AVERAGE_START,
+    )
+    X1, X2, X3 = (data[i * BATCH : (i + 1) * BATCH] for i in range(3))
+    model = gj.GaussianMixtureModel(K, seed=0, learning_decay=0.8, learning_offset=2.0, average_start=1)
+    for batch in (X1, X2):
+        model.partial_fit(batch, sample_weight=np.ones(BATCH))
+    start = gj.fit_em(jax.random.key(0), X1, K, max_iter=0).params  # the estimator's init on X1
+    state = gj.online_em_init(start, alpha=0.8, t0=2.0, average_start=1)
+    for batch in (X1, X2):
+        state, estimate = _update(state, jnp.asarray(batch), _ones(batch))
+    assert float(model.online_state_.alpha) == pytest.approx(0.8) and float(model.online_state_.t0) == 2.0
+    np.testing.assert_allclose(model.means_, np.asarray(estimate.means), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.covariances_, np.asarray(estimate.covariances), rtol=1e-5, atol=1e-6)
+    # a change between calls applies to the later updates
+    model.set_params(learning_decay=1.0, average=False).partial_fit(X3, sample_weight=np.ones(BATCH))
+    state = dataclasses.replace(state, alpha=jnp.asarray(1.0, jnp.float32), averaging=False)
+    state, estimate = _update(state, jnp.asarray(X3), _ones(X3))
+    np.testing.assert_allclose(model.means_, np.asarray(estimate.means), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.means_, np.asarray(state.params.means), rtol=1e-6)  # no averaging
+    assert model.n_iter_ == 3
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ({"learning_decay": 0.5}, r"learning_decay \(the exponent .*\) must be in \(0\.5, 1\], got 0\.5"),
+        ({"learning_decay": "fast"}, "learning_decay must be a non-negative number, got 'fast'"),
+        ({"learning_offset": -1.0}, "learning_offset must be a non-negative finite number, got -1.0"),
+        ({"average": "yes"}, r"average \(Polyak averaging in partial_fit\) must be True or False, got 'yes'"),
+        ({"average_start": 2.5}, "average_start must be an integer >= 0, got 2.5"),
+    ],
+)
+def test_partial_fit_refuses_bad_online_settings(data, setting, message):
+    model = gj.GaussianMixtureModel(K, **setting)  # scikit-learn's rule: checked when used, not in __init__
+    with pytest.raises(ValueError, match=message):
+        model.partial_fit(data[:BATCH])
+    assert "params_" not in model.__dict__
