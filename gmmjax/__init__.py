@@ -24,7 +24,7 @@ from gmmjax._prior import ConjugatePrior, log_prior
 from gmmjax._sampling import generate_gmm_data, sample
 from gmmjax._sharding import ShardedRows, shard_rows
 from gmmjax._stats import SufficientStats, e_step, em_step, m_step
-from gmmjax._streaming import fit_em_streaming
+from gmmjax._streaming import ParquetSource, ZarrSource, fit_em_streaming
 from gmmjax._unconstrained import UnconstrainedParams, from_unconstrained, to_unconstrained, unconstrained_log_prob
 from gmmjax._variational import VariationalPosterior, VariationalPrior, fit_variational
 from gmmjax._variational_estimator import BayesianGaussianMixtureModel
@@ -44,12 +44,14 @@ __all__ = [
     "INIT_METHODS",
     "NotFittedError",
     "OnlineEMState",
+    "ParquetSource",
     "SelectionResult",
     "ShardedRows",
     "SufficientStats",
     "UnconstrainedParams",
     "VariationalPosterior",
     "VariationalPrior",
+    "ZarrSource",
     "aic",
     "auto_chunk_size",
     "bic",
