@@ -41,8 +41,9 @@ def _finish_one_by_one() -> bool:
     for the Lloyd and EM steps of 4 restarts on 15k × 8 rows, K = 8: 1.0–1.3× less per lane),
     so stepping finished lanes along with the others is pure waste: 4 k-means runs of
     14, 15, 4 and 4 steps cost 60 lane steps instead of 37, which made ``fit_em(n_init=4)``
-    slower than the same four fits one by one (benchmarks/NOTES.md, R1/R2). On accelerators a
-    small batch steps in about the time of one lane, and the plain vmapped loop is kept.
+    slower than the same four fits one by one (benchmarks/NOTES.md, R1/R2). On accelerators,
+    where a small batch is expected to step in about the time of one lane (not measured
+    here), the plain vmapped loop is kept. The price on the CPU: a second compiled body.
     """
     return jax.default_backend() == "cpu"
 
