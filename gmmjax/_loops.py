@@ -8,8 +8,11 @@ round gathers up to ``group`` lanes that are still running, advances them by one
 scatters them back, so a lane that has finished is never stepped again and its slot goes
 to one that still runs. The work is then the total number of steps the lanes need, not
 the batch size times the longest run; shapes stay static (one gather, one vmapped body of
-``group`` lanes and one scatter per round) and the body is compiled once. Unbatched, it is
-``lax.while_loop``.
+``group`` lanes and one scatter per round) and the body is compiled once. A small batch
+(fewer than ``MIN_BATCH`` lanes, e.g. ``n_init=4``) steps all its lanes together while every
+one runs; on the CPU, where a step of ``B`` lanes costs about ``B`` steps of one, the lanes
+left when the first one stops then run one at a time (a second compiled body), so the batch
+does the work of the same fits one by one, never more. Unbatched, it is ``lax.while_loop``.
 """
 
 from __future__ import annotations
@@ -26,8 +29,23 @@ import jax.numpy as jnp
 # the tail but pay the per-round gather more often.
 GROUP_FRACTION = 8
 MIN_GROUP = 2
-# Below this batch size a plain vmapped loop is as fast as regrouping.
+# Below this batch size the lanes are not regrouped: all of them step together while every
+# one runs (then, on the CPU, the others one at a time, see _finish_one_by_one).
 MIN_BATCH = 8
+
+
+def _finish_one_by_one() -> bool:
+    """Whether a small batch runs its lanes one at a time once one of them has stopped.
+
+    On the CPU a vmapped step of ``B`` lanes costs about ``B`` steps of one lane (measured
+    for the Lloyd and EM steps of 4 restarts on 15k × 8 rows, K = 8: 1.0–1.3× less per lane),
+    so stepping finished lanes along with the others is pure waste: 4 k-means runs of
+    14, 15, 4 and 4 steps cost 60 lane steps instead of 37, which made ``fit_em(n_init=4)``
+    slower than the same four fits one by one (benchmarks/NOTES.md, R1/R2). On accelerators,
+    where a small batch is expected to step in about the time of one lane (not measured
+    here), the plain vmapped loop is kept. The price on the CPU: a second compiled body.
+    """
+    return jax.default_backend() == "cpu"
 
 
 def _broadcast_unbatched(tree, batched, axis_size: int):
@@ -66,34 +84,47 @@ def compacting_while_loop(cond_fun: Callable, body_fun: Callable, init_val, oper
         op_flags = jax.tree_util.tree_leaves(ops_batched)
         ops_axes = op_tree.unflatten([0 if flag else None for flag in op_flags])
         out_batched = jax.tree_util.tree_map(lambda _: True, state)
-        if axis_size < MIN_BATCH:
+        step = jax.vmap(body_fun, in_axes=(0, ops_axes))
+        going = jax.vmap(cond_fun, in_axes=(0, ops_axes))
+        if axis_size < MIN_BATCH and not _finish_one_by_one():
             plain = jax.vmap(
                 lambda s, o: jax.lax.while_loop(lambda t: cond_fun(t, o), lambda t: body_fun(t, o), s),
                 in_axes=(0, ops_axes),
             )
             return plain(state, ops), out_batched
 
-        group = max(math.ceil(axis_size / GROUP_FRACTION), MIN_GROUP)
-        step = jax.vmap(body_fun, in_axes=(0, ops_axes))
-        going = jax.vmap(cond_fun, in_axes=(0, ops_axes))
+        def regroup(group: int):
+            """One round: up to ``group`` running lanes gathered, stepped and scattered back."""
 
-        def round_(carry):
-            state, running = carry
-            # The running lanes first (stable: lowest index first); a round with fewer than
-            # `group` running lanes also takes finished ones, which it leaves unchanged.
-            lanes = jnp.argsort(~running, stable=True)[:group]
-            active = running[lanes]
-            take = lambda leaf: leaf[lanes]
-            lane_state = jax.tree_util.tree_map(take, state)
-            lane_ops = op_tree.unflatten([leaf[lanes] if flag else leaf for leaf, flag in zip(op_leaves, op_flags)])
-            stepped = step(lane_state, lane_ops)
-            keep = lambda new, old: jnp.where(jnp.reshape(active, active.shape + (1,) * (new.ndim - 1)), new, old)
-            stepped = jax.tree_util.tree_map(keep, stepped, lane_state)
-            state = jax.tree_util.tree_map(lambda leaf, new: leaf.at[lanes].set(new), state, stepped)
-            running = running.at[lanes].set(active & going(stepped, lane_ops))
-            return state, running
+            def round_(carry):
+                state, running = carry
+                # The running lanes first (stable: lowest index first); a round with fewer than
+                # `group` running lanes also takes finished ones, which it leaves unchanged.
+                lanes = jnp.argsort(~running, stable=True)[:group]
+                active = running[lanes]
+                take = lambda leaf: leaf[lanes]
+                lane_state = jax.tree_util.tree_map(take, state)
+                lane_ops = op_tree.unflatten([leaf[lanes] if flag else leaf for leaf, flag in zip(op_leaves, op_flags)])
+                stepped = step(lane_state, lane_ops)
+                keep = lambda new, old: jnp.where(jnp.reshape(active, active.shape + (1,) * (new.ndim - 1)), new, old)
+                stepped = jax.tree_util.tree_map(keep, stepped, lane_state)
+                state = jax.tree_util.tree_map(lambda leaf, new: leaf.at[lanes].set(new), state, stepped)
+                running = running.at[lanes].set(active & going(stepped, lane_ops))
+                return state, running
 
-        state, _ = jax.lax.while_loop(lambda carry: jnp.any(carry[1]), round_, (state, going(state, ops)))
+            return round_
+
+        def all_lanes(carry):  # every lane runs: no gather, scatter or select
+            stepped = step(carry[0], ops)
+            return stepped, going(stepped, ops)
+
+        carry = (state, going(state, ops))
+        if axis_size < MIN_BATCH:  # all lanes while every one runs, then the rest one by one
+            carry = jax.lax.while_loop(lambda carry: jnp.all(carry[1]), all_lanes, carry)
+            group = 1
+        else:
+            group = max(math.ceil(axis_size / GROUP_FRACTION), MIN_GROUP)
+        state, _ = jax.lax.while_loop(lambda carry: jnp.any(carry[1]), regroup(group), carry)
         return state, out_batched
 
     return loop(init_val, operands)

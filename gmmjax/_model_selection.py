@@ -281,25 +281,15 @@ def size_groups(candidates: tuple, num_groups: int) -> tuple:
     return tuple(reversed(groups))
 
 
-def batch_chunk_sizes(groups: tuple, chunk_size, size_for, num_rows: int) -> tuple:
+def batch_chunk_sizes(groups: tuple, chunk_size, size_for) -> tuple:
     """``groups`` (``(size, largest)`` pairs, :func:`size_groups`) with each batch's chunk size
     appended: ``chunk_size`` if the caller gave one, else ``size_for(largest, fits)``, sized
     for the batch's own lanes (``fits``: its number of ``K`` values, which pass over a chunk
-    together), so a batch of small ``K`` reads larger chunks than one sized for ``K_max``. An
-    automatic size is evened out over the ``num_rows`` rows (:func:`even_chunk_size`)."""
+    together), so a batch of small ``K`` reads larger chunks than one sized for ``K_max``. Every
+    pass evens its chunks out over the rows (:func:`gmmjax._chunks.balanced_chunk`)."""
     if chunk_size is not None:
         return tuple((size, largest, chunk_size) for size, largest in groups)
-    return tuple((size, largest, even_chunk_size(size_for(largest, size), num_rows)) for size, largest in groups)
-
-
-def even_chunk_size(chunk_size: int, num_rows: int) -> int:
-    """The same number of chunks as ``chunk_size`` needs for ``num_rows``, of equal size
-    (rounded up to a multiple of 8 rows, at most ``num_rows``): the last chunk then re-reads
-    next to no rows. (4096-row chunks of 10,000 rows read 12,288; 3,336-row ones 10,008: on
-    the CPU measured 1.6× faster for K = 1..16, benchmarks/SELECTION.md.)"""
-    num_chunks = -(-num_rows // chunk_size)
-    rows = -(-num_rows // num_chunks)
-    return min(num_rows, -(-rows // 8) * 8)
+    return tuple((size, largest, size_for(largest, size)) for size, largest in groups)
 
 
 def check_num_components_range(num_components, num_samples: int) -> tuple:
@@ -485,7 +475,7 @@ def select_num_components(
         rows_per_device = lambda largest, fits: local_chunk_size(  # noqa: E731
             options.chunk_size, sharded, largest, fits * (leaves.restart_batch_size or 1)
         )
-        groups = batch_chunk_sizes(groups, options.chunk_size, rows_per_device, sharded.local_rows)
+        groups = batch_chunk_sizes(groups, options.chunk_size, rows_per_device)
         fields = run_data_parallel(
             _fit_and_score_all,
             key,
@@ -510,7 +500,7 @@ def select_num_components(
         inputs.X.dtype,
         batch=fits * inputs.options.restart_batch_size,
     )
-    groups = batch_chunk_sizes(groups, options.chunk_size, rows_per_chunk, inputs.X.shape[0])
+    groups = batch_chunk_sizes(groups, options.chunk_size, rows_per_chunk)
     fields = call_compiled(
         _fit_and_score_all_for_size,
         inputs,

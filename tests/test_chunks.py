@@ -166,6 +166,14 @@ def test_map_over_chunks_of_several_row_arrays_equals_one_call(chunk_size):
         np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+@pytest.mark.parametrize("chunk_size, n", [(32768, 50_000), (8192, 15_000), (8192, 50_000), (13, 53), (52, 53), (7, 7)])
+def test_balanced_chunks_keep_their_number_and_bound_and_waste_less(chunk_size, n):
+    chunk = _chunks.balanced_chunk(chunk_size, n)
+    count = -(-n // min(chunk_size, n))
+    assert chunk <= chunk_size and -(-n // chunk) == count  # as many chunks, none larger
+    assert count * chunk - n < max(count * 8, 1) or chunk == chunk_size  # re-read rows: under a row block each
+
+
 def test_auto_chunk_size_targets_the_byte_budget():
     rows = _chunks.auto_chunk_size(10**7, 16, 16, jnp.float32)
     assert rows % 8 == 0 and rows * 16 * 16 * 4 <= _chunks.CHUNK_TARGET_BYTES < (rows + 8) * 16 * 16 * 4

@@ -15,6 +15,7 @@ import pytest
 
 import _oracles as O
 import gmmjax as gj
+from gmmjax import _loops
 from gmmjax._stats import uniform_branch
 
 K, D, N = 6, 3, 96
@@ -95,17 +96,47 @@ def test_vmapped_e_step_runs_one_form_and_equals_each_lane(covariance_type):
         np.testing.assert_allclose(float(ll[i]), float(lane_ll), rtol=3e-5)  # lane: its own form
 
 
+def _primitives_outside_conds(jaxpr) -> dict:
+    """How often each primitive occurs in a (closed) jaxpr outside every ``cond`` branch."""
+    counts: dict = {}
+
+    def visit(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "cond":
+                continue
+            counts[eqn.primitive.name] = counts.get(eqn.primitive.name, 0) + 1
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (tuple, list)) else (value,):
+                    if hasattr(sub, "eqns"):
+                        visit(sub)
+                    elif hasattr(getattr(sub, "jaxpr", None), "eqns"):
+                        visit(sub.jaxpr)
+
+    visit(jaxpr.jaxpr)
+    return counts
+
+
+def _assert_one_form_per_body(jaxpr, bodies: int):
+    """Each compiled loop body holds one three-way cond of the E-step's forms, and no form runs
+    outside it (a batched index would inline every form, exponentials included, as a select)."""
+    assert _cond_branch_counts(jaxpr) == [3] * bodies
+    assert _primitives_outside_conds(jaxpr).get("exp", 0) == 0
+
+
 @pytest.mark.parametrize("covariance_type", ["diag", "spherical"])
-def test_batched_fits_keep_one_form_in_the_compacting_loop(covariance_type):
+@pytest.mark.parametrize("lanes", [4, 8])
+def test_batched_fits_keep_one_form_in_the_compacting_loop(covariance_type, lanes):
     """``n_init=8`` runs the fit loop's compacting rule (a vmapped body over a group of
-    lanes); ``vmap`` over datasets too: both keep the three-way cond."""
+    lanes), ``n_init=4`` the small-batch rule (all lanes together, then on the CPU one at a
+    time: two bodies); ``vmap`` over datasets too: every body keeps the three-way cond."""
     X, *_ = O.make_blobs(n=64, d=2, k=3, seed=4)
     X = jnp.asarray(X, jnp.float32)
+    bodies = 2 if lanes < _loops.MIN_BATCH and _loops._finish_one_by_one() else 1
     restarts = jax.make_jaxpr(
-        lambda X: gj.fit_em(jax.random.key(0), X, 3, covariance_type=covariance_type, n_init=8, max_iter=3).params
+        lambda X: gj.fit_em(jax.random.key(0), X, 3, covariance_type=covariance_type, n_init=lanes, max_iter=3).params
     )(X)
-    assert 3 in _cond_branch_counts(restarts)
+    _assert_one_form_per_body(restarts, bodies)
     datasets = jax.make_jaxpr(
         jax.vmap(lambda X: gj.fit_em(jax.random.key(0), X, 3, covariance_type=covariance_type, max_iter=3).params)
-    )(jnp.stack([X] * 8))
-    assert 3 in _cond_branch_counts(datasets)
+    )(jnp.stack([X] * lanes))
+    _assert_one_form_per_body(datasets, bodies)
