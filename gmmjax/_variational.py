@@ -655,6 +655,7 @@ def check_posterior_init(posterior, inputs, num_components: int, prior_type: str
     if np.ndim(posterior.means) != 2 or found != expected:
         raise ValueError(
             f"posterior_init has (K, D, covariance_type, weight_concentration_prior_type) = {found}, but this "
-            f"fit has {expected}: continue a fit with the same settings and features, or start afresh (warm_start=False)."
+            f"fit has {expected}: continue a fit with the same settings and features, or start afresh "
+            "(warm_start=False)."
         )
     return jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, inputs.X.dtype), posterior)

@@ -22,12 +22,12 @@ import gmmjax as gj
 
 # By default: the matrix kinds (full with D = 8: the expanded matrix-product E-step, in chunks;
 # tied: the shared Wishart) and one diagonal kind, with both weight priors; every other
-# type/prior pair, user-given priors and sample weights run with -m slow.
+# type/prior pair, user-given priors, sample weights and scikit-learn's warm start (by default,
+# test_warm_start_one_iteration_at_a_time_is_one_long_fit checks it in float32) run with -m slow.
 DEFAULT_CHECKS = [
     "parity_full_d8_chunked",
     "parity_tied_dirichlet_distribution",
     "parity_spherical_dirichlet_process",
-    "warm_start_full",
 ]
 SLOW_CHECKS = [
     "parity_full_dirichlet_process",
@@ -40,6 +40,7 @@ SLOW_CHECKS = [
     "parity_given_priors",
     "parity_given_priors_full",
     "weights_as_repeats",
+    "warm_start_full",
     "warm_start_diag_dirichlet_distribution",
 ]
 
@@ -76,8 +77,10 @@ def test_float64_parity_with_sklearn():
 
 @pytest.mark.slow
 def test_float64_parity_with_sklearn_more():
-    """Every other type/prior pair (so all four types with both priors), user-given priors, and
-    integer sample weights as repeated rows (scikit-learn on the repeated data)."""
+    """Every other type/prior pair (so all four types with both priors), user-given priors,
+    integer sample weights as repeated rows (scikit-learn on the repeated data), and
+    scikit-learn's ``warm_start`` one iteration at a time (full, and diag with the Dirichlet
+    distribution): each call's bound and ``converged_``, then the posterior."""
     _run_x64(SLOW_CHECKS)
 
 
