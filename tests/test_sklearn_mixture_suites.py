@@ -14,8 +14,10 @@ and once with ``JAX_ENABLE_X64=1``), with scikit-learn's own pytest fixtures (``
 sklearn.conftest``: ``global_dtype``, ``global_random_seed``), and the array-API tests
 deselected (they test scikit-learn's array-API dispatch). Every test must pass except those
 listed below for its suite, each with its reason (docs/guides/sklearn.md, "scikit-learn's own
-tests"); a listed test that passes fails this test too, so the lists stay exact. Slow (minutes
-each): each data shape compiles.
+tests"); a listed test that passes fails this test too, so the lists stay exact. The exception:
+a few float32 tests decided by the last ulp (``*_ULP_FLOAT32``), whose outcome changes with the
+order of float32 operations and with the CPU XLA compiles for; they may pass or fail. Slow
+(minutes each): each data shape compiles.
 """
 
 from __future__ import annotations
@@ -62,6 +64,13 @@ GAUSSIAN_MIXTURE_EXPECTED_FLOAT32 = {
     "test_fitted_precision_covariance_concistency": _FLOAT32,
     "test_means_for_all_inits": _FLOAT32,
     "test_gaussian_mixture_precisions_init_diag": _FLOAT32,
+}
+
+# In float32, tests decided by the last ulp: whether they pass depends on the order of float32
+# operations, which changes with gmmjax's code and with the CPU XLA compiles for (e.g. with or
+# without AVX-512). They may pass or fail; each with the reason it can fail.
+GAUSSIAN_MIXTURE_ULP_FLOAT32 = {
+    "test_warm_start[0]": _FLOAT32_DIGITS + " (two warm-started one-step fits against one two-step fit: 1 ulp)",
     "test_warm_start[2]": _FLOAT32_DIGITS + " (two warm-started one-step fits against one two-step fit: 1 ulp)",
     "test_monotonic_likelihood": (
         "float32 by default: tol=1e-7 is below one float32 ulp of the log-likelihood "
@@ -76,8 +85,12 @@ BAYESIAN_MIXTURE_EXPECTED = {
 
 # ... in float32 only (they pass with JAX_ENABLE_X64=1).
 BAYESIAN_MIXTURE_EXPECTED_FLOAT32 = {
-    "test_check_covariance_precision": _FLOAT32_DIGITS + " (covariance @ precision against the identity: 2.4e-7)",
     "test_invariant_translation": _FLOAT32_DIGITS + " (means near 60 of the data and of the data + 100: 6e-5)",
+}
+
+# ... decided by the last ulp in float32 (may pass or fail, see GAUSSIAN_MIXTURE_ULP_FLOAT32).
+BAYESIAN_MIXTURE_ULP_FLOAT32 = {
+    "test_check_covariance_precision": _FLOAT32_DIGITS + " (covariance @ precision against the identity: 2.4e-7)",
     "test_monotonic_likelihood": (
         "float32 by default: the lower bound (about -252) is computed to about 1e-4 in float32 "
         "(docs/guides/variational.md), so in the step that converges it can fall by 2 ulps (3e-5)"
@@ -95,6 +108,7 @@ class Suite(NamedTuple):
     expected: dict[str, str]  # expected failures in both modes
     expected_float32: dict[str, str]  # ... in float32 only
     expected_x64: dict[str, str]  # ... with JAX_ENABLE_X64=1 only
+    ulp_float32: dict[str, str]  # in float32, may pass or fail (decided by the last ulp)
 
 
 SUITES = {
@@ -106,6 +120,7 @@ SUITES = {
         GAUSSIAN_MIXTURE_EXPECTED,
         GAUSSIAN_MIXTURE_EXPECTED_FLOAT32,
         {},
+        GAUSSIAN_MIXTURE_ULP_FLOAT32,
     ),
     "bayesian_mixture": Suite(
         "test_bayesian_mixture.py",
@@ -115,17 +130,23 @@ SUITES = {
         BAYESIAN_MIXTURE_EXPECTED,
         BAYESIAN_MIXTURE_EXPECTED_FLOAT32,
         {},
+        BAYESIAN_MIXTURE_ULP_FLOAT32,
     ),
 }
 
 
-def _expected(suite: Suite, test_id: str, x64: bool) -> str | None:
+def _listed(test_id: str, *tables: dict[str, str]) -> str | None:
+    """The reason ``test_id`` is in one of ``tables`` (by its id, or by its name for every parametrization)."""
     name = test_id.split("[")[0]
-    for table in (suite.expected, suite.expected_x64 if x64 else suite.expected_float32):
+    for table in tables:
         for key in (test_id, name):
             if key in table:
                 return table[key]
     return None
+
+
+def _expected(suite: Suite, test_id: str, x64: bool) -> str | None:
+    return _listed(test_id, suite.expected, suite.expected_x64 if x64 else suite.expected_float32)
 
 
 def _outcomes(junit_xml: pathlib.Path) -> dict[str, str]:
@@ -149,7 +170,7 @@ def test_every_expected_failure_names_a_test_of_its_file():
     for suite in SUITES.values():
         source = (pathlib.Path(sklearn.__file__).parent / "mixture" / "tests" / suite.file).read_text()
         defined = set(re.findall(r"^def (test_\w+)\(", source, flags=re.M))
-        for table in (suite.expected, suite.expected_float32, suite.expected_x64):
+        for table in (suite.expected, suite.expected_float32, suite.expected_x64, suite.ulp_float32):
             assert {key.split("[")[0] for key in table} <= defined, (suite.file, sorted(table))
 
 
@@ -194,6 +215,8 @@ def test_scikit_learns_mixture_tests_pass(tmp_path, suite_name, x64):
     assert junit.exists(), proc.stdout[-4000:] + proc.stderr[-4000:]
     outcomes = _outcomes(junit)
     ran = {test_id for test_id, outcome in outcomes.items() if outcome != "skipped"}
+    if not x64:  # decided by the last ulp: either outcome is accepted
+        ran = {test_id for test_id in ran if _listed(test_id, suite.ulp_float32) is None}
     assert len(ran) >= suite.min_tests, (len(ran), proc.stdout[-4000:])
     unexpected = sorted(t for t in ran if outcomes[t] == "failed" and _expected(suite, t, x64) is None)
     now_passing = sorted(t for t in ran if outcomes[t] == "passed" and _expected(suite, t, x64) is not None)
