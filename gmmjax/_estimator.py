@@ -51,18 +51,19 @@ class NotFittedError(ValueError, AttributeError):
     """
 
 
-# scikit-learn's sentence for an unfitted GaussianMixture, to the letter: code (and scikit-learn's
-# own tests) match on it.
+# scikit-learn's sentence for an unfitted estimator (GaussianMixture, BayesianGaussianMixture), to
+# the letter: code (and scikit-learn's own tests) match on it.
 SKLEARN_NOT_FITTED = (
-    "This GaussianMixture instance is not fitted yet. Call 'fit' with appropriate arguments before "
-    "using this estimator."
+    "This {} instance is not fitted yet. Call 'fit' with appropriate arguments before using this estimator."
 )
 
 
-def _not_fitted(what_to_do: str) -> NotFittedError:
-    """The :class:`NotFittedError` of a method called before ``fit``: scikit-learn's sentence,
-    then ``what_to_do``."""
-    return _not_fitted_error(f"{SKLEARN_NOT_FITTED} (GaussianMixtureModel is not fitted yet: {what_to_do})")
+def _not_fitted(what_to_do: str, sklearn_name: str = "GaussianMixture") -> NotFittedError:
+    """The :class:`NotFittedError` of a method called before ``fit``: scikit-learn's sentence for
+    its estimator ``sklearn_name`` (gmmjax's is that name + ``Model``), then ``what_to_do``."""
+    return _not_fitted_error(
+        f"{SKLEARN_NOT_FITTED.format(sklearn_name)} ({sklearn_name}Model is not fitted yet: {what_to_do})"
+    )
 
 
 def _not_fitted_error(message: str) -> NotFittedError:
@@ -192,7 +193,7 @@ def _key_from_seed(seed) -> jax.Array:
 class ParameterProtocol:
     """scikit-learn's parameter protocol for an estimator whose constructor stores each
     argument under its own name: ``get_params``, ``set_params`` and a ``repr`` of the
-    arguments that differ from their defaults."""
+    arguments that differ from their defaults; and its estimator tags (a density estimator)."""
 
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -223,6 +224,12 @@ class ParameterProtocol:
             if not (v is defaults[k] or (isinstance(v, (int, float, str)) and v == defaults[k]))
         ]
         return f"{type(self).__name__}({', '.join(changed)})"
+
+    def __sklearn_tags__(self):
+        """scikit-learn's estimator tags (called by scikit-learn only, so it may import it)."""
+        from gmmjax._interop import sklearn_tags
+
+        return sklearn_tags()
 
 
 class GaussianMixtureModel(ParameterProtocol):
@@ -398,12 +405,6 @@ class GaussianMixtureModel(ParameterProtocol):
         if other is not None and value is not None and name in self.__dict__:
             object.__setattr__(self, other, None)
         object.__setattr__(self, name, value)
-
-    def __sklearn_tags__(self):
-        """scikit-learn's estimator tags (called by scikit-learn only, so it may import it)."""
-        from gmmjax._interop import sklearn_tags
-
-        return sklearn_tags()
 
     def __sklearn_is_fitted__(self) -> bool:
         """Whether ``fit`` has run (scikit-learn's ``check_is_fitted`` protocol)."""

@@ -38,12 +38,21 @@ from jax.scipy.special import betaln, digamma, gammaln
 
 from gmmjax import _validation as v
 from gmmjax._covariance import covariance_kind
-from gmmjax._driver import FitResult, FitState, call_compiled, check_fit_inputs, compiled, run_restarts
+from gmmjax._driver import (
+    FitResult,
+    FitState,
+    call_compiled,
+    check_fit_inputs,
+    compiled,
+    initial_state,
+    run_restarts,
+)
 from gmmjax._init import initial_responsibility_fn
 from gmmjax._loops import compacting_while_loop
 from gmmjax._options import FitOptions, fit_options
 from gmmjax._params import GMMParams
 from gmmjax._prior import require_no_prior
+from gmmjax._progress import DEFAULT_VERBOSE_INTERVAL, check_verbose, report_em_step
 from gmmjax._stats import SufficientStats, e_step, stats_from_responsibilities
 
 WEIGHT_PRIOR_TYPES = ("dirichlet_process", "dirichlet_distribution")
@@ -344,11 +353,16 @@ class VariationalOperands(NamedTuple):
     sample_weight: jax.Array | None
     tol: jax.Array
     reg_covar: jax.Array
+    restart: jax.Array | None = None  # ``()`` int32 index for progress reports, or ``None``
 
 
-def run_variational(start: FitState, operands: VariationalOperands, *, max_iter: int, chunk_size=None) -> FitState:
+def run_variational(
+    start: FitState, operands: VariationalOperands, *, max_iter: int, chunk_size=None, report_every: int = 0
+) -> FitState:
     """Iterations from ``start`` until the lower bound changes by less than ``tol`` (absolute,
-    as scikit-learn) or ``max_iter`` have run: one ``lax.while_loop`` on the device."""
+    as scikit-learn) or ``max_iter`` have run: one ``lax.while_loop`` on the device.
+    ``report_every`` (static; 0: off) sends progress to the host as :func:`gmmjax._em.run_em`
+    does (:mod:`gmmjax._progress`)."""
 
     def keep_going(state: FitState, operands: VariationalOperands):
         return (state.n_iter < max_iter) & ~state.converged
@@ -358,7 +372,7 @@ def run_variational(start: FitState, operands: VariationalOperands, *, max_iter:
         new, bound = variational_step(
             posterior, operands.X, operands.sample_weight, operands.reg_covar, chunk_size=chunk_size
         )
-        return FitState(
+        new_state = FitState(
             params=cast(Any, new),
             lower_bound=bound,
             n_iter=state.n_iter + 1,
@@ -366,6 +380,17 @@ def run_variational(start: FitState, operands: VariationalOperands, *, max_iter:
             lower_bound_history=state.lower_bound_history.at[state.n_iter].set(bound),
             collapsed_components=state.collapsed_components,
         )
+        if report_every:  # static switch: when off the loop has no callback at all
+            report_em_step(
+                operands.restart,
+                keep_going(state, operands),
+                new_state.n_iter,
+                new_state.lower_bound,
+                new_state.converged,
+                keep_going(new_state, operands),
+                report_every,
+            )
+        return new_state
 
     return compacting_while_loop(keep_going, step, start, operands)
 
@@ -381,15 +406,18 @@ def fit_variational_restarts(
     options: FitOptions,
     given_prior: VariationalPrior,
     resp_init=None,
+    posterior_init: VariationalPosterior | None = None,
     *,
     num_components: int,
     weight_concentration_prior_type: str,
+    report_every: int = 0,
 ) -> FitResult:
     """The body of :func:`fit_variational` (inputs checked, sizes resolved)."""
     prior = default_prior(X, sample_weight, num_components, options.covariance_type, given_prior)
-    dtype = X.dtype
 
-    def fit_one(restart_key, restart_index) -> FitState:
+    def start_posterior(restart_key) -> VariationalPosterior:
+        if posterior_init is not None:  # a warm start: the priors are this data's, as scikit-learn's
+            return dataclasses.replace(posterior_init, prior=prior)
         if resp_init is None:
             resp_fn, shift = initial_responsibility_fn(
                 restart_key,
@@ -407,25 +435,25 @@ def fit_variational_restarts(
         stats = stats_from_responsibilities(
             X, resp_fn, shift, options.covariance_type, sample_weight, chunk_size=options.chunk_size
         )
-        posterior = variational_m_step(stats, shift, prior, options.reg_covar, weight_concentration_prior_type)
-        start = FitState(
-            params=cast(Any, posterior),
-            lower_bound=jnp.asarray(-jnp.inf, dtype),
-            n_iter=jnp.array(0, jnp.int32),
-            converged=jnp.array(False),
-            lower_bound_history=jnp.full((options.max_iter,), jnp.nan, dtype),
-            collapsed_components=jnp.zeros(num_components, bool),
-        )
+        return variational_m_step(stats, shift, prior, options.reg_covar, weight_concentration_prior_type)
+
+    def fit_one(restart_key, restart_index) -> FitState:
+        posterior = cast(Any, start_posterior(restart_key))  # initial_state reads its dtype and K only
+        start = initial_state(posterior, None, options.max_iter, options.lower_bound_init)
         if options.max_iter == 0:
             return start
-        operands = VariationalOperands(X, sample_weight, options.tol, options.reg_covar)
-        return run_variational(start, operands, max_iter=options.max_iter, chunk_size=options.chunk_size)
+        operands = VariationalOperands(
+            X, sample_weight, options.tol, options.reg_covar, restart_index if report_every else None
+        )
+        return run_variational(
+            start, operands, max_iter=options.max_iter, chunk_size=options.chunk_size, report_every=report_every
+        )
 
     return run_restarts(key, options, fit_one)
 
 
 _fit_variational_for_size = compiled(
-    fit_variational_restarts, static_argnames=("num_components", "weight_concentration_prior_type")
+    fit_variational_restarts, static_argnames=("num_components", "weight_concentration_prior_type", "report_every")
 )
 
 
@@ -514,6 +542,9 @@ def fit_variational(
     degrees_of_freedom_prior=None,
     covariance_prior=None,
     sample_weight: jax.typing.ArrayLike | None = None,
+    posterior_init: VariationalPosterior | None = None,
+    verbose: bool | int = False,
+    verbose_interval: int = DEFAULT_VERBOSE_INTERVAL,
     _resp_init=None,
     **option_keywords,
 ) -> FitResult:
@@ -547,6 +578,16 @@ def fit_variational(
         (``None``: the data covariance with ``ddof=1``, its diagonal, or the diagonal's mean).
       sample_weight: optional ``(N,)`` non-negative weights (scikit-learn has none; here they
         act as repeated rows, also in the default priors).
+      posterior_init: a :class:`VariationalPosterior` to continue from (scikit-learn's
+        ``warm_start``) instead of initial responsibilities: one restart (``n_init`` must be 1)
+        whose first E-step uses it; its ``K``, ``D``, covariance type and weight prior type
+        must be this fit's. The prior is resolved for this ``X`` as in any fit (scikit-learn
+        recomputes it too). With ``options.lower_bound_init`` (the previous ``lower_bound``)
+        the convergence test continues from the previous fit, so fitting ``max_iter=1`` at a
+        time converges when one long fit does.
+      verbose: show progress on stderr, as :func:`gmmjax.fit_em` (iteration, best lower
+        bound, restarts converged, time left); not under the caller's ``jit``/``vmap``.
+      verbose_interval: iterations between progress reports (and each restart's last one).
       **option_keywords: fields of :class:`~gmmjax.FitOptions`: ``covariance_type``,
         ``max_iter`` (default 100), ``tol`` (1e-3), ``reg_covar`` (1e-6), ``n_init``,
         ``init_params``, ``chunk_size``, ``restart_batch_size``, ...
@@ -581,11 +622,40 @@ def fit_variational(
         inputs.options.covariance_type,
     )
     resp = None if _resp_init is None else jnp.asarray(_resp_init, inputs.X.dtype)
+    if posterior_init is not None:
+        posterior_init = check_posterior_init(posterior_init, inputs, int(num_components), prior_type, resp)
+    report_every = check_verbose(verbose, verbose_interval, inputs.key, inputs.X)
     return call_compiled(
         _fit_variational_for_size,
         inputs,
         prior,
         resp,
+        posterior_init,
         num_components=int(num_components),
         weight_concentration_prior_type=prior_type,
+        report_every=report_every,
     )
+
+
+def check_posterior_init(posterior, inputs, num_components: int, prior_type: str, resp) -> VariationalPosterior:
+    """``posterior`` (a warm start's) checked against this fit, its leaves in the data's dtype."""
+    if not isinstance(posterior, VariationalPosterior):
+        raise ValueError(
+            f"posterior_init must be a gmmjax.VariationalPosterior (e.g. a previous fit's params), got "
+            f"{type(posterior).__name__}."
+        )
+    if resp is not None or inputs.options.n_init != 1:
+        raise ValueError("posterior_init continues one fit: use n_init=1 (and no initial responsibilities).")
+    expected = (num_components, inputs.X.shape[1], inputs.options.covariance_type, prior_type)
+    found = (
+        *np.shape(posterior.means)[-2:],
+        posterior.covariance_type,
+        posterior.weight_concentration_prior_type,
+    )
+    if np.ndim(posterior.means) != 2 or found != expected:
+        raise ValueError(
+            f"posterior_init has (K, D, covariance_type, weight_concentration_prior_type) = {found}, but this "
+            f"fit has {expected}: continue a fit with the same settings and features, or start afresh "
+            "(warm_start=False)."
+        )
+    return jax.tree_util.tree_map(lambda leaf: jnp.asarray(leaf, inputs.X.dtype), posterior)

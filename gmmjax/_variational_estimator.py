@@ -20,7 +20,7 @@ from gmmjax._estimator import (
     _convergence_warning,
     _key_from_seed,
     _log_prob,
-    _not_fitted_error,
+    _not_fitted,
     _padded_to_bucket,
     _responsibilities,
     _row_bucket,
@@ -48,15 +48,24 @@ class BayesianGaussianMixtureModel(ParameterProtocol):
         defaults), as in :func:`gmmjax.fit_variational`; so are ``mean_precision_prior``,
         ``mean_prior``, ``degrees_of_freedom_prior`` and ``covariance_prior``.
       random_state: int or ``jax.random`` key (``None`` means 0: reproducible by default).
-      warm_start: must be ``False`` (not supported yet).
-      verbose, verbose_interval: accepted for scikit-learn compatibility; no progress is shown.
+      warm_start: when true, a ``fit`` after the first continues from the previous posterior
+        (one restart; ``posterior_init`` of :func:`gmmjax.fit_variational`) and its
+        convergence test starts from the previous ``lower_bound_``, as scikit-learn's: fitting
+        ``max_iter=1`` at a time converges when one long fit does. It needs the same
+        ``n_components``, ``covariance_type``, ``weight_concentration_prior_type`` and number
+        of features.
+      verbose: show the fit's progress on stderr, as ``GaussianMixtureModel``'s (see
+        :func:`gmmjax.fit_em`); default off.
+      verbose_interval: iterations between progress reports (default 10).
       chunk_size: rows per chunk in every pass over the data (``None``: automatic).
       restart_batch_size: restarts run together (``None``: all ``n_init``).
 
     Fitted attributes: ``weight_concentration_`` (a tuple of two ``(K,)`` arrays for the
     Dirichlet process, else ``(K,)``), ``weight_concentration_prior_``, ``mean_precision_``,
     ``mean_precision_prior_``, ``mean_prior_``, ``means_``, ``degrees_of_freedom_``,
-    ``degrees_of_freedom_prior_``, ``covariance_prior_``, ``covariances_``, ``precisions_``,
+    ``degrees_of_freedom_prior_``, ``covariance_prior_`` (the ``*_prior_`` are the given
+    hyperparameters as given, float64, or else the defaults computed for the data in its
+    dtype), ``covariances_``, ``precisions_``,
     ``precisions_cholesky_``, ``weights_``, ``converged_``, ``n_iter_``, ``lower_bound_``,
     ``lower_bounds_``, ``n_features_in_``, ``posterior_`` (a :class:`VariationalPosterior`)
     and ``fit_result_``.
@@ -124,10 +133,6 @@ class BayesianGaussianMixtureModel(ParameterProtocol):
     def fit(self, X, y=None, sample_weight=None):
         """Fits the variational posterior to ``X`` ``(N, D)`` (``sample_weight`` ``(N,)`` optional,
         as repeated rows); returns ``self``."""
-        if self.warm_start:
-            raise ValueError(
-                "warm_start=True is not supported by BayesianGaussianMixtureModel yet: use warm_start=False."
-            )
         num_components = v.check_int("n_components", self.n_components, 1)
         options = FitOptions(
             covariance_type=self.covariance_type,
@@ -139,6 +144,12 @@ class BayesianGaussianMixtureModel(ParameterProtocol):
             tol=self.tol,
             reg_covar=self.reg_covar,
         )
+        posterior_init = None
+        if self.warm_start and "posterior_" in self.__dict__:
+            # scikit-learn's warm start: one restart from the previous posterior, the
+            # convergence test continuing from the previous lower bound.
+            posterior_init = self.posterior_
+            options = options.replace(n_init=1, lower_bound_init=self.lower_bound_)
         result = fit_variational(
             _key_from_seed(self.random_state),
             X,
@@ -151,6 +162,9 @@ class BayesianGaussianMixtureModel(ParameterProtocol):
             degrees_of_freedom_prior=self.degrees_of_freedom_prior,
             covariance_prior=self.covariance_prior,
             sample_weight=sample_weight,
+            posterior_init=posterior_init,
+            verbose=self.verbose,
+            verbose_interval=self.verbose_interval,
         )
         self._store(result)
         if not self.converged_ and options.max_iter > 0:
@@ -173,13 +187,19 @@ class BayesianGaussianMixtureModel(ParameterProtocol):
             self.weight_concentration_ = tuple(np.asarray(part) for part in concentration)
         else:
             self.weight_concentration_ = np.asarray(concentration)
+        # The given hyperparameters as given (float64, as scikit-learn stores them; the fit used
+        # them in the data's dtype), the defaults as the fit computed them.
         prior = posterior.prior
-        self.weight_concentration_prior_ = float(prior.weight_concentration)
-        self.mean_precision_prior_ = float(prior.mean_precision)
-        self.mean_prior_ = np.asarray(prior.mean)
-        self.degrees_of_freedom_prior_ = float(prior.degrees_of_freedom)
-        covariance_prior = np.asarray(prior.covariance)
-        self.covariance_prior_ = float(covariance_prior) if covariance_prior.ndim == 0 else covariance_prior
+
+        def resolved(given, fitted):
+            value = np.asarray(fitted if given is None else given, None if given is None else np.float64)
+            return float(value) if value.ndim == 0 else value
+
+        self.weight_concentration_prior_ = resolved(self.weight_concentration_prior, prior.weight_concentration)
+        self.mean_precision_prior_ = resolved(self.mean_precision_prior, prior.mean_precision)
+        self.mean_prior_ = resolved(self.mean_prior, prior.mean)
+        self.degrees_of_freedom_prior_ = resolved(self.degrees_of_freedom_prior, prior.degrees_of_freedom)
+        self.covariance_prior_ = resolved(self.covariance_prior, prior.covariance)
         self.mean_precision_ = np.asarray(posterior.mean_precision)
         self.means_ = np.asarray(posterior.means)
         self.degrees_of_freedom_ = np.asarray(posterior.degrees_of_freedom)
@@ -197,12 +217,13 @@ class BayesianGaussianMixtureModel(ParameterProtocol):
         self._effective_params = effective_params(posterior)
 
     # -- inference -------------------------------------------------------------------------
-    def _check_input(self, X, method):
+    def _fitted_posterior(self, method) -> VariationalPosterior:
         if "posterior_" not in self.__dict__:
-            raise _not_fitted_error(
-                "This BayesianGaussianMixtureModel instance is not fitted yet. Call 'fit' with appropriate "
-                f"arguments before using this estimator (call fit(X) before {method}())."
-            )
+            raise _not_fitted(f"call fit(X) before {method}().", "BayesianGaussianMixture")
+        return self.posterior_
+
+    def _check_input(self, X, method):
+        self._fitted_posterior(method)
         params = self._effective_params
         X, num_rows = _padded_to_bucket(X)
         X = v.check_data(X, "X", num_features=params.num_features)
@@ -228,13 +249,13 @@ class BayesianGaussianMixtureModel(ParameterProtocol):
 
     def score(self, X, y=None):
         """Mean of :meth:`score_samples`."""
+        self._fitted_posterior("score")  # so that the not-fitted message names score(), not score_samples()
         return float(np.mean(self.score_samples(X)))
 
     def sample(self, n_samples=1, key=None):
         """Draws ``n_samples`` points from ``(weights_, means_, covariances_)``; returns ``(X, labels)``."""
-        self._check_input(np.zeros((1, self.__dict__.get("n_features_in_", 1))), "sample")
+        params = self._fitted_posterior("sample").to_gmm_params()
         n_samples = v.check_int("n_samples", n_samples, 1)
-        params = self.posterior_.to_gmm_params()
         v.check_sample_memory(n_samples, params)
         if key is None:
             key = jax.random.fold_in(_key_from_seed(self.random_state), 1)

@@ -122,6 +122,37 @@ def weights_as_repeats():
     _compare(result, model)
 
 
+def warm_start(covariance_type="full", prior_type="dirichlet_process"):
+    """scikit-learn's warm start one iteration at a time (``warm_start=True, max_iter=1``, fitted
+    until it converges) against fit_variational continued by ``posterior_init`` and
+    ``lower_bound_init``: the bound and convergence flag of every call, then the posterior."""
+    import gmmjax as gj
+
+    X = _data()
+    resp = _resp(X.shape[0], 4)
+    kwargs = dict(covariance_type=covariance_type, weight_concentration_prior_type=prior_type, max_iter=1, tol=1e-4)
+    model = _sklearn(X, resp, warm_start=True, **kwargs)
+    result = gj.fit_variational(jax.random.key(0), X, 4, _resp_init=resp, **kwargs)
+    calls = 1
+    while True:
+        _close(f"lower_bound (call {calls})", result.lower_bound, model.lower_bound_)
+        assert bool(result.converged) == model.converged_, (calls, bool(result.converged), model.converged_)
+        assert int(result.n_iter) == model.n_iter_ == 1
+        if model.converged_:
+            break
+        assert calls < 200, "scikit-learn's warm start did not converge"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.fit(X)
+        result = gj.fit_variational(
+            jax.random.key(0), X, 4, posterior_init=result.params, lower_bound_init=result.lower_bound, **kwargs
+        )
+        calls += 1
+    assert calls > 5, calls  # the loop above compared a real sequence
+    model._parity_X = X
+    _compare(result, model)
+
+
 def checks():
     found = {}
     for covariance_type in TYPES:
@@ -143,6 +174,8 @@ def checks():
         "full", "dirichlet_distribution", degrees_of_freedom_prior=2.5, covariance_prior=np.eye(3) * 3.0
     )
     found["weights_as_repeats"] = weights_as_repeats
+    found["warm_start_full"] = warm_start
+    found["warm_start_diag_dirichlet_distribution"] = lambda: warm_start("diag", "dirichlet_distribution")
     return found
 
 

@@ -1,13 +1,15 @@
 """Variational Bayesian mixtures (:func:`gmmjax.fit_variational`, :class:`gmmjax.BayesianGaussianMixtureModel`).
 
 Oracles: scikit-learn's ``BayesianGaussianMixture`` from the same initial responsibilities in
-float64 (``_x64_variational_script.py``, in a subprocess: ``jax_enable_x64`` is global), the
-plain loop (for ``vmap``) and the eager call (for ``jit``).
+float64 (``_x64_variational_script.py``, in a subprocess: ``jax_enable_x64`` is global; also
+its ``warm_start`` one iteration at a time), the plain loop (for ``vmap``), the eager call (for
+``jit``) and one long fit (for a warm start one iteration at a time).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -20,7 +22,8 @@ import gmmjax as gj
 
 # By default: the matrix kinds (full with D = 8: the expanded matrix-product E-step, in chunks;
 # tied: the shared Wishart) and one diagonal kind, with both weight priors; every other
-# type/prior pair, user-given priors and sample weights run with -m slow.
+# type/prior pair, user-given priors, sample weights and scikit-learn's warm start (by default,
+# test_warm_start_one_iteration_at_a_time_is_one_long_fit checks it in float32) run with -m slow.
 DEFAULT_CHECKS = [
     "parity_full_d8_chunked",
     "parity_tied_dirichlet_distribution",
@@ -37,6 +40,8 @@ SLOW_CHECKS = [
     "parity_given_priors",
     "parity_given_priors_full",
     "weights_as_repeats",
+    "warm_start_full",
+    "warm_start_diag_dirichlet_distribution",
 ]
 
 
@@ -72,8 +77,10 @@ def test_float64_parity_with_sklearn():
 
 @pytest.mark.slow
 def test_float64_parity_with_sklearn_more():
-    """Every other type/prior pair (so all four types with both priors), user-given priors, and
-    integer sample weights as repeated rows (scikit-learn on the repeated data)."""
+    """Every other type/prior pair (so all four types with both priors), user-given priors,
+    integer sample weights as repeated rows (scikit-learn on the repeated data), and
+    scikit-learn's ``warm_start`` one iteration at a time (full, and diag with the Dirichlet
+    distribution): each call's bound and ``converged_``, then the posterior."""
     _run_x64(SLOW_CHECKS)
 
 
@@ -185,10 +192,50 @@ def test_boundary_messages(three_clusters):
         gj.fit_variational(jax.random.key(0), three_clusters, 2, covariance_type="diag", covariance_prior=np.ones(3))
     with pytest.raises(ValueError, match="not used by the variational model"):
         gj.fit_variational(jax.random.key(0), three_clusters, 2, means_init=np.zeros((2, 2)))
-    with pytest.raises(gj.NotFittedError, match="not fitted"):
+    with pytest.raises(gj.NotFittedError, match="This BayesianGaussianMixture instance is not fitted yet"):
         gj.BayesianGaussianMixtureModel().predict(three_clusters)
-    with pytest.raises(ValueError, match="warm_start"):
-        gj.BayesianGaussianMixtureModel(warm_start=True).fit(three_clusters)
+    with pytest.raises(ValueError, match="posterior_init must be a gmmjax.VariationalPosterior"):
+        gj.fit_variational(jax.random.key(0), three_clusters, 2, posterior_init=object())
+
+
+@pytest.mark.filterwarnings("ignore::gmmjax.ConvergenceWarning")  # each one-iteration fit stops at max_iter
+def test_warm_start_one_iteration_at_a_time_is_one_long_fit(three_clusters, dp_fit):
+    """scikit-learn's warm start: ``max_iter=1`` fits repeated until ``converged_`` run the
+    iterations of one fit (the default fit, same key): as many calls as its ``n_iter``, and its
+    posterior and bound (float32: two compiled programs, rounding apart)."""
+    model = gj.BayesianGaussianMixtureModel(n_components=K, max_iter=1, warm_start=True, random_state=0)
+    bounds = []
+    for _ in range(int(dp_fit.n_iter) + 5):
+        model.fit(three_clusters)
+        bounds.append(model.lower_bound_)
+        assert model.n_iter_ == 1 and model.lower_bounds_.shape == (1,)
+        if model.converged_:
+            break
+    assert model.converged_ and len(bounds) == int(dp_fit.n_iter)
+    history = np.asarray(dp_fit.lower_bound_history[0])[: int(dp_fit.n_iter)]
+    np.testing.assert_allclose(bounds, history, rtol=1e-5)
+    np.testing.assert_allclose(model.weights_, dp_fit.params.weights, atol=1e-5)
+    np.testing.assert_allclose(model.means_, dp_fit.params.means, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=r"posterior_init has .*warm_start=False"):
+        model.set_params(n_components=3).fit(three_clusters)
+    model.set_params(n_components=K, warm_start=False).fit(three_clusters)  # afresh: the first iteration again
+    assert model.lower_bound_ == pytest.approx(bounds[0], rel=1e-6)
+
+
+def test_verbose_reports_progress_on_stderr(three_clusters, capsys):
+    """``verbose`` shows GaussianMixtureModel's progress lines (stderr is no terminal here): one
+    report every ``verbose_interval`` iterations and at the last, with the fit's lower bound."""
+    model = gj.BayesianGaussianMixtureModel(n_components=K, random_state=0, verbose=1, verbose_interval=3)
+    model.fit(three_clusters)
+    out, err = capsys.readouterr()
+    assert out == ""
+    reported = [int(m) for m in re.findall(r"iteration (\d+)/100", err)]
+    expected = [i for i in range(3, model.n_iter_, 3)] + [model.n_iter_]
+    assert reported == expected, err
+    assert f"lower bound {model.lower_bound_:.6g}, restarts converged 1/1" in err
+    history = model.lower_bounds_
+    for it in expected:
+        assert f"iteration {it}/100, lower bound {history[it - 1]:.6g}," in err
 
 
 @pytest.mark.slow
