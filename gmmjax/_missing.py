@@ -83,19 +83,29 @@ def _dense_terms(params: GMMParams):
     return params.means, prec_chol, prec_chol @ jnp.swapaxes(prec_chol, -1, -2), terms.log_scale
 
 
+def _lower_pairs(m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slot pairs ``(i, j)``, ``i ≥ j``, of an ``(m, m)`` symmetric matrix, row by row: ``P = m(m+1)/2``."""
+    rows, cols = np.tril_indices(m)
+    return rows, cols
+
+
 def _chunk_terms(terms, X_chunk: jax.Array, m: int):
     """The per-row quantities of one chunk with at most ``m`` missing entries per row (rows
     with every entry missing excepted: they are marked, see below).
 
     Returns:
-      ``(log_joint (K, c), completed (K, c, D), spread (K, c, m, D), all_missing (c,))``:
-      ``log w_k + log N(x_O | k)``, the completed residual ``E[x | x_O, k] − μ_k`` and the rows
-      of ``C⁻¹E`` (conditional covariance ``spreadᵀ spread``). For a row with every entry
-      missing, ``log_joint = log w_k`` and ``completed = 0`` (its ``spread`` is meaningless:
-      such rows carry zero weight in a fit).
+      ``(log_joint (K, c), completed (K, c, D), conditional (K, c, P), pairs (c, P), all_missing (c,))``:
+      ``log w_k + log N(x_O | k)``; the completed residual ``E[x | x_O, k] − μ_k``; the
+      conditional covariance ``Λ_MM⁻¹`` as its ``P = m(m+1)/2`` lower-triangle entries per
+      slot pair ``(i ≥ j)`` (:func:`_lower_pairs`), 0 for padded slots; and each pair's flat
+      index ``M_i·D + M_j`` into a ``(D, D)`` matrix (lower triangle: slots hold the missing
+      features in increasing order), ``D·D`` (out of range) for padded pairs. For a row with
+      every entry missing, ``log_joint = log w_k`` and ``completed = 0`` (its ``conditional``
+      is meaningless: such rows carry zero weight in a fit).
     """
     means, prec_chol, precision, log_scale = terms
     K, D = means.shape
+    c = X_chunk.shape[0]
     observed = ~jnp.isnan(X_chunk)
     all_missing = ~jnp.any(observed, axis=1)
     observed = observed | all_missing[:, None]  # treated as observed zeros, then overridden
@@ -105,42 +115,50 @@ def _chunk_terms(terms, X_chunk: jax.Array, m: int):
     whitened = jnp.einsum("kcd,kde->kce", residual, prec_chol)
     squared = jnp.sum(whitened**2, axis=-1)  # r̃ᵀ Λ r̃
     num_missing = D - jnp.sum(observed, axis=1)
-    log_joint = log_scale[:, None] - 0.5 * squared
+    log_joint = log_scale[:, None] - 0.5 * squared + 0.5 * num_missing[None, :] * math.log(2.0 * math.pi)
     if m == 0:
-        spread = jnp.zeros((K, X_chunk.shape[0], 0, D), filled.dtype)
-    else:
-        gradient = jnp.einsum("kce,kde->kcd", whitened, prec_chol)  # Λ r̃
-        # Slot a of a row holds its a-th missing feature (no sort: a running count).
-        missing = ~observed
-        slot = jnp.cumsum(missing, axis=1) - 1  # (c, D)
-        valid = jnp.arange(m)[None, :] < num_missing[:, None]  # (c, m)
-        onehot = (missing[:, None, :] & (slot[:, None, :] == jnp.arange(m)[None, :, None])).astype(filled.dtype)
-        order = jnp.sum(onehot * jnp.arange(D, dtype=filled.dtype)[None, None, :], axis=2).astype(jnp.int32)
-        # Small (m, m) systems, unrolled: lists of (K, c) arrays, elementwise over the batch.
-        b = [jnp.sum(gradient * onehot[None, :, a, :], axis=2) for a in range(m)]  # (Λ r̃)_M, 0 if padded
-        flat = (order[:, :, None] * D + order[:, None, :]).reshape(-1)  # (c·m·m,) into Λ_k's D·D entries
-        block = jnp.take(precision.reshape(K, D * D), flat, axis=1).reshape(K, -1, m, m)
-        block = jnp.moveaxis(block, (2, 3), (0, 1))  # (m, m, K, c) Λ_MM
-        pair = valid[:, :, None] & valid[:, None, :]  # (c, m, m)
-        eye = jnp.eye(m, dtype=filled.dtype)[:, :, None, None]
-        block = jnp.where(jnp.moveaxis(pair, 0, 2)[:, :, None, :], block, eye)
-        chol, inv = _small_cholesky_and_inverse(block)
-        u = [sum(inv[a][j] * b[j] for j in range(a + 1)) for a in range(m)]  # C⁻¹ b
-        shift = [sum(inv[a][j] * u[a] for a in range(j, m)) for j in range(m)]  # C⁻ᵀ C⁻¹ b = Λ_MM⁻¹ b
-        rows = [onehot[None, :, a, :] for a in range(m)]  # (1, c, D) each
-        residual = residual - sum(shift[a][:, :, None] * rows[a] for a in range(m))
-        spread = jnp.stack(
-            [sum(inv[a][j][:, :, None] * rows[j] for j in range(a + 1)) for a in range(m)], axis=2
-        )  # (K, c, m, D): C⁻¹ E
-        log_det_block = 2.0 * sum(jnp.log(chol[a][a]) for a in range(m))
-        log_joint = log_joint + 0.5 * sum(u_a**2 for u_a in u) - 0.5 * log_det_block
-    log_joint = log_joint + 0.5 * num_missing[None, :] * math.log(2.0 * math.pi)
-    return log_joint, residual, spread, all_missing
+        return log_joint, residual, jnp.zeros((K, c, 0), filled.dtype), jnp.zeros((c, 0), jnp.int32), all_missing
+    gradient = jnp.einsum("kce,kde->kcd", whitened, prec_chol)  # Λ r̃ (K, c, D)
+    # Slot a of a row holds its a-th missing feature: the number of features before which
+    # fewer than a + 1 are missing (no sort); padded slots point at feature 0, masked below.
+    missing = ~observed
+    count = jnp.cumsum(missing, axis=1, dtype=jnp.int32)  # (c, D), inclusive
+    valid = jnp.arange(m)[None, :] < num_missing[:, None]  # (c, m)
+    order = jnp.sum(count[:, None, :] <= jnp.arange(m)[None, :, None], axis=2, dtype=jnp.int32)
+    order = jnp.where(valid, order, 0)  # (c, m)
+    b = jnp.where(valid[None], jnp.take_along_axis(gradient, order[None], axis=2), 0.0)  # (Λ r̃)_M (K, c, m)
+    rows, cols = _lower_pairs(m)
+    flat = order[:, rows] * D + order[:, cols]  # (c, P)
+    pair_valid = valid[:, rows]  # i ≥ j: slot i valid implies slot j valid
+    # Λ_MM by one flat gather of the precisions' D·D entries; padded slots an identity block.
+    block = jnp.take(precision.reshape(K, D * D), flat, axis=1)  # (K, c, P)
+    block = jnp.where(pair_valid[None], block, jnp.asarray(rows == cols, filled.dtype)[None, None, :])
+    entries = [block[:, :, p] for p in range(len(rows))]
+    lower = {(int(i), int(j)): entries[p] for p, (i, j) in enumerate(zip(rows, cols))}
+    chol, inv = _small_cholesky_and_inverse(lower, m)
+    b_slots = [b[:, :, a] for a in range(m)]
+    u = [sum(inv[a, j] * b_slots[j] for j in range(a + 1)) for a in range(m)]  # C⁻¹ b
+    shift = [sum(inv[a, j] * u[a] for a in range(j, m)) for j in range(m)]  # C⁻ᵀ C⁻¹ b = Λ_MM⁻¹ b
+    # Λ_MM⁻¹ = C⁻ᵀ C⁻¹, lower entries; padded slots (identity, diagonal 1) zeroed.
+    conditional = jnp.stack(
+        [sum(inv[p, i] * inv[p, j] for p in range(i, m)) for i, j in zip(rows, cols)], axis=2
+    )
+    conditional = jnp.where(pair_valid[None], conditional, 0.0)
+    # Completed residual: r̃ − Λ_MM⁻¹ b on the missing features, read back through each
+    # feature's slot (a gather per feature, not a sum over slots).
+    slot = jnp.clip(count - 1, 0, m - 1)  # (c, D)
+    shift = jnp.stack(shift, axis=2)  # (K, c, m)
+    completed = residual - jnp.where(missing[None], jnp.take_along_axis(shift, slot[None], axis=2), 0.0)
+    log_det_block = 2.0 * sum(jnp.log(chol[a, a]) for a in range(m))
+    log_joint = log_joint + 0.5 * sum(u_a**2 for u_a in u) - 0.5 * log_det_block
+    pairs = jnp.where(pair_valid, flat, D * D)
+    return log_joint, completed, conditional, pairs, all_missing
 
 
-def _small_cholesky_and_inverse(block: jax.Array):
-    """Cholesky factors ``C`` and their inverses ``C⁻¹`` of a batch of small SPD matrices stored
-    as ``(m, m, *batch)``: ``(C, C⁻¹)``, each as nested lists ``[i][j]`` of batch arrays.
+def _small_cholesky_and_inverse(block: dict, m: int):
+    """Cholesky factors ``C`` and their inverses ``C⁻¹`` of a batch of small SPD matrices given
+    by their lower entries ``block[i, j]`` (``i ≥ j``, batch arrays): ``(C, C⁻¹)``, each a dict
+    ``[i, j]`` (``i ≥ j``) of batch arrays.
 
     Unrolled over the ``m²`` entries, each step elementwise over the whole batch: for the
     small ``m`` of missing entries per row this vectorises across the ``(K, chunk)`` batch,
@@ -148,21 +166,26 @@ def _small_cholesky_and_inverse(block: jax.Array):
     ``(m, m)`` matrix at a time: the whole missing-data EM step was 2.1× slower with them
     (20k × 16, K=16, 20% missing, 2-core CPU under load).
     """
-    m = block.shape[0]
-    chol: list[list] = [[None] * m for _ in range(m)]
+    chol: dict = {}
     for j in range(m):
-        diagonal = block[j, j] - sum((chol[j][p] ** 2 for p in range(j)), jnp.zeros_like(block[j, j]))
-        chol[j][j] = jnp.sqrt(diagonal)
+        diagonal = block[j, j] - sum((chol[j, p] ** 2 for p in range(j)), jnp.zeros_like(block[j, j]))
+        chol[j, j] = jnp.sqrt(diagonal)
         for i in range(j + 1, m):
-            off = block[i, j] - sum((chol[i][p] * chol[j][p] for p in range(j)), jnp.zeros_like(block[i, j]))
-            chol[i][j] = off / chol[j][j]
-    inverse: list[list] = [[jnp.zeros_like(block[0, 0])] * m for _ in range(m)]
+            off = block[i, j] - sum((chol[i, p] * chol[j, p] for p in range(j)), jnp.zeros_like(block[i, j]))
+            chol[i, j] = off / chol[j, j]
+    inverse: dict = {}
     for i in range(m):
-        inverse[i][i] = 1.0 / chol[i][i]
+        inverse[i, i] = 1.0 / chol[i, i]
         for j in range(i):
-            total = sum((chol[i][p] * inverse[p][j] for p in range(j, i)), jnp.zeros_like(block[0, 0]))
-            inverse[i][j] = -total / chol[i][i]
+            total = sum((chol[i, p] * inverse[p, j] for p in range(j, i)), jnp.zeros_like(chol[i, i]))
+            inverse[i, j] = -total / chol[i, i]
     return chol, inverse
+
+
+def _chunk_rows(base: int, num_samples: int, num_features: int, m: int) -> int:
+    """Rows per chunk for at most ``m`` missing entries per row: the ``(K, c, D)`` chunk of the
+    complete-data pass shrunk so that the ``(K, c, D + m(m+1)/2)`` temporaries take its room."""
+    return min(num_samples, max(8, base * num_features // (num_features + m * (m + 1) // 2)))
 
 
 def _chunk_tier(X_chunk: jax.Array, tiers: tuple[int, ...]) -> jax.Array:
@@ -175,8 +198,36 @@ def _chunk_tier(X_chunk: jax.Array, tiers: tuple[int, ...]) -> jax.Array:
 
 
 def _log_joint_chunk(params: GMMParams, terms, X_chunk, m: int):
-    log_joint, completed, spread, all_missing = _chunk_terms(terms, X_chunk, m)
-    return jnp.where(all_missing[None, :], jnp.log(params.weights)[:, None], log_joint), completed, spread
+    log_joint, completed, _, _, all_missing = _chunk_terms(terms, X_chunk, m)
+    return jnp.where(all_missing[None, :], jnp.log(params.weights)[:, None], log_joint), completed
+
+
+def _conditional_scatter(conditional, pairs, weighted_resp, m: int, D: int, matrix: bool):
+    """``Σ_n r_nk Λ_k,MM⁻¹`` embedded at the missing features: ``(K, D, D)`` (``matrix``) or its
+    diagonal ``(K, D)``, from the lower entries ``conditional`` ``(K, c, P)`` at the flat
+    indices ``pairs`` ``(c, P)`` (see :func:`_chunk_terms`).
+
+    One scatter-add of ``c·P`` component vectors into a ``(D·D, K)`` table (measured ≈3× faster
+    than the batched product of the ``m`` rows of ``C⁻¹E`` per sample it replaces); padded
+    pairs point past the table and are dropped."""
+    K = weighted_resp.shape[0]
+    if m == 0:
+        return jnp.zeros((K, D, D) if matrix else (K, D), weighted_resp.dtype)
+    rows, cols = _lower_pairs(m)
+    if not matrix:  # the diagonal pairs only, at their feature's index
+        keep = np.flatnonzero(rows == cols)
+        conditional, pairs = conditional[:, :, keep], jnp.where(pairs[:, keep] < D * D, pairs[:, keep] // (D + 1), D)
+        size = D
+    else:
+        size = D * D
+    values = conditional * weighted_resp[:, :, None]  # (K, c, P)
+    table = jnp.zeros((size, K), values.dtype).at[pairs.reshape(-1)].add(
+        jnp.moveaxis(values, 0, 2).reshape(-1, K), mode="drop"
+    )
+    if not matrix:
+        return table.T
+    lower = table.T.reshape(K, D, D)
+    return lower + jnp.swapaxes(lower, 1, 2) - lower * jnp.eye(D, dtype=lower.dtype)[None]
 
 
 def e_step_missing(
@@ -193,19 +244,17 @@ def e_step_missing(
     terms = _dense_terms(params)
     kind = covariance_kind(params.covariance_type)
     base = resolve_chunk_size(chunk_size, X.shape[0], K, D, X.dtype)
-    chunk = min(X.shape[0], max(8, base * D // (D + tiers[-1] * (tiers[-1] + 1))))
+    chunk = _chunk_rows(base, X.shape[0], D, tiers[-1])
 
     def branch(m, X_chunk, w_chunk):
-        log_joint, completed, spread, all_missing = _chunk_terms(terms, X_chunk, m)
+        log_joint, completed, conditional, pairs, all_missing = _chunk_terms(terms, X_chunk, m)
         w_chunk = jnp.where(all_missing, 0.0, w_chunk)
         weighted_resp, log_likelihood = _weighted_posteriors(log_joint, w_chunk, component_axis=0)
-        c = X_chunk.shape[0]
-        rows = jnp.concatenate([completed[:, :, None, :], spread], axis=2).reshape(K, c * (1 + m), D)
-        resp_rows = jnp.repeat(weighted_resp, 1 + m, axis=1)
         stats = SufficientStats(
             counts=jnp.sum(weighted_resp, axis=1),
             first_moments=jnp.einsum("kc,kcd->kd", weighted_resp, completed),
-            second_moments=kind.scatter(rows, resp_rows),
+            second_moments=kind.scatter(completed, weighted_resp)
+            + _conditional_scatter(conditional, pairs, weighted_resp, m, D, kind.matrix),
             covariance_type=params.covariance_type,
         )
         return stats, log_likelihood, jnp.sum(w_chunk)
@@ -234,10 +283,10 @@ def _map_missing(params: GMMParams, X, tiers, chunk_size, row_fn):
     K, D = params.num_components, params.num_features
     terms = _dense_terms(params)
     base = resolve_chunk_size(chunk_size, X.shape[0], K, D, X.dtype)
-    chunk = min(X.shape[0], max(8, base * D // (D + tiers[-1] * (tiers[-1] + 1))))
+    chunk = _chunk_rows(base, X.shape[0], D, tiers[-1])
 
     def branch(m, X_chunk):
-        log_joint, completed, _ = _log_joint_chunk(params, terms, X_chunk, m)
+        log_joint, completed = _log_joint_chunk(params, terms, X_chunk, m)
         return row_fn(log_joint, completed)
 
     def rows(X_chunk):
