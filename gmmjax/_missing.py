@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +47,14 @@ from gmmjax._chunks import map_over_chunks, resolve_chunk_size, sum_over_chunks
 from gmmjax._covariance import covariance_kind
 from gmmjax._density import component_terms
 from gmmjax._params import GMMParams
-from gmmjax._stats import SufficientStats, _weighted_posteriors, m_step_with_diagnostics, uniform_branch
+from gmmjax._stats import (
+    SufficientStats,
+    _e_step_form,
+    _weighted_posteriors,
+    m_step_with_diagnostics,
+    moments_about_means,
+    uniform_branch,
+)
 
 MISSING_MODES = ("raise", "marginalize")
 
@@ -89,6 +97,67 @@ def _lower_pairs(m: int) -> tuple[np.ndarray, np.ndarray]:
     return rows, cols
 
 
+class _Slots(NamedTuple):
+    """Where each row's missing features sit (``c`` rows, ``m`` slots, ``P = m(m+1)/2`` pairs):
+    ``order`` ``(c, m)`` the ``a``-th missing feature (0 in padded slots), ``valid`` ``(c, m)``,
+    ``slot`` ``(c, D)`` each missing feature's slot, ``missing`` ``(c, D)``, ``flat`` ``(c, P)``
+    the flat ``(D, D)`` index ``M_i·D + M_j`` of each lower slot pair, ``pair_valid`` ``(c, P)``."""
+
+    order: jax.Array
+    valid: jax.Array
+    slot: jax.Array
+    missing: jax.Array
+    flat: jax.Array
+    pair_valid: jax.Array
+
+
+def _slots(observed: jax.Array, m: int) -> _Slots:
+    """The slots of rows with at most ``m`` missing entries (``observed`` ``(c, D)`` bool)."""
+    D = observed.shape[1]
+    missing = ~observed
+    count = jnp.cumsum(missing, axis=1, dtype=jnp.int32)  # (c, D), inclusive
+    valid = jnp.arange(m)[None, :] < count[:, -1:]
+    # The a-th missing feature is the number of features through which fewer than a + 1 are
+    # missing (no sort); padded slots point at feature 0 and are masked.
+    order = jnp.sum(count[:, None, :] <= jnp.arange(m)[None, :, None], axis=2, dtype=jnp.int32)
+    order = jnp.where(valid, order, 0)
+    rows, cols = _lower_pairs(m)
+    return _Slots(
+        order, valid, jnp.clip(count - 1, 0, m - 1), missing, order[:, rows] * D + order[:, cols], valid[:, rows]
+    )
+
+
+def _missing_block(precision: jax.Array, slots: _Slots) -> jax.Array:
+    """``Λ_MM`` ``(K, c, P)`` (lower entries) by one flat gather of the ``(K, D, D)`` precisions;
+    padded slots an identity block."""
+    K, D, _ = precision.shape
+    rows, cols = _lower_pairs(slots.order.shape[1])
+    block = jnp.take(precision.reshape(K, D * D), slots.flat, axis=1)
+    return jnp.where(slots.pair_valid[None], block, jnp.asarray(rows == cols, block.dtype)[None, None, :])
+
+
+def _conditional_solve(block: jax.Array, b: jax.Array, slots: _Slots, m: int):
+    """The small systems of every (component, row): ``Λ_MM`` ``block`` ``(K, c, P)``, ``b``
+    ``(K, c, m)`` (0 in padded slots). Returns ``(Λ_MM⁻¹ b (K, c, m), Λ_MM⁻¹ (K, c, P) lower
+    entries, 0 for padded pairs, log|Λ_MM| (K, c), bᵀ Λ_MM⁻¹ b (K, c))``."""
+    rows, cols = _lower_pairs(m)
+    lower = {(int(i), int(j)): block[:, :, p] for p, (i, j) in enumerate(zip(rows, cols))}
+    chol, inv = _small_cholesky_and_inverse(lower, m)
+    b_slots = [b[:, :, a] for a in range(m)]
+    u = [sum(inv[a, j] * b_slots[j] for j in range(a + 1)) for a in range(m)]  # C⁻¹ b
+    solved = [sum(inv[a, j] * u[a] for a in range(j, m)) for j in range(m)]  # C⁻ᵀ C⁻¹ b = Λ_MM⁻¹ b
+    # Λ_MM⁻¹ = C⁻ᵀ C⁻¹, lower entries; padded slots (identity, diagonal 1) zeroed.
+    conditional = jnp.stack([sum(inv[p, i] * inv[p, j] for p in range(i, m)) for i, j in zip(rows, cols)], axis=2)
+    conditional = jnp.where(slots.pair_valid[None], conditional, 0.0)
+    log_det_block = 2.0 * sum(jnp.log(chol[a, a]) for a in range(m))
+    return jnp.stack(solved, axis=2), conditional, log_det_block, sum(u_a**2 for u_a in u)
+
+
+def _embed(values: jax.Array, slots: _Slots) -> jax.Array:
+    """Slot values ``(K, c, m)`` placed at their missing features: ``(K, c, D)``, 0 on observed ones."""
+    return jnp.where(slots.missing[None], jnp.take_along_axis(values, slots.slot[None], axis=2), 0.0)
+
+
 def _chunk_terms(terms, X_chunk: jax.Array, m: int):
     """The per-row quantities of one chunk with at most ``m`` missing entries per row (rows
     with every entry missing excepted: they are marked, see below).
@@ -119,39 +188,15 @@ def _chunk_terms(terms, X_chunk: jax.Array, m: int):
     if m == 0:
         return log_joint, residual, jnp.zeros((K, c, 0), filled.dtype), jnp.zeros((c, 0), jnp.int32), all_missing
     gradient = jnp.einsum("kce,kde->kcd", whitened, prec_chol)  # Λ r̃ (K, c, D)
-    # Slot a of a row holds its a-th missing feature: the number of features before which
-    # fewer than a + 1 are missing (no sort); padded slots point at feature 0, masked below.
-    missing = ~observed
-    count = jnp.cumsum(missing, axis=1, dtype=jnp.int32)  # (c, D), inclusive
-    valid = jnp.arange(m)[None, :] < num_missing[:, None]  # (c, m)
-    order = jnp.sum(count[:, None, :] <= jnp.arange(m)[None, :, None], axis=2, dtype=jnp.int32)
-    order = jnp.where(valid, order, 0)  # (c, m)
-    b = jnp.where(valid[None], jnp.take_along_axis(gradient, order[None], axis=2), 0.0)  # (Λ r̃)_M (K, c, m)
-    rows, cols = _lower_pairs(m)
-    flat = order[:, rows] * D + order[:, cols]  # (c, P)
-    pair_valid = valid[:, rows]  # i ≥ j: slot i valid implies slot j valid
-    # Λ_MM by one flat gather of the precisions' D·D entries; padded slots an identity block.
-    block = jnp.take(precision.reshape(K, D * D), flat, axis=1)  # (K, c, P)
-    block = jnp.where(pair_valid[None], block, jnp.asarray(rows == cols, filled.dtype)[None, None, :])
-    entries = [block[:, :, p] for p in range(len(rows))]
-    lower = {(int(i), int(j)): entries[p] for p, (i, j) in enumerate(zip(rows, cols))}
-    chol, inv = _small_cholesky_and_inverse(lower, m)
-    b_slots = [b[:, :, a] for a in range(m)]
-    u = [sum(inv[a, j] * b_slots[j] for j in range(a + 1)) for a in range(m)]  # C⁻¹ b
-    shift = [sum(inv[a, j] * u[a] for a in range(j, m)) for j in range(m)]  # C⁻ᵀ C⁻¹ b = Λ_MM⁻¹ b
-    # Λ_MM⁻¹ = C⁻ᵀ C⁻¹, lower entries; padded slots (identity, diagonal 1) zeroed.
-    conditional = jnp.stack(
-        [sum(inv[p, i] * inv[p, j] for p in range(i, m)) for i, j in zip(rows, cols)], axis=2
-    )
-    conditional = jnp.where(pair_valid[None], conditional, 0.0)
+    slots = _slots(observed, m)
+    b = jnp.where(slots.valid[None], jnp.take_along_axis(gradient, slots.order[None], axis=2), 0.0)  # (Λ r̃)_M
+    block = _missing_block(precision, slots)
+    shift, conditional, log_det_block, reduction = _conditional_solve(block, b, slots, m)
     # Completed residual: r̃ − Λ_MM⁻¹ b on the missing features, read back through each
     # feature's slot (a gather per feature, not a sum over slots).
-    slot = jnp.clip(count - 1, 0, m - 1)  # (c, D)
-    shift = jnp.stack(shift, axis=2)  # (K, c, m)
-    completed = residual - jnp.where(missing[None], jnp.take_along_axis(shift, slot[None], axis=2), 0.0)
-    log_det_block = 2.0 * sum(jnp.log(chol[a, a]) for a in range(m))
-    log_joint = log_joint + 0.5 * sum(u_a**2 for u_a in u) - 0.5 * log_det_block
-    pairs = jnp.where(pair_valid, flat, D * D)
+    completed = residual - _embed(shift, slots)
+    log_joint = log_joint + 0.5 * reduction - 0.5 * log_det_block
+    pairs = jnp.where(slots.pair_valid, slots.flat, D * D)
     return log_joint, completed, conditional, pairs, all_missing
 
 
@@ -202,43 +247,156 @@ def _log_joint_chunk(params: GMMParams, terms, X_chunk, m: int):
     return jnp.where(all_missing[None, :], jnp.log(params.weights)[:, None], log_joint), completed
 
 
-def _conditional_scatter(conditional, pairs, weighted_resp, m: int, D: int, matrix: bool):
-    """``Σ_n r_nk Λ_k,MM⁻¹`` embedded at the missing features: ``(K, D, D)`` (``matrix``) or its
-    diagonal ``(K, D)``, from the lower entries ``conditional`` ``(K, c, P)`` at the flat
-    indices ``pairs`` ``(c, P)`` (see :func:`_chunk_terms`).
+def _scatter_slots(values: jax.Array, index: jax.Array, size: int) -> jax.Array:
+    """``(K, size)`` sums of ``values`` ``(K, c, S)`` at the row-wise indices ``index`` ``(c, S)``;
+    indices ``≥ size`` (padded slots) are dropped. One scatter-add of ``c·S`` component vectors
+    into a ``(size, K)`` table: measured ≈3× faster than the batched product of the ``m`` rows of
+    ``C⁻¹E`` per sample that it replaces, and a fraction of one ``(K, c, D)`` elementwise pass."""
+    K = values.shape[0]
+    table = jnp.zeros((size, K), values.dtype).at[index.reshape(-1)].add(
+        jnp.moveaxis(values, 0, 2).reshape(-1, K), mode="drop"
+    )
+    return table.T
 
-    One scatter-add of ``c·P`` component vectors into a ``(D·D, K)`` table (measured ≈3× faster
-    than the batched product of the ``m`` rows of ``C⁻¹E`` per sample it replaces); padded
-    pairs point past the table and are dropped."""
+
+def _conditional_scatter(conditional, pairs, weighted_resp, m: int, D: int, matrix: bool):
+    """``Σ_n r_nk S_nk`` embedded at the missing features, for symmetric slot matrices ``S``
+    given by their lower entries ``conditional`` ``(K, c, P)`` at the flat indices ``pairs``
+    ``(c, P)`` (see :func:`_chunk_terms`): ``(K, D, D)`` (``matrix``) or its diagonal ``(K, D)``."""
     K = weighted_resp.shape[0]
     if m == 0:
         return jnp.zeros((K, D, D) if matrix else (K, D), weighted_resp.dtype)
-    rows, cols = _lower_pairs(m)
+    values = conditional * weighted_resp[:, :, None]
     if not matrix:  # the diagonal pairs only, at their feature's index
+        rows, cols = _lower_pairs(m)
         keep = np.flatnonzero(rows == cols)
-        conditional, pairs = conditional[:, :, keep], jnp.where(pairs[:, keep] < D * D, pairs[:, keep] // (D + 1), D)
-        size = D
-    else:
-        size = D * D
-    values = conditional * weighted_resp[:, :, None]  # (K, c, P)
-    table = jnp.zeros((size, K), values.dtype).at[pairs.reshape(-1)].add(
-        jnp.moveaxis(values, 0, 2).reshape(-1, K), mode="drop"
-    )
-    if not matrix:
-        return table.T
-    lower = table.T.reshape(K, D, D)
+        diagonal = pairs[:, keep]
+        return _scatter_slots(values[:, :, keep], jnp.where(diagonal < D * D, diagonal // (D + 1), D), D)
+    lower = _scatter_slots(values, pairs, D * D).reshape(K, D, D)
     return lower + jnp.swapaxes(lower, 1, 2) - lower * jnp.eye(D, dtype=lower.dtype)[None]
 
 
+class _ExpandedTerms(NamedTuple):
+    """Per-pass constants of the expanded missing-data E-step about the shift ``center`` ``g``
+    (``(D,)``, the weighted mean of the means): ``offsets`` ``δ = μ − g`` ``(K, D)``,
+    ``coefficients`` ``(K, F + D)`` and ``constant`` ``(K,)`` of the complete-data squared norm
+    (:meth:`CovarianceKind.expanded_terms`), ``linear`` ``Λδ`` ``(K, D)``, the dense
+    ``precision`` ``(K, D, D)``, ``log_scale`` ``(K,)``."""
+
+    center: jax.Array
+    offsets: jax.Array
+    coefficients: jax.Array
+    constant: jax.Array
+    linear: jax.Array
+    precision: jax.Array
+    log_scale: jax.Array
+
+
+def _expanded_chunk(kind, terms: _ExpandedTerms, X_chunk: jax.Array, w_chunk: jax.Array, m: int):
+    """Statistics of one chunk about the shift ``g`` by matrix products, for rows with at most
+    ``m`` missing entries: ``(counts (K,), first (K, D), second, log_likelihood, weight)``.
+
+    With ``x̃ = x − g`` on the observed features and 0 on the missing ones (k-independent),
+    ``δ = μ_k − g`` and ``t = (Λ x̃ − Λ δ)_M``, the residual ``r̃ = x̃ − δ + δ_M`` gives
+    ``b = (Λ r̃)_M = t + Λ_MM δ_M`` and ``r̃ᵀΛr̃ = Q(x̃) + δ_M · (t + b)``, ``Q`` the complete-data
+    expanded squared norm (one product with the features ``[φ(x̃), x̃]``); ``Λ x̃`` for every
+    component is one ``(c, D) × (D, K·D)`` product. The completed point about ``g`` is
+    ``z = x̃ + ζ`` with ``ζ = δ_M − Λ_MM⁻¹ b`` on ``M``, so
+    ``Σ r z = Σ r x̃ + Σ r ζ`` and ``Σ r (z zᵀ + Λ_MM⁻¹) = Σ r x̃x̃ᵀ + Σ r (x̃ζᵀ + ζx̃ᵀ) + Σ r (ζζᵀ + Λ_MM⁻¹)``:
+    the first terms share one product with the features (as the complete data), the cross
+    terms are one ``(D, c) × (c, K·D)`` product (none for diagonal statistics: ``x̃`` and ``ζ``
+    have disjoint supports), the last are scatter-adds of ``m`` and ``m(m+1)/2`` slot values.
+    """
+    K, D = terms.offsets.shape
+    observed = ~jnp.isnan(X_chunk)
+    all_missing = ~jnp.any(observed, axis=1)
+    observed = observed | all_missing[:, None]  # finite placeholders; such rows weigh zero
+    w_chunk = jnp.where(all_missing, 0.0, w_chunk)
+    centred = jnp.where(jnp.isnan(X_chunk), 0.0, X_chunk - terms.center[None, :])  # x̃ (c, D)
+    features = jnp.concatenate([kind.second_order_features(centred), centred], axis=1)
+    squared = terms.coefficients @ features.T + terms.constant[:, None]  # Q(x̃) (K, c)
+    num_missing = D - jnp.sum(observed, axis=1)
+    log_joint = terms.log_scale[:, None] + 0.5 * num_missing[None, :] * math.log(2.0 * math.pi)
+    if m == 0:
+        weighted_resp, log_likelihood = _weighted_posteriors(
+            log_joint - 0.5 * jnp.maximum(squared, 0.0), w_chunk, component_axis=0
+        )
+        moments = weighted_resp @ features
+        F = moments.shape[1] - D
+        return (
+            jnp.sum(weighted_resp, axis=1),
+            moments[:, F:],
+            kind.moments_from_features(moments[:, :F]),
+            log_likelihood,
+            jnp.sum(w_chunk),
+        )
+    slots = _slots(observed, m)
+    c = X_chunk.shape[0]
+    # (Λ_k x̃)_M for every component: one product, then a gather of the m slots.
+    applied = centred @ jnp.moveaxis(terms.precision, 0, 1).reshape(D, K * D)  # (c, K·D)
+    index = jnp.arange(K, dtype=jnp.int32)[None, :, None] * D + slots.order[:, None, :]  # (c, K, m)
+    applied = jnp.take_along_axis(applied, index.reshape(c, K * m), axis=1).reshape(c, K, m)
+    valid = slots.valid[None]
+    delta = jnp.where(valid, jnp.take(terms.offsets, slots.order, axis=1), 0.0)  # δ_M (K, c, m)
+    t = jnp.where(valid, jnp.moveaxis(applied, 0, 1) - jnp.take(terms.linear, slots.order, axis=1), 0.0)
+    block = _missing_block(terms.precision, slots)
+    rows, cols = _lower_pairs(m)
+    lower = {(int(i), int(j)): block[:, :, p] for p, (i, j) in enumerate(zip(rows, cols))}
+    block_delta = [sum(lower[max(a, j), min(a, j)] * delta[:, :, j] for j in range(m)) for a in range(m)]
+    b = t + jnp.stack(block_delta, axis=2)  # (Λ r̃)_M
+    solved, conditional, log_det_block, reduction = _conditional_solve(block, b, slots, m)
+    squared = squared + jnp.sum(delta * (t + b), axis=2) - reduction
+    log_joint = log_joint - 0.5 * jnp.maximum(squared, 0.0) - 0.5 * log_det_block
+    weighted_resp, log_likelihood = _weighted_posteriors(log_joint, w_chunk, component_axis=0)
+    zeta = delta - solved  # completed missing entries about g (K, c, m); 0 in padded slots
+    moments = weighted_resp @ features
+    F = moments.shape[1] - D
+    weighted_zeta = zeta * weighted_resp[:, :, None]
+    first = moments[:, F:] + _scatter_slots(weighted_zeta, jnp.where(slots.valid, slots.order, D), D)
+    products = conditional + zeta[:, :, rows] * zeta[:, :, cols]  # Λ_MM⁻¹ + ζζᵀ (lower entries)
+    pairs = jnp.where(slots.pair_valid, slots.flat, D * D)
+    second = kind.moments_from_features(moments[:, :F]) + _conditional_scatter(
+        products, pairs, weighted_resp, m, D, kind.matrix
+    )
+    if kind.matrix:
+        cross = jnp.einsum("cd,kce->kde", centred, _embed(weighted_zeta, slots))  # Σ r x̃ ζᵀ
+        second = second + cross + jnp.swapaxes(cross, 1, 2)
+    return jnp.sum(weighted_resp, axis=1), first, second, log_likelihood, jnp.sum(w_chunk)
+
+
+def _expanded_terms(params: GMMParams, dense_terms) -> tuple[jax.Array, _ExpandedTerms]:
+    """``(accurate, terms)``: whether the expanded form is accurate for every component in the
+    data's dtype (as for complete data, see :func:`gmmjax._stats._e_step_form`; under ``vmap``
+    the batch's verdict), and its per-pass constants."""
+    branch, center, expansion, _ = _e_step_form(params, component_terms(params), params.means.dtype)
+    quadratic, linear, constant, _ = expansion
+    coefficients = jnp.concatenate(
+        [jnp.broadcast_to(quadratic, (linear.shape[0], quadratic.shape[1])), -2.0 * linear], axis=1
+    )
+    means, _, precision, log_scale = dense_terms
+    offsets = means - center[None, :]
+    return branch == 0, _ExpandedTerms(center, offsets, coefficients, constant, linear, precision, log_scale)
+
+
 def e_step_missing(
-    params: GMMParams, X: jax.Array, sample_weight: jax.Array | None, *, tiers: tuple[int, ...], chunk_size=None
+    params: GMMParams,
+    X: jax.Array,
+    sample_weight: jax.Array | None,
+    *,
+    tiers: tuple[int, ...],
+    chunk_size=None,
+    form: str | None = None,
 ):
     """E-step on data with NaN entries: expected statistics about ``params.means`` and the
     observed-data log-likelihood ``Σ_n s_n log p(x_{n,O_n})``.
 
     Rows with every entry missing contribute nothing (zero weight). ``tiers``: static numbers
     of missing entries a chunk is padded to (see ``gmmjax._missing.tiers_for``); every row must have at
-    most ``tiers[-1]`` (or all) entries missing.
+    most ``tiers[-1]`` (or all) entries missing. Two forms, chosen per pass as for complete
+    data: the expanded one (matrix products about the weighted mean of the means,
+    :func:`_expanded_chunk`) while it is accurate for every component, else explicit residuals
+    about each mean (:func:`_chunk_terms`). ``form`` (static, for tests): ``"expanded"`` or
+    ``"residual"`` forces one.
     """
     K, D = params.num_components, params.num_features
     terms = _dense_terms(params)
@@ -246,7 +404,7 @@ def e_step_missing(
     base = resolve_chunk_size(chunk_size, X.shape[0], K, D, X.dtype)
     chunk = _chunk_rows(base, X.shape[0], D, tiers[-1])
 
-    def branch(m, X_chunk, w_chunk):
+    def residual_branch(m, X_chunk, w_chunk):
         log_joint, completed, conditional, pairs, all_missing = _chunk_terms(terms, X_chunk, m)
         w_chunk = jnp.where(all_missing, 0.0, w_chunk)
         weighted_resp, log_likelihood = _weighted_posteriors(log_joint, w_chunk, component_axis=0)
@@ -259,20 +417,42 @@ def e_step_missing(
         )
         return stats, log_likelihood, jnp.sum(w_chunk)
 
-    def chunk_stats(X_chunk, w_chunk, _):
-        branches = [functools.partial(branch, m) for m in tiers]
-        if len(branches) == 1:
-            return branches[0](X_chunk, w_chunk)
-        return jax.lax.switch(_chunk_tier(X_chunk, tiers), branches, X_chunk, w_chunk)
+    def over_tiers(branch):
+        def chunk_stats(X_chunk, w_chunk, _):
+            branches = [functools.partial(branch, m) for m in tiers]
+            if len(branches) == 1:
+                return branches[0](X_chunk, w_chunk)
+            return jax.lax.switch(_chunk_tier(X_chunk, tiers), branches, X_chunk, w_chunk)
 
-    return sum_over_chunks(chunk_stats, X, sample_weight, chunk)
+        return chunk_stats
+
+    def residual_pass():
+        return sum_over_chunks(over_tiers(residual_branch), X, sample_weight, chunk)
+
+    accurate, expanded_terms = _expanded_terms(params, terms)
+
+    def expanded_pass():
+        counts, first, second, log_likelihood, weight = sum_over_chunks(
+            over_tiers(lambda m, X_chunk, w_chunk: _expanded_chunk(kind, expanded_terms, X_chunk, w_chunk, m)),
+            X,
+            sample_weight,
+            chunk,
+        )
+        first, second = moments_about_means(kind, counts, first, second, expanded_terms.offsets)
+        return SufficientStats(counts, first, second, params.covariance_type), log_likelihood, weight
+
+    if form == "expanded":
+        return expanded_pass()
+    if form == "residual":
+        return residual_pass()
+    return jax.lax.cond(accurate, expanded_pass, residual_pass)
 
 
-def em_step_missing(params, X, sample_weight, reg_covar, chunk_size=None, num_active=None, *, tiers):
+def em_step_missing(params, X, sample_weight, reg_covar, chunk_size=None, num_active=None, *, tiers, form=None):
     """One exact EM step on data with NaN entries, in the shape of the driver's
     ``em_step_fn``: ``(new_params, collapsed, mean observed-data log-likelihood)`` (the mean
     over the weight of rows with at least one observed entry)."""
-    stats, log_likelihood, weight = e_step_missing(params, X, sample_weight, tiers=tiers, chunk_size=chunk_size)
+    stats, log_likelihood, weight = e_step_missing(params, X, sample_weight, tiers=tiers, chunk_size=chunk_size, form=form)
     new_params, collapsed = m_step_with_diagnostics(stats, params.means, reg_covar, num_active)
     return new_params, collapsed, log_likelihood / weight
 
