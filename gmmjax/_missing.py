@@ -60,7 +60,7 @@ MISSING_MODES = ("raise", "marginalize")
 
 # Numbers of missing entries per row that a chunk's factorisations are padded to (static
 # shapes); a chunk takes the smallest tier that covers its rows. Beyond the last, D.
-_TIERS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+_TIERS = (0, 1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64)
 
 
 def check_missing(missing) -> str:
@@ -136,23 +136,60 @@ def _missing_block(precision: jax.Array, slots: _Slots) -> jax.Array:
     return jnp.where(slots.pair_valid.T[:, None, :], block, jnp.asarray(rows == cols, block.dtype)[:, None, None])
 
 
-def _conditional_solve(block: jax.Array, b: jax.Array, slots: _Slots, m: int):
+# Largest number of slots whose small systems are unrolled entry by entry (≈ m³/2 elementwise
+# operations, fused by XLA; compile time grows as m³); beyond, a loop of m sweeps (m³ operations).
+_UNROLLED_SLOTS = 8
+
+
+def _conditional_solve(block: jax.Array, t: jax.Array, slots: _Slots, m: int):
     """The small systems of every (component, row), slot axes first: ``Λ_MM`` ``block``
-    ``(P, K, c)``, ``b`` ``(m, K, c)`` (0 in padded slots). Returns ``(Λ_MM⁻¹ b (m, K, c),
-    Λ_MM⁻¹ (P, K, c) lower entries, 0 for padded pairs, log|Λ_MM| (K, c), bᵀ Λ_MM⁻¹ b (K, c))``."""
+    ``(P, K, c)``, ``t`` ``(m, K, c)`` (0 in padded slots). Returns ``(Λ_MM⁻¹ t (m, K, c),
+    Λ_MM⁻¹ (P, K, c) lower entries, 0 for padded pairs, log|Λ_MM| (K, c), tᵀ Λ_MM⁻¹ t (K, c))``."""
     rows, cols = _lower_pairs(m)
-    lower = {(int(i), int(j)): block[p] for p, (i, j) in enumerate(zip(rows, cols))}
-    chol, inv = _small_cholesky_and_inverse(lower, m)
-    b_slots = [b[a] for a in range(m)]
-    u = [sum(inv[a, j] * b_slots[j] for j in range(a + 1)) for a in range(m)]  # C⁻¹ b
-    solved = [sum(inv[a, j] * u[a] for a in range(j, m)) for j in range(m)]  # C⁻ᵀ C⁻¹ b = Λ_MM⁻¹ b
-    # Λ_MM⁻¹ = C⁻ᵀ C⁻¹, lower entries; padded slots (identity, diagonal 1) zeroed.
-    conditional = jnp.stack([sum(inv[p, i] * inv[p, j] for p in range(i, m)) for i, j in zip(rows, cols)])
-    conditional = jnp.where(slots.pair_valid.T[:, None, :], conditional, 0.0)
-    log_det_block = 2.0 * sum(jnp.log(chol[a, a]) for a in range(m))
-    return jax.lax.optimization_barrier(
-        (jnp.stack(solved), conditional, log_det_block, sum(u_a**2 for u_a in u))
-    )
+    if m > _UNROLLED_SLOTS:
+        inverse, log_det_block = _swept_inverse(block, m)
+        conditional = inverse[rows, cols]
+        solved = jnp.einsum("abkc,bkc->akc", inverse, t)
+        reduction = jnp.sum(t * solved, axis=0)
+    else:
+        lower = {(int(i), int(j)): block[p] for p, (i, j) in enumerate(zip(rows, cols))}
+        chol, inv = _small_cholesky_and_inverse(lower, m)
+        t_slots = [t[a] for a in range(m)]
+        u = [sum(inv[a, j] * t_slots[j] for j in range(a + 1)) for a in range(m)]  # C⁻¹ t
+        solved = jnp.stack([sum(inv[a, j] * u[a] for a in range(j, m)) for j in range(m)])  # C⁻ᵀ C⁻¹ t
+        # Λ_MM⁻¹ = C⁻ᵀ C⁻¹, lower entries.
+        conditional = jnp.stack([sum(inv[p, i] * inv[p, j] for p in range(i, m)) for i, j in zip(rows, cols)])
+        log_det_block = 2.0 * sum(jnp.log(chol[a, a]) for a in range(m))
+        reduction = sum(u_a**2 for u_a in u)
+    # Padded slots (an identity block) zeroed.
+    return solved, jnp.where(slots.pair_valid.T[:, None, :], conditional, 0.0), log_det_block, reduction
+
+
+def _swept_inverse(block: jax.Array, m: int):
+    """``(Λ_MM⁻¹ (m, m, K, c), log|Λ_MM| (K, c))`` from lower entries ``(P, K, c)``, by ``m``
+    sweeps (Gauss–Jordan in place, no pivoting: the pivots of an SPD matrix are its Schur
+    complements' leading entries, positive, and their logarithms sum to the log-determinant).
+    A ``fori_loop`` of whole-array steps: compiles in constant time whatever ``m``."""
+    rows, cols = _lower_pairs(m)
+    index = np.zeros((m, m), np.int32)
+    index[rows, cols] = index[cols, rows] = np.arange(len(rows))
+    full = block[index]  # (m, m, K, c)
+    arange = jnp.arange(m)
+
+    def sweep(j, carry):
+        a, log_det = carry
+        pivot = jax.lax.dynamic_index_in_dim(jax.lax.dynamic_index_in_dim(a, j, 0, False), j, 0, False)
+        column = jax.lax.dynamic_index_in_dim(a, j, 1, False) / pivot  # a[:, j] / p (m, K, c)
+        row = jax.lax.dynamic_index_in_dim(a, j, 0, False)  # a[j, :] (m, K, c)
+        is_j = arange == j
+        updated = a - column[:, None] * row[None, :]
+        updated = jnp.where(is_j[None, :, None, None], column[:, None], updated)  # b_ij = a_ij / p
+        updated = jnp.where(is_j[:, None, None, None], (row / pivot)[None, :], updated)  # b_jk = a_jk / p
+        updated = jnp.where((is_j[:, None] & is_j[None, :])[:, :, None, None], -1.0 / pivot, updated)
+        return updated, log_det + jnp.log(pivot)
+
+    swept, log_det = jax.lax.fori_loop(0, m, sweep, (full, jnp.zeros_like(full[0, 0])))
+    return -swept, log_det
 
 
 def _embed(values: jax.Array, slots: _Slots) -> jax.Array:
@@ -234,7 +271,41 @@ def _small_cholesky_and_inverse(block: dict, m: int):
 def _chunk_rows(base: int, num_samples: int, num_features: int, m: int) -> int:
     """Rows per chunk for at most ``m`` missing entries per row: the ``(K, c, D)`` chunk of the
     complete-data pass shrunk so that the ``(K, c, D + m(m+1)/2)`` temporaries take its room."""
-    return min(num_samples, max(8, base * num_features // (num_features + m * (m + 1) // 2)))
+    rows = base * num_features // (num_features + m * (m + 1) // 2)
+    # A multiple of the wide tiers' pieces (see _tier_switch), when that large.
+    return min(num_samples, max(8, rows // _WIDE_PIECE * _WIDE_PIECE if rows >= _WIDE_PIECE else rows))
+
+
+# Rows per piece of a chunk whose tier needs the swept (not unrolled) small systems: the few
+# rows with that many missing entries come last (sorted), and only their pieces pay for it.
+_WIDE_PIECE = 64
+
+
+def _tier_switch(branch, tiers: tuple[int, ...], X_chunk: jax.Array, w_chunk: jax.Array):
+    """``branch(m, X_chunk, w_chunk)`` (additive statistics) at the chunk's tier ``m``; a tier
+    beyond :data:`_UNROLLED_SLOTS` runs piece by piece (:data:`_WIDE_PIECE` rows), each piece
+    at its own tier among that one and the largest unrolled one."""
+    unrolled = [m for m in tiers if m <= _UNROLLED_SLOTS]
+    c = X_chunk.shape[0]
+
+    def wide(m, X_chunk, w_chunk):
+        pieces = next(q for q in range(-(-c // _WIDE_PIECE), c + 1) if c % q == 0)
+        if not unrolled or pieces == 1 or c // pieces < _WIDE_PIECE // 4:
+            return branch(m, X_chunk, w_chunk)
+        inner = (unrolled[-1], m)
+        stats = jax.lax.map(
+            lambda piece: _tier_switch(branch, inner, *piece),
+            (X_chunk.reshape(pieces, c // pieces, -1), w_chunk.reshape(pieces, c // pieces)),
+        )
+        return jax.tree_util.tree_map(lambda leaf: jnp.sum(leaf, axis=0), stats)
+
+    branches = [
+        functools.partial(branch, m) if m <= _UNROLLED_SLOTS or len(tiers) <= 2 else functools.partial(wide, m)
+        for m in tiers
+    ]
+    if len(branches) == 1:
+        return branches[0](X_chunk, w_chunk)
+    return jax.lax.switch(_chunk_tier(X_chunk, tiers), branches, X_chunk, w_chunk)
 
 
 def _chunk_tier(X_chunk: jax.Array, tiers: tuple[int, ...]) -> jax.Array:
@@ -301,11 +372,12 @@ def _expanded_chunk(kind, terms: _ExpandedTerms, X_chunk: jax.Array, w_chunk: ja
     ``m`` missing entries: ``(counts (K,), first (K, D), second, log_likelihood, weight)``.
 
     With ``x̃ = x − g`` on the observed features and 0 on the missing ones (k-independent),
-    ``δ = μ_k − g`` and ``t = (Λ x̃ − Λ δ)_M``, the residual ``r̃ = x̃ − δ + δ_M`` gives
-    ``b = (Λ r̃)_M = t + Λ_MM δ_M`` and ``r̃ᵀΛr̃ = Q(x̃) + δ_M · (t + b)``, ``Q`` the complete-data
-    expanded squared norm (one product with the features ``[φ(x̃), x̃]``); ``Λ x̃`` for every
-    component is one ``(c, D) × (D, K·D)`` product. The completed point about ``g`` is
-    ``z = x̃ + ζ`` with ``ζ = δ_M − Λ_MM⁻¹ b`` on ``M``, so
+    ``δ = μ_k − g`` and ``t = (Λ (x̃ − δ))_M``: ``x̃ − δ`` is the residual of the row completed
+    with ``g`` on ``M``, and minimising its squared norm over the ``M`` entries gives the
+    marginal one, ``(x̃ − δ)ᵀΛ(x̃ − δ) − tᵀ Λ_MM⁻¹ t`` (the first term ``Q(x̃)``, the complete-data
+    expanded squared norm: one product with the features ``[φ(x̃), x̃]``), and the conditional
+    mean, ``ζ = −Λ_MM⁻¹ t`` on ``M`` about ``g``; ``Λ x̃`` for every component is one
+    ``(c, D) × (D, K·D)`` product. The completed point about ``g`` is ``z = x̃ + ζ``, so
     ``Σ r z = Σ r x̃ + Σ r ζ`` and ``Σ r (z zᵀ + Λ_MM⁻¹) = Σ r x̃x̃ᵀ + Σ r (x̃ζᵀ + ζx̃ᵀ) + Σ r (ζζᵀ + Λ_MM⁻¹)``:
     the first terms share one product with the features (as the complete data), the cross
     terms are one ``(D, c) × (c, K·D)`` product (none for diagonal statistics: ``x̃`` and ``ζ``
@@ -341,20 +413,15 @@ def _expanded_chunk(kind, terms: _ExpandedTerms, X_chunk: jax.Array, w_chunk: ja
     index = jnp.arange(K, dtype=jnp.int32)[None, :, None] * D + slots.order[:, None, :]  # (c, K, m)
     applied = jnp.take_along_axis(applied, index.reshape(c, K * m), axis=1).reshape(c, K, m)
     # Slot axes first: every slot entry a contiguous (K, c) block for the unrolled algebra.
-    valid = slots.valid.T[:, None, :]  # (m, 1, c)
-    delta = jnp.where(valid, jnp.swapaxes(jnp.take(terms.offsets, slots.order.T, axis=1), 0, 1), 0.0)  # δ_M
     linear = jnp.swapaxes(jnp.take(terms.linear, slots.order.T, axis=1), 0, 1)
-    t = jnp.where(valid, jnp.transpose(applied, (2, 1, 0)) - linear, 0.0)  # (m, K, c)
-    block = _missing_block(terms.precision, slots)
-    rows, cols = _lower_pairs(m)
-    lower = {(int(i), int(j)): block[p] for p, (i, j) in enumerate(zip(rows, cols))}
-    block_delta = [sum(lower[max(a, j), min(a, j)] * delta[j] for j in range(m)) for a in range(m)]
-    b = t + jnp.stack(block_delta)  # (Λ r̃)_M
-    solved, conditional, log_det_block, reduction = _conditional_solve(block, b, slots, m)
-    squared = squared + jnp.sum(delta * (t + b), axis=0) - reduction
-    log_joint = log_joint - 0.5 * jnp.maximum(squared, 0.0) - 0.5 * log_det_block
+    t = jnp.where(slots.valid.T[:, None, :], jnp.transpose(applied, (2, 1, 0)) - linear, 0.0)  # (m, K, c)
+    solved, conditional, log_det_block, reduction = _conditional_solve(
+        _missing_block(terms.precision, slots), t, slots, m
+    )
+    log_joint = log_joint - 0.5 * jnp.maximum(squared - reduction, 0.0) - 0.5 * log_det_block
     weighted_resp, log_likelihood = _weighted_posteriors(log_joint, w_chunk, component_axis=0)
-    zeta = delta - solved  # completed missing entries about g (m, K, c); 0 in padded slots
+    zeta = -solved  # completed missing entries about g (m, K, c); 0 in padded slots
+    rows, cols = _lower_pairs(m)
     moments = weighted_resp @ features
     F = moments.shape[1] - D
     weighted_zeta = zeta * weighted_resp[None]
@@ -408,7 +475,7 @@ def e_step_missing(
     terms = _dense_terms(params)
     kind = covariance_kind(params.covariance_type)
     base = resolve_chunk_size(chunk_size, X.shape[0], K, D, X.dtype)
-    chunk = _chunk_rows(base, X.shape[0], D, tiers[-1])
+    chunk = _chunk_rows(base, X.shape[0], D, min(tiers[-1], _UNROLLED_SLOTS))
 
     def residual_branch(m, X_chunk, w_chunk):
         log_joint, completed, conditional, pairs, all_missing = _chunk_terms(terms, X_chunk, m)
@@ -425,10 +492,7 @@ def e_step_missing(
 
     def over_tiers(branch):
         def chunk_stats(X_chunk, w_chunk, _):
-            branches = [functools.partial(branch, m) for m in tiers]
-            if len(branches) == 1:
-                return branches[0](X_chunk, w_chunk)
-            return jax.lax.switch(_chunk_tier(X_chunk, tiers), branches, X_chunk, w_chunk)
+            return _tier_switch(branch, tiers, X_chunk, w_chunk)
 
         return chunk_stats
 
