@@ -327,11 +327,10 @@ def _scatter_slots(values: jax.Array, index: jax.Array, size: int) -> jax.Array:
     indices ``≥ size`` (padded slots) are dropped. One scatter-add of ``c·S`` component vectors
     into a ``(size, K)`` table: measured ≈3× faster than the batched product of the ``m`` rows of
     ``C⁻¹E`` per sample that it replaces, and a fraction of one ``(K, c, D)`` elementwise pass."""
-    K = values.shape[1]
-    table = jnp.zeros((size, K), values.dtype).at[index.reshape(-1)].add(
-        jnp.transpose(values, (2, 0, 1)).reshape(-1, K), mode="drop"
-    )
-    return table.T
+    S, K, c = values.shape
+    # Component-major updates (K, S·c): the slot and component axes swap in blocks of c.
+    updates = jnp.swapaxes(values, 0, 1).reshape(K, S * c)
+    return jnp.zeros((K, size), values.dtype).at[:, index.T.reshape(-1)].add(updates, mode="drop")
 
 
 def _conditional_scatter(conditional, pairs, weighted_resp, m: int, D: int, matrix: bool):
