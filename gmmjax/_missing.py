@@ -179,13 +179,13 @@ def _swept_inverse(block: jax.Array, m: int):
     def sweep(j, carry):
         a, log_det = carry
         pivot = jax.lax.dynamic_index_in_dim(jax.lax.dynamic_index_in_dim(a, j, 0, False), j, 0, False)
-        column = jax.lax.dynamic_index_in_dim(a, j, 1, False) / pivot  # a[:, j] / p (m, K, c)
+        column = jax.lax.dynamic_index_in_dim(a, j, 1, False) / pivot[None]  # a[:, j] / p (m, K, c)
         row = jax.lax.dynamic_index_in_dim(a, j, 0, False)  # a[j, :] (m, K, c)
         is_j = arange == j
         updated = a - column[:, None] * row[None, :]
         updated = jnp.where(is_j[None, :, None, None], column[:, None], updated)  # b_ij = a_ij / p
-        updated = jnp.where(is_j[:, None, None, None], (row / pivot)[None, :], updated)  # b_jk = a_jk / p
-        updated = jnp.where((is_j[:, None] & is_j[None, :])[:, :, None, None], -1.0 / pivot, updated)
+        updated = jnp.where(is_j[:, None, None, None], (row / pivot[None])[None, :], updated)  # b_jk = a_jk / p
+        updated = jnp.where((is_j[:, None] & is_j[None, :])[:, :, None, None], -1.0 / pivot[None, None], updated)
         return updated, log_det + jnp.log(pivot)
 
     swept, log_det = jax.lax.fori_loop(0, m, sweep, (full, jnp.zeros_like(full[0, 0])))
