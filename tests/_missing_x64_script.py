@@ -94,7 +94,7 @@ def main():
         results[f"{covariance_type}/em_steps"] = max(errors)
         results[f"{covariance_type}/em_steps_residual"] = max(residual_errors)
         results[f"{covariance_type}/monotone"] = float(np.min(np.diff(lls)))
-    if "full" in kinds:
+    if "wide" in sys.argv[2:]:
         wide_rows(rng, results, step)
     if "fit" not in sys.argv[2:]:
         print(json.dumps(results))

@@ -198,21 +198,25 @@ def _check_x64(results):
 
 
 def test_float64_em_steps_match_the_oracle(x64_full):
-    """Full covariances in float64: EM steps, marginal log-densities, imputations at 1e-8."""
+    """Full covariances in float64: EM steps (both forms of the E-step), marginal
+    log-densities, imputations at 1e-8."""
     results = _x64_results(x64_full)
     assert {"full/em_steps", "full/log_joint", "full/impute", "full/monotone"} <= set(results)
     _check_x64(results)
 
 
 @pytest.mark.slow
-def test_float64_other_covariance_types_and_a_whole_fit():
-    process = _run_x64("tied,diag,spherical", "fit")
+def test_float64_other_covariance_types_wide_rows_and_a_whole_fit():
+    """The other covariance types, rows missing up to 9 of 10 features (the swept systems, a
+    chunk in pieces) and a whole fit, in float64 against the oracle."""
+    process = _run_x64("tied,diag,spherical", "fit", "wide")
     try:
         results = _x64_results(process)
     finally:
         kill_all([process])
     assert results["fit/history_float64"] == "float64"
     assert len([name for name in results if name.endswith("/em_steps")]) == 3
+    assert {"wide/em_steps_expanded", "wide/em_steps_residual", "wide/log_joint"} <= set(results)
     _check_x64(results)
 
 
