@@ -521,7 +521,9 @@ def em_step_missing(params, X, sample_weight, reg_covar, chunk_size=None, num_ac
     """One exact EM step on data with NaN entries, in the shape of the driver's
     ``em_step_fn``: ``(new_params, collapsed, mean observed-data log-likelihood)`` (the mean
     over the weight of rows with at least one observed entry)."""
-    stats, log_likelihood, weight = e_step_missing(params, X, sample_weight, tiers=tiers, chunk_size=chunk_size, form=form)
+    stats, log_likelihood, weight = e_step_missing(
+        params, X, sample_weight, tiers=tiers, chunk_size=chunk_size, form=form
+    )
     new_params, collapsed = m_step_with_diagnostics(stats, params.means, reg_covar, num_active)
     return new_params, collapsed, log_likelihood / weight
 

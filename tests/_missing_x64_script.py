@@ -86,7 +86,9 @@ def main():
             errors.append(relative(ll_jax, ll))
             # the other form of the E-step (the pass above takes the expanded one in float64)
             other, _, ll_other = step(p, jnp.asarray(X), None, 1e-6, chunk_size=16, tiers=tiers, form="residual")
-            residual_errors.append(max(relative(other.means, nm), relative(other.covariances, nc), relative(ll_other, ll)))
+            residual_errors.append(
+                max(relative(other.means, nm), relative(other.covariances, nc), relative(ll_other, ll))
+            )
             lls.append(float(ll_jax))
             oracle_lls.append(ll)
             weights, means, covariances = (np.asarray(a) for a in (new.weights, new.means, new.covariances))
