@@ -11,22 +11,36 @@ on ``M``, ``b = (Λ r̃)_M`` and the Cholesky factor ``C`` of ``Λ_MM``:
   ``Λ_MM⁻¹ = (C⁻¹E)ᵀ(C⁻¹E)`` (``E`` the ``(|M|, D)`` one-hot rows of the missing features).
 
 The E-step's statistics are the expected complete-data statistics: first moments of the
-completed residual ``ê = r̃ − Eᵀ Λ_MM⁻¹ b`` and second moments ``ê êᵀ + (C⁻¹E)ᵀ(C⁻¹E)``, so
+completed residual ``ê = r̃ − Eᵀ Λ_MM⁻¹ b`` and second moments ``ê êᵀ + Eᵀ Λ_MM⁻¹ E``, so
 the M-step is unchanged (:func:`gmmjax._stats.m_step_with_diagnostics`), EM is exact and the
-observed-data log-likelihood never decreases. Both parts are batched matrix products: the
-completed residual and the ``|M|`` rows of ``C⁻¹E`` are ``1 + m`` "residual" rows per sample,
-scattered by the same batched GEMM as complete data (:meth:`CovarianceKind.scatter`).
+observed-data log-likelihood never decreases.
 
-**Why a masked formulation, not groups of rows by missingness pattern.** With entries
-missing at random, the number of patterns grows as ``2^D``: at 20% missing of ``D = 16``
-(W2) nearly every row of 200,000 has its own pattern, so grouping saves nothing and
-needs a host-side regrouping. Instead each row carries the indices of its first ``m``
-missing features (padded; padded slots hold an identity block and contribute nothing), and
-the small ``(m, m)`` factorisations run batched over ``(K, chunk)``. Their cost grows as
-``m³``, so ``m`` is chosen per chunk among a few static *tiers* (``lax.switch``): with the
-rows sorted by their number of missing entries on the host (the fit does it; EM does not
-depend on the row order) most chunks take a small tier. ``benchmarks/MISSING.md`` has
-the measured times. Memory is bounded by the chunk: ``O(chunk · K · (D + m²))``.
+**Two forms, as for complete data.** The fit's E-step (:func:`e_step_missing`) runs the
+*expanded* form (:func:`_expanded_chunk`) about one shift per pass, the weighted mean of the
+means, while that form is accurate for every component (the complete data's test,
+:func:`gmmjax._stats._e_step_form`): the quadratic forms, the first and second moments are
+the complete data's two products with the features ``[φ(x̃), x̃]`` of the rows with missing
+entries at the shift, plus one ``(c, D) × (D, K·D)`` product for ``(Λ x̃)_M``, one
+``(D, c) × (c, K·D)`` product for the cross moments of observed and completed entries, and
+scatter-adds of the ``m`` and ``m(m+1)/2`` slot values; no ``(K, c, D)`` residuals. Otherwise
+it runs the *residual* form (:func:`_chunk_terms`: explicit residuals about each mean,
+whitened and scattered by batched products), which also serves the densities and imputations.
+The statistics of the conditional covariance are scatter-adds of the entries of ``Λ_MM⁻¹``
+in both forms, not products of the ``m`` rows of ``C⁻¹E`` (measured ≈3× slower).
+
+**Slots and tiers.** Each row carries the indices of its first ``m`` missing features
+(padded; padded slots hold an identity block and contribute nothing), and the small
+``(m, m)`` systems run batched over ``(K, chunk)``: unrolled entry by entry up to
+``_UNROLLED_SLOTS`` (≈ ``m³/2`` fused elementwise operations), swept in a loop beyond (compile
+time independent of ``m``). Their cost grows as ``m³``, so ``m`` is chosen per chunk among a
+few static *tiers* (``lax.switch``): with the rows sorted by their number of missing entries
+on the host (the fit does it; EM does not depend on the row order) most chunks take a small
+tier, and a chunk at a swept tier runs in pieces of ``_WIDE_PIECE`` rows, each at its own
+tier, so that the few rows with many missing entries do not make a whole chunk pay.
+Rows are not grouped by missingness pattern: patterns grow as ``2^D`` and at 20% missing of
+``D = 16`` rows with 5 or more missing entries mostly have their own (the rows with up to 3 or
+4 share a few thousand patterns: a per-pattern table of ``Λ_MM⁻¹`` is an idea not tried,
+``benchmarks/MISSING.md``). Memory is bounded by the chunk: ``O(chunk · K · (D + m²))``.
 
 Every covariance type goes through dense ``(K, D, D)`` precisions (diagonal ones are
 diagonal matrices) for the E-step, and its own scatter and M-step for the statistics.
