@@ -438,15 +438,20 @@ def _expanded_chunk(kind, terms: _ExpandedTerms, X_chunk: jax.Array, w_chunk: ja
     moments = weighted_resp @ features
     F = moments.shape[1] - D
     weighted_zeta = zeta * weighted_resp[None]
-    first = moments[:, F:] + _scatter_slots(weighted_zeta, jnp.where(slots.valid, slots.order, D), D)
     products = conditional + zeta[rows] * zeta[cols]  # Λ_MM⁻¹ + ζζᵀ (lower entries)
     pairs = jnp.where(slots.pair_valid, slots.flat, D * D)
     second = kind.moments_from_features(moments[:, :F]) + _conditional_scatter(
         products, pairs, weighted_resp, m, D, kind.matrix
     )
     if kind.matrix:
-        cross = jnp.einsum("cd,kce->kde", centred, _embed(weighted_zeta, slots))  # Σ r x̃ ζᵀ
+        # Σ r [x̃, 1] ζᵀ in one product: the cross moments and, in the last row, Σ r ζ.
+        rows_and_one = jnp.concatenate([centred, jnp.ones_like(centred[:, :1])], axis=1)
+        both = jnp.einsum("cd,kce->kde", rows_and_one, _embed(weighted_zeta, slots))  # (K, D + 1, D)
+        cross, completed = both[:, :D], both[:, D]
         second = second + cross + jnp.swapaxes(cross, 1, 2)
+    else:
+        completed = _scatter_slots(weighted_zeta, jnp.where(slots.valid, slots.order, D), D)
+    first = moments[:, F:] + completed
     return jnp.sum(weighted_resp, axis=1), first, second, log_likelihood, jnp.sum(w_chunk)
 
 
