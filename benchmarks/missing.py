@@ -9,7 +9,9 @@ Data: ``gj.generate_gmm_data`` from a fixed mixture (means ~ N(0, 4²), random c
 float32; a fraction ``--missing`` of the entries set to NaN at random (MCAR). Per-iteration
 time: the fit from the same start (``means_init``/``weights_init``/``precisions_init``,
 ``tol=0``) run for ``a`` and for ``b`` iterations, ``(t_b − t_a) / (b − a)`` (compilation and
-seeding cancel), best of ``--repeats``. The missing-data fit is ``fit_em(...,
+seeding cancel), best of ``--repeats``, the complete and the missing-data fits interleaved in
+every repeat (a change of load hits both). The last column: the first call of each fit
+(compilation plus ``a`` iterations), complete / missing. The missing-data fit is ``fit_em(...,
 missing="marginalize")``; it includes the host-side sort of rows by missing count once per
 call (part of ``t_a`` and ``t_b``, so it cancels too). Prints one Markdown table row.
 """
@@ -40,7 +42,8 @@ def make_data(n, d, k, missing, seed=0):
     return X, X_missing
 
 
-def per_iteration(X, k, covariance_type, iterations, repeats, **keywords):
+def fit_runner(X, k, covariance_type, **keywords):
+    """``run(max_iter)``: the fit from one fixed start (the same for every call), blocked on."""
     start = gj.fit_em(jax.random.key(0), X, k, covariance_type=covariance_type, max_iter=0, **keywords)
     p = start.params
     prec_chol = gj.precision_cholesky(p.covariances, covariance_type)
@@ -62,17 +65,29 @@ def per_iteration(X, k, covariance_type, iterations, repeats, **keywords):
         jax.block_until_ready(result)
         return result
 
-    times = {}
-    for max_iter in iterations:
-        run(max_iter)  # compile
-        best = np.inf
-        for _ in range(repeats):
-            t = time.perf_counter()
-            run(max_iter)
-            best = min(best, time.perf_counter() - t)
-        times[max_iter] = best
+    return run
+
+
+def per_iteration(runners, iterations, repeats):
+    """Seconds per iteration of each runner, ``(t_b − t_a) / (b − a)`` from the best of
+    ``repeats`` timings of each, the runners interleaved within every repeat (so that a
+    change of machine load hits all of them alike), and the first call's seconds (compilation
+    and one run of ``a`` iterations)."""
     a, b = iterations
-    return (times[b] - times[a]) / (b - a)
+    first = {}
+    for name, run in runners.items():
+        t = time.perf_counter()
+        run(a)
+        first[name] = time.perf_counter() - t
+        run(b)
+    best = {(name, n): np.inf for name in runners for n in iterations}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            for n in iterations:
+                t = time.perf_counter()
+                run(n)
+                best[name, n] = min(best[name, n], time.perf_counter() - t)
+    return {name: (best[name, b] - best[name, a]) / (b - a) for name in runners}, first
 
 
 def main():
@@ -88,17 +103,20 @@ def main():
     args = parser.parse_args()
     n = 200_000 if args.w2 else args.samples
     X, X_missing = make_data(n, args.features, args.components, args.missing)
-    complete = per_iteration(X, args.components, args.covariance_type, args.iterations, args.repeats)
-    missing = per_iteration(
-        X_missing, args.components, args.covariance_type, args.iterations, args.repeats, missing="marginalize"
-    )
+    runners = {
+        "complete": fit_runner(X, args.components, args.covariance_type),
+        "missing": fit_runner(X_missing, args.components, args.covariance_type, missing="marginalize"),
+    }
+    seconds, first = per_iteration(runners, args.iterations, args.repeats)
+    complete, missing = seconds["complete"], seconds["missing"]
     counts = np.isnan(X_missing).sum(axis=1)
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__}")
-    print("| N × D, K, type | missing | max missing/row | complete s/iter | missing s/iter | ratio |")
-    print("|---|---|---|---|---|---|")
+    print("| N × D, K, type | missing | max missing/row | complete s/iter | missing s/iter | ratio | first call (s) |")
+    print("|---|---|---|---|---|---|---|")
     print(
         f"| {n} × {args.features}, {args.components}, {args.covariance_type} | {args.missing:.0%} | "
-        f"{counts.max()} | {complete:.4f} | {missing:.4f} | {missing / complete:.2f}× |"
+        f"{counts.max()} | {complete:.4f} | {missing:.4f} | {missing / complete:.2f}× | "
+        f"{first['complete']:.1f} / {first['missing']:.1f} |"
     )
 
 

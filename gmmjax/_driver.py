@@ -309,14 +309,22 @@ def compiled(fun: Callable, static_argnames: tuple = ()) -> SizedJit:
 
 
 def call_compiled(
-    fit: Callable, inputs: FitInputs, *args, num_components: int, fits: int = 1, report_every: int = 0, **static
+    fit: Callable,
+    inputs: FitInputs,
+    *args,
+    num_components: int,
+    fits: int = 1,
+    report_every: int = 0,
+    work_per_row: int = 1,
+    **static,
 ):
     """Runs a :func:`compiled` fit on checked ``inputs``: with cheaper compile settings for
-    small problems (:mod:`gmmjax._compile`; ``fits``: how many fits the program runs), and,
+    small problems (:mod:`gmmjax._compile`; ``fits``: how many fits the program runs;
+    ``work_per_row``: the pass's work per row in units of the complete-data E-step's), and,
     with ``report_every`` (static; 0: off), progress shown while it runs (the call then
     waits for the result)."""
     X = inputs.X
-    small = is_small_program(X.shape[0], X.shape[1], num_components, fits * inputs.options.n_init)
+    small = is_small_program(X.shape[0], X.shape[1], num_components, fits * inputs.options.n_init * work_per_row)
     run = functools.partial(
         fit,
         small,

@@ -27,7 +27,7 @@ from gmmjax._driver import (
 )
 from gmmjax._implicit import attach_fixed_point
 from gmmjax._loops import compacting_while_loop
-from gmmjax._missing import MissingLayout, em_step_missing, mean_imputed, tiers_for
+from gmmjax._missing import MISSING_WORK_PER_ROW, MissingLayout, em_step_missing, mean_imputed, tiers_for
 from gmmjax._options import FitOptions, fit_options
 from gmmjax._prior import check_prior, require_no_prior, resolve_prior
 from gmmjax._progress import DEFAULT_VERBOSE_INTERVAL, check_verbose, report_em_step
@@ -437,6 +437,7 @@ def fit_em(
         report_every=report_every,
         differentiation=differentiation,
         missing_tiers=missing_tiers,
+        work_per_row=1 if missing_tiers is None else MISSING_WORK_PER_ROW,
     )
 
 

@@ -188,13 +188,8 @@ def _expanded_e_step(terms: ComponentTerms, center: jax.Array, expansion, exact:
         moments_about_center[:, :num_second_order],
         moments_about_center[:, num_second_order:],
     )
-    second_about_center = kind.moments_from_features(second_features)
-    first = first_about_center - counts[:, None] * offsets
-    second = (
-        second_about_center
-        - kind.outer(offsets, first_about_center)
-        - kind.outer(first_about_center, offsets)
-        + counts.reshape(counts.shape + (1,) * (second_about_center.ndim - 1)) * kind.outer(offsets, offsets)
+    first, second = moments_about_means(
+        kind, counts, first_about_center, kind.moments_from_features(second_features), offsets
     )
     stats = SufficientStats(
         counts=counts,
@@ -203,6 +198,21 @@ def _expanded_e_step(terms: ComponentTerms, center: jax.Array, expansion, exact:
         covariance_type=terms.covariance_type,
     )
     return stats, log_likelihood
+
+
+def moments_about_means(kind, counts, first_about_center, second_about_center, offsets):
+    """``(first, second)`` moments about the means from moments about a shift ``g``
+    (``offsets = μ − g`` ``(K, D)``; ``counts`` ``(K,)``, ``first_about_center`` ``(K, D)``,
+    ``second_about_center`` in the statistics' shape, ``(K, D, D)`` or ``(K, D)``): the move
+    of the expanded E-step, once per pass."""
+    first = first_about_center - counts[:, None] * offsets
+    second = (
+        second_about_center
+        - kind.outer(offsets, first_about_center)
+        - kind.outer(first_about_center, offsets)
+        + counts.reshape(counts.shape + (1,) * (second_about_center.ndim - 1)) * kind.outer(offsets, offsets)
+    )
+    return first, second
 
 
 def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = None, *, chunk_size: int | None = None):

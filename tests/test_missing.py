@@ -19,6 +19,7 @@ import pytest
 from _children import TESTS, child_env, kill_all
 
 import gmmjax as gj
+from gmmjax import _missing
 
 N, D, K = 400, 3, 2
 SCRIPT = TESTS / "_missing_x64_script.py"
@@ -198,21 +199,25 @@ def _check_x64(results):
 
 
 def test_float64_em_steps_match_the_oracle(x64_full):
-    """Full covariances in float64: EM steps, marginal log-densities, imputations at 1e-8."""
+    """Full covariances in float64: EM steps (both forms of the E-step), marginal
+    log-densities, imputations at 1e-8."""
     results = _x64_results(x64_full)
     assert {"full/em_steps", "full/log_joint", "full/impute", "full/monotone"} <= set(results)
     _check_x64(results)
 
 
 @pytest.mark.slow
-def test_float64_other_covariance_types_and_a_whole_fit():
-    process = _run_x64("tied,diag,spherical", "fit")
+def test_float64_other_covariance_types_wide_rows_and_a_whole_fit():
+    """The other covariance types, rows missing up to 9 of 10 features (the swept systems, a
+    chunk in pieces) and a whole fit, in float64 against the oracle."""
+    process = _run_x64("tied,diag,spherical", "fit", "wide")
     try:
         results = _x64_results(process)
     finally:
         kill_all([process])
     assert results["fit/history_float64"] == "float64"
     assert len([name for name in results if name.endswith("/em_steps")]) == 3
+    assert {"wide/em_steps_expanded", "wide/em_steps_residual", "wide/log_joint"} <= set(results)
     _check_x64(results)
 
 
@@ -227,3 +232,23 @@ def test_all_missing_rows_get_zero_weight(data, fits):
         oracle.log_joint(*(np.asarray(a, np.float64) for a in (p.weights, p.means, p.covariances)), X_missing), axis=1
     )
     assert abs(everything.mean() - ll) > 1e-3  # the zero rows would have changed the mean
+
+
+def test_far_components_take_the_exact_form(data):
+    """Clusters 1000 standard deviations apart, float32: the expanded form about the mean of
+    the means would cancel ≈1e6 in the squared norms; the step switches to explicit residuals
+    and matches the float64 oracle's step (the same data shape as ``data``: no new compile)."""
+    _, X_missing = data
+    X = X_missing + np.where(np.arange(N) < N // 2, -500.0, 500.0)[:, None].astype(np.float32)
+    layout = _missing.MissingLayout(X, None)
+    cov = np.array([[1.0, 0.8, 0.5], [0.8, 1.0, 0.6], [0.5, 0.6, 1.0]])
+    weights, means, covs = np.array([0.5, 0.5]), np.array([[-500.0] * 3, [505.0, 505.0, 500.0]]), np.stack([cov] * 2)
+    p = gj.GMMParams(*(jnp.asarray(a, jnp.float32) for a in (weights, means, covs)))
+    new, _, ll = jax.jit(_missing.em_step_missing, static_argnames=("tiers",))(
+        p, jnp.asarray(layout.X), layout.sample_weight, 1e-6, tiers=layout.tiers
+    )
+    (w, mu, c), ll_oracle = oracle.em_step(weights, means, covs, "full", layout.X, 1e-6, layout.sample_weight)
+    np.testing.assert_allclose(new.weights, w, atol=1e-5)
+    np.testing.assert_allclose(new.means, mu, atol=1e-3)
+    np.testing.assert_allclose(new.covariances, c, atol=2e-3)
+    np.testing.assert_allclose(float(ll), ll_oracle, rtol=1e-5)
