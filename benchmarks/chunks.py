@@ -149,28 +149,30 @@ def measure(name: str, repeats: int, quick: bool):
     return dict(name=name, n=n, d=d, k=k, cov=cov, labels=labels, best=best, rows=rows, sweep=sweep)
 
 
+def _cell(r, size, ratio=True) -> str:
+    """``chunk_size→rows: ms`` of one timed size of result ``r`` (and before / this)."""
+    best, rows = r["best"], r["rows"]
+    text = f"{size}→{rows[size]}: {best[size] * 1e3:.2f}"
+    return text + (f" ({best[r['labels']['before']] / best[size]:.2f}×)" if ratio else "")
+
+
 def table(results) -> str:
     """Markdown: per shape, the automatic size before and now and the best of the sweep (each
     as ``chunk_size→rows: ms``, ratio to before), then the whole sweep."""
     head = ["before", "auto"]
     lines = [
-        "| shape (N × D, K, type) | "
-        + " | ".join(head)
-        + " | best of sweep | sweep: chunk_size→rows: ms |",
+        "| shape (N × D, K, type) | " + " | ".join(head) + " | best of sweep | sweep: chunk_size→rows: ms |",
         "|" + "---|" * (len(head) + 3),
     ]
     for r in results:
-        best, rows, labels = r["best"], r["rows"], r["labels"]
-        before = best[labels["before"]]
+        labels = r["labels"]
 
-        def cell(size, ratio=True):
-            text = f"{size}→{rows[size]}: {best[size] * 1e3:.2f}"
-            return text + (f" ({before / best[size]:.2f}×)" if ratio else "")
-
-        top = min(r["sweep"], key=best.get)
-        cells = [cell(labels["before"], ratio=False), cell(labels["auto"]), cell(top)]
-        sweep = ", ".join(cell(size, ratio=False) for size in r["sweep"])
-        lines.append(f"| {r['name']} ({r['n']} × {r['d']}, K={r['k']}, {r['cov']}) | " + " | ".join(cells) + f" | {sweep} |")
+        top = min(r["sweep"], key=r["best"].get)
+        cells = [_cell(r, labels["before"], ratio=False), _cell(r, labels["auto"]), _cell(r, top)]
+        sweep = ", ".join(_cell(r, size, ratio=False) for size in r["sweep"])
+        lines.append(
+            f"| {r['name']} ({r['n']} × {r['d']}, K={r['k']}, {r['cov']}) | " + " | ".join(cells) + f" | {sweep} |"
+        )
     return "\n".join(lines)
 
 
