@@ -26,8 +26,9 @@ CHUNK_TARGET_BYTES = 8 * 2**20
 # Below that bound the chunk aims at this many bytes of (K, chunk, D), but never fewer than
 # CHUNK_FLOOR_ROWS rows: the expanded E-step's (K, chunk) and (chunk, F + D) blocks then stay
 # near the CPU's L2 at small K·D, while products keep a large row dimension. Measured per
-# em_step (benchmarks/chunks.py, NOTES.md 2026-12-04): small K·D 1.3–2.5× faster than 8 MiB
-# chunks; below 1024 rows W3's full 32×32 pass was 25% slower. K·D ≥ 2048 is unchanged.
+# em_step (benchmarks/chunks.py, NOTES.md 2026-12-04): small K·D 1.4–2.9× faster than 8 MiB
+# chunks (whole fits 1.6–2.1×); at 256 rows W3's full 32×32 pass was 15–35% slower. With
+# batch·K·D ≥ 2048 (float32) the chunk is the same as under the 8 MiB bound alone.
 CHUNK_CACHE_BYTES = 2**19
 CHUNK_FLOOR_ROWS = 1024
 
