@@ -18,19 +18,27 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-# Bytes of one (K, chunk, D) temporary that the automatic chunk size aims at: small enough
-# that the handful of such temporaries of the E-step stay in the last-level cache of a CPU,
-# large enough that every matrix product is big (measured in benchmarks/RESULTS.md: per-
-# iteration time is flat within ~20% between 2 and 16 MiB on the CPU, and rises sharply
-# when whole-data temporaries leave the cache).
+# Bytes of one (K, chunk, D) temporary that the automatic chunk size never exceeds: the
+# memory bound (measured in benchmarks/RESULTS.md: per-iteration time rises sharply when
+# whole-data temporaries leave the cache).
 CHUNK_TARGET_BYTES = 8 * 2**20
+
+# Below that bound the chunk aims at this many bytes of (K, chunk, D), but never fewer than
+# CHUNK_FLOOR_ROWS rows: the expanded E-step's (K, chunk) and (chunk, F + D) blocks then stay
+# near the CPU's L2 at small K·D, while products keep a large row dimension. Measured per
+# em_step (benchmarks/chunks.py, NOTES.md 2026-12-04): small K·D 1.4–2.9× faster than 8 MiB
+# chunks (whole fits 1.6–2.1×); at 256 rows W3's full 32×32 pass was 15–35% slower. With
+# batch·K·D ≥ 2048 (float32) the chunk is the same as under the 8 MiB bound alone.
+CHUNK_CACHE_BYTES = 2**19
+CHUNK_FLOOR_ROWS = 1024
 
 # Chunks are a multiple of this many rows (SIMD- and GPU-friendly shapes).
 _ROW_MULTIPLE = 8
 
 
 def auto_chunk_size(num_samples: int, num_components: int, num_features: int, dtype, batch: int = 1) -> int:
-    """Rows per chunk so that one ``(batch, K, chunk, D)`` temporary is ≈ ``CHUNK_TARGET_BYTES``.
+    """Rows per chunk: one ``(batch, K, chunk, D)`` temporary of ≈ ``CHUNK_CACHE_BYTES``, at
+    least ``CHUNK_FLOOR_ROWS`` rows, at most ``CHUNK_TARGET_BYTES`` (the memory bound).
 
     Args:
       num_samples: ``N``; the result never exceeds it.
@@ -40,10 +48,15 @@ def auto_chunk_size(num_samples: int, num_components: int, num_features: int, dt
       batch: how many fits share the pass (vmapped restarts or datasets).
 
     Returns:
-      A positive int ``≤ N``.
+      A positive int ``≤ N``, a multiple of 8 rows unless it is ``N``.
     """
     row_bytes = max(1, batch * num_components * num_features) * jnp.dtype(dtype).itemsize
-    rows = max(_ROW_MULTIPLE, (CHUNK_TARGET_BYTES // row_bytes) // _ROW_MULTIPLE * _ROW_MULTIPLE)
+
+    def rows_for(budget: int) -> int:
+        return (budget // row_bytes) // _ROW_MULTIPLE * _ROW_MULTIPLE
+
+    bound = max(_ROW_MULTIPLE, rows_for(CHUNK_TARGET_BYTES))
+    rows = min(bound, max(CHUNK_FLOOR_ROWS, rows_for(CHUNK_CACHE_BYTES)))
     return int(min(rows, num_samples))
 
 
