@@ -36,7 +36,9 @@ CHUNK_FLOOR_ROWS = 1024
 _ROW_MULTIPLE = 8
 
 
-def auto_chunk_size(num_samples: int, num_components: int, num_features: int, dtype, batch: int = 1) -> int:
+def auto_chunk_size(
+    num_samples: int, num_components: int, num_features: int, dtype, batch: int = 1, cache_sized: bool | None = None
+) -> int:
     """Rows per chunk: one ``(batch, K, chunk, D)`` temporary of ≈ ``CHUNK_CACHE_BYTES``, at
     least ``CHUNK_FLOOR_ROWS`` rows, at most ``CHUNK_TARGET_BYTES`` (the memory bound).
 
@@ -46,26 +48,39 @@ def auto_chunk_size(num_samples: int, num_components: int, num_features: int, dt
       num_features: ``D``.
       dtype: working dtype of the data.
       batch: how many fits share the pass (vmapped restarts or datasets).
+      cache_sized: aim at ``CHUNK_CACHE_BYTES`` (the measured CPU rule); ``False``: the memory
+        bound alone (accelerators, where larger products pay, and passes whose per-row
+        temporaries are wider than ``(K, D)``, which size their chunk from this bound, as the
+        missing-data E-step does). Default: on the CPU only.
 
     Returns:
       A positive int ``≤ N``, a multiple of 8 rows unless it is ``N``.
     """
+    if cache_sized is None:
+        cache_sized = jax.default_backend() == "cpu"
     row_bytes = max(1, batch * num_components * num_features) * jnp.dtype(dtype).itemsize
 
     def rows_for(budget: int) -> int:
         return (budget // row_bytes) // _ROW_MULTIPLE * _ROW_MULTIPLE
 
-    bound = max(_ROW_MULTIPLE, rows_for(CHUNK_TARGET_BYTES))
-    rows = min(bound, max(CHUNK_FLOOR_ROWS, rows_for(CHUNK_CACHE_BYTES)))
+    rows = max(_ROW_MULTIPLE, rows_for(CHUNK_TARGET_BYTES))
+    if cache_sized:
+        rows = min(rows, max(CHUNK_FLOOR_ROWS, rows_for(CHUNK_CACHE_BYTES)))
     return int(min(rows, num_samples))
 
 
 def resolve_chunk_size(
-    chunk_size, num_samples: int, num_components: int, num_features: int, dtype, batch: int = 1
+    chunk_size,
+    num_samples: int,
+    num_components: int,
+    num_features: int,
+    dtype,
+    batch: int = 1,
+    cache_sized: bool | None = None,
 ) -> int:
-    """``chunk_size`` clipped to ``N``, or the automatic size when it is ``None``."""
+    """``chunk_size`` clipped to ``N``, or the automatic size (:func:`auto_chunk_size`) when it is ``None``."""
     if chunk_size is None:
-        return auto_chunk_size(num_samples, num_components, num_features, dtype, batch)
+        return auto_chunk_size(num_samples, num_components, num_features, dtype, batch, cache_sized)
     return int(min(chunk_size, num_samples))
 
 

@@ -498,7 +498,8 @@ def e_step_missing(
     K, D = params.num_components, params.num_features
     terms = _dense_terms(params)
     kind = covariance_kind(params.covariance_type)
-    base = resolve_chunk_size(chunk_size, X.shape[0], K, D, X.dtype)
+    # The memory bound, not the cache-sized CPU chunk: _chunk_rows shrinks it for the wider temporaries.
+    base = resolve_chunk_size(chunk_size, X.shape[0], K, D, X.dtype, cache_sized=False)
     chunk = _chunk_rows(base, X.shape[0], D, min(tiers[-1], _UNROLLED_SLOTS))
 
     def residual_branch(m, X_chunk, w_chunk):
@@ -558,7 +559,8 @@ def _map_missing(params: GMMParams, X, tiers, chunk_size, row_fn):
     X = jnp.asarray(X, dtype=jnp.result_type(params.means.dtype, jnp.float32))
     K, D = params.num_components, params.num_features
     terms = _dense_terms(params)
-    base = resolve_chunk_size(chunk_size, X.shape[0], K, D, X.dtype)
+    # The memory bound, not the cache-sized CPU chunk: _chunk_rows shrinks it for the wider temporaries.
+    base = resolve_chunk_size(chunk_size, X.shape[0], K, D, X.dtype, cache_sized=False)
     chunk = _chunk_rows(base, X.shape[0], D, tiers[-1])
 
     def branch(m, X_chunk):
