@@ -362,8 +362,8 @@ def fit_em(
         (scikit-learn's shapes: precisions, not covariances), ``lower_bound_init``,
         ``chunk_size`` (rows per chunk in every pass over the data; memory beyond the data is
         ``O(restart_batch_size · chunk_size · K · D + K · D²)``; ``None`` sizes chunks so that
-        one ``(restarts, K, chunk, D)`` temporary is about 512 KiB, at least 1024 rows and at
-        most 8 MiB, see :func:`gmmjax.auto_chunk_size`; results do not depend on it
+        one ``(restarts, K, chunk, D)`` temporary is about 8 MiB, see
+        :func:`gmmjax.auto_chunk_size`; results do not depend on it
         beyond floating-point summation order) and ``restart_batch_size`` (restarts run
         together, vmapped; batches run one after another inside the same compiled program),
         and ``prior``: a :class:`~gmmjax.ConjugatePrior` or ``"default"`` (mclust's defaults

@@ -174,17 +174,24 @@ def test_balanced_chunks_keep_their_number_and_bound_and_waste_less(chunk_size, 
     assert count * chunk - n < max(count * 8, 1) or chunk == chunk_size  # re-read rows: under a row block each
 
 
-def test_auto_chunk_size_targets_the_cache_budget_within_the_memory_bound():
+def test_auto_chunk_size_targets_the_memory_bound_or_the_cache_budget():
     cache, bound, floor = _chunks.CHUNK_CACHE_BYTES, _chunks.CHUNK_TARGET_BYTES, _chunks.CHUNK_FLOOR_ROWS
-    rows = _chunks.auto_chunk_size(10**7, 2, 4, jnp.float32)  # 32 bytes a row: the cache budget rules
+    assert not _chunks.CACHE_SIZED_BY_DEFAULT  # opt-in: see its comment
+    rows = _chunks.auto_chunk_size(10**7, 16, 16, jnp.float32)  # the default: one 8 MiB (K, chunk, D) temporary
+    assert rows % 8 == 0 and rows * 16 * 16 * 4 <= bound < (rows + 8) * 16 * 16 * 4
+
+    def cached(*shape, **kw):
+        return _chunks.auto_chunk_size(*shape, jnp.float32, cache_sized=True, **kw)
+
+    rows = cached(10**7, 2, 4)  # 32 bytes a row: the cache budget rules
     assert rows % 8 == 0 and rows >= floor and rows * 32 <= cache < (rows + 8) * 32
-    assert _chunks.auto_chunk_size(10**7, 16, 16, jnp.float32) == floor  # 512 rows would fit the budget
-    assert _chunks.auto_chunk_size(10**7, 16, 16, jnp.float32, batch=4) == floor
-    rows = _chunks.auto_chunk_size(10**7, 64, 64, jnp.float32)  # the memory bound caps the floor
+    assert cached(10**7, 16, 16) == floor  # 512 rows would fit the budget
+    assert cached(10**7, 16, 16, batch=4) == floor
+    rows = cached(10**7, 64, 64)  # the memory bound caps the floor
     assert rows < floor and rows * 64 * 64 * 4 <= bound < (rows + 8) * 64 * 64 * 4
-    assert _chunks.auto_chunk_size(10**7, 16, 16, jnp.float32, batch=32) * 32 * 16 * 16 * 4 <= bound
-    assert _chunks.auto_chunk_size(100, 16, 16, jnp.float32) == 100
-    assert _chunks.auto_chunk_size(10**7, 4096, 4096, jnp.float32) == 8  # never below one row block
+    assert cached(10**7, 16, 16, batch=32) * 32 * 16 * 16 * 4 <= bound
+    assert cached(100, 16, 16) == 100
+    assert cached(10**7, 4096, 4096) == 8  # never below one row block
 
 
 def test_large_data_seeds_on_a_weighted_sample(monkeypatch):
