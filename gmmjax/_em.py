@@ -30,7 +30,7 @@ from gmmjax._loops import compacting_while_loop
 from gmmjax._missing import MISSING_WORK_PER_ROW, MissingLayout, em_step_missing, mean_imputed, tiers_for
 from gmmjax._options import FitOptions, fit_options
 from gmmjax._prior import check_prior, require_no_prior, resolve_prior
-from gmmjax._progress import DEFAULT_VERBOSE_INTERVAL, check_verbose, report_em_step
+from gmmjax._progress import DEFAULT_VERBOSE_INTERVAL, check_verbose, reporting_step
 from gmmjax._sharding import fit_em_sharded, fit_em_sharded_checkpointed, row_sharding
 from gmmjax._stats import _em_step_with_diagnostics
 from gmmjax._validation import is_traced
@@ -116,21 +116,10 @@ def run_em(
         return (state.n_iter < max_iter) & ~state.converged
 
     def step(state: FitState, operands: EMOperands) -> FitState:
-        new_state = em_iteration(state, operands, em_step_fn)
-        if report_every:  # static switch: when off the loop has no callback at all
-            report_em_step(
-                operands.restart,
-                keep_going(state, operands),
-                new_state.n_iter,
-                new_state.lower_bound,
-                new_state.converged,
-                keep_going(new_state, operands),
-                report_every,
-            )
-        return new_state
+        return em_iteration(state, operands, em_step_fn)
 
     # Under vmap (restarts, datasets) finished fits stop costing work (see _loops).
-    return compacting_while_loop(keep_going, step, start, operands)
+    return compacting_while_loop(keep_going, reporting_step(step, keep_going, report_every), start, operands)
 
 
 def run_em_unrolled(

@@ -92,6 +92,30 @@ def report_em_step(restart, was_running, n_iter, lower_bound, converged, still_r
     _send(restart, n_iter, lower_bound, converged, due)
 
 
+def reporting_step(step, keep_going, interval: int):
+    """A loop body ``step(state, operands) -> state`` that also reports each step
+    (:func:`report_em_step`); ``step`` itself when ``interval`` is 0 (static: the loop then has
+    no callback at all). ``state`` has ``n_iter``, ``lower_bound`` and ``converged``,
+    ``operands.restart`` is the restart's index, ``keep_going(state, operands)`` the loop condition."""
+    if not interval:
+        return step
+
+    def step_and_report(state, operands):
+        new_state = step(state, operands)
+        report_em_step(
+            operands.restart,
+            keep_going(state, operands),
+            new_state.n_iter,
+            new_state.lower_bound,
+            new_state.converged,
+            keep_going(new_state, operands),
+            interval,
+        )
+        return new_state
+
+    return step_and_report
+
+
 # -- on the host -----------------------------------------------------------------------------
 def _load_tqdm():
     try:

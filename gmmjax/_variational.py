@@ -52,7 +52,7 @@ from gmmjax._loops import compacting_while_loop
 from gmmjax._options import FitOptions, fit_options
 from gmmjax._params import GMMParams
 from gmmjax._prior import require_no_prior
-from gmmjax._progress import DEFAULT_VERBOSE_INTERVAL, check_verbose, report_em_step
+from gmmjax._progress import DEFAULT_VERBOSE_INTERVAL, check_verbose, reporting_step
 from gmmjax._stats import SufficientStats, e_step, stats_from_responsibilities
 
 WEIGHT_PRIOR_TYPES = ("dirichlet_process", "dirichlet_distribution")
@@ -372,7 +372,7 @@ def run_variational(
         new, bound = variational_step(
             posterior, operands.X, operands.sample_weight, operands.reg_covar, chunk_size=chunk_size
         )
-        new_state = FitState(
+        return FitState(
             params=cast(Any, new),
             lower_bound=bound,
             n_iter=state.n_iter + 1,
@@ -380,19 +380,8 @@ def run_variational(
             lower_bound_history=state.lower_bound_history.at[state.n_iter].set(bound),
             collapsed_components=state.collapsed_components,
         )
-        if report_every:  # static switch: when off the loop has no callback at all
-            report_em_step(
-                operands.restart,
-                keep_going(state, operands),
-                new_state.n_iter,
-                new_state.lower_bound,
-                new_state.converged,
-                keep_going(new_state, operands),
-                report_every,
-            )
-        return new_state
 
-    return compacting_while_loop(keep_going, step, start, operands)
+    return compacting_while_loop(keep_going, reporting_step(step, keep_going, report_every), start, operands)
 
 
 def _resp_init_fn(resp: jax.Array):
