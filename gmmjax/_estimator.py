@@ -526,8 +526,9 @@ class GaussianMixtureModel(ParameterProtocol):
         return self._finish_fit(result, fit_method, max_iter)
 
     def _fit_stream(self, data, sample_weight, options=None, key=None, max_iter=None, **stream_keywords):
-        """``fit`` on a ``.npy`` path, a folder or list of shards, or an iterable of batches:
-        exact out-of-core EM (:func:`gmmjax._streaming.fit_em_streaming`); ``stream_keywords``
+        """``fit`` on a ``.npy`` path, a folder or list of shards, a Parquet file or folder, a Zarr
+        array (or a :class:`gmmjax.ParquetSource` / :class:`gmmjax.ZarrSource`), or an iterable of
+        batches: exact out-of-core EM (:func:`gmmjax.fit_em_streaming`); ``stream_keywords``
         (``batch_size``, ``checkpoint``, ``resume``, ...) go to it."""
         from gmmjax._streaming import fit_em_streaming
 

@@ -39,7 +39,12 @@ def _random_params(covariance_type, k=3, d=2, seed=0, dtype=np.float32):
 # Eager evaluation is slow-ish (op-by-op dispatch); the matrix and the scalar paths run by default.
 @pytest.mark.parametrize(
     "covariance_type",
-    ["full", pytest.param("tied", marks=pytest.mark.slow), "diag", pytest.param("spherical", marks=pytest.mark.slow)],
+    [
+        "full",
+        pytest.param("tied", marks=pytest.mark.slow),
+        pytest.param("diag", marks=pytest.mark.slow),  # ≈ 13 s; tests/test_vmap_branches.py jits diag fits too
+        pytest.param("spherical", marks=pytest.mark.slow),
+    ],
 )
 def test_jit_matches_eager(data, covariance_type):
     params = _random_params(covariance_type, seed=1)
