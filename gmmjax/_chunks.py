@@ -31,11 +31,11 @@ CHUNK_TARGET_BYTES = 8 * 2**20
 # batch·K·D ≥ 2048 (float32) the chunk is the same as under the 8 MiB bound alone.
 CHUNK_CACHE_BYTES = 2**19
 CHUNK_FLOOR_ROWS = 1024
-# Off by default (NOTES.md, 2026-12-04, the lead's quiet check): more, smaller chunks add more
-# float32 partial sums one after the other, and at N = 200k, D = K = 16 full a 4-device fit
-# differed from the one-device fit by 2.3e-5 relative (1.0e-5 with the memory-bound chunks),
-# beyond issue 12's 1e-5; restarts of full 15k x 8 fits were slower. Until the chunk sums are
-# accumulated pairwise, the cache-sized chunk is opt-in (cache_sized=True).
+# Off by default (NOTES.md, 2026-12-04, the lead's quiet check): batched full restarts on
+# 15k x 8, K = 8 were slower with it (0.29-0.34 s against 0.22 s warm), and, before the chunk
+# sums were compensated (sum_over_chunks), its extra chunks took a 4-device fit at N = 200k
+# to 2.3e-5 relative of the one-device fit (not re-measured with the compensation). Opt-in:
+# cache_sized=True.
 CACHE_SIZED_BY_DEFAULT = False
 
 # Chunks are a multiple of this many rows (SIMD- and GPU-friendly shapes).
