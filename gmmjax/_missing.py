@@ -465,7 +465,7 @@ def _expanded_terms(params: GMMParams, dense_terms) -> tuple[jax.Array, _Expande
     """``(accurate, terms)``: whether the expanded form is accurate for every component in the
     data's dtype (as for complete data, see :func:`gmmjax._stats._e_step_form`; under ``vmap``
     the batch's verdict), and its per-pass constants."""
-    branch, center, expansion, _ = _e_step_form(params, component_terms(params), params.means.dtype)
+    branch, center, expansion, *_ = _e_step_form(params, component_terms(params), params.means.dtype)
     quadratic, linear, constant, _ = expansion
     coefficients = jnp.concatenate(
         [jnp.broadcast_to(quadratic, (linear.shape[0], quadratic.shape[1])), -2.0 * linear], axis=1

@@ -132,7 +132,9 @@ def _uniform_branch_vmap(axis_size, in_batched, index):
     return uniform_branch(jnp.max(index) if batched else index), False
 
 
-def _expanded_e_step(terms: ComponentTerms, center: jax.Array, expansion, exact: jax.Array, X, sample_weight, chunk):
+def _expanded_e_step(
+    terms: ComponentTerms, center: jax.Array, expansion, exact: jax.Array, X, sample_weight, chunk, num_needed=None
+):
     """E-step as two plain matrix products per chunk, about a shift ``g`` fixed for the pass.
 
     With ``x̃ = x − g``, the squared norms ``‖(x − μ_k) P_k‖² = a_k · φ(x̃) − 2 b_k · x̃ + c_k``
@@ -147,7 +149,11 @@ def _expanded_e_step(terms: ComponentTerms, center: jax.Array, expansion, exact:
     scatter. Exact in exact arithmetic; in floating point
     component ``k`` loses ``eps · severity_k`` (see ``_EXPANDED_LIMIT``). The components
     ``exact`` (``(S,)`` indices) are computed from explicit residuals instead: their squared
-    norms and statistics are exact. Components run along the first axis: the reductions over
+    norms and statistics are exact. With ``num_needed`` (an int, may be traced, unbatched), only
+    the first ``num_needed`` of them are: each of the others is skipped (``lax.cond`` per slot,
+    one slot at a time), its expanded values being accurate; their elementwise ``(c, D)`` work
+    is most of a pass's cost beyond the two products when D is large (W4: 4 slots cost 45% more
+    than none). Components run along the first axis: the reductions over
     them (max, sum) are then across rows of the ``(K, c)`` block, which vectorise over the
     samples (measured several times faster on the CPU than along the minor axis of ``(c, K)``).
     """
@@ -167,18 +173,46 @@ def _expanded_e_step(terms: ComponentTerms, center: jax.Array, expansion, exact:
         features = jnp.concatenate([kind.second_order_features(centred), centred], axis=1)
         sq_norms = coefficients @ features.T + constant[:, None]  # (K, c)
         log_joint = terms.log_scale[:, None] - 0.5 * jnp.maximum(sq_norms, 0.0)
-        residuals = residuals_about(X_chunk, exact_means)  # (S, c, D)
-        exact_sq = kind.whitened_squared_norms(residuals, exact_factors)
-        log_joint = log_joint.at[exact].set(terms.log_scale[exact][:, None] - 0.5 * exact_sq)
-        weighted_resp, log_likelihood = _weighted_posteriors(log_joint, w_chunk, component_axis=0)
-        exact_moments = _moments(residuals, weighted_resp[exact], terms.covariance_type)
+        if num_needed is None:
+            residuals = residuals_about(X_chunk, exact_means)  # (S, c, D)
+            exact_sq = kind.whitened_squared_norms(residuals, exact_factors)
+            log_joint = log_joint.at[exact].set(terms.log_scale[exact][:, None] - 0.5 * exact_sq)
+            weighted_resp, log_likelihood = _weighted_posteriors(log_joint, w_chunk, component_axis=0)
+            exact_moments = _moments(residuals, weighted_resp[exact], terms.covariance_type)
+            exact_first, exact_second = exact_moments.first_moments, exact_moments.second_moments
+        else:
+            log_joint = log_joint.at[exact].set(jax.lax.map(lambda s: one_slot_log_joint(s, X_chunk, log_joint), slots))
+            weighted_resp, log_likelihood = _weighted_posteriors(log_joint, w_chunk, component_axis=0)
+            exact_first, exact_second = jax.lax.map(lambda s: one_slot_moments(s, X_chunk, weighted_resp), slots)
         return (
             jnp.sum(weighted_resp, axis=1),
             weighted_resp @ features,
             log_likelihood,
-            exact_moments.first_moments,
-            exact_moments.second_moments,
+            exact_first,
+            exact_second,
         )
+
+    slots = jnp.arange(exact.shape[0])
+
+    def one_slot(s, X_chunk):
+        index = exact[s][None]
+        return index, residuals_about(X_chunk, terms.means[index]), kind.components(terms.prec_chol, index)
+
+    def one_slot_log_joint(s, X_chunk, log_joint):
+        def exact_row():
+            index, residuals, factor = one_slot(s, X_chunk)
+            return terms.log_scale[index[0]] - 0.5 * kind.whitened_squared_norms(residuals, factor)[0]
+
+        return jax.lax.cond(s < num_needed, exact_row, lambda: log_joint[exact[s]])
+
+    def one_slot_moments(s, X_chunk, weighted_resp):
+        def exact_moments():
+            index, residuals, _ = one_slot(s, X_chunk)
+            moments = _moments(residuals, weighted_resp[index], terms.covariance_type)
+            return moments.first_moments[0], moments.second_moments[0]
+
+        shapes = jax.eval_shape(exact_moments)
+        return jax.lax.cond(s < num_needed, exact_moments, lambda: tuple(jnp.zeros(x.shape, x.dtype) for x in shapes))
 
     counts, moments_about_center, log_likelihood, exact_first, exact_second = sum_over_chunks(
         chunk_stats, X, sample_weight, chunk
@@ -191,6 +225,10 @@ def _expanded_e_step(terms: ComponentTerms, center: jax.Array, expansion, exact:
     first, second = moments_about_means(
         kind, counts, first_about_center, kind.moments_from_features(second_features), offsets
     )
+    if num_needed is not None:  # the skipped slots keep their expanded statistics
+        needed = slots < num_needed
+        exact_first = jnp.where(needed[:, None], exact_first, first[exact])
+        exact_second = jnp.where(needed.reshape((-1,) + (1,) * (second.ndim - 1)), exact_second, second[exact])
     stats = SufficientStats(
         counts=counts,
         first_moments=first.at[exact].set(exact_first),
@@ -256,22 +294,30 @@ def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = No
     kind = covariance_kind(params.covariance_type)
     if kind.matrix and num_features <= SMALL_FEATURES:  # the fused feature-by-feature form is faster
         return residual_pass()
-    branch, center, expansion, worst_components = _e_step_form(params, terms, X.dtype)
+    branch, center, expansion, worst_components, num_inexact = _e_step_form(params, terms, X.dtype)
     num_second_order = num_features * (num_features + 1) // 2 if kind.matrix else num_features
 
-    def expanded(exact):
+    def expanded(exact, num_needed=None):
+        num_needed = None if exact.shape[0] == 0 else num_needed
         # Temporaries (c, F + D + K + S·D) rather than (K, c, D): the same memory holds more rows.
-        width = num_second_order + num_features + num_components + exact.shape[0] * num_features
+        held = 1 if num_needed is not None else exact.shape[0]  # slots one at a time, or all at once
+        width = num_second_order + num_features + num_components + held * num_features
         wide_chunk = min(X.shape[0], chunk * max(1, num_components * num_features // width))
-        return lambda: _expanded_e_step(terms, center, expansion, exact, X, sample_weight, wide_chunk)
+        return lambda: _expanded_e_step(terms, center, expansion, exact, X, sample_weight, wide_chunk, num_needed)
 
-    forms = [expanded(worst_components[:slots]) for slots in (0, *_slot_tiers(num_components))]
+    tiers = _slot_tiers(num_components)
+    # The first tier computes only the slots it needs (one at a time): a pass with one tight
+    # component (a collapsing one) pays for one. The wider tier (many components) keeps its
+    # slots in one batched piece of work.
+    forms = [expanded(worst_components[:0]), expanded(worst_components[: tiers[0]], num_inexact)]
+    forms += [expanded(worst_components[:slots]) for slots in tiers[1:]]
     return jax.lax.switch(branch, [*forms, residual_pass])
 
 
 def _e_step_form(params: GMMParams, terms: ComponentTerms, dtype):
     """Which form the E-step runs for the data type ``dtype``: ``(branch, center, expansion,
-    worst_components)``. ``branch`` 0: the expanded form is accurate for every component;
+    worst_components, num_inexact)`` (``num_inexact``: how many components the expanded form
+    is not accurate for, the batch's maximum under ``vmap``). ``branch`` 0: the expanded form is accurate for every component;
     ``t`` (1 ≤ t ≤ T, the tiers of :func:`_slot_tiers`): for all but the worst, of which it
     computes the ``tiers[t − 1]`` first of ``worst_components`` exactly; ``T + 1``: the exact
     residual form for all. Under ``vmap`` the branch is the batch's maximum (see
@@ -287,7 +333,7 @@ def _e_step_form(params: GMMParams, terms: ComponentTerms, dtype):
     num_inexact = jnp.sum(severity > _EXPANDED_LIMIT / jnp.finfo(dtype).eps)
     branch = jnp.sum(num_inexact > jnp.asarray((0, *tiers))).astype(jnp.int32)
     # Under vmap, one branch for the whole batch: the most exact one any lane needs.
-    return uniform_branch(branch), center, expansion, worst_components
+    return uniform_branch(branch), center, expansion, worst_components, uniform_branch(num_inexact)
 
 
 def stats_from_responsibilities(

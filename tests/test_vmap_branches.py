@@ -118,7 +118,9 @@ def _primitives_outside_conds(jaxpr) -> dict:
 def _assert_one_form_per_body(jaxpr, bodies: int):
     """Each compiled loop body holds one three-way cond of the E-step's forms, and no form runs
     outside it (a batched index would inline every form, exponentials included, as a select)."""
-    assert _cond_branch_counts(jaxpr) == [3] * bodies
+    # The three-way switch, and inside its first slot tier the per-slot two-way conds (squared
+    # norms, then moments) that skip unneeded slots: their count is unbatched, so they stay conds.
+    assert _cond_branch_counts(jaxpr) == [3, 2, 2] * bodies
     assert _primitives_outside_conds(jaxpr).get("exp", 0) == 0
 
 
