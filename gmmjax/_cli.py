@@ -14,7 +14,9 @@ and NumPy (no pandas): :class:`TableOptions` documents the rules (header detecti
 column of ``pandas.DataFrame.to_csv``, missing values, ``--columns``), which the data options of
 every command set. Feature names from a header appear in ``fit``'s summary and ``--plot``.
 ``gmmjax fit`` also streams (exact out-of-core EM) large ``.npy`` files, folders of ``.npy``
-or ``.parquet`` shards, Parquet files and Zarr arrays (``--columns`` names Parquet columns).
+or ``.parquet`` shards, Parquet files and Zarr arrays (``--columns`` picks Parquet columns by
+name or index); ``predict``, ``score`` and ``select`` read those too, into memory, with the
+same source classes (:mod:`gmmjax._streaming`): the same rows, checks and messages.
 
 Only JAX-free modules are imported at the top: ``gmmjax --help``, ``gmmjax CMD --help`` and
 argument errors run without importing JAX (through the console script's launcher
@@ -46,6 +48,13 @@ DEMO_MEANS = np.array([[0, 0], [3, 3]])
 DEMO_COVARIANCES = np.array([[[1, 0.5], [0.5, 1]], [[1, 0.5], [0.5, 1]]])
 
 TEXT_EXTENSIONS = (".csv", ".txt", ".tsv")
+
+# DATA of the commands that read it into memory (fit streams the same formats, see its help).
+DATA_HELP = (
+    "data file: .npy, .npz (see --key) or .csv/.txt/.tsv; also a .parquet file or a folder of .parquet "
+    "or .npy shards (Parquet: pip install 'gmmjax[parquet]') or a Zarr array .zarr (pip install "
+    "'gmmjax[zarr]'), read into memory"
+)
 
 
 class CLIError(Exception):
@@ -342,17 +351,69 @@ def _read_text_table(path, options: TableOptions) -> Data:
     return Data(values[keep], feature_names, tuple(rows[r] + 1 for r in np.flatnonzero(~keep)))
 
 
+def _stream_source(path: str, make):
+    """``make()``, a source of :mod:`gmmjax._streaming` for ``path``; a missing optional extra
+    (pyarrow, zarr) is a one-line :class:`CLIError` saying what to install, not a traceback."""
+    try:
+        return make()
+    except ImportError as exc:
+        raise CLIError(f"{path}: {_one_line(exc)}") from None
+
+
+def _parquet_columns(path: str, specs) -> list[str]:
+    """The Parquet column names that ``--columns`` ``specs`` (names or 0-based indices, a name
+    winning) choose in ``path`` (a file or a folder of them)."""
+    from gmmjax._streaming import parquet_column_names
+
+    names = _stream_source(path, lambda: parquet_column_names(path))
+    used = [_resolve_column(spec, names, len(names), "--columns entry", path) for spec in specs]
+    if len(set(used)) != len(used):
+        raise CLIError(f"{path}: --columns {','.join(specs)} uses a column more than once")
+    return [names[c] for c in used]
+
+
+def _read_source(path: str, options: TableOptions) -> tuple[np.ndarray, tuple | None]:
+    """``(X, feature names)`` of what a streamed fit reads (a Parquet file or folder of shards,
+    a Zarr array, a folder of ``.npy`` shards), loaded whole by the streaming sources: the same
+    rows, dtypes, checks and messages as ``gmmjax fit``. Parquet ``--columns`` are chosen by the
+    reader (the features' names are the columns'); those of an array are chosen afterwards."""
+    from gmmjax._streaming import ParquetSource, as_source, is_parquet_path
+
+    if options.columns is not None and is_parquet_path(path):
+        columns = _parquet_columns(path, options.columns)
+        source = _stream_source(path, lambda: ParquetSource(path, columns=columns))
+    else:
+        source = _stream_source(path, lambda: as_source(path))
+    blocks = [block.X for block in source.blocks()]
+    X = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)  # dtypes promoted (a block with nulls: float)
+    return X, (tuple(source.columns) if isinstance(source, ParquetSource) else None)
+
+
+def _is_source_path(path: str) -> bool:
+    """Data that ``gmmjax fit`` streams and the other commands load whole: a Parquet file, a Zarr
+    array, a folder of Parquet or ``.npy`` shards (:func:`gmmjax._streaming.stream_only_path`)."""
+    if _extension(path) in (*TEXT_EXTENSIONS, ".npy", ".npz"):
+        return False  # checked without importing the streaming module (and JAX)
+    from gmmjax._streaming import stream_only_path
+
+    return stream_only_path(path)
+
+
 def read_data(path, key: str | None = None, options: TableOptions | None = None) -> Data:
-    """Reads an ``(N, D)`` float array (and feature names from a header) from ``.npy``, ``.npz``
-    or a text table; checks it is finite.
+    """Reads an ``(N, D)`` float array (and feature names from a header) from ``.npy``, ``.npz``,
+    a text table, a Parquet file or a folder of Parquet or ``.npy`` shards, or a Zarr array (the
+    last three with :mod:`gmmjax._streaming`'s sources, loaded whole); checks it is finite.
 
     Raises:
       CLIError: naming the file and what is wrong with it.
     """
     options = TableOptions() if options is None else options
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CLIError(f"{path}: no such file" if not os.path.exists(path) else f"{path}: not a file")
+    if not os.path.exists(path):
+        raise CLIError(f"{path}: no such file")
+    source = _is_source_path(path)
+    if not source and not os.path.isfile(path):
+        raise CLIError(f"{path}: not a file")
     ext = _extension(path)
     if key is not None and ext != ".npz":
         raise CLIError(f"--key selects an array inside an .npz file; {path} is not one")
@@ -367,12 +428,16 @@ def read_data(path, key: str | None = None, options: TableOptions | None = None)
             )
             if given
         ]
-        if text_only and ext in (".npy", ".npz"):
+        if text_only and (source or ext in (".npy", ".npz")):
+            what = "not one" if source else f"a {ext} file"
             raise CLIError(
-                f"{' and '.join(text_only)} read text tables ({', '.join(TEXT_EXTENSIONS)}); {path} is a {ext} file"
+                f"{' and '.join(text_only)} read text tables ({', '.join(TEXT_EXTENSIONS)}); {path} is {what}"
             )
+    feature_names: tuple | None = None
     try:
-        if ext in TEXT_EXTENSIONS:
+        if source:
+            X, feature_names = _read_source(path, options)
+        elif ext in TEXT_EXTENSIONS:
             return _read_text_table(path, options)
         elif ext == ".npy":
             X = np.load(path, allow_pickle=False)
@@ -390,12 +455,14 @@ def read_data(path, key: str | None = None, options: TableOptions | None = None)
                 X = archive[key]
         else:
             raise CLIError(
-                f"{path}: unknown data format {ext or '(no extension)'!r}: "
-                f"use .npy, .npz or {', '.join(TEXT_EXTENSIONS)}"
+                f"{path}: unknown data format {ext or '(no extension)'!r}: use .npy, .npz, "
+                f"{', '.join(TEXT_EXTENSIONS)}, .parquet (or a folder of shards) or a Zarr array (.zarr)"
             )
     except UnicodeDecodeError:
         raise CLIError(f"{path}: not a text table (it is not UTF-8 text)") from None
     except (OSError, ValueError, EOFError) as exc:
+        if source:
+            raise  # the sources' messages name the file (and the rows) already
         if "pickle" in str(exc):  # an object array, or np.load's guess for a file that is neither .npy nor .npz
             raise CLIError(
                 f"{path}: not a NumPy {ext} file of numbers (an array of Python objects needs pickle, "
@@ -408,7 +475,7 @@ def read_data(path, key: str | None = None, options: TableOptions | None = None)
         X = X[:, None]  # one feature
     if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
         raise CLIError(f"{path}: expected a 2-D array (samples × features), got shape {X.shape}")
-    if options.columns is not None:
+    if options.columns is not None and feature_names is None:  # Parquet's: chosen by the reader
         used = [_resolve_column(spec, None, X.shape[1], "--columns entry", path) for spec in options.columns]
         if len(set(used)) != len(used):
             raise CLIError(f"{path}: --columns {','.join(options.columns)} uses a column more than once")
@@ -427,7 +494,7 @@ def read_data(path, key: str | None = None, options: TableOptions | None = None)
             f"{path} contains {int(bad.sum())} NaN or infinite value(s) (the first in data row {row + 1}, "
             f"column index {col}): remove or impute them (--dropna leaves out rows with NaN)"
         )
-    return Data(X, None, dropped)
+    return Data(X, feature_names, dropped)
 
 
 def load_data(path, key: str | None = None, options: TableOptions | None = None) -> np.ndarray:
@@ -582,8 +649,8 @@ def _add_data_options(p):
         "--columns",
         type=_column_list,
         metavar="COLS",
-        help="features to use: header names or 0-based indices, comma-separated (e.g. x,y or 1,2; a "
-        "name wins over an index); default: every column but the index column",
+        help="features to use: header (or Parquet column) names or 0-based indices, comma-separated (e.g. "
+        "x,y or 1,2; a name wins over an index); default: every column but the index column",
     )
     g.add_argument("--index-col", metavar="COL", help="a column of row labels to leave out (name or 0-based index)")
     g.add_argument(
@@ -779,9 +846,9 @@ def _streams(args) -> bool:
 
 
 def _stream_data(args, path: str):
-    """What a streamed ``gmmjax fit`` reads: ``path`` (checked), or a Parquet source of the
-    ``--columns`` named."""
-    from gmmjax._streaming import ParquetSource, is_parquet_path, streamable_path
+    """What a streamed ``gmmjax fit`` reads: the source of ``path`` (checked, opened here so that
+    a missing optional extra is one line), a Parquet one of the ``--columns`` chosen."""
+    from gmmjax._streaming import ParquetSource, as_source, is_parquet_path, streamable_path
 
     if not streamable_path(path):
         raise CLIError(
@@ -789,10 +856,11 @@ def _stream_data(args, path: str):
             ".parquet files"
         )
     if args.columns is None:
-        return path
+        return _stream_source(path, lambda: as_source(path))
     if not is_parquet_path(path):
         raise CLIError("--columns cannot be used with a streamed fit of .npy shards or a Zarr array (Parquet only)")
-    return ParquetSource(path, columns=list(args.columns))
+    columns = _parquet_columns(path, args.columns)
+    return _stream_source(path, lambda: ParquetSource(path, columns=columns))
 
 
 def _run_fit_stream(args) -> int:
@@ -1072,7 +1140,7 @@ def _add_select(commands):
         "for) as one compiled program, print BIC, AIC and ICL for each, the winner marked, and "
         "the winner; -o saves it, --plot draws the criteria over K.",
     )
-    p.add_argument("data", metavar="DATA", help="data file: .npy, .npz (see --key) or .csv/.txt/.tsv")
+    p.add_argument("data", metavar="DATA", help=DATA_HELP)
     p.add_argument(
         "-k",
         "--num-components",
@@ -1185,7 +1253,7 @@ def _run_select(args) -> int:
 # -- predict ------------------------------------------------------------------------------------------
 def _add_model_and_data(p):
     p.add_argument("model", metavar="MODEL", help="model file written by gmmjax fit -o")
-    p.add_argument("data", metavar="DATA", help="data file: .npy, .npz (see --key) or .csv/.txt/.tsv")
+    p.add_argument("data", metavar="DATA", help=DATA_HELP)
     _add_data_options(p)
 
 

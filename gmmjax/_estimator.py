@@ -11,7 +11,7 @@ import functools
 import inspect
 import sys
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -158,9 +158,11 @@ MAX_SEED = 2**63 - 1  # jax.random.key takes a signed 64-bit seed
 
 # Two names for one setting: setting one of them (alone) clears the other, so that
 # ``set_params(n_components=3)`` (as GridSearchCV does) replaces a positional num_components.
+# Every mixture estimator has the number of components under the seed's name and scikit-learn's
+# (MixtureParameters); GaussianMixtureModel also has the iteration limit and the seed.
+COMPONENT_ALIASES = {"num_components": "n_components", "n_components": "num_components"}
 _ALIASES = {
-    "num_components": "n_components",
-    "n_components": "num_components",
+    **COMPONENT_ALIASES,
     "num_iters": "max_iter",
     "max_iter": "num_iters",
     "seed": "random_state",
@@ -193,7 +195,14 @@ def _key_from_seed(seed) -> jax.Array:
 class ParameterProtocol:
     """scikit-learn's parameter protocol for an estimator whose constructor stores each
     argument under its own name: ``get_params``, ``set_params`` and a ``repr`` of the
-    arguments that differ from their defaults; and its estimator tags (a density estimator)."""
+    arguments that differ from their defaults; and its estimator tags (a density estimator).
+
+    ``_aliases`` maps each name of an alias pair (two constructor arguments for one setting,
+    both defaulting to ``None``) to the other: setting one name alone, by :meth:`set_params` or
+    by assignment after construction, clears the other, so that the new value is the one used.
+    """
+
+    _aliases: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -210,11 +219,28 @@ class ParameterProtocol:
                 raise ValueError(f"Invalid parameter {name!r} for {type(self).__name__}; valid ones: {valid}.")
 
     def set_params(self, **params):
-        """Sets constructor arguments (scikit-learn protocol); returns ``self``."""
+        """Sets constructor arguments (scikit-learn protocol); returns ``self``.
+
+        Setting one name of an alias pair (such as ``num_components``/``n_components``) without
+        the other clears the other, so the new value is the one used.
+        """
         self._check_param_names(params)
         for name, value in params.items():
-            setattr(self, name, value)
+            object.__setattr__(self, name, value)  # both names of a pair given: kept as given
+            other = self._aliases.get(name)
+            if other is not None and other not in params:
+                object.__setattr__(self, other, None)
         return self
+
+    def __setattr__(self, name, value):
+        """Assigning one name of an alias pair after construction (``model.n_components = 1``,
+        as scikit-learn's estimator checks do) clears the other, as :meth:`set_params` does,
+        so the new value is the one used. Assignments in ``__init__`` (each name's first)
+        keep both names as given, so a conflicting construction still raises at ``fit``."""
+        other = self._aliases.get(name)
+        if other is not None and value is not None and name in self.__dict__:
+            object.__setattr__(self, other, None)
+        object.__setattr__(self, name, value)
 
     def __repr__(self):
         defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
@@ -232,7 +258,25 @@ class ParameterProtocol:
         return sklearn_tags()
 
 
-class GaussianMixtureModel(ParameterProtocol):
+class MixtureParameters(ParameterProtocol):
+    """The parameter protocol of a mixture estimator: the number of components is the alias pair
+    ``num_components`` (the seed's name) / ``n_components`` (scikit-learn's), resolved by
+    :meth:`_resolved_num_components`."""
+
+    _aliases: ClassVar[dict[str, str]] = COMPONENT_ALIASES
+
+    def _resolved_num_components(self) -> int:
+        """``K`` from ``num_components`` or ``n_components`` (default 1); giving both with different
+        values is a ``ValueError`` (``"num_components=2 and n_components=3 disagree"``)."""
+        k = v.resolve_alias("num_components", self.num_components, "n_components", self.n_components, 1)
+        return v.check_int("num_components (n_components)", k, 1)
+
+    # Declared for the type checker: the subclass's constructor sets them.
+    num_components: int | None
+    n_components: int | None
+
+
+class GaussianMixtureModel(MixtureParameters):
     """Gaussian mixture fitted by EM, with scikit-learn's interface and the original names.
 
     Args:
@@ -381,40 +425,15 @@ class GaussianMixtureModel(ParameterProtocol):
         self.average = average
         self.average_start = average_start
 
-    # -- scikit-learn's parameter protocol (ParameterProtocol), with the alias pairs --------
-    def set_params(self, **params):
-        """Sets constructor arguments (scikit-learn protocol); returns ``self``.
-
-        Setting one name of an alias pair (``num_components``/``n_components``,
-        ``num_iters``/``max_iter``, ``seed``/``random_state``) without the other clears the
-        other, so the new value is the one used.
-        """
-        self._check_param_names(params)
-        for name, value in params.items():
-            object.__setattr__(self, name, value)  # both names of a pair given: kept as given
-            if _ALIASES.get(name) is not None and _ALIASES[name] not in params:
-                object.__setattr__(self, _ALIASES[name], None)
-        return self
-
-    def __setattr__(self, name, value):
-        """Assigning one name of an alias pair after construction (``model.n_components = 1``,
-        as scikit-learn's estimator checks do) clears the other, as :meth:`set_params` does,
-        so the new value is the one used. Assignments in ``__init__`` (each name's first)
-        keep both names as given, so a conflicting construction still raises at ``fit``."""
-        other = _ALIASES.get(name)
-        if other is not None and value is not None and name in self.__dict__:
-            object.__setattr__(self, other, None)
-        object.__setattr__(self, name, value)
+    # scikit-learn's parameter protocol (MixtureParameters) with three alias pairs:
+    # num_components/n_components, num_iters/max_iter and seed/random_state.
+    _aliases: ClassVar[dict[str, str]] = _ALIASES
 
     def __sklearn_is_fitted__(self) -> bool:
         """Whether ``fit`` has run (scikit-learn's ``check_is_fitted`` protocol)."""
         return "params_" in self.__dict__
 
-    # -- resolved configuration --------------------------------------------------------------
-    def _resolved_num_components(self) -> int:
-        k = v.resolve_alias("num_components", self.num_components, "n_components", self.n_components, 1)
-        return v.check_int("num_components (n_components)", k, 1)
-
+    # -- resolved configuration (and MixtureParameters._resolved_num_components) -------------
     def _resolved_max_iter(self) -> int:
         return fit_options(max_iter=self.max_iter, num_iters=self.num_iters).max_iter
 

@@ -677,6 +677,25 @@ def _record_batch_array(batch) -> np.ndarray:
     return out
 
 
+def _parquet_paths(data) -> list[str]:
+    """The files of Parquet ``data``: a ``.parquet`` file, a folder of them (sorted), or a list."""
+    if isinstance(data, (str, os.PathLike)) and os.path.isdir(data):
+        paths = _parquet_files(data)
+    elif isinstance(data, (str, os.PathLike)):
+        paths = [os.fspath(data)]
+    else:
+        paths = [os.fspath(p) for p in data]
+    if not paths:
+        raise StreamError("no Parquet files to read.")
+    return paths
+
+
+def parquet_column_names(data) -> list[str]:
+    """The column names of Parquet ``data`` (as :class:`ParquetSource` takes it), from the first
+    file's footer: what ``columns=`` chooses from (the command line's ``--columns`` indices)."""
+    return list(ParquetShard(_parquet_paths(data)[0], None).schema.names)
+
+
 class ParquetSource(_PartsSource):
     """Parquet files (a ``.parquet`` path, a folder of them sorted by name, or a list), read
     with pyarrow in record batches of ``block_rows`` rows: memory is one row group's column
@@ -694,14 +713,7 @@ class ParquetSource(_PartsSource):
     """
 
     def __init__(self, data, columns=None, sample_weight=None, block_rows: int = 2**16):
-        if isinstance(data, (str, os.PathLike)) and os.path.isdir(data):
-            paths = _parquet_files(data)
-        elif isinstance(data, (str, os.PathLike)):
-            paths = [os.fspath(data)]
-        else:
-            paths = [os.fspath(p) for p in data]
-        if not paths:
-            raise StreamError("no Parquet files to read.")
+        paths = _parquet_paths(data)
         if columns is not None:
             if not isinstance(columns, (list, tuple)) or not columns or not all(isinstance(c, str) for c in columns):
                 raise ValueError(f"columns must be a non-empty list of column names, got {columns!r}.")

@@ -3,7 +3,8 @@
 
 It validates, converts, calls the front door and stores scikit-learn's fitted attributes; the
 mathematics lives in :mod:`gmmjax._variational`. It imports without scikit-learn, and reuses the
-boundary helpers of :mod:`gmmjax._estimator` (seeds, row buckets, not-fitted errors, warnings).
+boundary helpers of :mod:`gmmjax._estimator` (the ``num_components``/``n_components`` alias pair,
+seeds, row buckets, not-fitted errors, warnings).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from gmmjax import _validation as v
 from gmmjax._covariance import covariance_kind
 from gmmjax._estimator import (
-    ParameterProtocol,
+    MixtureParameters,
     _convergence_warning,
     _key_from_seed,
     _log_prob,
@@ -30,12 +31,15 @@ from gmmjax._sampling import _sample_jit
 from gmmjax._variational import VariationalPosterior, effective_params, fit_variational
 
 
-class BayesianGaussianMixtureModel(ParameterProtocol):
+class BayesianGaussianMixtureModel(MixtureParameters):
     """Variational Bayesian Gaussian mixture, with scikit-learn's ``BayesianGaussianMixture``
     parameters, defaults and fitted attributes (see :func:`gmmjax.fit_variational`).
 
     Args:
-      n_components: the largest number of components ``K`` (default 1).
+      n_components: the largest number of components ``K`` (default 1); alias ``num_components``
+        (``GaussianMixtureModel``'s name). Giving both with different values is an error at
+        ``fit``; setting one later (``set_params`` or assignment) clears the other, as in
+        ``GaussianMixtureModel``.
       covariance_type: ``"full"`` (default), ``"tied"``, ``"diag"`` or ``"spherical"``.
       tol: convergence threshold on the change of the lower bound (default 1e-3).
       reg_covar: non-negative value added to the covariance diagonals (default 1e-6).
@@ -86,7 +90,8 @@ class BayesianGaussianMixtureModel(ParameterProtocol):
     def __init__(
         self,
         *,
-        n_components=1,
+        n_components=None,
+        num_components=None,
         covariance_type="full",
         tol=1e-3,
         reg_covar=1e-6,
@@ -107,6 +112,7 @@ class BayesianGaussianMixtureModel(ParameterProtocol):
         restart_batch_size=None,
     ):
         self.n_components = n_components
+        self.num_components = num_components
         self.covariance_type = covariance_type
         self.tol = tol
         self.reg_covar = reg_covar
@@ -133,7 +139,7 @@ class BayesianGaussianMixtureModel(ParameterProtocol):
     def fit(self, X, y=None, sample_weight=None):
         """Fits the variational posterior to ``X`` ``(N, D)`` (``sample_weight`` ``(N,)`` optional,
         as repeated rows); returns ``self``."""
-        num_components = v.check_int("n_components", self.n_components, 1)
+        num_components = self._resolved_num_components()
         options = FitOptions(
             covariance_type=self.covariance_type,
             max_iter=self.max_iter,

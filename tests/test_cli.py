@@ -568,6 +568,108 @@ def test_select_plot_saves_a_picture(selected):
     assert len(colors) > 50  # lines in several colours, text, stars: not a blank canvas
 
 
+# -- Parquet and Zarr: what fit streams, predict, score and select read into memory -------------------
+@pytest.fixture(scope="module")
+def stores(work, selected, tmp_path_factory):
+    """The commands' data as Parquet and Zarr: ``work.X`` as a Parquet file with a string column
+    between the features (so it needs --columns), as a folder of two Parquet shards, with one
+    null, and as a Zarr array; ``selected.X`` as a Parquet file and a Zarr array."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    zarr = pytest.importorskip("zarr", minversion="3")
+    w = Work()
+    w.dir = d = tmp_path_factory.mktemp("stores")
+    X, blobs = work.X, selected.X
+    pq.write_table(
+        pa.table({"x": X[:, 0], "label": ["a"] * len(X), "y": X[:, 1]}), d / "data.parquet", row_group_size=250
+    )
+    (d / "shards").mkdir()
+    pq.write_table(pa.table({"x": X[:400, 0], "y": X[:400, 1]}), d / "shards" / "part-0.parquet")
+    pq.write_table(pa.table({"x": X[400:, 0], "y": X[400:, 1]}), d / "shards" / "part-1.parquet")
+    null = np.zeros(len(X), bool)
+    null[5] = True
+    pq.write_table(pa.table({"x": pa.array(X[:, 0], mask=null), "y": X[:, 1]}), d / "null.parquet")
+    pq.write_table(pa.table({"x0": blobs[:, 0], "x1": blobs[:, 1]}), d / "blobs.parquet", row_group_size=64)
+    for name, array in (("data.zarr", X), ("blobs.zarr", blobs)):
+        zarr.create_array(str(d / name), shape=array.shape, chunks=(128, 2), dtype=array.dtype)[:] = array
+    return w
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("data.parquet", ["--columns", "x,y"]),
+        ("data.parquet", ["--columns", "0,2"]),  # 0-based indices of the Parquet columns
+        ("shards", []),
+        ("data.zarr", []),
+    ],
+)
+def test_predict_and_score_read_parquet_and_zarr(work, stores, name, options):
+    model, X, data = work.model, work.X, stores.dir / name
+    code, out, err = cli("predict", work.model_path, data, *options)
+    assert code == 0 and err == "", err
+    np.testing.assert_array_equal(np.array(out.split(), dtype=int), model.predict(X))
+    assert cli("predict", work.model_path, data, *options, "--proba", "-o", stores.dir / "proba.npy")[0] == 0
+    np.testing.assert_array_equal(np.load(stores.dir / "proba.npy"), model.predict_proba(X))
+    code, out, err = cli("score", work.model_path, data, *options, "--per-sample", stores.dir / "logp.npy")
+    assert code == 0 and err == "", err
+    assert _number(r"mean log-likelihood (\S+)", out) == pytest.approx(model.score(X), rel=1e-8)
+    assert "(600 samples)" in out
+    np.testing.assert_array_equal(np.load(stores.dir / "logp.npy"), model.score_samples(X))
+
+
+def test_zarr_columns_by_index_and_parquet_nulls_with_dropna(work, stores):
+    model, X = work.model, work.X
+    code, out, err = cli("score", work.model_path, stores.dir / "data.zarr", "--columns", "1,0")
+    assert code == 0 and err == "", err
+    assert _number(r"mean log-likelihood (\S+)", out) == pytest.approx(model.score(X[:, ::-1]), rel=1e-8)
+    null = stores.dir / "null.parquet"
+    code, out, err = cli("score", work.model_path, null)
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert "null.parquet contains 1 NaN or infinite value(s) (the first in data row 6, column index 0)" in err
+    code, out, err = cli("score", work.model_path, null, "--dropna")
+    assert code == 0, err
+    assert err == "gmmjax score: note: --dropna left out 1 row with missing values (row 6); 599 remain\n"
+    assert _number(r"mean log-likelihood (\S+)", out) == pytest.approx(model.score(np.delete(X, 5, 0)), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["blobs.parquet", "blobs.zarr"])
+def test_select_reads_parquet_and_zarr(selected, stores, name):
+    code, out, err = cli("select", stores.dir / name, "-k", "1:3", "--covariance-type", ",".join(SELECT_TYPES))
+    assert code == 0 and err == "", err
+    check_select_table(out, selected.oracle, "bic")  # the .npy run's oracle: the same rows
+    assert "150 samples × 2 features" in out
+    assert ("features  x0, x1" in out) == name.endswith(".parquet")  # Parquet's column names
+
+
+def test_parquet_and_zarr_errors_are_one_line(work, stores, monkeypatch):
+    d, m = stores.dir, work.model_path
+    for args, message in [
+        (("predict", m, d / "data.parquet"), "data.parquet: column 'label' (string) is not numeric"),
+        (("predict", m, d / "data.parquet", "--columns", "x,z"), "--columns entry 'z' is not a column name"),
+        (("predict", m, d / "data.parquet", "--columns", "x,0"), "--columns x,0 uses a column more than once"),
+        (("score", m, d / "data.zarr", "--delimiter", ";"), "--delimiter read text tables (.csv, .txt, .tsv)"),
+        (("score", m, d / "data.zarr", "--key", "a"), "--key selects an array inside an .npz file"),
+        (("select", d / "missing.parquet", "-k", 3), "missing.parquet: no such file"),
+    ]:
+        code, _, err = cli(*args)
+        assert code == 1 and message in err and len(err.splitlines()) == 1, (args, err)
+    for module in ("pyarrow", "pyarrow.parquet", "zarr"):
+        monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    parquet = "reading Parquet files needs the pyarrow package"
+    for args, message in [
+        (("predict", m, d / "data.parquet", "--columns", "x,y"), parquet),
+        (("score", m, d / "shards"), parquet),
+        (("select", d / "blobs.parquet", "-k", 3), parquet),
+        (("fit", d / "shards", "-k", 2), parquet),
+        (("score", m, d / "data.zarr"), "reading a Zarr array needs the zarr package"),
+    ]:
+        code, _, err = cli(*args)
+        extra = "zarr" if "Zarr" in message else "parquet"
+        assert code == 1 and len(err.splitlines()) == 1, (args, err)
+        assert message in err and f"pip install 'gmmjax[{extra}]'" in err, (args, err)
+
+
 def test_fit_verbose_shows_progress_on_stderr(work):
     # The configuration of tests/test_progress.py's single-restart fit: compiled once.
     code, out, err = cli(

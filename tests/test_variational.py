@@ -177,6 +177,34 @@ def test_estimator_attributes_and_methods(three_clusters, dp_fit):
     assert "n_components=8" in repr(model) and model.get_params()["n_components"] == K
 
 
+def test_num_components_is_an_alias_of_n_components(three_clusters, dp_fit):
+    """``num_components`` (GaussianMixtureModel's name) is the same setting as ``n_components``,
+    with GaussianMixtureModel's rules: setting one name alone replaces the other, both given
+    must agree. Each fit is the default fit (dp_fit's program: nothing new to compile)."""
+    clone = pytest.importorskip("sklearn.base").clone
+    model = gj.BayesianGaussianMixtureModel(num_components=K, random_state=0)
+    assert model.get_params()["num_components"] == K and model.get_params()["n_components"] is None
+    assert repr(model) == f"BayesianGaussianMixtureModel(num_components={K}, random_state=0)"
+    model.fit(three_clusters)
+    assert model.n_iter_ == int(dp_fit.n_iter) and model.weights_.shape == (K,)
+    np.testing.assert_allclose(model.weights_, dp_fit.params.weights, rtol=1e-6)
+    # set_params of one name (as GridSearchCV does, on a clone) replaces the other.
+    searched = clone(gj.BayesianGaussianMixtureModel(num_components=2, random_state=0)).set_params(n_components=K)
+    assert (searched.num_components, searched.n_components) == (None, K)
+    np.testing.assert_allclose(searched.fit(three_clusters).weights_, dp_fit.params.weights, rtol=1e-6)
+    searched.num_components = 3  # so does an assignment (scikit-learn's checks assign n_components)
+    assert (searched.num_components, searched.n_components) == (3, None)
+    assert searched._resolved_num_components() == 3
+    both = gj.BayesianGaussianMixtureModel(num_components=K, n_components=K, random_state=0)
+    assert both.fit(three_clusters).n_iter_ == int(dp_fit.n_iter)  # agreeing: fine
+    conflicting = gj.BayesianGaussianMixtureModel(num_components=2, n_components=3)
+    assert (conflicting.num_components, conflicting.n_components) == (2, 3)  # kept as given (clone needs it)
+    with pytest.raises(ValueError, match="num_components=2 and n_components=3 disagree: give only one of them"):
+        conflicting.fit(three_clusters)
+    with pytest.raises(ValueError, match=r"num_components \(n_components\) must be an integer >= 1, got 0"):
+        gj.BayesianGaussianMixtureModel(num_components=0).fit(three_clusters)
+
+
 def test_boundary_messages(three_clusters):
     with pytest.raises(ValueError, match="weight_concentration_prior_type must be one of"):
         gj.fit_variational(jax.random.key(0), three_clusters, 2, weight_concentration_prior_type="stick")
