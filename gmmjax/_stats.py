@@ -317,9 +317,10 @@ def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = No
 def _e_step_form(params: GMMParams, terms: ComponentTerms, dtype):
     """Which form the E-step runs for the data type ``dtype``: ``(branch, center, expansion,
     worst_components, num_inexact)`` (``num_inexact``: how many components the expanded form
-    is not accurate for, the batch's maximum under ``vmap``). ``branch`` 0: the expanded form is accurate for every component;
-    ``t`` (1 ≤ t ≤ T, the tiers of :func:`_slot_tiers`): for all but the worst, of which it
-    computes the ``tiers[t − 1]`` first of ``worst_components`` exactly; ``T + 1``: the exact
+    is not accurate for, the batch's maximum under ``vmap``). ``branch`` 0: the expanded form
+    is accurate for every component; ``t`` (1 ≤ t ≤ T, the tiers of :func:`_slot_tiers`): for
+    all but the worst, of which it computes the ``tiers[t − 1]`` first of ``worst_components``
+    exactly (the first tier only the ``num_inexact`` it needs); ``T + 1``: the exact
     residual form for all. Under ``vmap`` the branch is the batch's maximum (see
     :func:`uniform_branch`)."""
     kind = covariance_kind(params.covariance_type)
