@@ -12,6 +12,7 @@ Prints one line ``PRIOR_X64 <json>``: each check's largest relative error (or it
 from __future__ import annotations
 
 import json
+import pathlib
 import sys
 import traceback
 
@@ -214,9 +215,72 @@ def check_fit(covariance_type):
     return max(errors)
 
 
+MCLUST_REFERENCE = pathlib.Path(__file__).with_name("data") / "mclust_prior_reference.json"
+
+
+def check_mclust(covariance_type):
+    """mclust's own results (tests/data/mclust_prior_reference.json, written by R's mclust through
+    tests/data/make_mclust_prior_reference.py): ``defaultPrior``, one ``mstep`` from given
+    responsibilities, and ``me`` run for a fixed number of MAP EM iterations from them (its
+    parameters and the log-likelihood it reports)."""
+    reference = json.loads(MCLUST_REFERENCE.read_text())
+    X, z = np.asarray(reference["X"]), np.asarray(reference["z"])
+    n, d = X.shape
+    k = z.shape[1]
+    want = {name: np.asarray(values) for name, values in reference["models"][covariance_type].items()}
+    prior = gj.ConjugatePrior.default(X, k, covariance_type)
+    scale = np.broadcast_to(
+        want["prior_scale"].reshape(np.shape(prior.scale) if want["prior_scale"].size > 1 else ()),
+        np.shape(prior.scale),
+    )
+    errors = [
+        rel(prior.shrinkage, want["prior_shrinkage"][0]),
+        rel(prior.mean, want["prior_mean"]),
+        rel(prior.dof, want["prior_dof"][0]),
+        rel(prior.scale, scale),
+    ]
+    shift = np.broadcast_to(X.mean(axis=0), (k, d))
+    residuals = X[None] - shift[:, None]
+    first = np.einsum("nk,knd->kd", z, residuals)
+    if covariance_type in ("full", "tied"):
+        second = np.einsum("nk,knd,kne->kde", z, residuals, residuals)
+    else:
+        second = np.einsum("nk,knd->kd", z, residuals**2)
+    start = gj.m_step(gj.SufficientStats(z.sum(axis=0), first, second, covariance_type), shift, 0.0, prior=prior)
+
+    def compare(params, stage):
+        return [
+            rel(params.weights, want[f"{stage}_pro"]),
+            rel(params.means, want[f"{stage}_mean"].reshape(k, d)),
+            rel(dense(np.asarray(params.covariances), covariance_type, k), want[f"{stage}_sigma"].reshape(k, d, d)),
+        ]
+
+    errors += compare(start, "mstep")
+    iterations = int(reference["iterations"])
+    assert want["me_iterations"][0] == -iterations, "mclust's me stopped before its iteration limit"
+    result = gj.fit_em(
+        jax.random.key(0),
+        X,
+        k,
+        covariance_type=covariance_type,
+        weights_init=start.weights,
+        means_init=start.means,
+        precisions_init=np.linalg.inv(start.covariances)
+        if covariance_type in ("full", "tied")
+        else 1.0 / start.covariances,
+        max_iter=iterations - 1,  # me's first M-step is the start above
+        tol=0.0,
+        reg_covar=0.0,
+        prior=prior,
+    )
+    errors += compare(result.params, "me")
+    errors.append(rel(np.sum(np.asarray(gj.log_prob(result.params, X))), want["me_loglik"][0]))
+    return max(errors)
+
+
 CHECKS = {
     f"{name}_{t}": (fn, t)
-    for name, fn in (("default", check_default), ("m_step", check_m_step), ("fit", check_fit))
+    for name, fn in (("default", check_default), ("m_step", check_m_step), ("fit", check_fit), ("mclust", check_mclust))
     for t in TYPES
 }
 

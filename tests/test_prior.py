@@ -244,13 +244,15 @@ def test_validation_messages(X):
 
 
 # -- float64 parity (collected last: the subprocess ran meanwhile) -------------------------------
-@pytest.mark.parametrize("check", ["default", "m_step", "fit"])
+@pytest.mark.parametrize("check", ["default", "m_step", "fit", "mclust"])
 @pytest.mark.parametrize("covariance_type", TYPES)
-def test_float64_matches_numpy_oracle(x64_prior_results, check, covariance_type):
+def test_float64_matches_numpy_oracle_and_mclust(x64_prior_results, check, covariance_type):
     """mclust's defaults, one MAP M-step from given responsibilities (three shrinkages, with
     reg_covar, shifted statistics, sample weights), the log-prior (scipy.stats), and a whole
     15-iteration fit from a given start (parameters and the penalised lower bound of every
-    iteration) equal the NumPy/SciPy oracle of tests/_prior_x64_checks.py."""
+    iteration) equal the NumPy/SciPy oracle of tests/_prior_x64_checks.py; and ``mclust``:
+    mclust 6.0.0's own ``defaultPrior``, ``mstep`` and a 12-iteration ``me`` with
+    ``priorControl()`` (recorded in tests/data/mclust_prior_reference.json by R)."""
     error = x64_prior_results[f"{check}_{covariance_type}"]
     assert isinstance(error, float), error
     assert error < 1e-10
