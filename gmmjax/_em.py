@@ -162,7 +162,6 @@ def fit_em_restarts(
     differentiation: str = "implicit",
     rows: RowAxis = LOCAL,
     missing_tiers: tuple[int, ...] | None = None,
-    missing_pattern_slots: int = 0,
 ) -> FitResult:
     """The body of :func:`fit_em` (inputs checked, sizes resolved, ``tol``/``reg_covar`` arrays).
 
@@ -174,9 +173,8 @@ def fit_em_restarts(
     rows of ``X`` live (sharded inside ``jax.shard_map``: :mod:`gmmjax._sharding`; no
     derivatives then). With ``options.missing == "marginalize"`` NaN entries of ``X`` are
     missing values (:mod:`gmmjax._missing`; ``missing_tiers``: its static tiers, ``None``:
-    up to ``D``; ``missing_pattern_slots``: its per-pattern table, only for rows sorted by
-    :class:`gmmjax._missing.MissingLayout`): the seeding sees mean-imputed data, EM runs the
-    exact missing-data step, and the result is a constant for derivatives.
+    up to ``D``): the seeding sees mean-imputed data, EM runs the exact missing-data step, and
+    the result is a constant for derivatives.
     """
     # Initialisation (k-means, random draws, *_init), the convergence test and the choice of
     # the best restart are constants for derivatives. "unrolled": the EM steps see the live
@@ -188,9 +186,7 @@ def fit_em_restarts(
     if marginalize:
         tiers = tiers_for(X.shape[1], X.shape[1]) if missing_tiers is None else missing_tiers
         X_seed = mean_imputed(X_const, weight_const)
-        em_step_fn = functools.partial(
-            em_step_missing, chunk_size=options.chunk_size, tiers=tiers, pattern_slots=missing_pattern_slots
-        )
+        em_step_fn = functools.partial(em_step_missing, chunk_size=options.chunk_size, tiers=tiers)
     if differentiation == "unrolled" and not marginalize:
         run = functools.partial(run_em_unrolled, rows=rows)
         X_em, weight_em, reg_em, prior_em = X, sample_weight, options.reg_covar, options.prior
@@ -257,8 +253,7 @@ def refuse_derivatives(result, X, sample_weight, reg_covar):
 
 # The compiled fit, as fit_em runs it: _fit_em_for_size(small, ...) (see gmmjax._compile).
 _fit_em_for_size = compiled(
-    fit_em_restarts,
-    static_argnames=("num_components", "report_every", "differentiation", "missing_tiers", "missing_pattern_slots"),
+    fit_em_restarts, static_argnames=("num_components", "report_every", "differentiation", "missing_tiers")
 )
 _fit_em = _fit_em_for_size.variant(False)  # XLA's default settings (e.g. for inspecting the compiled program)
 
@@ -415,7 +410,7 @@ def fit_em(
             raise ValueError("verbose progress is not available for a sharded fit (mesh= or row-sharded X).")
         return fit_em_sharded(key, X, num_components, options, sample_weight, mesh, data_axis, differentiation)
     inputs = check_fit_inputs(key, X, num_components, options, sample_weight, marginalizes=True)
-    inputs, missing_tiers, missing_pattern_slots = _prepare_missing(inputs)
+    inputs, missing_tiers = _prepare_missing(inputs)
     if inputs.options.prior is not None:  # the prior's leaves in the data's dtype: one compiled fit for all
         prior = check_prior(inputs.options.prior, inputs.options.covariance_type, inputs.X.shape[1], inputs.X.dtype)
         inputs = inputs._replace(options=inputs.options.replace(prior=prior))
@@ -432,23 +427,20 @@ def fit_em(
         report_every=report_every,
         differentiation=differentiation,
         missing_tiers=missing_tiers,
-        missing_pattern_slots=missing_pattern_slots,
         work_per_row=1 if missing_tiers is None else MISSING_WORK_PER_ROW,
     )
 
 
 def _prepare_missing(inputs):
-    """``(inputs, missing_tiers, missing_pattern_slots)`` for ``missing="marginalize"``:
-    concrete data gets its rows sorted by number of missing entries and pattern, rows with
-    every entry missing weight zero (with a warning) and the tiers of :mod:`gmmjax._missing`;
-    data without NaN runs the complete-data fit (``missing`` reset to ``"raise"``), traced
-    data the tiers up to ``D``."""
+    """``(inputs, missing_tiers)`` for ``missing="marginalize"``: concrete data gets its rows
+    sorted by number of missing entries, rows with every entry missing weight zero (with a
+    warning) and the tiers of :mod:`gmmjax._missing`; data without NaN runs today's
+    complete-data fit (``missing`` reset to ``"raise"``), traced data the tiers up to ``D``."""
     if inputs.options.missing != "marginalize" or is_traced(inputs.X):
-        return inputs, None, 0
+        return inputs, None
     weight = None if inputs.sample_weight is None else np.asarray(inputs.sample_weight)
     layout = MissingLayout(np.asarray(inputs.X), weight)
     if layout.tiers == (0,) and not layout.num_all_missing:
-        return inputs._replace(options=inputs.options.replace(missing="raise")), None, 0
+        return inputs._replace(options=inputs.options.replace(missing="raise")), None
     sample_weight = None if layout.sample_weight is None else jnp.asarray(layout.sample_weight, inputs.X.dtype)
-    inputs = inputs._replace(X=jnp.asarray(layout.X), sample_weight=sample_weight)
-    return inputs, layout.tiers, layout.pattern_slots
+    return inputs._replace(X=jnp.asarray(layout.X), sample_weight=sample_weight), layout.tiers

@@ -187,16 +187,6 @@ def _conditional_solve(block: jax.Array, t: jax.Array, slots: _Slots, m: int):
     return solved, jnp.where(slots.pair_valid.T[:, None, :], conditional, 0.0), log_det_block, reduction
 
 
-def _symmetric_apply(conditional: jax.Array, t: jax.Array, m: int):
-    """``(S t (m, K, c), tᵀ S t (K, c))`` for symmetric ``S`` given by its lower entries
-    ``conditional`` ``(P, K, c)`` (:func:`_lower_pairs` order), unrolled: ``m²`` products."""
-    pair = {}
-    for p, (i, j) in enumerate(zip(*_lower_pairs(m))):
-        pair[int(i), int(j)] = pair[int(j), int(i)] = conditional[p]
-    solved = jnp.stack([sum(pair[a, b] * t[b] for b in range(m)) for a in range(m)])
-    return solved, jnp.sum(t * solved, axis=0)
-
-
 def _swept_inverse(block: jax.Array, m: int):
     """``(Λ_MM⁻¹ (m, m, K, c), log|Λ_MM| (K, c))`` from lower entries ``(P, K, c)``, by ``m``
     sweeps (Gauss–Jordan in place, no pivoting: the pivots of an SPD matrix are its Schur
@@ -417,7 +407,7 @@ class _ExpandedTerms(NamedTuple):
     log_scale: jax.Array
 
 
-def _expanded_chunk(kind, terms: _ExpandedTerms, X_chunk: jax.Array, w_chunk: jax.Array, m: int, systems=None):
+def _expanded_chunk(kind, terms: _ExpandedTerms, X_chunk: jax.Array, w_chunk: jax.Array, m: int):
     """Statistics of one chunk about the shift ``g`` by matrix products, for rows with at most
     ``m`` missing entries: ``(counts (K,), first (K, D), second, log_likelihood, weight)``.
 
@@ -465,15 +455,9 @@ def _expanded_chunk(kind, terms: _ExpandedTerms, X_chunk: jax.Array, w_chunk: ja
     # Slot axes first: every slot entry a contiguous (K, c) block for the unrolled algebra.
     linear = jnp.swapaxes(jnp.take(terms.linear, slots.order.T, axis=1), 0, 1)
     t = jnp.where(slots.valid.T[:, None, :], jnp.transpose(applied, (2, 1, 0)) - linear, 0.0)  # (m, K, c)
-    if systems is None:
-        solved, conditional, log_det_block, reduction = _conditional_solve(
-            _missing_block(terms.precision, slots), t, slots, m
-        )
-    else:  # Λ_MM⁻¹ and log|Λ_MM| of each row's pattern, gathered from the per-pass table
-        table, table_log_det, pattern = systems
-        conditional = jnp.transpose(jnp.take(table[:, : m * (m + 1) // 2], pattern, axis=0), (1, 2, 0))
-        log_det_block = jnp.take(table_log_det, pattern, axis=0).T
-        solved, reduction = _symmetric_apply(conditional, t, m)
+    solved, conditional, log_det_block, reduction = _conditional_solve(
+        _missing_block(terms.precision, slots), t, slots, m
+    )
     log_joint = log_joint - 0.5 * jnp.maximum(squared - reduction, 0.0) - 0.5 * log_det_block
     weighted_resp, log_likelihood = _weighted_posteriors(log_joint, w_chunk, component_axis=0)
     zeta = -solved  # completed missing entries about g (m, K, c); 0 in padded slots
@@ -515,61 +499,6 @@ def _expanded_terms(params: GMMParams, dense_terms) -> tuple[jax.Array, _Expande
     return branch == 0, _ExpandedTerms(center, offsets, coefficients, constant, linear, precision, log_scale)
 
 
-# Largest number of slots of the per-pattern table (see pattern_slots_for): beyond, rows at
-# 20% missing of 16 features mostly have patterns of their own and the table costs as much as
-# the rows it serves.
-_PATTERN_SLOTS = 5
-# The table is used only when it has at most one entry per this many rows.
-_ROWS_PER_PATTERN = 8
-
-
-def pattern_table_size(num_samples: int, num_features: int, slots: int) -> int:
-    """Entries of the per-pattern table for rows with at most ``slots`` missing entries: the
-    number of such patterns, ``Σ_{j ≤ slots} C(D, j)``, or ``N`` if fewer (static shapes)."""
-    return min(num_samples, sum(math.comb(num_features, j) for j in range(slots + 1)))
-
-
-def pattern_slots_for(num_samples: int, num_features: int, tiers: tuple[int, ...]) -> int:
-    """The largest tier ``t`` (``1 ≤ t ≤`` :data:`_PATTERN_SLOTS`) whose per-pattern table has
-    at most one entry per :data:`_ROWS_PER_PATTERN` rows, or 0 (no table). Shapes only, so that
-    data of one shape compile once."""
-    fits = [
-        t
-        for t in tiers
-        if 1 <= t <= _PATTERN_SLOTS
-        and sum(math.comb(num_features, j) for j in range(t + 1)) * _ROWS_PER_PATTERN <= num_samples
-    ]
-    return max(fits, default=0)
-
-
-def _pattern_table(precision: jax.Array, X: jax.Array, slots: int):
-    """The small systems once per missingness pattern, for rows sorted by (number of missing
-    entries, pattern) (:class:`MissingLayout`): ``(pattern (N,) int32, conditional (U, P, K),
-    log_det (U, K))``: each row's pattern index (valid for rows with at most ``slots`` missing
-    entries: they come first, one run of rows per pattern, so their runs are numbered
-    ``0 … U − 1``), and per pattern and component the lower entries of ``Λ_MM⁻¹`` at ``slots``
-    slots (0 for padded pairs) and ``log|Λ_MM|``. ``U`` is :func:`pattern_table_size`; unused
-    entries repeat the first row's pattern. Rows with every entry missing count as complete
-    (as in the chunks). The leading ``m(m+1)/2`` entries are those of ``m ≤ slots`` slots
-    (row-by-row lower triangle; padded slots an identity block, whose inverse is itself)."""
-    N, D = X.shape
-    missing = jnp.isnan(X)
-    missing = missing & jnp.any(~missing, axis=1, keepdims=True)
-    changed = jnp.any(missing[1:] != missing[:-1], axis=1)
-    start = jnp.concatenate([jnp.ones((1,), bool), changed])
-    pattern = jnp.cumsum(start, dtype=jnp.int32) - 1
-    size = pattern_table_size(N, D, slots)
-    in_table = jnp.sum(missing, axis=1) <= slots
-    (first,) = jnp.nonzero(start & in_table, size=size, fill_value=0)
-    pattern_slots = _slots(~missing[first], slots)
-    K = precision.shape[0]
-    block = _missing_block(precision, pattern_slots)
-    _, conditional, log_det, _ = _conditional_solve(
-        block, jnp.zeros((slots, K, size), precision.dtype), pattern_slots, slots
-    )
-    return pattern, jnp.transpose(conditional, (2, 0, 1)), log_det.T
-
-
 def e_step_missing(
     params: GMMParams,
     X: jax.Array,
@@ -578,7 +507,6 @@ def e_step_missing(
     tiers: tuple[int, ...],
     chunk_size=None,
     form: str | None = None,
-    pattern_slots: int = 0,
 ):
     """E-step on data with NaN entries: expected statistics about ``params.means`` and the
     observed-data log-likelihood ``Σ_n s_n log p(x_{n,O_n})``.
@@ -589,10 +517,7 @@ def e_step_missing(
     data: the expanded one (matrix products about the weighted mean of the means,
     :func:`_expanded_chunk`) while it is accurate for every component, else explicit residuals
     about each mean (:func:`_chunk_terms`). ``form`` (static, for tests): ``"expanded"`` or
-    ``"residual"`` forces one. ``pattern_slots`` (static; the rows must then be sorted by
-    number of missing entries and, within, by pattern, as :class:`MissingLayout` does): in the
-    expanded form, the chunks at tiers up to it read ``Λ_MM⁻¹`` and ``log|Λ_MM|`` from a table
-    computed once per pass per pattern (:func:`_pattern_table`) instead of factorising per row.
+    ``"residual"`` forces one.
     """
     K, D = params.num_components, params.num_features
     terms = _dense_terms(params)
@@ -626,22 +551,12 @@ def e_step_missing(
     accurate, expanded_terms = _expanded_terms(params, terms)
 
     def expanded_pass():
-        if pattern_slots:
-            pattern, table, table_log_det = _pattern_table(expanded_terms.precision, X, pattern_slots)
-
-        def chunk_stats(X_chunk, w_chunk, offset):
-            systems = None
-            if pattern_slots:
-                rows = jax.lax.dynamic_slice_in_dim(pattern, offset, X_chunk.shape[0])
-                systems = (table, table_log_det, rows)
-
-            def branch(m, X_chunk, w_chunk):
-                use = systems if 0 < m <= pattern_slots else None
-                return _expanded_chunk(kind, expanded_terms, X_chunk, w_chunk, m, use)
-
-            return _tier_switch(branch, tiers, X_chunk, w_chunk)
-
-        counts, first, second, log_likelihood, weight = sum_over_chunks(chunk_stats, X, sample_weight, chunk)
+        counts, first, second, log_likelihood, weight = sum_over_chunks(
+            over_tiers(lambda m, X_chunk, w_chunk: _expanded_chunk(kind, expanded_terms, X_chunk, w_chunk, m)),
+            X,
+            sample_weight,
+            chunk,
+        )
         first, second = moments_about_means(kind, counts, first, second, expanded_terms.offsets)
         return SufficientStats(counts, first, second, params.covariance_type), log_likelihood, weight
 
@@ -652,15 +567,12 @@ def e_step_missing(
     return jax.lax.cond(accurate, expanded_pass, residual_pass)
 
 
-def em_step_missing(
-    params, X, sample_weight, reg_covar, chunk_size=None, num_active=None, *, tiers, form=None, pattern_slots=0
-):
+def em_step_missing(params, X, sample_weight, reg_covar, chunk_size=None, num_active=None, *, tiers, form=None):
     """One exact EM step on data with NaN entries, in the shape of the driver's
     ``em_step_fn``: ``(new_params, collapsed, mean observed-data log-likelihood)`` (the mean
-    over the weight of rows with at least one observed entry). ``pattern_slots``: see
-    :func:`e_step_missing` (rows sorted by pattern)."""
+    over the weight of rows with at least one observed entry)."""
     stats, log_likelihood, weight = e_step_missing(
-        params, X, sample_weight, tiers=tiers, chunk_size=chunk_size, form=form, pattern_slots=pattern_slots
+        params, X, sample_weight, tiers=tiers, chunk_size=chunk_size, form=form
     )
     new_params, collapsed = m_step_with_diagnostics(stats, params.means, reg_covar, num_active)
     return new_params, collapsed, log_likelihood / weight
@@ -744,13 +656,11 @@ class MissingLayout:
     """Host-side preparation of data with NaN entries for a fit (concrete arrays only).
 
     Attributes:
-      X: the rows sorted by their number of missing entries, then by missingness pattern
-        (stable), as a NumPy array.
+      X: the rows sorted by their number of missing entries (stable), as a NumPy array.
       sample_weight: weights in the same order (zero for rows with every entry missing), or
         ``None`` when no weights were given and no row is all missing.
       tiers: static tiers for the fit (``gmmjax._missing.tiers_for``); ``(0,)``: no NaN at all.
       num_all_missing: rows with every entry missing.
-      pattern_slots: the per-pattern table's slots for the fit (:func:`pattern_slots_for`; 0: none).
     """
 
     def __init__(self, X: np.ndarray, sample_weight):
@@ -761,12 +671,8 @@ class MissingLayout:
         if self.num_all_missing == X.shape[0]:
             raise ValueError("every row of X has all its features missing (NaN): there is nothing to fit.")
         count_rows = np.where(all_missing, 0, count)
-        # By number of missing entries, then by pattern (the per-pattern table of
-        # e_step_missing needs each pattern in one run; rows all missing count as complete).
-        pattern = missing & ~all_missing[:, None]
-        order = np.lexsort((*pattern.T[::-1], count_rows))
+        order = np.argsort(count_rows, kind="stable")
         self.tiers = tiers_for(int(count_rows.max()), X.shape[1])
-        self.pattern_slots = pattern_slots_for(X.shape[0], X.shape[1], self.tiers)
         self.X = X[order]
         if sample_weight is None and self.num_all_missing == 0:
             self.sample_weight = None
