@@ -39,8 +39,10 @@ tier, and a chunk at a swept tier runs in pieces of ``_WIDE_PIECE`` rows, each a
 tier, so that the few rows with many missing entries do not make a whole chunk pay.
 Rows are not grouped by missingness pattern: patterns grow as ``2^D`` and at 20% missing of
 ``D = 16`` rows with 5 or more missing entries mostly have their own (the rows with up to 3 or
-4 share a few thousand patterns: a per-pattern table of ``Λ_MM⁻¹`` is an idea not tried,
-``benchmarks/MISSING.md``). Memory is bounded by the chunk: ``O(chunk · K · (D + m²))``.
+4 share a few thousand patterns, but a per-pattern table of ``Λ_MM⁻¹`` and ``log|Λ_MM|``
+computed once per pass and gathered per row measured slower than factorising per row: the
+small systems are not where the time goes, ``benchmarks/MISSING.md``). Memory is bounded by
+the chunk: ``O(chunk · K · (D + m²))``.
 
 Every covariance type goes through dense ``(K, D, D)`` precisions (diagonal ones are
 diagonal matrices) for the E-step, and its own scatter and M-step for the statistics.
@@ -216,6 +218,25 @@ def _embed(values: jax.Array, slots: _Slots) -> jax.Array:
     """Slot values ``(m, K, c)`` placed at their missing features: ``(K, c, D)``, 0 on observed ones."""
     gathered = jnp.take_along_axis(jnp.moveaxis(values, 0, 2), slots.slot[None], axis=2)
     return jnp.where(slots.missing[None], gathered, 0.0)
+
+
+# Largest number of slots for which the expanded form's cross moments embed the slot values
+# by one-hot masks (:func:`_embed_one_hot`) rather than by a gather (:func:`_embed`): one
+# chunk of 2472 rows, K=16, D=16, m = 1…4: 0.3–0.9 ms less of 3.4–6.1 ms; m = 5, 6 about
+# even; a whole E-step at 60k rows 4% less (2-core CPU under load, interleaved).
+_ONE_HOT_SLOTS = 5
+
+
+def _embed_one_hot(values: jax.Array, slots: _Slots, D: int) -> jax.Array:
+    """Slot values ``(m, K, c)`` placed at their missing features, features before rows:
+    ``(K, D, c)``, 0 on observed ones. A sum of ``m`` selections by the slots' one-hot masks
+    ``(m, D, c)`` (k-independent), elementwise along the rows: XLA's CPU gather of
+    :func:`_embed` runs element by element."""
+    one_hot = (slots.order.T[:, None, :] == jnp.arange(D)[None, :, None]) & slots.valid.T[:, None, :]
+    embedded = jnp.where(one_hot[0][None], values[0][:, None, :], 0.0)
+    for a in range(1, values.shape[0]):
+        embedded = embedded + jnp.where(one_hot[a][None], values[a][:, None, :], 0.0)
+    return embedded
 
 
 def _chunk_terms(terms, X_chunk: jax.Array, m: int):
@@ -452,7 +473,10 @@ def _expanded_chunk(kind, terms: _ExpandedTerms, X_chunk: jax.Array, w_chunk: ja
     if kind.matrix:
         # Σ r [x̃, 1] ζᵀ in one product: the cross moments and, in the last row, Σ r ζ.
         rows_and_one = jnp.concatenate([centred, jnp.ones_like(centred[:, :1])], axis=1)
-        both = jnp.einsum("cd,kce->kde", rows_and_one, _embed(weighted_zeta, slots))  # (K, D + 1, D)
+        if m <= _ONE_HOT_SLOTS:
+            both = jnp.einsum("cd,kec->kde", rows_and_one, _embed_one_hot(weighted_zeta, slots, D))
+        else:
+            both = jnp.einsum("cd,kce->kde", rows_and_one, _embed(weighted_zeta, slots))  # (K, D + 1, D)
         cross, completed = both[:, :D], both[:, D]
         second = second + cross + jnp.swapaxes(cross, 1, 2)
     else:
