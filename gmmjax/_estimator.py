@@ -25,7 +25,7 @@ from gmmjax._criteria import num_parameters
 from gmmjax._density import log_prob, responsibilities
 from gmmjax._em import fit_em
 from gmmjax._gradient import DEFAULT_NUM_STEPS, fit_gradient
-from gmmjax._missing import check_missing, impute, marginal_component_log_prob
+from gmmjax._missing import check_missing, impute, marginal_component_log_prob, marginal_log_prob
 from gmmjax._options import FitOptions, fit_options
 from gmmjax._params import GMMParams
 from gmmjax._sampling import _sample_jit
@@ -92,6 +92,7 @@ def _convergence_warning() -> type:
 _log_prob = jax.jit(log_prob, static_argnames="chunk_size")
 _responsibilities = jax.jit(responsibilities, static_argnames="chunk_size")
 _marginal_component_log_prob = jax.jit(marginal_component_log_prob, static_argnames=("chunk_size", "tiers"))
+_marginal_log_prob = jax.jit(marginal_log_prob, static_argnames=("chunk_size", "tiers"))
 _impute = jax.jit(impute, static_argnames=("chunk_size", "tiers"))
 _bic_jit = jax.jit(_bic)
 _aic_jit = jax.jit(_aic)
@@ -753,7 +754,7 @@ class GaussianMixtureModel(MixtureParameters):
         """Log-density of each sample: ``(N,)``."""
         params, X, n = self._check_input(X, "score_samples")
         if self._marginalizes():
-            return np.asarray(jax.scipy.special.logsumexp(self._component_log_prob(params, X), axis=1))[:n]
+            return np.asarray(_marginal_log_prob(params, X, chunk_size=self._chunk_size()))[:n]
         return np.asarray(_log_prob(params, X, chunk_size=self._chunk_size()))[:n]
 
     def impute(self, X):

@@ -625,9 +625,11 @@ def marginal_log_prob(params: GMMParams, X, *, tiers=None, chunk_size=None) -> j
       >>> round(float(gj.marginal_log_prob(p, jnp.array([[0.0, jnp.nan]]))[0]), 4)
       -0.9189
     """
-    return jax.scipy.special.logsumexp(
+    log_density = jax.scipy.special.logsumexp(
         marginal_component_log_prob(params, X, tiers=tiers, chunk_size=chunk_size), axis=1
     )
+    # A row with nothing observed has density 1 exactly (log Σ w_k would be ±eps of 0 in float32).
+    return jnp.where(jnp.all(jnp.isnan(jnp.asarray(X)), axis=1), 0.0, log_density)
 
 
 def impute(params: GMMParams, X, *, tiers=None, chunk_size=None) -> jax.Array:
