@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from run import WORKLOADS, _cpu_name, initial_parameters, make_data  # noqa: E402
+from run import WORKLOADS, cpu_description, initial_parameters, make_data  # noqa: E402
 
 # name -> (run.py workload, covariance type, N used here)
 SHAPES = {
@@ -44,26 +44,6 @@ SHAPES = {
     "W9": ("W9", "diag", 20_000),
     "small K": (None, "spherical", 50_000),  # 50k × 8, K = 8: the shape of the 2026-12-04 finding
 }
-
-
-def cpu_flags() -> str:
-    """The CPU's model, SIMD flags that matter to XLA and its L2 size (the machine the table is for)."""
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
-    l2 = "?"
-    try:
-        l2 = Path("/sys/devices/system/cpu/cpu0/cache/index2/size").read_text().strip()
-    except OSError:
-        pass
-    return f"{_cpu_name()}, {os.cpu_count()} CPUs, flags {' '.join(simd) or 'none of avx2/avx512'}, L2 {l2} per core"
 
 
 def params_for(X, k: int, cov: str):
@@ -217,14 +197,14 @@ def main(argv=None):
         for name in args.only.split(","):
             before, auto = measure_fit(name.strip(), args.repeats, args.quick)
             print(f"| {name.strip()} | {before:.4f} | {auto:.4f} | {before / auto:.2f}× |", flush=True)
-        print(f"\nMachine: {cpu_flags()}; float32, best of {args.repeats}.")
+        print(f"\nMachine: {cpu_description()}; float32, best of {args.repeats}.")
         return
     results = []
     for name in args.only.split(","):
         results.append(measure(name.strip(), args.repeats, args.quick))
         print(table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"Machine: {cpu_flags()}; 1-minute load at the end {load:.1f}; float32, best of {args.repeats}.\n")
+    print(f"Machine: {cpu_description()}; 1-minute load at the end {load:.1f}; float32, best of {args.repeats}.\n")
     print(table(results))
 
 

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from run import make_data  # noqa: E402  (the benchmark suite's data: well-separated blobs)
+from run import cpu_description, make_data  # noqa: E402  (the benchmark suite's data: well-separated blobs)
 
 DATASETS = [(10_000, 2), (100_000, 8)]
 QUICK_DATASETS = [(1_000, 2)]
@@ -57,23 +55,6 @@ def _timed(fn):
 def _warm(fn, repeats):
     runs = [_timed(fn)[:2] for _ in range(repeats)]
     return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
-
-
-def cpu_description() -> str:
-    """CPU model, cores and the SIMD flags that decide XLA's kernels."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        flags = set()
-    simd = ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in ("avx2", "avx512f"))
-    return f"{model}, {os.cpu_count()} CPUs ({simd})"
 
 
 def main(argv=None):
