@@ -96,19 +96,20 @@ _EXPANDED_LIMIT = 1e-3
 
 # The components with the largest such error are computed exactly, from explicit residuals,
 # inside the expanded pass: a few tight, far-away components (a small distant cluster, a
-# component collapsing on a point) do not push the whole pass onto the slow exact form. Two
-# tiers of such slots: up to _EXACT_SLOTS (or one in 64 of the components, if more), then,
-# with many components, up to one in 8: early EM iterations with K = 1024 in 128 dimensions
-# (W8) leave ≈100 components above the limit, and the exact form (elementwise over
-# (K, chunk, D)) costs ≈20× the expanded one there.
+# component collapsing on a point) do not push the whole pass onto the slow exact form. One
+# tier of up to half the components (at least _EXACT_SLOTS) computed one slot at a time, each
+# slot skipped by a cond when the pass does not need it, so a pass pays for the slots it
+# needs: early EM iterations with K = 1024 in 128 dimensions (W8) leave ≈140 components above
+# the limit; measured there (20k rows), 137 needed slots cost 245–315 ms per pass whether the
+# tier holds 256 or 512 slots, against 538 ms for 128 slots as one batched (S, chunk, D) piece
+# of work (two tiers of up to K/64 and K/8 batched slots before) and 2.2 s for the exact form
+# of all components.
 _EXACT_SLOTS = 4
 
 
 def _slot_tiers(num_components: int) -> tuple[int, ...]:
     """The numbers of exactly computed components of the expanded forms, increasing."""
-    first = min(max(_EXACT_SLOTS, num_components // 64), num_components - 1)
-    second = min(num_components // 8, num_components - 1)
-    return (first,) if second <= first else (first, second)
+    return (min(max(_EXACT_SLOTS, num_components // 2), num_components - 1),)
 
 
 @jax.custom_batching.custom_vmap
@@ -173,7 +174,7 @@ def _expanded_e_step(
         features = jnp.concatenate([kind.second_order_features(centred), centred], axis=1)
         sq_norms = coefficients @ features.T + constant[:, None]  # (K, c)
         log_joint = terms.log_scale[:, None] - 0.5 * jnp.maximum(sq_norms, 0.0)
-        if num_needed is None:
+        if num_needed is None:  # every slot at once, as one batched piece of work (e_step: no slots)
             residuals = residuals_about(X_chunk, exact_means)  # (S, c, D)
             exact_sq = kind.whitened_squared_norms(residuals, exact_factors)
             log_joint = log_joint.at[exact].set(terms.log_scale[exact][:, None] - 0.5 * exact_sq)
@@ -261,8 +262,8 @@ def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = No
     does not depend on the chunk size (up to floating-point summation order).
 
     Every covariance type uses two plain matrix products per chunk about the weighted
-    mean of the means (see ``_expanded_e_step``), computing the (four, K/64 or K/8) components whose
-    expanded form would cancel the most digits exactly from residuals, while that form is
+    mean of the means (see ``_expanded_e_step``), computing the components whose expanded form
+    would cancel too many digits (up to half of them) exactly from residuals, while that form is
     accurate for all others (for diagonal precisions: each mean within ≈90 of its own
     standard deviations of the shift in float32); otherwise the exact residual form runs for
     all: whitened explicit residuals ``x − μ_k`` (one batched matrix product per chunk) and
@@ -305,12 +306,9 @@ def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = No
         wide_chunk = min(X.shape[0], chunk * max(1, num_components * num_features // width))
         return lambda: _expanded_e_step(terms, center, expansion, exact, X, sample_weight, wide_chunk, num_needed)
 
-    tiers = _slot_tiers(num_components)
-    # The first tier computes only the slots it needs (one at a time): a pass with one tight
-    # component (a collapsing one) pays for one. The wider tier (many components) keeps its
-    # slots in one batched piece of work.
-    forms = [expanded(worst_components[:0]), expanded(worst_components[: tiers[0]], num_inexact)]
-    forms += [expanded(worst_components[:slots]) for slots in tiers[1:]]
+    # A slot tier computes only the slots it needs (one at a time): a pass with one tight
+    # component (a collapsing one) pays for one.
+    forms = [expanded(worst_components[:slots], num_inexact) for slots in (0, *_slot_tiers(num_components))]
     return jax.lax.switch(branch, [*forms, residual_pass])
 
 
@@ -320,7 +318,7 @@ def _e_step_form(params: GMMParams, terms: ComponentTerms, dtype):
     is not accurate for, the batch's maximum under ``vmap``). ``branch`` 0: the expanded form
     is accurate for every component; ``t`` (1 ≤ t ≤ T, the tiers of :func:`_slot_tiers`): for
     all but the worst, of which it computes the ``tiers[t − 1]`` first of ``worst_components``
-    exactly (the first tier only the ``num_inexact`` it needs); ``T + 1``: the exact
+    exactly (only the ``num_inexact`` it needs); ``T + 1``: the exact
     residual form for all. Under ``vmap`` the branch is the batch's maximum (see
     :func:`uniform_branch`)."""
     kind = covariance_kind(params.covariance_type)
