@@ -134,7 +134,7 @@ def _uniform_branch_vmap(axis_size, in_batched, index):
 
 
 def _expanded_e_step(
-    terms: ComponentTerms, center: jax.Array, expansion, exact: jax.Array, X, sample_weight, chunk, num_needed=None
+    terms: ComponentTerms, center: jax.Array, expansion, exact: jax.Array, X, sample_weight, chunk, num_needed
 ):
     """E-step as two plain matrix products per chunk, about a shift ``g`` fixed for the pass.
 
@@ -150,9 +150,9 @@ def _expanded_e_step(
     scatter. Exact in exact arithmetic; in floating point
     component ``k`` loses ``eps · severity_k`` (see ``_EXPANDED_LIMIT``). The components
     ``exact`` (``(S,)`` indices) are computed from explicit residuals instead: their squared
-    norms and statistics are exact. With ``num_needed`` (an int, may be traced, unbatched), only
-    the first ``num_needed`` of them are: each of the others is skipped (``lax.cond`` per slot,
-    one slot at a time), its expanded values being accurate; their elementwise ``(c, D)`` work
+    norms and statistics are exact, or rather the first ``num_needed`` of them (an int, may be
+    traced, unbatched): each of the others is skipped (``lax.cond`` per slot, one slot at a
+    time), its expanded values being accurate; their elementwise ``(c, D)`` work
     is most of a pass's cost beyond the two products when D is large (W4: 4 slots cost 45% more
     than none). Components run along the first axis: the reductions over
     them (max, sum) are then across rows of the ``(K, c)`` block, which vectorise over the
@@ -161,7 +161,6 @@ def _expanded_e_step(
     kind = covariance_kind(terms.covariance_type)
     quadratic, linear, constant, _ = expansion
     offsets = terms.means - center[None, :]
-    exact_means, exact_factors = terms.means[exact], kind.components(terms.prec_chol, exact)
 
     coefficients = jnp.concatenate(
         [jnp.broadcast_to(quadratic, (linear.shape[0], quadratic.shape[1])), -2.0 * linear], axis=1
@@ -174,24 +173,13 @@ def _expanded_e_step(
         features = jnp.concatenate([kind.second_order_features(centred), centred], axis=1)
         sq_norms = coefficients @ features.T + constant[:, None]  # (K, c)
         log_joint = terms.log_scale[:, None] - 0.5 * jnp.maximum(sq_norms, 0.0)
-        if num_needed is None:  # every slot at once, as one batched piece of work (e_step: no slots)
-            residuals = residuals_about(X_chunk, exact_means)  # (S, c, D)
-            exact_sq = kind.whitened_squared_norms(residuals, exact_factors)
-            log_joint = log_joint.at[exact].set(terms.log_scale[exact][:, None] - 0.5 * exact_sq)
+        if not exact.shape[0]:
             weighted_resp, log_likelihood = _weighted_posteriors(log_joint, w_chunk, component_axis=0)
-            exact_moments = _moments(residuals, weighted_resp[exact], terms.covariance_type)
-            exact_first, exact_second = exact_moments.first_moments, exact_moments.second_moments
-        else:
-            log_joint = log_joint.at[exact].set(jax.lax.map(lambda s: one_slot_log_joint(s, X_chunk, log_joint), slots))
-            weighted_resp, log_likelihood = _weighted_posteriors(log_joint, w_chunk, component_axis=0)
-            exact_first, exact_second = jax.lax.map(lambda s: one_slot_moments(s, X_chunk, weighted_resp), slots)
-        return (
-            jnp.sum(weighted_resp, axis=1),
-            weighted_resp @ features,
-            log_likelihood,
-            exact_first,
-            exact_second,
-        )
+            return jnp.sum(weighted_resp, axis=1), weighted_resp @ features, log_likelihood
+        log_joint = log_joint.at[exact].set(jax.lax.map(lambda s: one_slot_log_joint(s, X_chunk, log_joint), slots))
+        weighted_resp, log_likelihood = _weighted_posteriors(log_joint, w_chunk, component_axis=0)
+        exact_first, exact_second = jax.lax.map(lambda s: one_slot_moments(s, X_chunk, weighted_resp), slots)
+        return jnp.sum(weighted_resp, axis=1), weighted_resp @ features, log_likelihood, exact_first, exact_second
 
     slots = jnp.arange(exact.shape[0])
 
@@ -215,9 +203,7 @@ def _expanded_e_step(
         shapes = jax.eval_shape(exact_moments)
         return jax.lax.cond(s < num_needed, exact_moments, lambda: tuple(jnp.zeros(x.shape, x.dtype) for x in shapes))
 
-    counts, moments_about_center, log_likelihood, exact_first, exact_second = sum_over_chunks(
-        chunk_stats, X, sample_weight, chunk
-    )
+    counts, moments_about_center, log_likelihood, *exact_moments = sum_over_chunks(chunk_stats, X, sample_weight, chunk)
     num_second_order = moments_about_center.shape[1] - X.shape[1]
     second_features, first_about_center = (
         moments_about_center[:, :num_second_order],
@@ -226,14 +212,17 @@ def _expanded_e_step(
     first, second = moments_about_means(
         kind, counts, first_about_center, kind.moments_from_features(second_features), offsets
     )
-    if num_needed is not None:  # the skipped slots keep their expanded statistics
+    if exact_moments:  # the skipped slots keep their expanded statistics
         needed = slots < num_needed
-        exact_first = jnp.where(needed[:, None], exact_first, first[exact])
-        exact_second = jnp.where(needed.reshape((-1,) + (1,) * (second.ndim - 1)), exact_second, second[exact])
+        exact_first, exact_second = exact_moments
+        first = first.at[exact].set(jnp.where(needed[:, None], exact_first, first[exact]))
+        second = second.at[exact].set(
+            jnp.where(needed.reshape((-1,) + (1,) * (second.ndim - 1)), exact_second, second[exact])
+        )
     stats = SufficientStats(
         counts=counts,
-        first_moments=first.at[exact].set(exact_first),
-        second_moments=second.at[exact].set(exact_second),
+        first_moments=first,
+        second_moments=second,
         covariance_type=terms.covariance_type,
     )
     return stats, log_likelihood
@@ -298,17 +287,15 @@ def e_step(params: GMMParams, X: jax.Array, sample_weight: jax.Array | None = No
     branch, center, expansion, worst_components, num_inexact = _e_step_form(params, terms, X.dtype)
     num_second_order = num_features * (num_features + 1) // 2 if kind.matrix else num_features
 
-    def expanded(exact, num_needed=None):
-        num_needed = None if exact.shape[0] == 0 else num_needed
-        # Temporaries (c, F + D + K + S·D) rather than (K, c, D): the same memory holds more rows.
-        held = 1 if num_needed is not None else exact.shape[0]  # slots one at a time, or all at once
-        width = num_second_order + num_features + num_components + held * num_features
+    def expanded(exact):
+        # Temporaries (c, F + D + K + D) rather than (K, c, D): the same memory holds more rows.
+        width = num_second_order + num_features + num_components + num_features * min(1, exact.shape[0])
         wide_chunk = min(X.shape[0], chunk * max(1, num_components * num_features // width))
-        return lambda: _expanded_e_step(terms, center, expansion, exact, X, sample_weight, wide_chunk, num_needed)
+        return lambda: _expanded_e_step(terms, center, expansion, exact, X, sample_weight, wide_chunk, num_inexact)
 
     # A slot tier computes only the slots it needs (one at a time): a pass with one tight
     # component (a collapsing one) pays for one.
-    forms = [expanded(worst_components[:slots], num_inexact) for slots in (0, *_slot_tiers(num_components))]
+    forms = [expanded(worst_components[:slots]) for slots in (0, *_slot_tiers(num_components))]
     return jax.lax.switch(branch, [*forms, residual_pass])
 
 
